@@ -1,0 +1,72 @@
+"""Python entry points, one per workflow step; the CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ocrquant.errors import OcrQuantError
+from ocrquant.evaluation import EvalResult, evaluate
+from ocrquant.runtime import RuntimeOptions, create_runner
+from ocrquant.tasks import Task, get_task_class, make_config
+from ocrquant.zoo.resolve import ResolvedModel, resolve_model
+
+
+def build_task(task_name: str, model: ResolvedModel, options: dict[str, Any] | None = None) -> Task:
+    """The task object for ``model``: config from ``options``, model metadata (rec dictionary) attached."""
+    cls = get_task_class(task_name)
+    opts = dict(options or {})
+    if task_name == "rec" and not opts.get("char_dict") and "char_dict" in model.extra_files:
+        opts["char_dict"] = str(model.extra_files["char_dict"])
+    return cls(make_config(cls.Config, opts), model.metadata)
+
+
+def infer_task(model: ResolvedModel, task: str | None) -> str:
+    if task:
+        if model.task and model.task != task:
+            raise OcrQuantError(f"zoo model {model.name} is a {model.task} model, not {task}")
+        return task
+    if model.task:
+        return model.task
+    raise OcrQuantError(f"cannot tell the task of {model.path}; pass --task det|cls|rec")
+
+
+def eval_model(
+    model: str | Path,
+    data: str | Path,
+    *,
+    task: str | None = None,
+    data_format: str | None = None,
+    batch_size: int = 1,
+    limit: int | None = None,
+    output: Path | None = None,
+    backend: str = "onnxruntime",
+    runtime: RuntimeOptions | None = None,
+    task_options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Evaluate ``model`` (zoo name or .onnx) on the labelled set in ``data``."""
+    from ocrquant.data import open_dataset
+
+    resolved = resolve_model(model)
+    task_name = infer_task(resolved, task)
+    task_obj = build_task(task_name, resolved, task_options)
+    dataset = open_dataset(Path(data), task_name, data_format)
+    runner = create_runner(resolved.path, backend, runtime)
+    check_model_input(runner, resolved.path)
+    return evaluate(
+        task_obj, runner, dataset, model_name=resolved.name, batch_size=batch_size, limit=limit,
+        output=output, progress=progress,
+        extra_settings={"backend": backend, "model_path": str(resolved.path)},
+    )
+
+
+def check_model_input(runner: Any, path: Path) -> None:
+    """OCR models here take one NCHW image tensor; anything else is the wrong model for the task."""
+    session = getattr(runner, "session", None)
+    if session is None:
+        return
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        shapes = ", ".join(f"{i.name}{list(i.shape)}" for i in inputs)
+        raise OcrQuantError(f"expected one image input of rank 4 (N, C, H, W), model has: {shapes}", path)

@@ -1,0 +1,33 @@
+"""Shared CLI pieces: console, logging, the error boundary."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from rich.console import Console
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+STATE = {"debug": False}
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def parse_shape(values: list[int] | None) -> tuple[int, int] | None:
+    """``--input-shape 1 3 512 896`` -> (512, 896)."""
+    from ocrquant.errors import OcrQuantError
+
+    if not values:
+        return None
+    if len(values) != 4 or any(v <= 0 for v in values):
+        raise OcrQuantError(f"--input-shape wants four positive numbers N C H W, got {values}")
+    return values[2], values[3]

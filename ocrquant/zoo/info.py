@@ -1,0 +1,39 @@
+"""``models info``: what a model is, read from the ONNX file itself."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ocrquant.errors import OcrQuantError
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[Any]:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value_info.type.tensor_type.shape.dim]
+
+
+def model_info(path: Path) -> dict[str, Any]:
+    try:
+        model = onnx.load(str(path))
+    except Exception:
+        raise OcrQuantError("not a readable ONNX model", path) from None
+    inits = {i.name for i in model.graph.initializer}
+    params = int(sum(np.prod(numpy_helper.to_array(i).shape) for i in model.graph.initializer))
+    ops = Counter(n.op_type for n in model.graph.node)
+    return {
+        "path": str(path),
+        "size_mb": round(path.stat().st_size / 2**20, 3),
+        "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "inputs": [{"name": i.name, "shape": _dims(i)} for i in model.graph.input if i.name not in inits],
+        "outputs": [{"name": o.name, "shape": _dims(o)} for o in model.graph.output],
+        "parameters": params,
+        "nodes": len(model.graph.node),
+        "op_histogram": dict(ops.most_common()),
+        "metadata_keys": [p.key for p in model.metadata_props],
+    }
