@@ -165,6 +165,21 @@ def _task_options(task: str | None, options: dict, model: str) -> dict:
     return given
 
 
+# Each workflow stage keeps its commands in its own module with ``register(app)``; adding a stage is
+# one line here, and no stage's module imports another's.
+COMMAND_MODULES: list[str] = []
+
+
+def _register_stage_commands() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"ocrquant.cli.{name}").register(app)
+
+
+_register_stage_commands()
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     try:
@@ -172,7 +187,8 @@ def main() -> None:
     except OcrQuantError as exc:
         if STATE["debug"]:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        # plain print: one line whatever the terminal width (rich would wrap it)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         sys.exit(2)
     except click.exceptions.ClickException as exc:
         exc.show()

@@ -14,4 +14,12 @@ def sample_root() -> Path:
     return Path(__file__).resolve().parent / "sample"
 
 
-__all__ = ["Dataset", "DetTarget", "Sample", "load_image", "open_dataset", "sample_calibration", "sample_root"]
+__all__ = [
+    "Dataset",
+    "DetTarget",
+    "Sample",
+    "load_image",
+    "open_dataset",
+    "sample_calibration",
+    "sample_root",
+]

@@ -26,8 +26,13 @@ def sample_calibration(dataset: Dataset, n: int, seed: int = 0) -> list[Sample]:
     total = len(dataset.samples)
     if n >= total:
         if n > total:
-            log.warning("calibration: asked for %d samples but %s has only %d; using all %d",
-                        n, dataset.root, total, total)
+            log.warning(
+                "calibration: asked for %d samples but %s has only %d; using all %d",
+                n,
+                dataset.root,
+                total,
+                total,
+            )
         return list(dataset.samples)
     picked = sorted(random.Random(seed).sample(range(total), n))
     return [dataset.samples[i] for i in picked]

@@ -18,8 +18,14 @@ SAMPLE_REC = 48
 
 def make_sample(dest: str | Path | None = None) -> Path:
     """Write the 8-image det / 48-crop rec sample (seed 2015) to ``dest`` (default: the package folder)."""
-    return generate(dest or sample_root(), n_det=SAMPLE_DET, n_rec=SAMPLE_REC, seed=SAMPLE_SEED,
-                    jpeg_quality=85, overwrite=True)
+    return generate(
+        dest or sample_root(),
+        n_det=SAMPLE_DET,
+        n_rec=SAMPLE_REC,
+        seed=SAMPLE_SEED,
+        jpeg_quality=85,
+        overwrite=True,
+    )
 
 
 if __name__ == "__main__":

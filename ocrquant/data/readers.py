@@ -93,7 +93,7 @@ def _numbered(lines: list[str]) -> Iterator[tuple[int, str]]:
 
 
 def _first_line(path: Path) -> str | None:
-    """First non-blank line of a small peek at ``path``, or None; detection must stay cheap and never raise."""
+    """First non-blank line of ``path`` (peeking only), or None: detection must be cheap and never raise."""
     try:
         with path.open("r", encoding="utf-8-sig", errors="replace") as handle:
             for _, line in zip(range(50), handle, strict=False):
@@ -152,7 +152,9 @@ def parse_icdar_det_gt(path: Path) -> DetTarget:
 
 
 def _icdar_det_read(root: Path, label_file: Path | None) -> list[Sample]:
-    images = sorted((p for p in (root / "images").iterdir() if _is_image(p)), key=lambda p: natural_key(p.name))
+    images = sorted(
+        (p for p in (root / "images").iterdir() if _is_image(p)), key=lambda p: natural_key(p.name)
+    )
     samples = []
     for image in images:
         gt_path = root / "gt" / f"gt_{image.stem}.txt"
@@ -186,7 +188,7 @@ def _icdar_rec_read(root: Path, label_file: Path | None) -> list[Sample]:
         match = _ICDAR_REC_LINE.match(line)
         first, last = line.find('"'), line.rfind('"')
         if match is None or last <= first:
-            raise OcrQuantError(f'line {line_no}: expected name, "label" but got \'{_shorten(line)}\'', gt)
+            raise OcrQuantError(f"line {line_no}: expected name, \"label\" but got '{_shorten(line)}'", gt)
         name = match.group(1)
         image = _resolve_image(name, bases, gt, line_no)
         samples.append(Sample(key=name, image_path=image, target=line[first + 1 : last]))
@@ -203,7 +205,8 @@ def _paddle_label_candidates(root: Path) -> list[Path]:
     """Label files in ``root``: the well-known names first, then anything that looks like a label list."""
     known = [root / name for name in PADDLE_LABEL_NAMES if (root / name).is_file()]
     others = sorted(
-        {p for pattern in ("*label*.txt", "*Label*.txt", "*_gt*.txt") for p in root.glob(pattern)} - set(known),
+        {p for pattern in ("*label*.txt", "*Label*.txt", "*_gt*.txt") for p in root.glob(pattern)}
+        - set(known),
         key=lambda p: natural_key(p.name),
     )
     return known + others
@@ -232,7 +235,7 @@ def _paddle_label(root: Path, label_file: Path | None, kind: str) -> Path | None
 
 
 def _paddle_bases(root: Path, label: Path) -> list[Path]:
-    """Where relative paths may start: the root, the label file's folder, and (PPOCRLabel) the root's parent."""
+    """Bases for relative paths: the root, the label file's folder, then (PPOCRLabel) the root's parent."""
     bases = [root]
     for extra in (label.parent, root.parent):
         if extra not in bases:
@@ -244,7 +247,9 @@ def _paddle_lines(root: Path, label_file: Path | None, kind: str) -> tuple[Path,
     label = _paddle_label(root, label_file, kind)
     if label is None:
         where = label_file or root
-        raise OcrQuantError(f"no PaddleOCR {kind} label file (path<TAB>{'json' if kind == 'det' else 'label'})", where)
+        raise OcrQuantError(
+            f"no PaddleOCR {kind} label file (path<TAB>{'json' if kind == 'det' else 'label'})", where
+        )
     return label, _numbered(_read_lines(label))
 
 
@@ -302,7 +307,9 @@ def derive_cls(samples: list[Sample]) -> list[Sample]:
     derived = []
     for sample in samples:
         derived.append(Sample(key=f"{sample.key}@0", image_path=sample.image_path, target=0))
-        derived.append(Sample(key=f"{sample.key}@180", image_path=sample.image_path, target=1, rotate180=True))
+        derived.append(
+            Sample(key=f"{sample.key}@180", image_path=sample.image_path, target=1, rotate180=True)
+        )
     return derived
 
 

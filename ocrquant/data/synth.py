@@ -165,7 +165,9 @@ def _desaturate(rgb: np.ndarray, keep: float) -> np.ndarray:
     return (_luma(rgb) + (rgb - _luma(rgb)) * keep).astype(np.float32)
 
 
-def _finish(image: np.ndarray, rng: np.random.Generator, max_blur: float, noise: tuple[float, float]) -> np.ndarray:
+def _finish(
+    image: np.ndarray, rng: np.random.Generator, max_blur: float, noise: tuple[float, float]
+) -> np.ndarray:
     """Camera-like softening and sensor noise; returns BGR uint8 for OpenCV's encoders."""
     if rng.random() < 0.5:
         image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, max_blur))
@@ -273,7 +275,9 @@ def _clutter(rng: np.random.Generator, image: np.ndarray) -> None:
         x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
         kind = rng.random()
         if kind < 0.4:
-            cv2.rectangle(layer, (x, y), (x + int(rng.integers(30, 200)), y + int(rng.integers(20, 120))), 1.0, -1)
+            cv2.rectangle(
+                layer, (x, y), (x + int(rng.integers(30, 200)), y + int(rng.integers(20, 120))), 1.0, -1
+            )
         elif kind < 0.7:
             axes = (int(rng.integers(10, 80)), int(rng.integers(10, 80)))
             cv2.ellipse(layer, (x, y), axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
@@ -363,7 +367,9 @@ def render_crop(rng: np.random.Generator, text: str, fonts: list[str]) -> np.nda
 
 
 def _encode(image: np.ndarray, suffix: str, jpeg_quality: int) -> bytes:
-    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if suffix == ".jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 9]
+    params = (
+        [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if suffix == ".jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 9]
+    )
     ok, data = cv2.imencode(suffix, image, params)
     if not ok:  # pragma: no cover - OpenCV always encodes uint8 BGR
         raise RuntimeError(f"cannot encode {suffix}")

@@ -1,0 +1,234 @@
+"""Graph preparation: turn an exported OCR model into the float graph the quantizer should see.
+
+Why each step:
+
+* **opset >= 13** - per-channel QuantizeLinear/DequantizeLinear (the ``axis`` attribute) only exists
+  from opset 13; quantizing a PP-OCR opset 11/12 export per-channel writes an invalid model.
+* **ONNX Runtime BASIC offline optimisation** - constant folding, BatchNorm folded into the Conv
+  weights, Identity/Dropout removal. Folding BN before calibration matters: the quantizer must see the
+  weights that will actually run, or per-channel weight scales are computed on the wrong tensors.
+  We let ORT write the folded model (``optimized_model_filepath``) instead of hand-rewriting graphs.
+* **HardSwish recognition** - PaddleOCR exports HardSwish decomposed as ``Div(Mul(x, Clip(Add(x, 3),
+  0, 6)), 6)``. Left alone, a quantizer puts Q/DQ pairs on three intermediate tensors of one
+  activation (accuracy cost) and ORT runs four float kernels instead of one (speed cost). Fused into
+  the ONNX ``HardSwish`` op (opset 14) it is one tensor and one kernel. HardSigmoid is already one op.
+
+The prepared model must compute the same function as the original: :func:`max_abs_diff` checks that
+on real inputs (float reassociation from BN folding gives differences around 1e-5, not more).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, version_converter
+
+from ocrquant.errors import OcrQuantError
+from ocrquant.fileio import atomic_path
+from ocrquant.quantization.graph import (
+    clean_opset_imports,
+    const_value,
+    consumers,
+    default_opset,
+    initializers,
+    is_quantized,
+    load_model,
+    op_histogram,
+    producers,
+)
+
+log = logging.getLogger("ocrquant")
+
+HARDSWISH_OPSET = 14
+
+
+@dataclass
+class PrepareReport:
+    """What preparation changed, for the sidecar and the CLI summary."""
+
+    opset_before: int
+    opset_after: int
+    ops_before: dict[str, int]
+    ops_after: dict[str, int]
+    fused: dict[str, int] = field(default_factory=dict)
+
+
+def prepare_model(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    opset: int = 13,
+    fuse_hardswish: bool = True,
+) -> PrepareReport:
+    """Write the prepared float model of ``src`` to ``dst`` (atomically) and say what changed."""
+    src, dst = Path(src), Path(dst)
+    model = load_model(src)
+    if is_quantized(model):
+        raise OcrQuantError("model is already quantized (has QuantizeLinear/DequantizeLinear or QLinear* "
+                            "nodes); pass the float model", src)
+    before_opset, before_ops = default_opset(model), op_histogram(model)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    if before_opset < opset:
+        try:
+            model = version_converter.convert_version(model, opset)
+        except Exception as exc:
+            raise OcrQuantError(f"cannot convert opset {before_opset} -> {opset}: {exc}", src) from None
+    model = onnx.shape_inference.infer_shapes(model)
+
+    with tempfile.TemporaryDirectory(prefix="ocrquant-prep-") as tmp:
+        staged, folded = Path(tmp) / "staged.onnx", Path(tmp) / "folded.onnx"
+        onnx.save(model, str(staged))
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(folded)
+        try:
+            ort.InferenceSession(str(staged), so, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise OcrQuantError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}", src) from None
+        model = onnx.load(str(folded))
+
+    fused = {}
+    if fuse_hardswish:
+        n = fuse_hardswish_patterns(model)
+        if n:
+            fused["HardSwish"] = n
+    clean_opset_imports(model)
+    del model.metadata_props[:]
+    for k, v in metadata.items():
+        model.metadata_props.add(key=k, value=v)
+    model = onnx.shape_inference.infer_shapes(model)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise OcrQuantError(f"prepared model is invalid: {str(exc).splitlines()[0]}", src) from None
+    with atomic_path(dst) as tmp_path:
+        onnx.save(model, str(tmp_path))
+    report = PrepareReport(before_opset, default_opset(model), before_ops, op_histogram(model), fused)
+    log.debug("prepared %s: %s", src, report)
+    return report
+
+
+def _scalar(model: onnx.ModelProto, name: str, inits: dict) -> float | None:
+    v = const_value(model, name, inits)
+    return float(v.reshape(-1)[0]) if v is not None and v.size == 1 else None
+
+
+def fuse_hardswish_patterns(model: onnx.ModelProto) -> int:
+    """Replace ``Div(Mul(x, Clip(Add(x, 3), 0, 6)), 6)`` (any operand order, or ``Mul(., 1/6)``) and
+    ``Mul(x, HardSigmoid(x, alpha=1/6, beta=0.5))`` by one ``HardSwish(x)``; return how many.
+
+    Every matched intermediate must have exactly one consumer, so no other node loses its input. The
+    default-domain opset is raised to 14 when a fusion happens (HardSwish was added in 14; none of the
+    ops these models use changed meaning between 13 and 14).
+    """
+    g = model.graph
+    inits = initializers(model)
+    cons, prod = consumers(model), producers(model)
+    graph_outputs = {o.name for o in g.output}
+
+    def only_consumer(name: str) -> onnx.NodeProto | None:
+        c = cons.get(name, [])
+        return c[0] if len(c) == 1 and name not in graph_outputs else None
+
+    def other_input(node: onnx.NodeProto, name: str) -> str | None:
+        rest = [i for i in node.input if i != name]
+        return rest[0] if len(rest) == 1 else None
+
+    remove: list[onnx.NodeProto] = []
+    new_nodes: list[tuple[onnx.NodeProto, onnx.NodeProto]] = []  # (anchor to replace, HardSwish)
+    for clip in [n for n in g.node if n.op_type == "Clip"]:
+        if len(clip.input) < 3 or _scalar(model, clip.input[1], inits) != 0.0 \
+                or _scalar(model, clip.input[2], inits) != 6.0:
+            continue
+        add = prod.get(clip.input[0])
+        if add is None or add.op_type != "Add" or only_consumer(add.output[0]) is None:
+            continue
+        consts = [i for i in add.input if _scalar(model, i, inits) == 3.0]
+        if not consts:
+            continue
+        x = other_input(add, consts[0])
+        mul = only_consumer(clip.output[0])
+        if x is None or mul is None or mul.op_type != "Mul" or other_input(mul, clip.output[0]) != x:
+            continue
+        last = only_consumer(mul.output[0])
+        if last is None:
+            continue
+        if last.op_type == "Div" and last.input[0] == mul.output[0] \
+                and _scalar(model, last.input[1], inits) == 6.0:
+            pass
+        elif last.op_type == "Mul" and abs((_scalar(model, other_input(last, mul.output[0]) or "", inits)
+                                            or 0.0) - 1 / 6) < 1e-6:
+            pass
+        else:
+            continue
+        hs = helper.make_node("HardSwish", [x], [last.output[0]], name=f"{mul.name or last.name}_hardswish")
+        remove += [add, clip, mul]
+        new_nodes.append((last, hs))
+    for hsig in [n for n in g.node if n.op_type == "HardSigmoid"]:
+        alpha, beta = 0.2, 0.5
+        for a in hsig.attribute:
+            if a.name == "alpha":
+                alpha = a.f
+            elif a.name == "beta":
+                beta = a.f
+        mul = only_consumer(hsig.output[0])
+        if abs(alpha - 1 / 6) > 1e-6 or abs(beta - 0.5) > 1e-6 or mul is None or mul.op_type != "Mul" \
+                or other_input(mul, hsig.output[0]) != hsig.input[0]:
+            continue
+        remove.append(hsig)
+        new_nodes.append((mul, helper.make_node("HardSwish", [hsig.input[0]], [mul.output[0]],
+                                                name=f"{hsig.name}_hardswish")))
+    if not new_nodes:
+        return 0
+    removed = {id(n) for n in remove}
+    anchors = {id(a): hs for a, hs in new_nodes}
+    kept = []
+    for node in g.node:
+        if id(node) in anchors:
+            kept.append(anchors[id(node)])
+        elif id(node) not in removed:
+            kept.append(node)
+    del g.node[:]
+    g.node.extend(kept)
+    used = {i for n in g.node for i in n.input}
+    dead = [i for i in g.initializer if i.name not in used]
+    for i in dead:
+        g.initializer.remove(i)
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and imp.version < HARDSWISH_OPSET:
+            imp.version = HARDSWISH_OPSET
+    return len(new_nodes)
+
+
+def max_abs_diff(
+    model_a: str | Path,
+    model_b: str | Path,
+    inputs: list[np.ndarray],
+) -> float:
+    """Largest absolute difference over all outputs of two models fed the same inputs.
+
+    Used to prove that preparation (and any float-equivalent algorithm such as cross-layer
+    equalisation) did not change what the model computes.
+    """
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sa = ort.InferenceSession(str(model_a), so, providers=["CPUExecutionProvider"])
+    sb = ort.InferenceSession(str(model_b), so, providers=["CPUExecutionProvider"])
+    name_a, name_b = sa.get_inputs()[0].name, sb.get_inputs()[0].name
+    worst = 0.0
+    for x in inputs:
+        outs_a = sa.run(None, {name_a: x})
+        outs_b = sb.run(None, {name_b: x})
+        if len(outs_a) != len(outs_b):
+            raise OcrQuantError(f"models have different output counts ({len(outs_a)} vs {len(outs_b)})")
+        for a, b in zip(outs_a, outs_b, strict=True):
+            if a.shape != b.shape:
+                raise OcrQuantError(f"output shapes differ: {a.shape} vs {b.shape}")
+            worst = max(worst, float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))))
+    return worst

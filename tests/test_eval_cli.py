@@ -1,0 +1,127 @@
+"""`ocrquant eval` end to end on the embedded sample: figures, resume, and bad input handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from ocrquant.api import eval_model
+from ocrquant.data import sample_root
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "ocrquant.cli.main", *args], capture_output=True, text=True, cwd=cwd, env=env
+    )
+
+
+def test_eval_rec_sample_reads_every_word(tmp_path: Path) -> None:
+    out = tmp_path / "rec.json"
+    result = eval_model("ppocrv3-rec", sample_root() / "rec", output=out, progress=False)
+    # the synthetic crops are clean, so the real PP-OCRv3 recogniser reads nearly all of them
+    assert result.count == 48 and result.metrics["acc"] >= 0.9
+    saved = json.loads(out.read_text())
+    assert saved["metrics"]["acc"] == result.metrics["acc"]
+    assert saved["settings"]["batch_size"] == 1 and len(saved["samples"]) == 48
+    assert not out.with_suffix(".partial.jsonl").exists()
+
+
+def test_eval_resumes_from_partial(tmp_path: Path) -> None:
+    out = tmp_path / "cls.json"
+    full = eval_model("ppocrv3-cls", sample_root() / "rec", limit=20, progress=False)
+    # simulate an interrupted run: keep the header and the first 8 sample lines only
+    eval_model("ppocrv3-cls", sample_root() / "rec", limit=20, output=out, progress=False)
+    assert out.exists()
+    partial = out.with_suffix(".partial.jsonl")
+    payload = json.loads(out.read_text())
+    header = {"settings": payload["settings"]}
+    lines = [json.dumps(header)] + [
+        json.dumps({"key": s["key"], "prediction": s["prediction"]}) for s in payload["samples"][:8]
+    ]
+    partial.write_text("\n".join(lines) + "\n")
+    out.unlink()
+    resumed = eval_model("ppocrv3-cls", sample_root() / "rec", limit=20, output=out, progress=False)
+    assert resumed.timing["images_evaluated_now"] == 12
+    assert resumed.metrics == full.metrics
+
+
+def test_batched_rec_close_to_batch_one() -> None:
+    one = eval_model("ppocrv3-rec", sample_root() / "rec", progress=False)
+    eight = eval_model("ppocrv3-rec", sample_root() / "rec", batch_size=8, progress=False)
+    assert abs(one.metrics["acc"] - eight.metrics["acc"]) <= 0.05
+
+
+def test_corrupt_image_is_skipped_and_counted(tmp_path: Path) -> None:
+    data = tmp_path / "rec"
+    shutil.copytree(sample_root() / "rec", data)
+    (data / "images" / "word_3.png").write_bytes(b"not a png at all")
+    result = eval_model("ppocrv3-rec", data, progress=False)
+    assert result.count == 47
+    assert len(result.skipped) == 1 and "word_3.png" in result.skipped[0]["error"]
+
+
+def _one_line_error(proc: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert needle in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_cli_eval_prints_table() -> None:
+    proc = run_cli("eval", "-m", "ppocrv3-det", "-d", str(sample_root() / "det"), "--limit", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "hmean" in proc.stdout and "images/s" in proc.stdout
+
+
+def test_cli_bad_gt_line(tmp_path: Path) -> None:
+    data = tmp_path / "det"
+    shutil.copytree(sample_root() / "det", data)
+    gt = sorted((data / "gt").glob("*.txt"))[0]
+    gt.write_text("10,20,30,oops\n", encoding="utf-8")
+    _one_line_error(run_cli("eval", "-m", "ppocrv3-det", "-d", str(data)), gt.name)
+
+
+def test_cli_empty_dataset(tmp_path: Path) -> None:
+    _one_line_error(run_cli("eval", "-m", "ppocrv3-rec", "-d", str(tmp_path)), str(tmp_path))
+
+
+def test_cli_missing_model(tmp_path: Path) -> None:
+    _one_line_error(run_cli("eval", "-m", str(tmp_path / "nope.onnx"), "-d", str(sample_root() / "rec")), "nope.onnx")
+
+
+def test_cli_wrong_input_rank(tmp_path: Path) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]))
+    model.opset_import[0].version = 13
+    model.ir_version = 8
+    path = tmp_path / "flat.onnx"
+    onnx.save(model, path)
+    _one_line_error(run_cli("eval", "--task", "rec", "-m", str(path), "-d", str(sample_root() / "rec")), "rank 4")
+
+
+def test_cli_corrupt_model(tmp_path: Path) -> None:
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(np.random.default_rng(0).bytes(300))
+    _one_line_error(run_cli("eval", "--task", "rec", "-m", str(path), "-d", str(sample_root() / "rec")), "broken.onnx")
+
+
+def test_cli_option_for_wrong_task() -> None:
+    proc = run_cli("eval", "-m", "ppocrv3-rec", "-d", str(sample_root() / "rec"), "--box-thresh", "0.5")
+    _one_line_error(proc, "box_thresh")
+
+
+@pytest.mark.parametrize("cmd", [["--help"], ["eval", "--help"], ["models", "--help"], ["data", "synth", "--help"]])
+def test_help_everywhere(cmd: list[str]) -> None:
+    proc = run_cli(*cmd)
+    assert proc.returncode == 0 and "Usage" in proc.stdout
