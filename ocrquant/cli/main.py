@@ -148,6 +148,77 @@ def eval_cmd(
         console.print(f"wrote {output}")
 
 
+def _kind_paths(values: list[str] | None, tasks: list[str], option: str) -> dict[str, Path]:
+    """``--data det=DIR --data rec=DIR`` or a single ``--data DIR`` when all tasks read one kind of set."""
+    from ocrquant.workflow import DATA_KIND
+
+    out: dict[str, Path] = {}
+    kinds = {DATA_KIND.get(t, "det") for t in tasks}
+    for value in values or []:
+        if "=" in value:
+            kind, path = value.split("=", 1)
+            if kind not in ("det", "rec"):
+                raise OcrQuantError(f"{option} {value}: the part before '=' must be det or rec")
+            out[kind] = Path(path)
+        elif len(kinds) == 1:
+            out[next(iter(kinds))] = Path(value)
+        else:
+            raise OcrQuantError(f"{option} {value}: with tasks {', '.join(tasks)} write {option} det=DIR and rec=DIR")
+    for kind, path in out.items():
+        if not path.is_dir():
+            raise OcrQuantError("not a directory", path)
+    return out
+
+
+@app.command("run")
+def run_cmd(
+    task: Annotated[list[str] | None, typer.Option("--task", help="det, cls, rec (repeatable; default all three).")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="TASK=MODEL or MODEL (one task).")] = None,
+    data: Annotated[list[str] | None, typer.Option("--data", help="Test set: det=DIR, rec=DIR, or DIR.")] = None,
+    calib_data: Annotated[
+        list[str] | None, typer.Option("--calib-data", help="Calibration set (training data): det=DIR, rec=DIR, or DIR.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (report.md, models, results).")] = Path(
+        "runs/latest"
+    ),
+    method: Annotated[str | None, typer.Option(help="Calibration method (default: the target's best).")] = None,
+    target: Annotated[str, typer.Option(help="Target profile: ort-cpu, tensorrt, npu-pow2.")] = "ort-cpu",
+    calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images.")] = 200,
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N test samples only.")] = None,
+    threads: Annotated[int, typer.Option(help="Runtime threads for evaluation and latency.")] = 2,
+    framework: Annotated[
+        str | None, typer.Option("--framework", help="Also evaluate the source framework: paddle or torch.")
+    ] = None,
+) -> None:
+    """The whole workflow: quantize, evaluate float and INT8, write report.md and report.json.
+
+    With no options it runs the bundled PP-OCRv3 models on the embedded sample set.
+    """
+    from ocrquant.report import COLUMNS, row_cells
+    from ocrquant.workflow import RunConfig, run
+
+    tasks = task or ["det", "cls", "rec"]
+    models: dict[str, str] = {}
+    for value in model or []:
+        if "=" in value and value.split("=", 1)[0] in ("det", "cls", "rec", "det-craft"):
+            k, v = value.split("=", 1)
+            models[k] = v
+        elif len(tasks) == 1:
+            models[tasks[0]] = value
+        else:
+            raise OcrQuantError(f"--model {value}: with several tasks write --model TASK=MODEL")
+    cfg = RunConfig(
+        tasks=tasks, models=models, data=_kind_paths(data, tasks, "--data"),
+        calib_data=_kind_paths(calib_data, tasks, "--calib-data"), out_dir=out, method=method, target=target,
+        calib_size=calib_size, limit=limit, threads=threads, framework_backend=framework,
+    )
+    rows = run(cfg)
+    table = Table(*COLUMNS, title=f"ocrquant run -> {out}/report.md")
+    for row in rows:
+        table.add_row(*row_cells(row))
+    console.print(table)
+
+
 def _task_options(task: str | None, options: dict, model: str) -> dict:
     """Keep only the options that belong to the task (det options are meaningless for rec)."""
     from ocrquant.tasks import get_task_class

@@ -1,0 +1,98 @@
+"""The one table users want: float vs INT8 per model, with test size, latency and model size.
+
+Rows are plain dicts so the same data lands in report.json, report.md and the terminal.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class ReportRow:
+    """One model's float-vs-INT8 figures. ``framework_metric`` is filled when the source framework ran."""
+
+    model: str
+    task: str
+    metric: str
+    float_metric: float
+    int8_metric: float
+    test_size: int
+    float_ms: float
+    int8_ms: float
+    float_mb: float
+    int8_mb: float
+    framework_metric: float | None = None
+    framework: str = "onnx"
+    float_nodes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def delta(self) -> float:
+        return self.int8_metric - self.float_metric
+
+    @property
+    def speedup(self) -> float:
+        return self.float_ms / self.int8_ms if self.int8_ms else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "delta": round(self.delta, 6), "speedup": round(self.speedup, 3)}
+
+
+COLUMNS = [
+    "model", "framework float", "float metric", "int8 metric", "delta", "test size",
+    "float ms/img", "int8 ms/img", "speed-up", "float MB", "int8 MB",
+]
+
+
+def row_cells(row: ReportRow) -> list[str]:
+    fw = f"{row.framework_metric:.4f}" if row.framework_metric is not None else "-"
+    return [
+        f"{row.model} ({row.task}, {row.metric})", fw, f"{row.float_metric:.4f}", f"{row.int8_metric:.4f}",
+        f"{100 * row.delta:+.2f} pt", str(row.test_size), f"{row.float_ms:.2f}", f"{row.int8_ms:.2f}",
+        f"{row.speedup:.2f}x", f"{row.float_mb:.2f}", f"{row.int8_mb:.2f}",
+    ]
+
+
+def machine_description() -> str:
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import os
+
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, onnxruntime {onnxruntime.__version__}"
+
+
+def render_markdown(rows: list[ReportRow], settings: dict[str, Any]) -> str:
+    lines = ["# ocrquant report", "", f"Machine: {machine_description()}", ""]
+    lines.append("| " + " | ".join(COLUMNS) + " |")
+    lines.append("|" + "---|" * len(COLUMNS))
+    for row in rows:
+        lines.append("| " + " | ".join(row_cells(row)) + " |")
+    lines += ["", "Latency: median model call, float and INT8 interleaved on the same inputs, "
+              f"{settings.get('threads', '?')} threads, onnxruntime thread spinning off.", ""]
+    for row in rows:
+        lines.append(f"## {row.model} ({row.task})")
+        lines.append("")
+        if row.float_nodes:
+            lines.append(f"Kept in float ({len(row.float_nodes)}): " + ", ".join(row.float_nodes))
+        else:
+            lines.append("Kept in float: none of the quantizable ops")
+        for key, value in row.details.items():
+            lines.append(f"- {key}: {value}")
+        lines.append("")
+    lines.append("## Settings")
+    lines.append("")
+    for key, value in settings.items():
+        lines.append(f"- {key}: {value}")
+    return "\n".join(lines) + "\n"

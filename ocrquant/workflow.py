@@ -1,0 +1,174 @@
+"""``ocrquant run``: prepare -> calibrate -> quantize -> evaluate float and INT8 -> report, per task.
+
+Every step writes its result into the run directory before the next starts, and a step whose
+result is already there (same settings) is skipped, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ocrquant.api import build_task, check_model_input
+from ocrquant.data import load_image, open_dataset, sample_root
+from ocrquant.errors import OcrQuantError
+from ocrquant.evaluation import EvalResult, evaluate
+from ocrquant.fileio import write_json_atomic, write_text_atomic
+from ocrquant.report import ReportRow, render_markdown
+from ocrquant.runtime import RuntimeOptions, create_runner
+from ocrquant.runtime.timing import interleaved_latency
+from ocrquant.zoo.resolve import ResolvedModel, resolve_model
+
+log = logging.getLogger("ocrquant")
+
+DEFAULT_MODELS = {"det": "ppocrv3-det", "cls": "ppocrv3-cls", "rec": "ppocrv3-rec"}
+#: which kind of labelled set each task reads (cls is derived from a recognition set)
+DATA_KIND = {"det": "det", "cls": "rec", "rec": "rec"}
+
+
+@dataclass
+class RunConfig:
+    """Everything ``run`` needs; the defaults run the embedded sample end to end in a few minutes."""
+
+    tasks: list[str] = field(default_factory=lambda: ["det", "cls", "rec"])
+    models: dict[str, str] = field(default_factory=dict)
+    data: dict[str, Path] = field(default_factory=dict)  # keyed by data kind: "det" | "rec"
+    calib_data: dict[str, Path] = field(default_factory=dict)
+    out_dir: Path = Path("runs/latest")
+    method: str | None = None  # None: the quantizer's default
+    target: str = "ort-cpu"
+    calib_size: int = 200
+    limit: int | None = None
+    threads: int = 2
+    latency_inputs: int = 16
+    framework_backend: str | None = None  # "paddle" / "torch": also evaluate the source framework
+    extra_quant: dict[str, Any] = field(default_factory=dict)
+
+
+def default_calibration_root() -> Path:
+    """A synthetic calibration set (own seed, never the sample's test images), made once and cached."""
+    from ocrquant.data.synth import generate
+    from ocrquant.zoo.fetch import cache_home
+
+    root = cache_home() / "synth-calib-seed7"
+    if not (root / "det").is_dir() or not (root / "rec").is_dir():
+        generate(root, n_det=12, n_rec=64, seed=7, overwrite=True)
+    return root
+
+
+def resolve_paths(cfg: RunConfig) -> RunConfig:
+    """Fill unset data/calibration paths with the embedded defaults."""
+    if not cfg.data:
+        cfg.data = {"det": sample_root() / "det", "rec": sample_root() / "rec"}
+    if not cfg.calib_data:
+        if cfg.data.get("det") != sample_root() / "det" and cfg.data.get("rec") != sample_root() / "rec":
+            raise OcrQuantError("--calib-data is required with --data (never calibrate on the test set)")
+        calib = default_calibration_root()
+        cfg.calib_data = {"det": calib / "det", "rec": calib / "rec"}
+    return cfg
+
+
+def _eval_cached(task_obj: Any, model: Path, name: str, dataset: Any, out: Path, cfg: RunConfig) -> EvalResult:
+    runner = create_runner(model, "onnxruntime", RuntimeOptions(threads=cfg.threads))
+    check_model_input(runner, model)
+    result = evaluate(task_obj, runner, dataset, model_name=name, limit=cfg.limit, output=out,
+                      extra_settings={"model_path": str(model)}, keep_samples=True)
+    return result
+
+
+def _latency_inputs(task_obj: Any, dataset: Any, n: int) -> list[Any]:
+    inputs = []
+    for sample in dataset.samples[: max(n, 1)]:
+        try:
+            inputs.append(task_obj.preprocess([load_image(sample)]).inputs)
+        except OcrQuantError:
+            continue
+    return inputs
+
+
+def run_task(task_name: str, cfg: RunConfig) -> ReportRow:
+    """The whole chain for one task; returns its report row."""
+    from ocrquant.quantization import QuantConfig, quantize
+
+    spec = cfg.models.get(task_name, DEFAULT_MODELS.get(task_name))
+    if spec is None:
+        raise OcrQuantError(f"no model given for task {task_name}")
+    model: ResolvedModel = resolve_model(spec)
+    task_obj = build_task(task_name, model)
+    kind = DATA_KIND.get(task_name, "det")
+    test_set = open_dataset(cfg.data[kind], task_name)
+    calib_set = open_dataset(cfg.calib_data[kind], task_name)
+    if test_set.root.resolve() == calib_set.root.resolve():
+        raise OcrQuantError("calibration and test data are the same directory", calib_set.root)
+    out = cfg.out_dir / task_name
+    out.mkdir(parents=True, exist_ok=True)
+    int8_path = out / f"{model.name}.int8.onnx"
+    qcfg = QuantConfig(target=cfg.target, calib_size=cfg.calib_size, **cfg.extra_quant)
+    if cfg.method:
+        qcfg.method = cfg.method
+    qkey = {"model": str(model.path), "calib": str(calib_set.root), "config": _plain(qcfg)}
+    key_file = out / "quantize.key.json"
+    if not (int8_path.exists() and key_file.exists() and json.loads(key_file.read_text()) == qkey):
+        log.info("[%s] quantizing %s with %d calibration images", task_name, model.name, cfg.calib_size)
+        quantize(model.path, task_name, calib_set, int8_path, qcfg)
+        write_json_atomic(key_file, qkey)
+    log.info("[%s] evaluating float and INT8 on %s", task_name, test_set.root)
+    f_res = _eval_cached(task_obj, model.path, model.name, test_set, out / "eval_float.json", cfg)
+    q_res = _eval_cached(task_obj, int8_path, model.name + "-int8", test_set, out / "eval_int8.json", cfg)
+    fw_metric = None
+    if cfg.framework_backend:
+        fw_runner = create_runner(model.path, cfg.framework_backend, RuntimeOptions(threads=cfg.threads))
+        fw_res = evaluate(task_obj, fw_runner, test_set, model_name=model.name + f"-{cfg.framework_backend}",
+                          limit=cfg.limit, output=out / f"eval_{cfg.framework_backend}.json")
+        fw_metric = fw_res.primary
+    lat = interleaved_latency({"float": model.path, "int8": int8_path},
+                              _latency_inputs(task_obj, test_set, cfg.latency_inputs), threads=cfg.threads)
+    sidecar = _read_sidecar(int8_path)
+    return ReportRow(
+        model=model.name, task=task_name, metric=f_res.settings["primary_metric"],
+        float_metric=f_res.primary, int8_metric=q_res.primary, test_size=f_res.count,
+        float_ms=lat["float"].median_ms, int8_ms=lat["int8"].median_ms,
+        float_mb=round(model.path.stat().st_size / 2**20, 3), int8_mb=round(int8_path.stat().st_size / 2**20, 3),
+        framework_metric=fw_metric, framework=model.framework,
+        float_nodes=list(sidecar.get("float_nodes", [])),
+        details={
+            "float metrics": _round(f_res.metrics), "int8 metrics": _round(q_res.metrics),
+            "quantized / float nodes per op type": sidecar.get("node_counts", {}),
+            "quantization": sidecar.get("settings", {}),
+            "int8 model": str(int8_path),
+        },
+    )
+
+
+def run(cfg: RunConfig) -> list[ReportRow]:
+    """Run every task of ``cfg`` and write report.md / report.json into ``cfg.out_dir``."""
+    cfg = resolve_paths(cfg)
+    rows = [run_task(t, cfg) for t in cfg.tasks]
+    settings = {
+        "tasks": cfg.tasks, "data": {k: str(v) for k, v in cfg.data.items()},
+        "calibration data": {k: str(v) for k, v in cfg.calib_data.items()},
+        "calibration size": cfg.calib_size, "method": cfg.method or "default", "target": cfg.target,
+        "threads": cfg.threads, "limit": cfg.limit,
+    }
+    write_json_atomic(cfg.out_dir / "report.json", {"settings": settings, "rows": [r.to_json() for r in rows]})
+    write_text_atomic(cfg.out_dir / "report.md", render_markdown(rows, settings))
+    return rows
+
+
+def _read_sidecar(int8_path: Path) -> dict[str, Any]:
+    side = int8_path.with_suffix(".quant.json")
+    return json.loads(side.read_text()) if side.exists() else {}
+
+
+def _plain(obj: Any) -> Any:
+    try:
+        return json.loads(json.dumps(asdict(obj), default=str))
+    except TypeError:
+        return str(obj)
+
+
+def _round(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
