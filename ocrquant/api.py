@@ -55,8 +55,14 @@ def eval_model(
     runner = create_runner(resolved.path, backend, runtime)
     check_model_input(runner, resolved.path)
     return evaluate(
-        task_obj, runner, dataset, model_name=resolved.name, batch_size=batch_size, limit=limit,
-        output=output, progress=progress,
+        task_obj,
+        runner,
+        dataset,
+        model_name=resolved.name,
+        batch_size=batch_size,
+        limit=limit,
+        output=output,
+        progress=progress,
         extra_settings={"backend": backend, "model_path": str(resolved.path)},
     )
 

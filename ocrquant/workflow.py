@@ -71,11 +71,21 @@ def resolve_paths(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def _eval_cached(task_obj: Any, model: Path, name: str, dataset: Any, out: Path, cfg: RunConfig) -> EvalResult:
+def _eval_cached(
+    task_obj: Any, model: Path, name: str, dataset: Any, out: Path, cfg: RunConfig
+) -> EvalResult:
     runner = create_runner(model, "onnxruntime", RuntimeOptions(threads=cfg.threads))
     check_model_input(runner, model)
-    result = evaluate(task_obj, runner, dataset, model_name=name, limit=cfg.limit, output=out,
-                      extra_settings={"model_path": str(model)}, keep_samples=True)
+    result = evaluate(
+        task_obj,
+        runner,
+        dataset,
+        model_name=name,
+        limit=cfg.limit,
+        output=out,
+        extra_settings={"model_path": str(model)},
+        keep_samples=True,
+    )
     return result
 
 
@@ -121,21 +131,38 @@ def run_task(task_name: str, cfg: RunConfig) -> ReportRow:
     fw_metric = None
     if cfg.framework_backend:
         fw_runner = create_runner(model.path, cfg.framework_backend, RuntimeOptions(threads=cfg.threads))
-        fw_res = evaluate(task_obj, fw_runner, test_set, model_name=model.name + f"-{cfg.framework_backend}",
-                          limit=cfg.limit, output=out / f"eval_{cfg.framework_backend}.json")
+        fw_res = evaluate(
+            task_obj,
+            fw_runner,
+            test_set,
+            model_name=model.name + f"-{cfg.framework_backend}",
+            limit=cfg.limit,
+            output=out / f"eval_{cfg.framework_backend}.json",
+        )
         fw_metric = fw_res.primary
-    lat = interleaved_latency({"float": model.path, "int8": int8_path},
-                              _latency_inputs(task_obj, test_set, cfg.latency_inputs), threads=cfg.threads)
+    lat = interleaved_latency(
+        {"float": model.path, "int8": int8_path},
+        _latency_inputs(task_obj, test_set, cfg.latency_inputs),
+        threads=cfg.threads,
+    )
     sidecar = _read_sidecar(int8_path)
     return ReportRow(
-        model=model.name, task=task_name, metric=f_res.settings["primary_metric"],
-        float_metric=f_res.primary, int8_metric=q_res.primary, test_size=f_res.count,
-        float_ms=lat["float"].median_ms, int8_ms=lat["int8"].median_ms,
-        float_mb=round(model.path.stat().st_size / 2**20, 3), int8_mb=round(int8_path.stat().st_size / 2**20, 3),
-        framework_metric=fw_metric, framework=model.framework,
+        model=model.name,
+        task=task_name,
+        metric=f_res.settings["primary_metric"],
+        float_metric=f_res.primary,
+        int8_metric=q_res.primary,
+        test_size=f_res.count,
+        float_ms=lat["float"].median_ms,
+        int8_ms=lat["int8"].median_ms,
+        float_mb=round(model.path.stat().st_size / 2**20, 3),
+        int8_mb=round(int8_path.stat().st_size / 2**20, 3),
+        framework_metric=fw_metric,
+        framework=model.framework,
         float_nodes=list(sidecar.get("float_nodes", [])),
         details={
-            "float metrics": _round(f_res.metrics), "int8 metrics": _round(q_res.metrics),
+            "float metrics": _round(f_res.metrics),
+            "int8 metrics": _round(q_res.metrics),
             "quantized / float nodes per op type": sidecar.get("node_counts", {}),
             "quantization": sidecar.get("settings", {}),
             "int8 model": str(int8_path),
@@ -148,12 +175,18 @@ def run(cfg: RunConfig) -> list[ReportRow]:
     cfg = resolve_paths(cfg)
     rows = [run_task(t, cfg) for t in cfg.tasks]
     settings = {
-        "tasks": cfg.tasks, "data": {k: str(v) for k, v in cfg.data.items()},
+        "tasks": cfg.tasks,
+        "data": {k: str(v) for k, v in cfg.data.items()},
         "calibration data": {k: str(v) for k, v in cfg.calib_data.items()},
-        "calibration size": cfg.calib_size, "method": cfg.method or "default", "target": cfg.target,
-        "threads": cfg.threads, "limit": cfg.limit,
+        "calibration size": cfg.calib_size,
+        "method": cfg.method or "default",
+        "target": cfg.target,
+        "threads": cfg.threads,
+        "limit": cfg.limit,
     }
-    write_json_atomic(cfg.out_dir / "report.json", {"settings": settings, "rows": [r.to_json() for r in rows]})
+    write_json_atomic(
+        cfg.out_dir / "report.json", {"settings": settings, "rows": [r.to_json() for r in rows]}
+    )
     write_text_atomic(cfg.out_dir / "report.md", render_markdown(rows, settings))
     return rows
 

@@ -96,7 +96,9 @@ def test_cli_empty_dataset(tmp_path: Path) -> None:
 
 
 def test_cli_missing_model(tmp_path: Path) -> None:
-    _one_line_error(run_cli("eval", "-m", str(tmp_path / "nope.onnx"), "-d", str(sample_root() / "rec")), "nope.onnx")
+    _one_line_error(
+        run_cli("eval", "-m", str(tmp_path / "nope.onnx"), "-d", str(sample_root() / "rec")), "nope.onnx"
+    )
 
 
 def test_cli_wrong_input_rank(tmp_path: Path) -> None:
@@ -107,13 +109,17 @@ def test_cli_wrong_input_rank(tmp_path: Path) -> None:
     model.ir_version = 8
     path = tmp_path / "flat.onnx"
     onnx.save(model, path)
-    _one_line_error(run_cli("eval", "--task", "rec", "-m", str(path), "-d", str(sample_root() / "rec")), "rank 4")
+    _one_line_error(
+        run_cli("eval", "--task", "rec", "-m", str(path), "-d", str(sample_root() / "rec")), "rank 4"
+    )
 
 
 def test_cli_corrupt_model(tmp_path: Path) -> None:
     path = tmp_path / "broken.onnx"
     path.write_bytes(np.random.default_rng(0).bytes(300))
-    _one_line_error(run_cli("eval", "--task", "rec", "-m", str(path), "-d", str(sample_root() / "rec")), "broken.onnx")
+    _one_line_error(
+        run_cli("eval", "--task", "rec", "-m", str(path), "-d", str(sample_root() / "rec")), "broken.onnx"
+    )
 
 
 def test_cli_option_for_wrong_task() -> None:
@@ -121,7 +127,9 @@ def test_cli_option_for_wrong_task() -> None:
     _one_line_error(proc, "box_thresh")
 
 
-@pytest.mark.parametrize("cmd", [["--help"], ["eval", "--help"], ["models", "--help"], ["data", "synth", "--help"]])
+@pytest.mark.parametrize(
+    "cmd", [["--help"], ["eval", "--help"], ["models", "--help"], ["data", "synth", "--help"]]
+)
 def test_help_everywhere(cmd: list[str]) -> None:
     proc = run_cli(*cmd)
     assert proc.returncode == 0 and "Usage" in proc.stdout

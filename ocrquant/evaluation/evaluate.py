@@ -77,7 +77,7 @@ def _chunks(samples: list[Sample], size: int) -> Iterator[list[Sample]]:
         yield samples[i : i + size]
 
 
-class _PartialLog:
+class PartialLog:
     """Append-only JSON-lines log of finished samples; its first line pins the settings it belongs to."""
 
     def __init__(self, path: Path | None, settings: dict[str, Any]) -> None:
@@ -158,12 +158,12 @@ def evaluate(
         "primary_metric": metric_probe.primary,
         **(extra_settings or {}),
     }
-    partial = _PartialLog(output.with_suffix(".partial.jsonl") if output else None, settings)
+    partial = PartialLog(output.with_suffix(".partial.jsonl") if output else None, settings)
     todo = [s for s in samples if s.key not in partial.done]
     input_name = runner.input_names[0]
     model_s = 0.0
     t0 = time.perf_counter()
-    bar = _progress(len(samples), len(samples) - len(todo), progress, f"eval {task.name}")
+    bar = progress_bar(len(samples), len(samples) - len(todo), progress, f"eval {task.name}")
     completed = False
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -190,7 +190,9 @@ def evaluate(
         bar.close()
         partial.close(remove=False)
     wall_s = time.perf_counter() - t0
-    result = _summarise(task, samples, partial.done, settings, model_name, dataset, wall_s, model_s, len(todo))
+    result = _summarise(
+        task, samples, partial.done, settings, model_name, dataset, wall_s, model_s, len(todo)
+    )
     if not keep_samples:
         result.samples = []
     if output is not None and completed:
@@ -200,8 +202,15 @@ def evaluate(
 
 
 def _summarise(
-    task: Task, samples: list[Sample], done: dict[str, dict[str, Any]], settings: dict[str, Any],
-    model_name: str, dataset: Dataset, wall_s: float, model_s: float, n_run: int,
+    task: Task,
+    samples: list[Sample],
+    done: dict[str, dict[str, Any]],
+    settings: dict[str, Any],
+    model_name: str,
+    dataset: Dataset,
+    wall_s: float,
+    model_s: float,
+    n_run: int,
 ) -> EvalResult:
     """Recompute the metric from stored predictions in dataset order (same result resumed or not)."""
     metric = task.new_metric()
@@ -222,7 +231,14 @@ def _summarise(
         "model_share": round(model_s / wall_s, 4) if wall_s > 0 else 0.0,
     }
     return EvalResult(
-        task.name, model_name, str(dataset.root), metric.result(), len(per_sample), skipped, timing, settings,
+        task.name,
+        model_name,
+        str(dataset.root),
+        metric.result(),
+        len(per_sample),
+        skipped,
+        timing,
+        settings,
         per_sample,
     )
 
@@ -234,7 +250,7 @@ def _jsonable(config: Any) -> dict[str, Any]:
         return {}
 
 
-def _progress(total: int, initial: int, enabled: bool, desc: str):  # noqa: ANN202
+def progress_bar(total: int, initial: int, enabled: bool, desc: str):  # noqa: ANN202
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="img", leave=False)

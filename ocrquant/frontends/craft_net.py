@@ -24,7 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 # torchvision's "D" configuration (VGG16): channel counts, "M" = 2x2 max-pool.
-VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+VGG16_CFG: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
+)  # fmt: skip
 
 # [start, stop) indices of vgg16_bn().features taken by each CRAFT slice; the outputs are relu2_2,
 # relu3_2, relu4_3 and relu5_3 in the reference naming (though each slice actually ends at the BN
@@ -41,7 +43,8 @@ def vgg16_bn_features() -> list[nn.Module]:
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             continue
         out_ch = int(item)
-        layers += [nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)]
+        conv = nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1)
+        layers += [conv, nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)]
         in_ch = out_ch
     return layers
 
@@ -69,7 +72,9 @@ class VGG16BNBase(nn.Module):
             nn.Conv2d(1024, 1024, kernel_size=1),
         )
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         s1 = self.slice1(x)  # 128 ch, 1/2
         s2 = self.slice2(s1)  # 256 ch, 1/4
         s3 = self.slice3(s2)  # 512 ch, 1/8

@@ -70,10 +70,10 @@ class ImageResult:
 
     @property
     def hmean(self) -> float:
-        return _hmean(self.precision, self.recall)
+        return hmean(self.precision, self.recall)
 
 
-def _hmean(precision: float, recall: float) -> float:
+def hmean(precision: float, recall: float) -> float:
     total = precision + recall
     return 0.0 if total == 0 else 2.0 * precision * recall / total
 
@@ -170,7 +170,7 @@ def evaluate_image(
     return result
 
 
-def _target_ignore(target: DetTarget) -> list[bool]:
+def target_ignore(target: DetTarget) -> list[bool]:
     """Don't-care flags for every GT polygon: the reader's flag, or an ICDAR ``###`` / ``*`` transcription
     (PaddleOCR's label encoder treats both as don't-care), so a reader that forgot the flag still scores
     the way PaddleOCR does."""
@@ -200,7 +200,7 @@ class DetMetric(Metric):
         if present, are not used by the protocol."""
         res = evaluate_image(
             target.polygons,
-            _target_ignore(target),
+            target_ignore(target),
             prediction.get("polygons", []),
             iou_thresh=self.iou_thresh,
             area_precision_thresh=self.area_precision_thresh,
@@ -230,7 +230,7 @@ class DetMetric(Metric):
         return {
             "precision": precision,
             "recall": recall,
-            "hmean": _hmean(precision, recall),
+            "hmean": hmean(precision, recall),
             "matched": self.matched,
             "gt_care": self.gt_care,
             "det_care": self.det_care,

@@ -14,8 +14,17 @@ from ocrquant.errors import OcrQuantError
 
 # Ops that only exist in an already-quantized graph (QDQ or QOperator format).
 QUANT_OPS = frozenset(
-    {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
-     "QGemm", "QAttention", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "ConvInteger",
+        "MatMulInteger",
+        "QGemm",
+        "QAttention",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+    }
 )
 # Ops whose second input is a weight with an output-channel axis (op type -> axis function).
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")

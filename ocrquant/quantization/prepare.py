@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper, version_converter
+from onnx import helper, numpy_helper, version_converter
 
 from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import atomic_path
@@ -70,8 +70,11 @@ def prepare_model(
     src, dst = Path(src), Path(dst)
     model = load_model(src)
     if is_quantized(model):
-        raise OcrQuantError("model is already quantized (has QuantizeLinear/DequantizeLinear or QLinear* "
-                            "nodes); pass the float model", src)
+        raise OcrQuantError(
+            "model is already quantized (has QuantizeLinear/DequantizeLinear or QLinear* "
+            "nodes); pass the float model",
+            src,
+        )
     before_opset, before_ops = default_opset(model), op_histogram(model)
     metadata = {p.key: p.value for p in model.metadata_props}
     if before_opset < opset:
@@ -90,10 +93,15 @@ def prepare_model(
         try:
             ort.InferenceSession(str(staged), so, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise OcrQuantError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}", src) from None
+            raise OcrQuantError(
+                f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}", src
+            ) from None
         model = onnx.load(str(folded))
 
     fused = {}
+    n_div = div_to_mul(model)
+    if n_div:
+        fused["Div->Mul"] = n_div
     if fuse_hardswish:
         n = fuse_hardswish_patterns(model)
         if n:
@@ -143,8 +151,11 @@ def fuse_hardswish_patterns(model: onnx.ModelProto) -> int:
     remove: list[onnx.NodeProto] = []
     new_nodes: list[tuple[onnx.NodeProto, onnx.NodeProto]] = []  # (anchor to replace, HardSwish)
     for clip in [n for n in g.node if n.op_type == "Clip"]:
-        if len(clip.input) < 3 or _scalar(model, clip.input[1], inits) != 0.0 \
-                or _scalar(model, clip.input[2], inits) != 6.0:
+        if (
+            len(clip.input) < 3
+            or _scalar(model, clip.input[1], inits) != 0.0
+            or _scalar(model, clip.input[2], inits) != 6.0
+        ):
             continue
         add = prod.get(clip.input[0])
         if add is None or add.op_type != "Add" or only_consumer(add.output[0]) is None:
@@ -159,11 +170,16 @@ def fuse_hardswish_patterns(model: onnx.ModelProto) -> int:
         last = only_consumer(mul.output[0])
         if last is None:
             continue
-        if last.op_type == "Div" and last.input[0] == mul.output[0] \
-                and _scalar(model, last.input[1], inits) == 6.0:
+        if (
+            last.op_type == "Div"
+            and last.input[0] == mul.output[0]
+            and _scalar(model, last.input[1], inits) == 6.0
+        ):
             pass
-        elif last.op_type == "Mul" and abs((_scalar(model, other_input(last, mul.output[0]) or "", inits)
-                                            or 0.0) - 1 / 6) < 1e-6:
+        elif (
+            last.op_type == "Mul"
+            and abs((_scalar(model, other_input(last, mul.output[0]) or "", inits) or 0.0) - 1 / 6) < 1e-6
+        ):
             pass
         else:
             continue
@@ -178,12 +194,23 @@ def fuse_hardswish_patterns(model: onnx.ModelProto) -> int:
             elif a.name == "beta":
                 beta = a.f
         mul = only_consumer(hsig.output[0])
-        if abs(alpha - 1 / 6) > 1e-6 or abs(beta - 0.5) > 1e-6 or mul is None or mul.op_type != "Mul" \
-                or other_input(mul, hsig.output[0]) != hsig.input[0]:
+        if (
+            abs(alpha - 1 / 6) > 1e-6
+            or abs(beta - 0.5) > 1e-6
+            or mul is None
+            or mul.op_type != "Mul"
+            or other_input(mul, hsig.output[0]) != hsig.input[0]
+        ):
             continue
         remove.append(hsig)
-        new_nodes.append((mul, helper.make_node("HardSwish", [hsig.input[0]], [mul.output[0]],
-                                                name=f"{hsig.name}_hardswish")))
+        new_nodes.append(
+            (
+                mul,
+                helper.make_node(
+                    "HardSwish", [hsig.input[0]], [mul.output[0]], name=f"{hsig.name}_hardswish"
+                ),
+            )
+        )
     if not new_nodes:
         return 0
     removed = {id(n) for n in remove}
@@ -204,6 +231,28 @@ def fuse_hardswish_patterns(model: onnx.ModelProto) -> int:
         if imp.domain in ("", "ai.onnx") and imp.version < HARDSWISH_OPSET:
             imp.version = HARDSWISH_OPSET
     return len(new_nodes)
+
+
+def div_to_mul(model: onnx.ModelProto) -> int:
+    """``Div(x, c)`` by a constant becomes ``Mul(x, 1/c)``: the same value (to one ulp), but Mul has
+    integer kernels (QLinearMul) on ORT CPU and Div has none, so a decomposed HardSwish
+    (``Mul(x, Clip(x + 3, 0, 6)) / 6``) can run in int8 end to end."""
+    inits = initializers(model)
+    count = 0
+    for node in model.graph.node:
+        if node.op_type != "Div" or len(node.input) != 2 or node.input[1] not in inits:
+            continue
+        c = numpy_helper.to_array(inits[node.input[1]])
+        if c.dtype != np.float32 or np.any(c == 0):
+            continue
+        name = f"{node.input[1]}_reciprocal"
+        if name not in inits:
+            model.graph.initializer.append(numpy_helper.from_array((1.0 / c).astype(np.float32), name))
+            inits[name] = model.graph.initializer[-1]
+        node.op_type = "Mul"
+        node.input[1] = name
+        count += 1
+    return count
 
 
 def max_abs_diff(

@@ -5,6 +5,7 @@ Rows are plain dicts so the same data lands in report.json, report.md and the te
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -42,17 +43,34 @@ class ReportRow:
 
 
 COLUMNS = [
-    "model", "framework float", "float metric", "int8 metric", "delta", "test size",
-    "float ms/img", "int8 ms/img", "speed-up", "float MB", "int8 MB",
+    "model",
+    "framework float",
+    "float metric",
+    "int8 metric",
+    "delta",
+    "test size",
+    "float ms/img",
+    "int8 ms/img",
+    "speed-up",
+    "float MB",
+    "int8 MB",
 ]
 
 
 def row_cells(row: ReportRow) -> list[str]:
     fw = f"{row.framework_metric:.4f}" if row.framework_metric is not None else "-"
     return [
-        f"{row.model} ({row.task}, {row.metric})", fw, f"{row.float_metric:.4f}", f"{row.int8_metric:.4f}",
-        f"{100 * row.delta:+.2f} pt", str(row.test_size), f"{row.float_ms:.2f}", f"{row.int8_ms:.2f}",
-        f"{row.speedup:.2f}x", f"{row.float_mb:.2f}", f"{row.int8_mb:.2f}",
+        f"{row.model} ({row.task}, {row.metric})",
+        fw,
+        f"{row.float_metric:.4f}",
+        f"{row.int8_metric:.4f}",
+        f"{100 * row.delta:+.2f} pt",
+        str(row.test_size),
+        f"{row.float_ms:.2f}",
+        f"{row.int8_ms:.2f}",
+        f"{row.speedup:.2f}x",
+        f"{row.float_mb:.2f}",
+        f"{row.int8_mb:.2f}",
     ]
 
 
@@ -68,9 +86,8 @@ def machine_description() -> str:
                     break
     except OSError:
         pass
-    import os
-
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, onnxruntime {onnxruntime.__version__}"
+    system = f"{platform.system()} {platform.release()}"
+    return f"{cpu}, {os.cpu_count()} cores, {system}, onnxruntime {onnxruntime.__version__}"
 
 
 def render_markdown(rows: list[ReportRow], settings: dict[str, Any]) -> str:
@@ -79,8 +96,12 @@ def render_markdown(rows: list[ReportRow], settings: dict[str, Any]) -> str:
     lines.append("|" + "---|" * len(COLUMNS))
     for row in rows:
         lines.append("| " + " | ".join(row_cells(row)) + " |")
-    lines += ["", "Latency: median model call, float and INT8 interleaved on the same inputs, "
-              f"{settings.get('threads', '?')} threads, onnxruntime thread spinning off.", ""]
+    lines += [
+        "",
+        "Latency: median model call, float and INT8 interleaved on the same inputs, "
+        f"{settings.get('threads', '?')} threads, onnxruntime thread spinning off.",
+        "",
+    ]
     for row in rows:
         lines.append(f"## {row.model} ({row.task})")
         lines.append("")

@@ -64,7 +64,9 @@ def register_backend(name: str) -> Callable[[type[Runner]], type[Runner]]:
     return deco
 
 
-def create_runner(model: str | Path, backend: str = "onnxruntime", options: RuntimeOptions | None = None) -> Runner:
+def create_runner(
+    model: str | Path, backend: str = "onnxruntime", options: RuntimeOptions | None = None
+) -> Runner:
     import ocrquant.runtime  # noqa: F401  (registers built-in backends)
 
     if backend not in BACKENDS:

@@ -111,7 +111,9 @@ def unclip(box: np.ndarray, ratio: float) -> list[np.ndarray]:
         return []
     distance = poly.area * ratio / poly.length
     offset = pyclipper.PyclipperOffset()
-    offset.AddPath([tuple(p) for p in np.asarray(box).tolist()], pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
+    offset.AddPath(
+        [tuple(p) for p in np.asarray(box).tolist()], pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON
+    )
     return [np.array(p) for p in offset.Execute(distance)]
 
 
@@ -221,7 +223,10 @@ def db_postprocess(prob_map: np.ndarray, src_h: int, src_w: int, cfg: DetConfig)
         if filtered:
             kept.append(filtered[0])
             kept_scores.append(score)
-    return {"polygons": [b.astype(int).tolist() for b in kept], "scores": [round(float(s), 6) for s in kept_scores]}
+    return {
+        "polygons": [b.astype(int).tolist() for b in kept],
+        "scores": [round(float(s), 6) for s in kept_scores],
+    }
 
 
 @register_task("det")
@@ -235,7 +240,9 @@ class DetTask(Task):
         for image in images:
             resized, ratio_h, ratio_w = det_resize(image, self.config)
             arrays.append(normalize_det(resized))
-            metas.append({"src_h": image.shape[0], "src_w": image.shape[1], "ratio_h": ratio_h, "ratio_w": ratio_w})
+            metas.append(
+                {"src_h": image.shape[0], "src_w": image.shape[1], "ratio_h": ratio_h, "ratio_w": ratio_w}
+            )
         shapes = {a.shape for a in arrays}
         if len(shapes) != 1:
             raise OcrQuantError("det images of different sizes cannot share a batch; use --batch-size 1")
@@ -245,7 +252,9 @@ class DetTask(Task):
         maps = outputs[0]
         if maps.ndim != 4:
             raise OcrQuantError(f"det model output should be N x 1 x H x W, got shape {list(maps.shape)}")
-        return [db_postprocess(maps[i, 0], m["src_h"], m["src_w"], self.config) for i, m in enumerate(batch.metas)]
+        return [
+            db_postprocess(maps[i, 0], m["src_h"], m["src_w"], self.config) for i, m in enumerate(batch.metas)
+        ]
 
     def new_metric(self) -> Metric:
         return DetMetric()

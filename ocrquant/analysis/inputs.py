@@ -1,0 +1,42 @@
+"""Model inputs for analysis: a labelled dataset run through the task's own preprocessing, so every
+layer is measured on exactly what the model sees in evaluation (one image per call)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ocrquant.errors import OcrQuantError
+
+
+def load_inputs(
+    model: str | Path,
+    data: str | Path,
+    task: str | None = None,
+    limit: int | None = None,
+    task_options: dict[str, Any] | None = None,
+    data_format: str | None = None,
+    progress: bool = False,
+) -> tuple[list[str], list[np.ndarray]]:
+    """(sample keys, NCHW float32 arrays with N=1) for the first ``limit`` samples of ``data``."""
+    from ocrquant.api import build_task, infer_task
+    from ocrquant.data import load_image, open_dataset
+    from ocrquant.zoo.resolve import resolve_model
+
+    resolved = resolve_model(model)
+    task_name = infer_task(resolved, task)
+    task_obj = build_task(task_name, resolved, task_options)
+    dataset = open_dataset(Path(data), task_name, data_format)
+    samples = dataset.samples[:limit] if limit is not None else dataset.samples
+    if not samples:
+        raise OcrQuantError("no samples to run (empty dataset or --limit 0)", data)
+    keys, arrays = [], []
+    for sample in tqdm(samples, desc="preprocess", disable=not progress, unit="img"):
+        keys.append(sample.key)
+        arrays.append(
+            np.ascontiguousarray(task_obj.preprocess([load_image(sample)]).inputs, dtype=np.float32)
+        )
+    return keys, arrays

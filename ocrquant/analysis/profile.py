@@ -1,0 +1,180 @@
+"""Per-layer profile: onnxruntime's own profiler for time, shapes for MACs and parameters.
+
+Time comes from the profiler's JSON trace (``SessionOptions.enable_profiling``): every event of
+category "Node" carries the node name, ``args.op_name`` and ``dur`` (microseconds). Warm-up runs
+are excluded by keeping only node events inside the last ``runs`` "model_run" windows. MACs and
+parameters are computed from the graph (Conv, ConvTranspose, MatMul, Gemm) after shape inference
+at the actual input shape; fused nodes of an optimized session are joined back by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from ocrquant.analysis.graph import GraphView, load_model
+
+QDQ_TIME_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+_OPT = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass
+class NodeTime:
+    name: str
+    op_type: str
+    ms: float  # mean per run
+    share: float
+    macs: int | None = None
+    params: int | None = None
+
+
+@dataclass
+class ProfileResult:
+    model: str
+    runs: int
+    total_ms: float
+    nodes: list[NodeTime]
+    by_op: list[tuple[str, int, float, float]]  # op type, node count, ms per run, share
+    qdq_share: float
+    total_macs: int
+    total_params: int
+    settings: dict = field(default_factory=dict)
+
+
+def layer_costs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> dict[str, tuple[int, int]]:
+    """node name -> (MACs, parameters) for Conv / ConvTranspose / MatMul / Gemm at the given input shapes."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for inp in m.graph.input:
+        if inp.name in input_shapes:
+            dims = inp.type.tensor_type.shape.dim
+            for d, v in zip(dims, input_shapes[inp.name], strict=False):
+                d.ClearField("dim_param")
+                d.dim_value = int(v)
+    try:
+        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    except Exception:  # shapes are best effort; unknown ones give no MAC count
+        pass
+    shapes: dict[str, list[int]] = {}
+    for vi in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input):
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
+        shapes[vi.name] = dims
+    view = GraphView(m)
+    for t in m.graph.initializer:
+        shapes[t.name] = list(t.dims)
+
+    def weight_shape(name: str) -> list[int]:
+        prod = view.producer.get(name)
+        src = prod.input[0] if prod is not None and prod.op_type == "DequantizeLinear" else name
+        return shapes.get(src) or shapes.get(name) or []
+
+    costs: dict[str, tuple[int, int]] = {}
+    for node in m.graph.node:
+        out = shapes.get(node.output[0]) if node.output else None
+        if node.op_type not in ("Conv", "ConvTranspose", "MatMul", "Gemm") or not out or 0 in out:
+            continue
+        w = weight_shape(node.input[1])
+        params = int(np.prod(w)) if w and view.is_constant(node.input[1]) else 0
+        if len(node.input) > 2 and node.input[2]:
+            params += int(np.prod(weight_shape(node.input[2]) or [0]))
+        if not w or 0 in w:
+            continue
+        if node.op_type == "Conv":
+            macs = int(np.prod(out)) * int(np.prod(w[1:]))
+        elif node.op_type == "ConvTranspose":
+            x = shapes.get(node.input[0]) or []
+            macs = int(np.prod(x)) * int(np.prod(w[1:])) if x and 0 not in x else 0
+        else:  # MatMul / Gemm: every output element is a K-long dot product
+            a = shapes.get(node.input[0]) or []
+            trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+            k = (a[-2] if trans_a else a[-1]) if a else 0
+            macs = int(np.prod(out)) * int(k)
+        costs[node.name] = (macs, params)
+    return costs
+
+
+def _base_name(name: str) -> str:
+    """Fused nodes keep their source name plus a suffix ("conv1_quant", "Conv_3_token_12")."""
+    return re.sub(r"(_quant|_token_\d+|_fused.*|_kernel_time)$", "", name)
+
+
+def profile_model(
+    model_path: str | Path,
+    inputs: Sequence[np.ndarray],
+    *,
+    runs: int | None = None,
+    warmup: int = 1,
+    threads: int = 0,
+    optimization: str = "all",
+) -> ProfileResult:
+    """Profile ``model_path`` over ``inputs`` (cycled to ``runs`` timed runs after ``warmup`` runs)."""
+    model = load_model(model_path)
+    runs = runs or len(inputs)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = _OPT[optimization]
+    if threads:
+        so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    with tempfile.TemporaryDirectory() as tmp:
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tmp, "ocrquant_profile")
+        session = ort.InferenceSession(str(model_path), sess_options=so, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        for i in range(warmup + runs):
+            session.run(None, {name: inputs[i % len(inputs)]})
+        trace = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
+    events = trace if isinstance(trace, list) else trace.get("traceEvents", [])
+    windows = sorted(
+        (e["ts"], e["ts"] + e["dur"])
+        for e in events
+        if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )[-runs:]
+    per_node: dict[str, list] = defaultdict(lambda: ["", 0.0])
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
+            continue
+        if windows and not any(lo <= e["ts"] <= hi for lo, hi in windows):
+            continue
+        node = e["name"][: -len("_kernel_time")]
+        per_node[node][0] = e.get("args", {}).get("op_name", "")
+        per_node[node][1] += float(e["dur"]) / 1000.0
+    costs = layer_costs(model, {name: list(inputs[0].shape)})
+    total = sum(v[1] for v in per_node.values()) / runs or 1e-12
+    nodes = []
+    for node, (op, ms) in per_node.items():
+        cost = costs.get(node) or costs.get(_base_name(node))
+        nodes.append(NodeTime(node, op, ms / runs, ms / runs / total, *(cost if cost else (None, None))))
+    nodes.sort(key=lambda n: -n.ms)
+    agg: dict[str, list] = defaultdict(lambda: [0, 0.0])
+    for n in nodes:
+        agg[n.op_type][0] += 1
+        agg[n.op_type][1] += n.ms
+    by_op = sorted(((op, c, ms, ms / total) for op, (c, ms) in agg.items()), key=lambda r: -r[2])
+    qdq = sum(ms for op, _, ms, _ in by_op if op in QDQ_TIME_OPS) / total
+    return ProfileResult(
+        str(model_path),
+        runs,
+        total,
+        nodes,
+        by_op,
+        qdq,
+        sum(c[0] for c in costs.values()),
+        sum(c[1] for c in costs.values()),
+        {"optimization": optimization, "threads": threads, "warmup": warmup},
+    )

@@ -1,0 +1,70 @@
+"""Average pooling in integers: an int32 sum of centered values, requantized by S_in / (S_out * count).
+
+Windows that overlap padding divide by the number of real elements when ``count_include_pad`` is 0,
+so the multiplier then varies per output position (a small table of multipliers in hardware).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ocrquant.analysis.simulate.ops_conv import conv_pads
+from ocrquant.analysis.simulate.qtypes import Fallback, QParams
+from ocrquant.analysis.simulate.registry import KernelContext, per_tensor, register_kernel
+
+
+@register_kernel("GlobalAveragePool", family="pool")
+def global_average_pool(ctx: KernelContext, ins: list[Any], out: QParams) -> np.ndarray:
+    x = per_tensor(ins[0], "GlobalAveragePool input")
+    axes = tuple(range(2, x.q.ndim))
+    count = int(np.prod([x.q.shape[a] for a in axes]))
+    acc = ctx.accumulate(x.centered().sum(axis=axes, keepdims=True))
+    multiplier = x.params.scale.astype(np.float64).reshape(()) / (
+        out.scale.astype(np.float64).reshape(()) * count
+    )
+    return ctx.requantize(acc, multiplier, out)
+
+
+def _window_sum(x: np.ndarray, kernel, strides, pads, ho: int, wo: int) -> np.ndarray:
+    pt, pl, pb, pr = pads
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    acc = np.zeros(x.shape[:2] + (ho, wo), dtype=np.int64)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            acc += xp[
+                :,
+                :,
+                i : i + strides[0] * (ho - 1) + 1 : strides[0],
+                j : j + strides[1] * (wo - 1) + 1 : strides[1],
+            ]
+    return acc
+
+
+@register_kernel("AveragePool", family="pool")
+def average_pool(ctx: KernelContext, ins: list[Any], out: QParams) -> np.ndarray:
+    x = per_tensor(ins[0], "AveragePool input")
+    if x.q.ndim != 4:
+        raise Fallback("only 2-D average pooling has an integer kernel")
+    if int(ctx.attr("ceil_mode", 0)):
+        raise Fallback("ceil_mode=1 average pooling")
+    if list(ctx.attr("dilations", [1, 1])) != [1, 1]:
+        raise Fallback("dilated average pooling")
+    kernel = list(ctx.attr("kernel_shape"))
+    strides = list(ctx.attr("strides", [1, 1]))
+    pads = conv_pads(ctx, x.q.shape[2:], tuple(kernel), strides, [1, 1])
+    h, w = x.q.shape[2:]
+    ho = (h + pads[0] + pads[2] - kernel[0]) // strides[0] + 1
+    wo = (w + pads[1] + pads[3] - kernel[1]) // strides[1] + 1
+    acc = ctx.accumulate(_window_sum(x.centered(), kernel, strides, pads, ho, wo))
+    if int(ctx.attr("count_include_pad", 0)):
+        count = np.full((1, 1, ho, wo), kernel[0] * kernel[1], dtype=np.float64)
+    else:
+        count = _window_sum(np.ones((1, 1, h, w), dtype=np.int64), kernel, strides, pads, ho, wo).astype(
+            np.float64
+        )
+    multiplier = x.params.scale.astype(np.float64).reshape(()) / (
+        out.scale.astype(np.float64).reshape(()) * count
+    )
+    return ctx.requantize(acc, multiplier, out)

@@ -1,0 +1,358 @@
+"""Analysis commands: dump, compare, simulate, npy2bin, bin2npy, profile (logic in ocrquant.analysis)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ocrquant.cli.common import console, parse_shape
+from ocrquant.errors import OcrQuantError
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Zoo name or path to an .onnx file.")]
+DataOpt = Annotated[Path | None, typer.Option("--data", "-d", help="Labelled dataset directory (inputs).")]
+TaskOpt = Annotated[str | None, typer.Option("--task", help="det, cls or rec (inferred for zoo models).")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use the first N samples only.")]
+ShapeOpt = Annotated[
+    str | None,
+    typer.Option("--input-shape", help="det: fixed N,C,H,W, e.g. 1,3,512,896 (default: max side 960)."),
+]
+ThreadsOpt = Annotated[int, typer.Option(help="Runtime threads (0 = all cores).")]
+ChunkOpt = Annotated[
+    int, typer.Option("--chunk", help="Tensors exposed per model run (0 = from the input size).")
+]
+
+
+def _shape(text: str | None, option: str) -> list[int] | None:
+    """'1,3,48,320' (or 1x3x48x320, or spaces) -> [1, 3, 48, 320]."""
+    if not text:
+        return None
+    parts = [p for p in text.replace("x", ",").replace(" ", ",").split(",") if p]
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        raise OcrQuantError(f"{option} wants integers like 1,3,48,320, got '{text}'") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise OcrQuantError(f"{option} wants positive integers, got '{text}'")
+    return dims
+
+
+def _inputs(model: str, data: Path | None, task: str | None, limit: int | None, shape: str | None):
+    from ocrquant.analysis.inputs import load_inputs
+
+    if data is None:
+        raise OcrQuantError("--data DIR is required (a labelled dataset whose images feed the model)")
+    opts = {"input_shape": parse_shape(_shape(shape, "--input-shape"))} if shape else None
+    return load_inputs(model, data, task, limit, opts, progress=True)
+
+
+def _model_path(model: str) -> Path:
+    from ocrquant.zoo.resolve import resolve_model
+
+    return Path(resolve_model(model).path)
+
+
+def _fmt(v: float, digits: int = 4) -> str:
+    return "inf" if isinstance(v, float) and math.isinf(v) else f"{v:.{digits}f}"
+
+
+def dump_cmd(
+    model: ModelOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
+    quant: Annotated[
+        Path | None, typer.Option("--quant", help="INT8 (QDQ) model: dump both and match them.")
+    ] = None,
+    data: DataOpt = None,
+    task: TaskOpt = None,
+    limit: LimitOpt = 1,
+    input_shape: ShapeOpt = None,
+    chunk: ChunkOpt = 0,
+    threads: ThreadsOpt = 0,
+) -> None:
+    """Save every intermediate tensor as OUT/{float,quant}/<index>__<name>/batch_<k>.npy (bounded memory)."""
+    from ocrquant.analysis.dump import dump_model, dump_pair
+
+    _, arrays = _inputs(model, data, task, limit, input_shape)
+    path = _model_path(model)
+    if quant is None:
+        index = dump_model(path, arrays, out, chunk_size=chunk, threads=threads)
+        console.print(
+            f"wrote {len(index)} tensors x {len(arrays)} inputs to {out} (index: {out}/tensors.json)"
+        )
+        return
+    index = dump_pair(path, quant, arrays, out, chunk_size=chunk, threads=threads)
+    console.print(
+        f"wrote {len(index['pairs'])} matched tensor pairs x {len(arrays)} inputs to {out} "
+        f"(index: {out}/index.json; {len(index['unmatched'])} float tensors unmatched)"
+    )
+
+
+def compare_cmd(
+    float_model: Annotated[str | None, typer.Argument(help="Float model (zoo name or .onnx).")] = None,
+    quant_model: Annotated[Path | None, typer.Argument(help="INT8 QDQ model (.onnx).")] = None,
+    data: DataOpt = None,
+    task: TaskOpt = None,
+    limit: LimitOpt = 8,
+    mode: Annotated[str, typer.Option(help="cumulative | isolated | both.")] = "both",
+    from_dump: Annotated[
+        Path | None, typer.Option("--from-dump", help="Compare a 'dump --quant' directory.")
+    ] = None,
+    sim: Annotated[
+        bool, typer.Option("--sim", help="Also: integer simulator vs onnxruntime on the INT8 model.")
+    ] = False,
+    csv: Annotated[Path | None, typer.Option("--csv", help="Write all rows as CSV.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write all rows as JSON.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="PNG of SNR along the network depth.")] = None,
+    top: Annotated[int, typer.Option(help="Rows shown per mode in the terminal.")] = 15,
+    input_shape: ShapeOpt = None,
+    chunk: ChunkOpt = 0,
+    threads: ThreadsOpt = 0,
+) -> None:
+    """Layer-wise float vs INT8 error (cosine, SNR, max/mean abs), worst SNR first."""
+    from ocrquant.analysis.compare import compare_from_dump, compare_models
+
+    if from_dump is not None:
+        result = compare_from_dump(from_dump)
+    else:
+        if float_model is None or quant_model is None:
+            raise OcrQuantError("give FLOAT.onnx and INT8.onnx, or --from-dump DIR")
+        _, arrays = _inputs(float_model, data, task, limit, input_shape)
+        result = compare_models(
+            _model_path(float_model), quant_model, arrays, mode=mode, chunk_size=chunk, threads=threads
+        )
+    for md in result.modes:
+        table = Table(
+            title=f"{md}: worst {top} of {len(result.sorted_rows(md))} tensors ({result.samples} inputs)"
+        )
+        for col in ("depth", "tensor", "op", "SNR dB", "cosine", "max abs", "mean abs"):
+            table.add_column(col, justify="left" if col in ("tensor", "op") else "right", overflow="fold")
+        for r in result.worst(top, md):
+            table.add_row(
+                str(r.depth),
+                r.float_name,
+                r.op_type,
+                _fmt(r.snr_db, 2),
+                _fmt(r.cosine),
+                _fmt(r.max_abs),
+                _fmt(r.mean_abs),
+            )
+        console.print(table)
+    if result.unmatched:
+        console.print(
+            f"{len(result.unmatched)} float tensors without INT8 counterpart, e.g. "
+            f"{', '.join(result.unmatched[:5])}"
+        )
+    if csv:
+        result.to_csv(csv)
+        console.print(f"wrote {csv}")
+    if json_out:
+        result.to_json(json_out)
+        console.print(f"wrote {json_out}")
+    if plot:
+        from ocrquant.analysis.plot import plot_snr
+
+        plot_snr(result, plot)
+        console.print(f"wrote {plot}")
+    if sim:
+        if quant_model is None or from_dump is not None:
+            raise OcrQuantError("--sim needs INT8.onnx and --data (not --from-dump)")
+        _print_agreement(quant_model, arrays, "half_away", threads)
+
+
+def _print_agreement(model: Path, arrays, rounding: str, threads: int) -> None:
+    from ocrquant.analysis.simulate.agreement import compare_with_runtime
+
+    rows, report = compare_with_runtime(model, arrays, rounding=rounding, threads=threads)
+    _print_report(report)
+    table = Table(title=f"simulator ({rounding}) vs onnxruntime, {len(arrays)} inputs")
+    for col in ("output", "onnxruntime", "cosine", "SNR dB", "max abs", "int8 exact match"):
+        table.add_column(col, justify="left" if col in ("output", "onnxruntime") else "right")
+    for r in rows:
+        rate = "-" if r.int_match_rate is None else f"{r.int_match_rate:.2%}"
+        table.add_row(r.name, r.runtime, f"{r.cosine:.6f}", _fmt(r.snr_db, 2), _fmt(r.max_abs), rate)
+    console.print(table)
+
+
+def _print_report(report) -> None:
+    table = Table(title="simulator: how each op type ran")
+    for col in ("op", "integer", "float", "why float"):
+        table.add_column(col, justify="right" if col in ("integer", "float") else "left")
+    for op, n_int, n_float, why in report.by_op():
+        table.add_row(op, str(n_int), str(n_float), why)
+    console.print(table)
+    overflow = sum(n.overflows for n in report.nodes)
+    if overflow:
+        console.print(f"[yellow]int32 accumulator saturated {overflow} times[/]")
+
+
+def simulate_cmd(
+    model: Annotated[Path, typer.Option("--model", "-m", help="INT8 QDQ model (.onnx).")],
+    data: DataOpt = None,
+    task: TaskOpt = None,
+    limit: LimitOpt = 4,
+    input_bin: Annotated[
+        Path | None, typer.Option("--input-bin", help="Raw input tensor (see --bin-shape, --bin-dtype).")
+    ] = None,
+    bin_shape: Annotated[
+        str | None, typer.Option("--bin-shape", help="Shape of --input-bin, e.g. 1,3,48,320.")
+    ] = None,
+    bin_dtype: Annotated[str, typer.Option("--bin-dtype", help="dtype of --input-bin.")] = "float32",
+    output_bin: Annotated[
+        Path | None, typer.Option("--output-bin", help="Write the first output raw here.")
+    ] = None,
+    output_int: Annotated[
+        bool, typer.Option("--output-int", help="--output-bin holds the integer output.")
+    ] = False,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="Agreement with onnxruntime per output.")
+    ] = False,
+    rounding: Annotated[str, typer.Option(help="half_away | half_up | half_even.")] = "half_away",
+    input_shape: ShapeOpt = None,
+    threads: ThreadsOpt = 0,
+) -> None:
+    """Run a QDQ model as an integer accelerator would (int8 x int8 -> int32, fixed-point requantisation)."""
+    import numpy as np
+
+    from ocrquant.analysis.binio import read_bin, write_bin
+    from ocrquant.analysis.simulate import Simulator
+
+    sim = Simulator(model, rounding=rounding)
+    name = sim.view.input_names[0]
+    feeds: dict = {}
+    if input_bin is not None:
+        if not bin_shape:
+            raise OcrQuantError("--input-bin needs --bin-shape N,C,H,W")
+        raw = read_bin(input_bin, _shape(bin_shape, "--bin-shape"), bin_dtype)
+        if raw.dtype.kind == "f":
+            arrays = [raw.astype("float32")]
+        else:  # already quantized: it replaces the output of the input's QuantizeLinear
+            q_name, params = sim.input_quantizer(name)
+            if raw.dtype != params.dtype:
+                raise OcrQuantError(
+                    f"the model quantizes its input to {params.dtype}, --bin-dtype is {bin_dtype}"
+                )
+            feeds[q_name] = raw
+            arrays = [np.zeros(raw.shape, dtype=np.float32)]
+            compare = False
+            console.print(
+                f"input is {bin_dtype} (scale {params.scale.ravel()[0]:.6g}, zero point "
+                f"{params.zero_point.ravel()[0]}): fed after the input QuantizeLinear"
+            )
+    else:
+        _, arrays = _inputs(str(model), data, task, limit, input_shape)
+    if compare:
+        _print_agreement(model, arrays, rounding, threads)
+        return
+    outputs = sim.run({name: arrays[0], **feeds})
+    _print_report(sim.report)
+    first = sim.view.output_names[0]
+    console.print(
+        f"output {first}: shape {list(outputs[first].shape)}, min {outputs[first].min():.4f}, "
+        f"max {outputs[first].max():.4f}"
+    )
+    if output_bin:
+        if output_int:
+            if first not in sim.int_outputs:
+                raise OcrQuantError(
+                    f"output {first} is not an integer tensor (no DequantizeLinear produces it)"
+                )
+            q = sim.int_outputs[first].q
+            write_bin(output_bin, q)
+            console.print(f"wrote {output_bin} ({q.dtype}, shape {list(q.shape)})")
+        else:
+            write_bin(output_bin, outputs[first], "float32")
+            console.print(f"wrote {output_bin} (float32, shape {list(outputs[first].shape)})")
+
+
+def npy2bin_cmd(
+    npy: Annotated[Path, typer.Argument(help="Input .npy file.")],
+    out: Annotated[Path, typer.Argument(help="Output raw .bin file.")],
+    dtype: Annotated[str | None, typer.Option(help="Convert to this dtype first (default: keep).")] = None,
+) -> None:
+    """Write a .npy tensor as raw little-endian C-order bytes."""
+    from ocrquant.analysis.binio import npy2bin
+
+    shape, dt = npy2bin(npy, out, dtype)
+    console.print(f"wrote {out}: shape {' '.join(map(str, shape))} {dt}")
+
+
+def bin2npy_cmd(
+    bin_path: Annotated[Path, typer.Argument(help="Raw .bin file.")],
+    out: Annotated[Path, typer.Argument(help="Output .npy file.")],
+    shape: Annotated[str, typer.Option("--shape", help="Tensor shape, e.g. 1,3,48,320.")],
+    dtype: Annotated[str, typer.Option(help="Element type.")] = "float32",
+) -> None:
+    """Read a raw tensor (checked against shape x dtype size) into a .npy file."""
+    from ocrquant.analysis.binio import bin2npy
+
+    arr = bin2npy(bin_path, out, _shape(shape, "--shape"), dtype)
+    console.print(f"wrote {out}: shape {list(arr.shape)} {arr.dtype}")
+
+
+def profile_cmd(
+    model: ModelOpt,
+    data: DataOpt = None,
+    compare: Annotated[Path | None, typer.Option("--compare", help="Also profile this (INT8) model.")] = None,
+    task: TaskOpt = None,
+    limit: LimitOpt = 4,
+    runs: Annotated[int | None, typer.Option(help="Timed runs (default: one per input).")] = None,
+    optimization: Annotated[str, typer.Option(help="disable | basic | extended | all.")] = "all",
+    top: Annotated[int, typer.Option(help="Slowest nodes shown.")] = 15,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full profile as JSON.")] = None,
+    input_shape: ShapeOpt = None,
+    threads: ThreadsOpt = 0,
+) -> None:
+    """Per-node and per-op-type latency (onnxruntime profiler), MACs and parameters per layer."""
+    from dataclasses import asdict
+
+    from ocrquant.analysis.profile import profile_model
+    from ocrquant.fileio import write_json_atomic
+
+    _, arrays = _inputs(model, data, task, limit, input_shape)
+    paths = [_model_path(model)] + ([compare] if compare else [])
+    results = [profile_model(p, arrays, runs=runs, threads=threads, optimization=optimization) for p in paths]
+    for res in results:
+        t = Table(
+            title=f"{Path(res.model).name}: {res.total_ms:.2f} ms/run in nodes, "
+            f"{res.total_macs / 1e9:.3f} GMAC, "
+            f"{res.total_params / 1e6:.3f} M params, Q/DQ share {res.qdq_share:.1%}"
+        )
+        for col in ("node", "op", "ms", "share", "MMAC", "params"):
+            t.add_column(col, justify="left" if col in ("node", "op") else "right")
+        for n in res.nodes[:top]:
+            t.add_row(
+                n.name,
+                n.op_type,
+                f"{n.ms:.3f}",
+                f"{n.share:.1%}",
+                "-" if n.macs is None else f"{n.macs / 1e6:.2f}",
+                "-" if n.params is None else str(n.params),
+            )
+        console.print(t)
+        ops = Table(title="per op type")
+        for col in ("op", "nodes", "ms", "share"):
+            ops.add_column(col, justify="left" if col == "op" else "right")
+        for op, count, ms, share in res.by_op:
+            ops.add_row(op, str(count), f"{ms:.3f}", f"{share:.1%}")
+        console.print(ops)
+    if len(results) == 2:
+        a, b = results
+        console.print(
+            f"{Path(b.model).name} vs {Path(a.model).name}: {a.total_ms / max(b.total_ms, 1e-9):.2f}x "
+            f"({a.total_ms:.2f} -> {b.total_ms:.2f} ms/run)"
+        )
+    if json_out:
+        write_json_atomic(json_out, [asdict(r) for r in results])
+        console.print(f"wrote {json_out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("dump")(dump_cmd)
+    app.command("compare")(compare_cmd)
+    app.command("simulate")(simulate_cmd)
+    app.command("npy2bin")(npy2bin_cmd)
+    app.command("bin2npy")(bin2npy_cmd)
+    app.command("profile")(profile_cmd)

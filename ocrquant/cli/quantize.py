@@ -1,0 +1,116 @@
+"""``ocrquant quantize``: post-training INT8 quantization of an OCR model to a QDQ ONNX file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ocrquant.cli.common import console
+
+
+def register(app: typer.Typer) -> None:
+    app.command("quantize")(quantize_cmd)
+
+
+def quantize_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="Zoo name or path to a float .onnx model.")],
+    calib_data: Annotated[
+        Path,
+        typer.Option(
+            "--calib-data",
+            help="Calibration images (a labelled dataset "
+            "directory; labels are not used). Never the test set.",
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Quantized .onnx to write (a <name>.quant.json sidecar is written beside it).",
+        ),
+    ],
+    task: Annotated[
+        str | None, typer.Option("--task", help="det, cls or rec (inferred for zoo models).")
+    ] = None,
+    method: Annotated[str, typer.Option(help="Range method: min_max, kl, percentile or mse.")] = "min_max",
+    percentile: Annotated[float | None, typer.Option(help="Percentile for --method percentile.")] = None,
+    target: Annotated[
+        str, typer.Option(help="Deployment target: ort-cpu, tensorrt or npu-pow2.")
+    ] = "ort-cpu",
+    calib_size: Annotated[
+        int, typer.Option("--calib-size", help="Calibration images (random, seeded).")
+    ] = 200,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per calibration run.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the calibration pick.")] = 0,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", help="Keep float: node name, op type or glob pattern (repeatable)."),
+    ] = None,
+    per_channel: Annotated[
+        bool | None,
+        typer.Option(
+            "--per-channel/--per-tensor", help="Weight scales per output channel (default: the target's)."
+        ),
+    ] = None,
+    algo: Annotated[
+        list[str] | None,
+        typer.Option("--algo", help="Accuracy algorithm to run (repeatable): cle, bias_correction."),
+    ] = None,
+    no_default_algos: Annotated[
+        bool, typer.Option("--no-default-algos", help="Do not run the default algorithms.")
+    ] = False,
+    int16: Annotated[
+        list[str] | None, typer.Option("--int16", help="Activation tensor to keep in 16 bits (repeatable).")
+    ] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Calibration cache directory.")] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Do not read or write the calibration cache.")
+    ] = False,
+) -> None:
+    """Quantize a float model to INT8 (QDQ) with calibrated ranges; print what was quantized."""
+    from ocrquant.quantization import QuantConfig, quantize
+    from ocrquant.quantization.config import DEFAULT_ALGORITHMS
+
+    algorithms = ([] if no_default_algos else list(DEFAULT_ALGORITHMS)) + [
+        a for a in (algo or []) if a not in DEFAULT_ALGORITHMS
+    ]
+    config = QuantConfig(
+        method=method,
+        method_options={"percentile": percentile} if percentile is not None else {},
+        target=target,
+        calib_size=calib_size,
+        batch_size=batch_size,
+        seed=seed,
+        per_channel=per_channel,
+        exclude=list(exclude or []),
+        algorithms=algorithms,
+        dtype_overrides={t: "int16" for t in int16 or []},
+        cache_dir=cache_dir,
+        use_cache=not no_cache,
+    )
+    result = quantize(model, task, calib_data, output, config)
+    table = Table(
+        title=f"{result.task} | {result.target} | {result.method} | "
+        f"{result.num_calibration_images} calibration images"
+    )
+    table.add_column("op type")
+    table.add_column("quantized", justify="right")
+    table.add_column("float", justify="right")
+    for op, c in result.node_counts.items():
+        table.add_row(op, str(c["quantized"]), str(c["float"]))
+    total_q = sum(c["quantized"] for c in result.node_counts.values())
+    total_f = sum(c["float"] for c in result.node_counts.values())
+    table.add_row("[bold]total", f"[bold]{total_q}", f"[bold]{total_f}")
+    console.print(table)
+    for name, report in result.algorithms.items():
+        console.print(f"algorithm {name}: {report}")
+    t = result.timings
+    console.print(
+        f"time: {t['total_s']:.1f} s (prepare {t['prepare_s']:.1f}, calibration {t['calibration_s']:.1f}"
+        f"{' cached' if result.cache_hit else ''}, ranges {t['ranges_s']:.1f}, write {t['write_s']:.1f})"
+    )
+    console.print(f"wrote {result.output} and {result.sidecar}")

@@ -1,0 +1,365 @@
+"""Paddle frontend: Paddle inference models (``.pdmodel`` + ``.pdiparams``) to ONNX with paddle2onnx.
+
+A conversion is only accepted once the ONNX model reproduces Paddle's own outputs on real images
+prepared the way the task prepares them (det images for a detector, word crops for cls/rec), so a
+silently wrong operator mapping cannot reach quantization. Needs ``ocrquant[paddle]``
+(paddlepaddle 2.6.2 + paddle2onnx 1.3.1: paddle 3.x with paddle2onnx 2.x cannot read these models).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+from onnx import shape_inference
+
+from ocrquant.errors import OcrQuantError
+from ocrquant.fileio import atomic_path
+from ocrquant.runtime.paddle import paddle_model_files
+
+if TYPE_CHECKING:
+    from ocrquant.zoo.registry import ZooEntry
+
+EXTRA = "paddle"
+DEFAULT_TOLERANCE = 1e-3  # max abs diff on probabilities (sigmoid/softmax); float32 reorderings give ~1e-5
+
+
+@dataclass
+class PaddleConvertConfig:
+    """How to convert and how hard to check.
+
+    ``input_shape`` fixes N C H W (e.g. 1 3 512 896 for a static-shape deployment); ``None`` keeps
+    the dynamic dimensions. ``opset`` is the minimum: paddle2onnx raises it where an operator needs
+    a newer one (PP-OCR's HardSwish needs 14), and the report states the opset actually used.
+    """
+
+    opset: int = 13
+    input_shape: tuple[int, int, int, int] | None = None
+    task: str | None = None  # det | cls | rec; inferred from the output shape when None
+    char_dict: Path | None = None  # rec: stored as ONNX metadata "character", as PP-OCR ONNX models do
+    verify: bool = True
+    tolerance: float = DEFAULT_TOLERANCE
+    verify_images: int = 4
+
+
+@dataclass
+class ConversionReport:
+    """What was written and how well it matches Paddle."""
+
+    output: Path
+    source: Path
+    opset: int
+    inputs: dict[str, list[int | str]]
+    outputs: dict[str, list[int | str]]
+    task: str | None
+    max_abs_diff: float | None = None  # None when verification was skipped
+    verified_on: list[str] = field(default_factory=list)  # sample keys the check ran on
+    seconds: float = 0.0
+
+
+def _import_paddle2onnx() -> Any:
+    try:
+        import paddle2onnx
+    except ImportError as exc:
+        from ocrquant.frontends import missing_extra
+
+        raise missing_extra(EXTRA, "converting Paddle models", exc) from None
+    return paddle2onnx
+
+
+def locate_model(
+    model_dir: Path | None = None, model: Path | None = None, params: Path | None = None
+) -> tuple[Path, Path]:
+    """``(program, params)`` from ``--model-dir`` or ``--model`` [+ ``--params``]."""
+    if (model_dir is None) == (model is None):
+        raise OcrQuantError("give either a model directory or a .pdmodel file (not both)")
+    if model_dir is not None:
+        return paddle_model_files(Path(model_dir))
+    model = Path(model)  # type: ignore[arg-type]
+    if params is None:
+        return paddle_model_files(model)
+    if model.suffix != ".pdmodel" or not model.is_file():
+        raise OcrQuantError("expected an existing .pdmodel file", model)
+    if not Path(params).is_file():
+        raise OcrQuantError("weights file not found", params)
+    return model, Path(params)
+
+
+@contextlib.contextmanager
+def _captured_native_output() -> Iterator[list[str]]:
+    """Collect what C++ code prints on fds 1/2: paddle2onnx reports failures there, not as exceptions."""
+    lines: list[str] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield lines
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            lines.extend(sink.read().decode("utf-8", "replace").splitlines())
+
+
+def _native_error(lines: list[str], default: str) -> str:
+    found = [ln.replace("[Paddle2ONNX]", "").strip() for ln in lines if "[Paddle2ONNX]" in ln]
+    return "; ".join(found[-2:]) or default
+
+
+def export_onnx(program: Path, params: Path, opset: int) -> onnx.ModelProto:
+    """paddle2onnx's Python API; its empty result on failure becomes an error naming the cause."""
+    p2o = _import_paddle2onnx()
+    data, error = b"", ""
+    with _captured_native_output() as lines:
+        try:
+            data = p2o.export(
+                str(program),
+                str(params),
+                opset_version=opset,
+                auto_upgrade_opset=True,
+                verbose=False,
+                enable_onnx_checker=True,
+                enable_optimize=True,
+            )
+        except Exception as exc:  # the C++ converter raises IndexError/RuntimeError on inconsistent files
+            error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    if error:
+        raise OcrQuantError(f"paddle2onnx failed: {error}", program)
+    if not data:
+        raise OcrQuantError(f"paddle2onnx failed: {_native_error(lines, 'no model produced')}", program)
+    return onnx.load_from_string(data)
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
+    return [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+        for d in value.type.tensor_type.shape.dim
+    ]
+
+
+def fix_input_shape(
+    model: onnx.ModelProto, shape: tuple[int, int, int, int], source: Path
+) -> onnx.ModelProto:
+    """Pin the image input to ``shape`` and re-propagate shapes (paddle2onnx's own optimizer).
+
+    Dimensions the model already fixes (PP-OCR rec's height 48, the 3 channels) must agree: a
+    different value would give a model that cannot run.
+    """
+    if len(model.graph.input) != 1:
+        raise OcrQuantError(
+            f"--input-shape needs a model with one input, it has {len(model.graph.input)}", source
+        )
+    graph_input = model.graph.input[0]
+    current = _dims(graph_input)
+    if len(current) != len(shape):
+        raise OcrQuantError(
+            f"--input-shape has {len(shape)} dims, the model input has {len(current)}", source
+        )
+    for axis, (have, want) in enumerate(zip(current, shape, strict=True)):
+        if isinstance(have, int) and have > 0 and have != want:
+            raise OcrQuantError(
+                f"--input-shape {list(shape)}: axis {axis} is fixed to {have} by the model", source
+            )
+    from paddle2onnx import paddle2onnx_cpp2py_export as c_p2o
+
+    with tempfile.TemporaryDirectory(prefix="ocrquant-p2o-") as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        onnx.save(model, str(src))
+        with _captured_native_output() as lines:
+            c_p2o.optimize(str(src), str(dst), {graph_input.name: list(shape)})
+        if not dst.is_file():
+            raise OcrQuantError(
+                f"fixing the input shape failed: {_native_error(lines, 'no model produced')}", source
+            )
+        fixed = onnx.load(str(dst))
+    if _dims(fixed.graph.input[0]) != list(shape):
+        raise OcrQuantError(f"fixing the input shape to {list(shape)} did not take", source)
+    _static_output_shapes(fixed)
+    return fixed
+
+
+def _static_output_shapes(model: onnx.ModelProto) -> None:
+    """Write fully static output shapes where ONNX shape inference (with data propagation) finds them.
+
+    paddle2onnx's optimizer leaves shapes computed through Shape/Concat/Reshape (the cls head's
+    flatten) symbolic; a static-shape deployment wants them concrete.
+    """
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.value_info[:]
+    for out in probe.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    try:
+        inferred = shape_inference.infer_shapes(probe, data_prop=True)
+    except Exception:  # inference is a nicety here; the model itself is already valid
+        return
+    for out, new in zip(model.graph.output, inferred.graph.output, strict=True):
+        dims = _dims(new)
+        if dims and all(isinstance(d, int) and d > 0 for d in dims):
+            out.type.tensor_type.shape.CopyFrom(new.type.tensor_type.shape)
+
+
+def guess_task(model: onnx.ModelProto) -> str | None:
+    """det maps N x 1 x H x W, cls gives N x classes, CTC rec gives N x T x classes."""
+    if len(model.graph.output) != 1:
+        return None
+    dims = _dims(model.graph.output[0])
+    if len(dims) == 4 and dims[1] == 1:
+        return "det"
+    return {2: "cls", 3: "rec"}.get(len(dims))
+
+
+def _check_rec_classes(model: onnx.ModelProto, characters: str, source: Path) -> None:
+    """A CTC head has blank + dictionary (+ space) classes; any other count means the wrong dictionary."""
+    dims = _dims(model.graph.output[0])
+    n = len(characters.splitlines())
+    if len(dims) == 3 and isinstance(dims[2], int) and dims[2] > 0 and dims[2] not in (n + 1, n + 2):
+        raise OcrQuantError(
+            f"rec model has {dims[2]} classes but the dictionary has {n} characters "
+            f"(expected {n + 2} = blank + characters + space)",
+            source,
+        )
+
+
+def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
+    kept = [p for p in model.metadata_props if p.key not in values]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in values.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def verification_batches(task: str, input_shape: tuple[int, int, int, int] | None, count: int) -> list[Any]:
+    """Real inputs for the equivalence check: the embedded sample through the task's preprocessing.
+
+    Returns ``(keys, NCHW float32)`` pairs; with a fixed shape the batch matches it exactly (rec
+    crops are zero-padded or cut to the fixed width, which is what the padding would contain).
+    """
+    from ocrquant.data import load_image, open_dataset, sample_root
+    from ocrquant.tasks import get_task_class, make_config
+
+    cls = get_task_class(task)
+    options: dict[str, Any] = {}
+    if input_shape is not None:
+        options = (
+            {"input_shape": input_shape[2:]} if task == "det" else {"image_shape": tuple(input_shape[1:])}
+        )
+    task_obj = cls(make_config(cls.Config, options))
+    samples = open_dataset(sample_root(), task).samples
+    per_batch = input_shape[0] if input_shape is not None else 1
+    count = max(count, per_batch)  # at least one full batch
+    step = max(1, len(samples) // count)
+    chosen = (samples[::step] * per_batch)[:count]  # a batch larger than the sample repeats images
+    batches = []
+    for start in range(0, len(chosen) - per_batch + 1, per_batch):
+        group = chosen[start : start + per_batch]
+        inputs = task_obj.preprocess([load_image(s) for s in group]).inputs
+        if input_shape is not None:
+            width = input_shape[3]
+            inputs = inputs[..., :width]
+            if inputs.shape[3] < width:
+                inputs = np.pad(inputs, [(0, 0), (0, 0), (0, 0), (0, width - inputs.shape[3])])
+        batches.append(([s.key for s in group], np.ascontiguousarray(inputs, dtype=np.float32)))
+    return batches
+
+
+def max_abs_difference(onnx_path: Path, program: Path, batches: list[Any]) -> float:
+    """Run Paddle Inference and onnxruntime on the same batches; the largest output difference."""
+    from ocrquant.runtime import RuntimeOptions, create_runner
+
+    # one thread: a few images do not need more, and oversubscribed OpenMP threads (Paddle's oneDNN)
+    # stall badly on a machine shared with other jobs
+    paddle_runner = create_runner(program, "paddle", RuntimeOptions(threads=1))
+    ort_runner = create_runner(onnx_path, "onnxruntime", RuntimeOptions(threads=1))
+    worst = 0.0
+    for _, inputs in batches:
+        expected = paddle_runner.run({paddle_runner.input_names[0]: inputs})
+        got = ort_runner.run({ort_runner.input_names[0]: inputs})
+        if len(expected) != len(got):
+            raise OcrQuantError(f"ONNX model has {len(got)} outputs, Paddle's has {len(expected)}", onnx_path)
+        for e, g in zip(expected, got, strict=True):
+            if e.shape != g.shape:
+                raise OcrQuantError(
+                    f"ONNX output shape {list(g.shape)} != Paddle's {list(e.shape)}", onnx_path
+                )
+            worst = max(worst, float(np.abs(e.astype(np.float64) - g).max()) if e.size else 0.0)
+    return worst
+
+
+def convert_paddle(
+    program: Path, params: Path, output: Path, config: PaddleConvertConfig | None = None
+) -> ConversionReport:
+    """Convert, check against Paddle, and only then write ``output`` (atomically)."""
+    config = config or PaddleConvertConfig()
+    started = time.perf_counter()
+    _import_paddle2onnx()
+    if config.verify:  # fail before the slow part when Paddle (needed for the check) is missing
+        from ocrquant.runtime.paddle import import_paddle_inference
+
+        import_paddle_inference("checking a Paddle conversion against Paddle")
+    model = export_onnx(program, params, config.opset)
+    if config.input_shape is not None:
+        model = fix_input_shape(model, config.input_shape, program)
+    task = config.task or guess_task(model)
+    metadata = {
+        "source_framework": "paddle",
+        "source_model": program.name,
+        "converter": f"paddle2onnx {_import_paddle2onnx().__version__}",
+    }
+    if config.char_dict is not None:
+        if not Path(config.char_dict).is_file():
+            raise OcrQuantError("character dictionary not found", config.char_dict)
+        metadata["character"] = Path(config.char_dict).read_text(encoding="utf-8").rstrip("\n")
+    set_metadata(model, metadata)
+    if task == "rec" and "character" in metadata:
+        _check_rec_classes(model, metadata["character"], program)
+    report = ConversionReport(
+        output=Path(output),
+        source=program,
+        opset=max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0),
+        inputs={i.name: _dims(i) for i in model.graph.input},
+        outputs={o.name: _dims(o) for o in model.graph.output},
+        task=task,
+    )
+    with atomic_path(output) as tmp:
+        onnx.save(model, str(tmp))
+        if config.verify:
+            if task is None:
+                raise OcrQuantError(
+                    "cannot tell the model's task from its outputs; pass --task det|cls|rec", program
+                )
+            batches = verification_batches(task, config.input_shape, config.verify_images)
+            report.max_abs_diff = max_abs_difference(tmp, program, batches)
+            report.verified_on = [key for keys, _ in batches for key in keys]
+            if not report.max_abs_diff <= config.tolerance:  # also catches NaN
+                raise OcrQuantError(
+                    f"ONNX output differs from Paddle's by {report.max_abs_diff:.3g} on real {task} inputs "
+                    f"(tolerance {config.tolerance:g}); nothing written",
+                    output,
+                )
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def export_zoo_entry(entry: ZooEntry, model_file: Path, output: Path) -> None:
+    """Frontend contract (see :mod:`ocrquant.frontends`): convert a fetched Paddle zoo model, checked."""
+    program, params = paddle_model_files(Path(model_file))
+    char_dict = entry.options.get("char_dict")
+    config = PaddleConvertConfig(
+        task=entry.task, char_dict=program.parent / str(char_dict) if isinstance(char_dict, str) else None
+    )
+    convert_paddle(program, params, output, config)

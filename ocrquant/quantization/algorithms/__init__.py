@@ -1,0 +1,13 @@
+"""Accuracy-recovery algorithms, one module each, registered by name (NNCF's layout)."""
+
+from ocrquant.quantization.algorithms import bias_correction, cle  # noqa: F401  (registration)
+from ocrquant.quantization.algorithms.base import (
+    ALGORITHMS,
+    STAGES,
+    Algorithm,
+    AlgorithmContext,
+    create_algorithm,
+    register_algorithm,
+)
+
+__all__ = ["ALGORITHMS", "STAGES", "Algorithm", "AlgorithmContext", "create_algorithm", "register_algorithm"]

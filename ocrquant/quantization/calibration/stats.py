@@ -1,0 +1,184 @@
+"""Streaming activation statistics: run the float model on calibration inputs, keep min/max and a
+histogram per tensor, never the activations themselves.
+
+The graph is augmented with every tensor to observe as an extra output (as onnxruntime's own
+calibrator does), so one session run yields all of them for one batch; the batch's arrays are reduced
+to statistics and dropped before the next batch runs.
+
+Inputs of different sizes (det images keep their own sizes, rec crops their own widths) make a naive
+histogram merge wrong: each batch would bin over its own range. We therefore run two passes: pass 1
+fixes each tensor's [min, max]; pass 2 bins every batch over that fixed range, so histograms add up
+exactly. Both passes are cached (see :mod:`ocrquant.quantization.calibration.cache`), so trying another
+range method never re-runs the model.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from tqdm import tqdm
+
+from ocrquant.errors import OcrQuantError
+
+DEFAULT_BINS = 2048
+
+
+@dataclass
+class TensorStats:
+    """One tensor's observations: exact min/max and a histogram over [hist_lo, hist_hi]."""
+
+    name: str
+    min: float
+    max: float
+    hist: np.ndarray  # int64 counts, len = bins
+    hist_lo: float
+    hist_hi: float
+
+    @property
+    def edges(self) -> np.ndarray:
+        return np.linspace(self.hist_lo, self.hist_hi, len(self.hist) + 1)
+
+    @property
+    def centers(self) -> np.ndarray:
+        e = self.edges
+        return (e[:-1] + e[1:]) / 2
+
+
+@dataclass
+class CalibrationStats:
+    """Statistics of every observed tensor, plus how many inputs produced them."""
+
+    tensors: dict[str, TensorStats]
+    num_inputs: int
+
+    def save(self, path: Path) -> None:
+        names = list(self.tensors)
+        np.savez_compressed(
+            path,
+            names=np.array(names),
+            mins=np.array([self.tensors[n].min for n in names], dtype=np.float64),
+            maxs=np.array([self.tensors[n].max for n in names], dtype=np.float64),
+            hist_lo=np.array([self.tensors[n].hist_lo for n in names], dtype=np.float64),
+            hist_hi=np.array([self.tensors[n].hist_hi for n in names], dtype=np.float64),
+            hists=np.stack([self.tensors[n].hist for n in names]) if names else np.zeros((0, 1), np.int64),
+            num_inputs=np.array(self.num_inputs),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> CalibrationStats:
+        with np.load(path, allow_pickle=False) as z:
+            tensors = {
+                str(n): TensorStats(str(n), float(mn), float(mx), h.astype(np.int64), float(lo), float(hi))
+                for n, mn, mx, h, lo, hi in zip(
+                    z["names"], z["mins"], z["maxs"], z["hists"], z["hist_lo"], z["hist_hi"], strict=True
+                )
+            }
+            return cls(tensors, int(z["num_inputs"]))
+
+
+def augment_model(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph outputs also include ``tensors`` (float32, shape left open)."""
+    aug = onnx.ModelProto()
+    aug.CopyFrom(model)
+    existing = {o.name for o in aug.graph.output}
+    for name in tensors:
+        if name not in existing:
+            aug.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return aug
+
+
+def _session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    if threads:
+        so.intra_op_num_threads = threads
+    with tempfile.TemporaryDirectory(prefix="ocrquant-calib-") as tmp:
+        path = Path(tmp) / "augmented.onnx"
+        onnx.save(model, str(path))
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def iterate_outputs(
+    model: onnx.ModelProto,
+    tensors: list[str],
+    batches: Iterable[np.ndarray],
+    *,
+    total: int | None = None,
+    desc: str = "calibration",
+    progress: bool = True,
+) -> Iterable[dict[str, np.ndarray]]:
+    """Yield ``{tensor: value}`` for each batch, one batch alive at a time."""
+    sess = _session(augment_model(model, tensors))
+    input_name = sess.get_inputs()[0].name
+    for x in tqdm(batches, total=total, desc=desc, unit="batch", disable=not progress, leave=False):
+        outs = sess.run(tensors, {input_name: x})
+        yield dict(zip(tensors, outs, strict=True))
+
+
+def _check_finite(name: str, lo: float, hi: float) -> None:
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise OcrQuantError(
+            f"tensor '{name}' produced NaN or Inf during calibration (min {lo}, max {hi}); "
+            "check the input preprocessing or the model"
+        )
+
+
+def collect_statistics(
+    model: onnx.ModelProto,
+    tensors: list[str],
+    batches: Callable[[], Iterable[np.ndarray]],
+    *,
+    num_batches: int | None = None,
+    bins: int = DEFAULT_BINS,
+    progress: bool = True,
+) -> CalibrationStats:
+    """Two streamed passes over ``batches()`` (called twice): min/max, then fixed-range histograms."""
+    mins = {t: np.inf for t in tensors}
+    maxs = {t: -np.inf for t in tensors}
+    count = 0
+    for outs in iterate_outputs(
+        model, tensors, batches(), total=num_batches, desc="calibration 1/2 (range)", progress=progress
+    ):
+        count += 1
+        for t, v in outs.items():
+            if v.size == 0:
+                continue
+            lo, hi = float(v.min()), float(v.max())
+            _check_finite(t, lo, hi)
+            mins[t] = min(mins[t], lo)
+            maxs[t] = max(maxs[t], hi)
+    if count == 0:
+        raise OcrQuantError("no calibration inputs")
+    seen = [t for t in tensors if np.isfinite(mins[t])]
+    lo_hi = {t: _hist_range(mins[t], maxs[t]) for t in seen}
+    hists = {t: np.zeros(bins, dtype=np.int64) for t in seen}
+    for outs in iterate_outputs(
+        model, seen, batches(), total=num_batches, desc="calibration 2/2 (histogram)", progress=progress
+    ):
+        for t, v in outs.items():
+            lo, hi = lo_hi[t]
+            hists[t] += _histogram(v, lo, hi, bins)
+    return CalibrationStats({t: TensorStats(t, mins[t], maxs[t], hists[t], *lo_hi[t]) for t in seen}, count)
+
+
+def _hist_range(lo: float, hi: float) -> tuple[float, float]:
+    """Histogram span: the observed range, widened to contain 0 and to be non-empty."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if hi - lo <= 0:
+        hi = lo + 1e-8
+    return lo, hi
+
+
+def _histogram(v: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
+    """Fixed-range histogram via bincount (several times faster than np.histogram on large maps)."""
+    x = v.reshape(-1).astype(np.float32, copy=False)
+    idx = ((x - np.float32(lo)) * np.float32(bins / (hi - lo))).astype(np.int64)
+    np.clip(idx, 0, bins - 1, out=idx)
+    return np.bincount(idx, minlength=bins)[:bins]

@@ -1,0 +1,229 @@
+"""The quantization workflow: prepare -> float algorithms -> calibrate -> ranges -> plan algorithms ->
+write QDQ -> QDQ algorithms -> sidecar. Each step is a library function; this module only sequences."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ocrquant.data import Dataset, Sample, load_image, open_dataset, sample_calibration
+from ocrquant.errors import OcrQuantError
+from ocrquant.fileio import atomic_path, write_json_atomic
+from ocrquant.quantization.algorithms import AlgorithmContext, create_algorithm
+from ocrquant.quantization.calibration import (
+    QSpec,
+    cache_key,
+    collect_statistics,
+    create_calibrator,
+    load_cached,
+    save_cached,
+)
+from ocrquant.quantization.config import QuantConfig, QuantResult
+from ocrquant.quantization.graph import float_tensors, is_quantized, load_model, sha256_file
+from ocrquant.quantization.prepare import prepare_model
+from ocrquant.quantization.qdq import QuantPlan, write_qdq_model
+from ocrquant.quantization.targets import get_target
+from ocrquant.tasks import Task
+
+log = logging.getLogger("ocrquant")
+
+
+def sidecar_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.stem + ".quant.json")
+
+
+def calibration_batches(
+    task: Task, samples: list[Sample], batch_size: int
+) -> Callable[[], Iterator[np.ndarray]]:
+    """A factory of fresh batch iterators: each image preprocessed alone (as at inference), consecutive
+    inputs of equal shape stacked up to ``batch_size`` (det sizes and rec widths vary)."""
+    batch_size = max(1, batch_size)
+
+    def gen() -> Iterator[np.ndarray]:
+        pending: list[np.ndarray] = []
+        for sample in samples:
+            x = task.preprocess([load_image(sample)]).inputs
+            if pending and (pending[0].shape != x.shape or len(pending) >= batch_size):
+                yield np.concatenate(pending)
+                pending = []
+            pending.append(x)
+        if pending:
+            yield np.concatenate(pending)
+
+    return gen
+
+
+def default_cache_dir() -> Path:
+    from ocrquant.zoo.fetch import cache_home
+
+    return cache_home() / "calib"
+
+
+def quantize(
+    model_path: str | Path,
+    task_name: str | None,
+    calib_dataset: str | Path | Dataset,
+    output: str | Path,
+    config: QuantConfig | None = None,
+) -> QuantResult:
+    """Quantize a float OCR model with calibration images from ``calib_dataset``; write ``output``
+    (QDQ ONNX) and ``<output stem>.quant.json``. ``model_path`` may be a zoo name."""
+    from ocrquant.api import build_task, infer_task
+    from ocrquant.zoo.resolve import resolve_model
+
+    cfg = config or QuantConfig()
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    profile = get_target(cfg.target)
+    calibrator = create_calibrator(cfg.method, **cfg.method_options)
+    algorithms = [create_algorithm(n, **cfg.algorithm_options.get(n, {})) for n in cfg.algorithms]
+    resolved = resolve_model(model_path)
+    task_name = infer_task(resolved, task_name)
+    if is_quantized(load_model(resolved.path)):
+        raise OcrQuantError(
+            "model is already quantized (has QuantizeLinear/DequantizeLinear or QLinear* "
+            "nodes); pass the float model",
+            resolved.path,
+        )
+    output = Path(output)
+    if output.suffix.lower() != ".onnx":
+        raise OcrQuantError("output must be an .onnx file", output)
+    if output.exists() and output.resolve() == Path(resolved.path).resolve():
+        raise OcrQuantError("output would overwrite the input model", output)
+    task = build_task(task_name, resolved, cfg.task_options)
+    dataset = (
+        calib_dataset if isinstance(calib_dataset, Dataset) else open_dataset(Path(calib_dataset), task_name)
+    )
+    if not dataset.samples:
+        raise OcrQuantError(f"calibration set has no {task_name} samples", dataset.root)
+    if cfg.calib_size > len(dataset.samples):
+        log.warning(
+            "calibration: --calib-size %d but %s has only %d samples; using %d",
+            cfg.calib_size,
+            dataset.root,
+            len(dataset.samples),
+            len(dataset.samples),
+        )
+    samples = sample_calibration(dataset, min(cfg.calib_size, len(dataset.samples)), cfg.seed)
+    batch_size = cfg.batch_size if task.batchable() else 1
+    batches = calibration_batches(task, samples, batch_size)
+    reports: dict[str, Any] = {}
+
+    with tempfile.TemporaryDirectory(prefix="ocrquant-quant-") as tmp:
+        work = Path(tmp)
+        t = time.perf_counter()
+        prepared = work / "prepared.onnx"
+        prep_report = prepare_model(resolved.path, prepared, fuse_hardswish=cfg.fuse_hardswish)
+        model = onnx.load(str(prepared))
+        ctx = AlgorithmContext(
+            model=model, profile=profile, batches=batches, work_dir=work, progress=cfg.progress
+        )
+        for algo in (a for a in algorithms if a.stage == "float"):
+            reports[algo.name] = algo.apply(ctx)
+        float_path = work / "float.onnx"
+        onnx.save(ctx.model, str(float_path))
+        timings["prepare_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        key = cache_key(
+            model_sha256=sha256_file(float_path),
+            task=task_name,
+            task_config=asdict(task.config),
+            samples=[str(Path(s.image_path).resolve()) + (":180" if s.rotate180 else "") for s in samples],
+            batch_size=batch_size,
+            bins=cfg.bins,
+        )
+        cache_dir = (cfg.cache_dir or default_cache_dir()) if cfg.use_cache else None
+        stats = load_cached(cache_dir, key)
+        cache_hit = stats is not None
+        if stats is None:
+            stats = collect_statistics(
+                ctx.model, float_tensors(ctx.model), batches, bins=cfg.bins, progress=cfg.progress
+            )
+            save_cached(cache_dir, key, stats)
+        timings["calibration_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        specs = {
+            name: QSpec(cfg.dtype_overrides.get(name, profile.activation_dtype), profile.activation_symmetric)
+            for name in stats.tensors
+        }
+        ranges = calibrator.compute_ranges(stats, specs)
+        plan = QuantPlan(
+            profile=profile,
+            ranges=ranges,
+            per_channel=cfg.per_channel,
+            exclude=list(cfg.exclude),
+            dtype_overrides=dict(cfg.dtype_overrides),
+            observed={n: (s.min, s.max) for n, s in stats.tensors.items()},
+        )
+        ctx.stats, ctx.plan = stats, plan
+        for algo in (a for a in algorithms if a.stage == "plan"):
+            reports[algo.name] = algo.apply(ctx)
+        timings["ranges_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        staged = work / "quantized.onnx"
+        body = write_qdq_model(ctx.model, ctx.plan, staged)
+        ctx.qdq_path = staged
+        for algo in (a for a in algorithms if a.stage == "qdq"):
+            reports[algo.name] = algo.apply(ctx)
+        with atomic_path(output) as out_tmp:
+            shutil.copyfile(staged, out_tmp)
+        timings["write_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t_start
+
+    sidecar = sidecar_path(output)
+    write_json_atomic(
+        sidecar,
+        {
+            "model": str(resolved.path),
+            "model_name": resolved.name,
+            "output": str(output),
+            "task": task_name,
+            "settings": {
+                "target": asdict(profile),
+                "method": cfg.method,
+                "method_options": cfg.method_options,
+                "per_channel": profile.per_channel if cfg.per_channel is None else cfg.per_channel,
+                "exclude": cfg.exclude,
+                "algorithms": cfg.algorithms,
+                "algorithm_options": cfg.algorithm_options,
+                "dtype_overrides": cfg.dtype_overrides,
+                "calib_size": len(samples),
+                "batch_size": batch_size,
+                "seed": cfg.seed,
+                "bins": cfg.bins,
+                "task_config": asdict(task.config),
+                "calib_data": str(dataset.root),
+            },
+            "prepare": asdict(prep_report),
+            "algorithms": reports,
+            "timings": timings,
+            "calibration_cache_hit": cache_hit,
+            **body,
+        },
+    )
+    return QuantResult(
+        output,
+        sidecar,
+        task_name,
+        profile.name,
+        cfg.method,
+        len(samples),
+        body["node_counts"],
+        body["float_nodes"],
+        timings,
+        reports,
+        cache_hit,
+    )

@@ -1,0 +1,476 @@
+"""Write the QDQ model: onnxruntime's graph rewrite, with every scale and zero point decided here.
+
+onnxruntime's ``QDQQuantizer`` knows how to lay Q/DQ pairs out for its kernels (which inputs of which
+op, shared pairs for Reshape/Concat, int32 biases, removable Relu/Clip). We use it for that layout only:
+every activation, weight and constant gets an explicit ``scale``/``zero_point`` through
+``TensorQuantOverrides``, computed from our calibrated ranges and the target profile (symmetry,
+per-channel, power-of-two constraint, per-tensor dtype such as int16). After writing, the Q/DQ
+parameters are read back from the saved graph into the sidecar, so the sidecar describes the model as
+it is, not as we meant it to be.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ocrquant.errors import OcrQuantError
+from ocrquant.fileio import atomic_path
+from ocrquant.quantization.graph import (
+    WEIGHTED_OPS,
+    consumers,
+    initializers,
+    is_quantized,
+    producers,
+    weight_axis,
+)
+from ocrquant.quantization.targets import QTYPES, TargetProfile, compute_scale_zp
+
+log = logging.getLogger("ocrquant")
+
+# Input slots that are not data (biases are quantized by ORT from the input and weight scales; the
+# others are parameters that stay float).
+NON_DATA_INPUTS: dict[str, tuple[int, ...]] = {
+    "Conv": (2,),
+    "ConvTranspose": (2,),
+    "Gemm": (2,),
+    "Resize": (1, 2, 3),
+    "Clip": (1, 2),
+    "Slice": (1, 2, 3, 4),
+    "Reshape": (1,),
+    "Split": (1,),
+    "Squeeze": (1,),
+    "Unsqueeze": (1,),
+    "Gather": (1,),
+    "Pad": (1, 2),
+}
+Q_OPS = ("QuantizeLinear", "DequantizeLinear")
+OUTPUT_TAIL_OPS = ("Softmax", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
+
+
+@dataclass
+class QuantPlan:
+    """Everything the writer needs besides the model: the decisions, made up front."""
+
+    profile: TargetProfile
+    ranges: dict[str, tuple[float, float]]  # calibrated activation ranges
+    per_channel: bool | None = None  # None: the profile's choice
+    exclude: list[str] = field(default_factory=list)  # node names, op types or glob patterns
+    dtype_overrides: dict[str, str] = field(default_factory=dict)  # activation tensor -> "int16", ...
+    observed: dict[str, tuple[float, float]] = field(default_factory=dict)  # min/max seen (sidecar)
+
+
+@dataclass
+class NodeSelection:
+    quantize: list[str]
+    float_reasons: dict[str, str]  # node name -> why it stays float
+
+
+def ensure_node_names(model: onnx.ModelProto) -> None:
+    """Give every node a unique name: ORT's quantizer addresses nodes by name."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+
+
+def matches(node: onnx.NodeProto, patterns: list[str]) -> str | None:
+    """The first pattern matching the node's name or op type (exact or glob), else None."""
+    for p in patterns:
+        if (
+            node.name == p
+            or node.op_type == p
+            or fnmatch.fnmatchcase(node.name, p)
+            or fnmatch.fnmatchcase(node.op_type, p)
+        ):
+            return p
+    return None
+
+
+def select_nodes(model: onnx.ModelProto, profile: TargetProfile, exclude: list[str]) -> NodeSelection:
+    quantize, reasons = [], {}
+    tail = set() if profile.quantize_graph_outputs else output_tail(model)
+    for node in model.graph.node:
+        pattern = matches(node, exclude)
+        if pattern is not None:
+            reasons[node.name] = f"excluded by '{pattern}'"
+        elif node.name in tail:
+            reasons[node.name] = "feeds a model output directly (kept float)"
+        elif node.op_type not in profile.op_types and node.op_type not in profile.boundary_ops:
+            reasons[node.name] = f"{node.op_type} not quantized by target {profile.name}"
+        else:
+            quantize.append(node.name)
+    return NodeSelection(quantize, reasons)
+
+
+def output_tail(model: onnx.ModelProto) -> set[str]:
+    """Nodes that only reshape or normalise a model output (Softmax, Reshape, ...), walking back from
+    the outputs. ORT would give them Q/DQ with their input's or a fixed [0, 1] range, putting an 8-bit
+    step on the model's output; leaving them float keeps the output exact at no speed cost."""
+    prod = producers(model)
+    cons = consumers(model)
+    tail: set[str] = set()
+    frontier = [o.name for o in model.graph.output]
+    while frontier:
+        node = prod.get(frontier.pop())
+        if node is None or node.name in tail or node.op_type not in OUTPUT_TAIL_OPS:
+            continue
+        tail.add(node.name)
+        if node.input and len(cons.get(node.input[0], [])) == 1:
+            frontier.append(node.input[0])
+    return tail
+
+
+def adjust_ranges(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], selected: set[str]) -> dict:
+    """The range rules ORT's quantizer applies, applied here so the sidecar records them:
+    a Relu/Clip's input takes its output's range (the activation folds into the requantization) and a
+    Softmax output spans [0, 1]."""
+    out = dict(ranges)
+    cons = consumers(model)
+    for node in model.graph.node:
+        if node.name not in selected:
+            continue
+        if (
+            node.op_type in ("Relu", "Clip")
+            and len(cons.get(node.input[0], [])) == 1
+            and node.input[0] in out
+            and node.output[0] in out
+        ):
+            out[node.input[0]] = out[node.output[0]]
+        elif node.op_type == "Softmax" and node.output[0] in out:
+            out[node.output[0]] = (0.0, 1.0)
+    return out
+
+
+def _qtype(dtype: str):
+    from onnxruntime.quantization import QuantType
+
+    return {
+        "int8": QuantType.QInt8,
+        "uint8": QuantType.QUInt8,
+        "int16": QuantType.QInt16,
+        "uint16": QuantType.QUInt16,
+    }[dtype]
+
+
+def build_overrides(
+    model: onnx.ModelProto, plan: QuantPlan, selected: set[str], ranges: dict[str, tuple[float, float]]
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """ORT ``TensorQuantOverrides`` with explicit scale/zero point for every tensor, and our own record."""
+    prof = plan.profile
+    per_channel = prof.per_channel if plan.per_channel is None else plan.per_channel
+    inits = initializers(model)
+    overrides: dict[str, list[dict[str, Any]]] = {}
+    planned: dict[str, dict[str, Any]] = {}
+    for node in model.graph.node:
+        if node.name not in selected:
+            continue
+        skip = NON_DATA_INPUTS.get(node.op_type, ())
+        for slot, name in enumerate(node.input):
+            if not name or slot in skip or name in overrides:
+                continue
+            if name in inits:
+                if inits[name].data_type != onnx.TensorProto.FLOAT:
+                    continue
+                w = numpy_helper.to_array(inits[name]).astype(np.float64)
+                is_weight = node.op_type in WEIGHTED_OPS and slot == 1
+                dtype = prof.weight_dtype if is_weight else prof.activation_dtype
+                symmetric = prof.weight_symmetric if is_weight else prof.activation_symmetric
+                if is_weight and per_channel and w.ndim >= 2:
+                    axis = weight_axis(node) % w.ndim
+                    red = tuple(i for i in range(w.ndim) if i != axis)
+                    scale, zp = compute_scale_zp(
+                        w.min(axis=red), w.max(axis=red), dtype, symmetric, prof.constrain
+                    )
+                    overrides[name] = [
+                        {
+                            "axis": axis,
+                            "quant_type": _qtype(dtype),
+                            "scale": np.array(s, dtype=np.float32),
+                            "zero_point": np.array(z, dtype=QTYPES[dtype][0]),
+                        }
+                        for s, z in zip(scale, zp, strict=True)
+                    ]
+                    planned[name] = {
+                        "kind": "weight",
+                        "axis": axis,
+                        "dtype": dtype,
+                        "scale": scale,
+                        "zero_point": zp,
+                    }
+                else:
+                    scale, zp = compute_scale_zp(w.min(), w.max(), dtype, symmetric, prof.constrain)
+                    overrides[name] = [
+                        {
+                            "quant_type": _qtype(dtype),
+                            "scale": np.array(scale, dtype=np.float32),
+                            "zero_point": np.array(zp, dtype=QTYPES[dtype][0]),
+                        }
+                    ]
+                    planned[name] = {
+                        "kind": "weight" if is_weight else "constant",
+                        "dtype": dtype,
+                        "scale": scale,
+                        "zero_point": zp,
+                    }
+        for name in list(node.input) + list(node.output):
+            if name and name not in inits and name in ranges and name not in overrides:
+                dtype = plan.dtype_overrides.get(name, prof.activation_dtype)
+                lo, hi = ranges[name]
+                scale, zp = compute_scale_zp(lo, hi, dtype, prof.activation_symmetric, prof.constrain)
+                overrides[name] = [
+                    {
+                        "quant_type": _qtype(dtype),
+                        "scale": np.array(scale, dtype=np.float32),
+                        "zero_point": np.array(zp, dtype=QTYPES[dtype][0]),
+                    }
+                ]
+                planned[name] = {
+                    "kind": "activation",
+                    "dtype": dtype,
+                    "scale": scale,
+                    "zero_point": zp,
+                    "range": [lo, hi],
+                }
+    return overrides, planned
+
+
+def write_qdq_model(
+    model: onnx.ModelProto,
+    plan: QuantPlan,
+    output: str | Path,
+) -> dict[str, Any]:
+    """Quantize ``model`` (the prepared float graph) per ``plan`` and write it atomically to ``output``.
+
+    Returns the sidecar body (tensors, node counts, float nodes); the caller adds settings and writes it.
+    """
+    from onnxruntime.quantization import QuantFormat  # noqa: F401  (import check: ORT quantization present)
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+
+    if is_quantized(model):
+        raise OcrQuantError("model is already quantized; pass the float model")
+    model = _copy(model)
+    ensure_node_names(model)
+    prof = plan.profile
+    selection = select_nodes(model, prof, plan.exclude)
+    selected = set(selection.quantize)
+    ranges = adjust_ranges(model, plan.ranges, selected)
+    overrides, planned = build_overrides(model, plan, selected, ranges)
+    tensors_range = TensorsData(
+        CalibrationMethod.MinMax,
+        {t: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for t, (lo, hi) in ranges.items()},
+    )
+    extra = {
+        "TensorQuantOverrides": overrides,
+        "ActivationSymmetric": prof.activation_symmetric,
+        "WeightSymmetric": prof.weight_symmetric,
+        # Our weight scales are final: ORT must not enlarge them to fit int32 biases.
+        "QDQDisableWeightAdjustForInt32Bias": True,
+        **prof.ort_extra_options,
+    }
+    if any(d in ("int16", "uint16") for d in plan.dtype_overrides.values()) or prof.activation_dtype in (
+        "int16",
+        "uint16",
+    ):
+        extra["UseQDQContribOps"] = True
+    per_channel = prof.per_channel if plan.per_channel is None else plan.per_channel
+    with tempfile.TemporaryDirectory(prefix="ocrquant-qdq-") as tmp:
+        staged = Path(tmp) / "float.onnx"
+        onnx.save(model, str(staged))
+        shaped = load_model_with_shape_infer(staged)
+        quantizer = QDQQuantizer(
+            shaped,
+            per_channel,
+            False,
+            _qtype(prof.weight_dtype),
+            _qtype(prof.activation_dtype),
+            tensors_range,
+            selection.quantize,
+            [],
+            list(prof.op_types + prof.boundary_ops),
+            extra,
+        )
+        root = logging.getLogger()
+        root_level = root.level
+        root.setLevel(max(root_level, logging.WARNING))  # ORT logs one INFO line per unquantized tensor
+        try:
+            quantizer.quantize_model()
+        except Exception as exc:  # an ORT rewrite failure is a bug/limitation to report in one line
+            raise OcrQuantError(f"onnxruntime QDQ rewrite failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            root.setLevel(root_level)
+        quantizer.model.topological_sort()
+        qmodel = quantizer.model.model
+        _restore_metadata(qmodel, model)
+        try:
+            onnx.checker.check_model(qmodel)
+        except onnx.checker.ValidationError as exc:
+            raise OcrQuantError(f"quantized model is invalid: {str(exc).splitlines()[0]}") from None
+        with atomic_path(output) as out_tmp:
+            onnx.save(qmodel, str(out_tmp))
+    body = describe_qdq_model(qmodel, model, selection, ranges, plan.observed, prof.boundary_ops)
+    _check_applied(planned, body["tensors"])
+    return body
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
+
+
+def _restore_metadata(qmodel: onnx.ModelProto, model: onnx.ModelProto) -> None:
+    have = {p.key for p in qmodel.metadata_props}
+    for p in model.metadata_props:
+        if p.key not in have:
+            qmodel.metadata_props.add(key=p.key, value=p.value)
+
+
+def _dtype_name(elem_type: int) -> str:
+    return {
+        onnx.TensorProto.INT8: "int8",
+        onnx.TensorProto.UINT8: "uint8",
+        onnx.TensorProto.INT16: "int16",
+        onnx.TensorProto.UINT16: "uint16",
+        onnx.TensorProto.INT32: "int32",
+    }.get(elem_type, str(elem_type))
+
+
+def read_qdq_params(qmodel: onnx.ModelProto) -> dict[str, dict[str, Any]]:
+    """Scale, zero point, dtype and axis of every quantized tensor, keyed by the float tensor's name.
+
+    Activations are named by the QuantizeLinear input; initializers by the quantized initializer's
+    name without ORT's ``_quantized`` suffix.
+    """
+    inits = initializers(qmodel)
+    out: dict[str, dict[str, Any]] = {}
+    for node in qmodel.graph.node:
+        if node.op_type not in Q_OPS:
+            continue
+        scale = numpy_helper.to_array(inits[node.input[1]]) if node.input[1] in inits else None
+        zp_name = node.input[2] if len(node.input) > 2 else ""
+        zp = numpy_helper.to_array(inits[zp_name]) if zp_name in inits else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+        if node.op_type == "QuantizeLinear":
+            # ORT renames a quantized graph output's producer output to '<name>_QuantizeLinear_Input'
+            name, kind = node.input[0].removesuffix("_QuantizeLinear_Input"), "activation"
+        elif node.input[0] in inits:
+            q = inits[node.input[0]]
+            name = node.input[0].removesuffix("_quantized")
+            kind = "bias" if q.data_type == onnx.TensorProto.INT32 else "weight"
+        else:
+            continue
+        if name in out or scale is None:
+            continue
+        if zp is not None:
+            dtype = str(zp.dtype)
+        elif node.input[0] in inits:
+            dtype = _dtype_name(inits[node.input[0]].data_type)
+        else:
+            dtype = "int8"
+        entry = {
+            "kind": kind,
+            "dtype": dtype,
+            "scale": scale.tolist(),
+            "zero_point": zp.tolist() if zp is not None else 0,
+        }
+        if scale.ndim > 0 and scale.size > 1:
+            entry["axis"] = 1 if axis is None else int(axis)
+        if dtype in QTYPES and kind == "activation":
+            _, qmin, qmax = QTYPES[dtype]
+            z = float(np.asarray(entry["zero_point"]).reshape(-1)[0])
+            s = float(scale.reshape(-1)[0])
+            entry["representable_range"] = [(qmin - z) * s, (qmax - z) * s]
+        out[name] = entry
+    return out
+
+
+def _runs_quantized(node: onnx.NodeProto, prod: dict[str, onnx.NodeProto]) -> bool:
+    """Whether a node's data input (and, for Conv/MatMul/Gemm, its weight) comes from a DequantizeLinear:
+    the pattern an integer kernel replaces."""
+    data = [node.input[0]] if node.input else []
+    if node.op_type in WEIGHTED_OPS and len(node.input) > 1:
+        data.append(node.input[1])
+    return bool(data) and all(n in prod and prod[n].op_type == "DequantizeLinear" for n in data)
+
+
+def count_nodes(
+    qmodel: onnx.ModelProto,
+    float_model: onnx.ModelProto,
+    selection: NodeSelection,
+    boundary: tuple[str, ...] = (),
+) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
+    """Per op type of the float model: nodes quantized vs left float, and why each float node is float.
+
+    A node counts as quantized when the plan selected it and, in the written graph, its inputs come
+    from DequantizeLinear (see :func:`_runs_quantized`). Relu/Clip nodes the quantizer removed (folded
+    into the preceding requantization) count as quantized.
+    """
+    prod = producers(qmodel)
+    qnodes = {n.name: n for n in qmodel.graph.node if n.op_type not in Q_OPS}
+    selected = set(selection.quantize)
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: {"quantized": 0, "float": 0})
+    reasons: dict[str, str] = {}
+    for node in float_model.graph.node:
+        qnode = qnodes.get(node.name)
+        if node.name in selection.float_reasons:
+            reasons[node.name] = selection.float_reasons[node.name]
+        elif node.op_type in boundary:
+            reasons[node.name] = "no integer kernel on the target: computes in float between Q/DQ"
+        elif node.name in selected and (qnode is None or _runs_quantized(qnode, prod)):
+            counts[node.op_type]["quantized"] += 1
+            continue
+        else:
+            reasons[node.name] = "inputs not quantized (non-float input or no calibrated range)"
+        counts[node.op_type]["float"] += 1
+    return dict(sorted(counts.items())), reasons
+
+
+def describe_qdq_model(
+    qmodel: onnx.ModelProto,
+    float_model: onnx.ModelProto,
+    selection: NodeSelection,
+    ranges: dict[str, tuple[float, float]],
+    observed: dict[str, tuple[float, float]],
+    boundary: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    tensors = read_qdq_params(qmodel)
+    for name, entry in tensors.items():
+        if name in ranges:
+            entry["calibrated_range"] = list(ranges[name])
+        if name in observed:
+            entry["observed_range"] = list(observed[name])
+    counts, reasons = count_nodes(qmodel, float_model, selection, boundary)
+    op_types = {n.name: n.op_type for n in float_model.graph.node}
+    float_nodes = {name: {"op_type": op_types[name], "reason": why} for name, why in reasons.items()}
+    return {"tensors": tensors, "node_counts": counts, "float_nodes": float_nodes}
+
+
+def _check_applied(planned: dict[str, dict[str, Any]], written: dict[str, dict[str, Any]]) -> None:
+    """Fail loudly if ORT wrote a scale other than ours for a tensor whose Q/DQ it created itself.
+
+    Tensors ORT quantizes with a shared parameter (Reshape/Concat outputs take their input's) are not
+    checked: there the input's parameters are, by design, the ones in the graph.
+    """
+    for name, plan in planned.items():
+        got = written.get(name)
+        if got is None or plan["kind"] != got["kind"]:
+            continue
+        ours = np.asarray(plan["scale"], dtype=np.float32).reshape(-1)
+        theirs = np.asarray(got["scale"], dtype=np.float32).reshape(-1)
+        if ours.shape == theirs.shape and not np.allclose(ours, theirs, rtol=1e-6, atol=0):
+            log.debug(
+                "tensor %s: written scale differs from the planned one (%s vs %s)", name, theirs[:3], ours[:3]
+            )

@@ -1,0 +1,222 @@
+"""Deployment targets: what a backend can run in integer arithmetic, expressed as data.
+
+A profile says which op types get Q/DQ, the integer types, symmetry, per-channel weights and a scale
+constraint. The passes read these fields; nothing else in the library branches on a target's name, so
+adding a backend is one more :class:`TargetProfile` in :data:`TARGETS`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ocrquant.errors import OcrQuantError
+
+# Integer types a Q/DQ pair can use: name -> (numpy dtype, qmin, qmax).
+QTYPES: dict[str, tuple[type, int, int]] = {
+    "int8": (np.int8, -128, 127),
+    "uint8": (np.uint8, 0, 255),
+    "int16": (np.int16, -32768, 32767),
+    "uint16": (np.uint16, 0, 65535),
+}
+
+
+def _no_constraint(scale: np.ndarray) -> np.ndarray:
+    return scale
+
+
+def _pow2_ceil(scale: np.ndarray) -> np.ndarray:
+    """Round scales *up* to a power of two: the range only grows, so nothing calibrated gets clipped;
+    integer-only NPUs then rescale with a shift instead of a multiplier."""
+    return np.exp2(np.ceil(np.log2(np.maximum(scale, np.finfo(np.float32).tiny)))).astype(np.float32)
+
+
+SCALE_CONSTRAINTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "none": _no_constraint,
+    "pow2": _pow2_ceil,
+}
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    """How one backend quantizes. ``op_types`` are the ops given Q/DQ on their inputs (and outputs)."""
+
+    name: str
+    description: str
+    op_types: tuple[str, ...]
+    activation_dtype: str = "int8"
+    weight_dtype: str = "int8"
+    activation_symmetric: bool = False
+    weight_symmetric: bool = True
+    per_channel: bool = True
+    scale_constraint: str = "none"
+    # Ops without an integer kernel on this target that still get Q/DQ on their boundary, so that their
+    # neighbours (the Conv before a HardSwish) see a Q on their output and fuse into integer kernels.
+    # They compute in float and are counted as float.
+    boundary_ops: tuple[str, ...] = ()
+    # Model outputs (probability maps, class scores) stay float unless the backend needs integer
+    # outputs: postprocessing thresholds them, and 1/255 steps cost accuracy for no speed.
+    quantize_graph_outputs: bool = False
+    # onnxruntime QDQQuantizer extra_options that shape the graph for this backend's fusions.
+    ort_extra_options: dict[str, Any] = field(default_factory=dict)
+
+    def constrain(self, scale: np.ndarray) -> np.ndarray:
+        return SCALE_CONSTRAINTS[self.scale_constraint](np.asarray(scale, dtype=np.float32))
+
+
+def compute_scale_zp(
+    lo: float | np.ndarray,
+    hi: float | np.ndarray,
+    dtype: str,
+    symmetric: bool,
+    constrain: Callable[[np.ndarray], np.ndarray] = _no_constraint,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and zero point that map [lo, hi] (widened to contain 0) onto ``dtype``'s integer grid.
+
+    Symmetric signed types use the restricted range [-127, 127] style grid (qmax = -qmin - 1 is not
+    used) so that +x and -x quantize to opposite integers, as TensorRT and most NPUs expect.
+    """
+    np_dtype, qmin, qmax = QTYPES[dtype]
+    lo = np.minimum(np.asarray(lo, dtype=np.float64), 0.0)
+    hi = np.maximum(np.asarray(hi, dtype=np.float64), 0.0)
+    if symmetric:
+        absmax = np.maximum(np.abs(lo), np.abs(hi))
+        if qmin < 0:
+            scale = absmax / qmax
+            zp = np.zeros_like(scale)
+        else:  # symmetric unsigned: zero point in the middle
+            scale = absmax * 2 / (qmax - qmin)
+            zp = np.full_like(scale, (qmax + qmin + 1) // 2)
+    else:
+        scale = (hi - lo) / (qmax - qmin)
+        zp = np.zeros_like(scale)
+    scale = np.where(scale > 0, scale, 1.0)  # an all-zero tensor: any scale represents it exactly
+    scale = constrain(scale.astype(np.float32)).astype(np.float64)
+    if not symmetric:
+        zp = np.clip(np.round(qmin - lo / scale), qmin, qmax)
+    return scale.astype(np.float32), zp.astype(np_dtype)
+
+
+# Ops onnxruntime's CPU provider turns into integer kernels when wrapped in Q/DQ (QLinearConv,
+# QLinearMatMul, QLinearAdd/Mul, QLinearGlobalAveragePool, QLinearSigmoid, QLinearConcat, ...) or
+# passes through in int8 (Reshape, Transpose, MaxPool, Resize). HardSwish/HardSigmoid have no integer
+# kernel there: they stay float between a DQ and a Q.
+ORT_CPU_OPS = (
+    "Conv",
+    "ConvTranspose",
+    "MatMul",
+    "Gemm",
+    "Add",
+    "Mul",
+    "GlobalAveragePool",
+    "AveragePool",
+    "MaxPool",
+    "Sigmoid",
+    "Concat",
+    "Resize",
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Flatten",
+    "Relu",
+    "Clip",
+    "Gather",
+    "Split",
+    "Slice",
+    "Softmax",
+)
+
+TARGETS: dict[str, TargetProfile] = {}
+
+
+def register_target(profile: TargetProfile) -> TargetProfile:
+    TARGETS[profile.name] = profile
+    return profile
+
+
+register_target(
+    TargetProfile(
+        name="ort-cpu",
+        description="onnxruntime CPU: int8 asymmetric activations, per-channel symmetric int8 weights; "
+        "QDQ laid out for ORT's QLinear* fusions",
+        op_types=ORT_CPU_OPS,
+        activation_dtype="int8",
+        activation_symmetric=False,
+        per_channel=True,
+        boundary_ops=("HardSwish", "HardSigmoid"),
+    )
+)
+register_target(
+    TargetProfile(
+        name="tensorrt",
+        description="TensorRT explicit quantization: symmetric per-tensor int8 activations, per-channel "
+        "symmetric int8 weights, Q/DQ on the inputs of compute ops, one Q/DQ pair per consumer",
+        op_types=(
+            "Conv",
+            "ConvTranspose",
+            "MatMul",
+            "Gemm",
+            "Add",
+            "Mul",
+            "GlobalAveragePool",
+            "AveragePool",
+            "MaxPool",
+            "Concat",
+            "Resize",
+            "Sigmoid",
+        ),
+        activation_dtype="int8",
+        activation_symmetric=True,
+        per_channel=True,
+        ort_extra_options={
+            "DedicatedQDQPair": True,
+            "OpTypesToExcludeOutputQuantization": ["Conv", "ConvTranspose", "MatMul", "Gemm"],
+        },
+    )
+)
+register_target(
+    TargetProfile(
+        name="npu-pow2",
+        description="integer-only NPU: symmetric per-tensor int8 everywhere, power-of-two scales (shift "
+        "rescaling)",
+        op_types=(
+            "Conv",
+            "ConvTranspose",
+            "MatMul",
+            "Gemm",
+            "Add",
+            "Mul",
+            "GlobalAveragePool",
+            "AveragePool",
+            "MaxPool",
+            "Concat",
+            "Resize",
+            "Relu",
+            "Clip",
+            "Sigmoid",
+            "Reshape",
+            "Transpose",
+        ),
+        activation_dtype="int8",
+        activation_symmetric=True,
+        per_channel=False,
+        scale_constraint="pow2",
+    )
+)
+
+
+def get_target(name: str) -> TargetProfile:
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise OcrQuantError(f"unknown target '{name}' (known: {', '.join(sorted(TARGETS))})") from None
+
+
+def is_pow2(x: float) -> bool:
+    m, _ = math.frexp(float(x))
+    return x > 0 and m == 0.5

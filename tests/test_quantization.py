@@ -1,0 +1,238 @@
+"""Quantization library: calibrators against known optima, preparation equivalence, QDQ writing on the
+real cls model with real crops, target constraints, refusals and the calibration cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from ocrquant.data import load_image, open_dataset, sample_root
+from ocrquant.errors import OcrQuantError
+from ocrquant.quantization import QuantConfig, is_quantized, max_abs_diff, prepare_model, quantize
+from ocrquant.quantization.calibration import (
+    CALIBRATORS,
+    QSpec,
+    TensorStats,
+    collect_statistics,
+    create_calibrator,
+)
+from ocrquant.quantization.graph import float_tensors
+from ocrquant.quantization.targets import compute_scale_zp, is_pow2
+from ocrquant.tasks import get_task_class
+
+
+def stats_of(x: np.ndarray, bins: int = 2048) -> TensorStats:
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    hist, _ = np.histogram(x, bins=bins, range=(lo, hi))
+    return TensorStats("t", float(x.min()), float(x.max()), hist.astype(np.int64), lo, hi)
+
+
+def fake_quant_mse(x: np.ndarray, lo: float, hi: float, spec: QSpec) -> float:
+    scale, zp = compute_scale_zp(lo, hi, spec.dtype, spec.symmetric)
+    qmin, qmax = (-127, 127) if spec.symmetric else (-128, 127)
+    q = np.clip(np.round(x / scale) + zp.astype(np.float64), qmin, qmax)
+    return float(np.mean(((q - zp) * scale - x) ** 2))
+
+
+# ------------------------------------------------------------------ calibrators on synthetic data
+def test_min_max_on_uniform_is_the_observed_range():
+    x = np.random.default_rng(0).uniform(-2.0, 3.0, 200_000)
+    lo, hi = create_calibrator("min_max").compute_range(stats_of(x), QSpec("int8", False))
+    assert (lo, hi) == (x.min(), x.max())
+    lo, hi = create_calibrator("min_max").compute_range(stats_of(x), QSpec("int8", True))
+    assert hi == pytest.approx(max(abs(x.min()), x.max())) and lo == -hi
+
+
+def test_percentile_clips_an_outlier_min_max_keeps_it():
+    x = np.concatenate([np.random.default_rng(1).normal(0, 1, 500_000), [60.0]])
+    st = stats_of(x)
+    _, hi_mm = create_calibrator("min_max").compute_range(st, QSpec("int8", False))
+    lo, hi = create_calibrator("percentile", percentile=99.99).compute_range(st, QSpec("int8", False))
+    assert hi_mm == 60.0
+    assert 3.0 < hi < 5.0 and -5.0 < lo < -3.0  # the 0.005% tails of N(0,1) are near +-3.9
+    _, t = create_calibrator("percentile", percentile=99.99).compute_range(st, QSpec("int8", True))
+    assert 3.0 < t < 5.0
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_mse_range_matches_brute_force(symmetric):
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.laplace(0.3, 1.0, 100_000), rng.uniform(-25, 25, 30)])
+    spec = QSpec("int8", symmetric)
+    lo, hi = create_calibrator("mse").compute_range(stats_of(x), spec)
+    got = fake_quant_mse(x, lo, hi, spec)
+    # brute force on the real samples: a fine grid of clipping ranges
+    absmax = np.abs(x).max()
+    if symmetric:
+        grid = [(-t, t) for t in np.linspace(absmax / 400, absmax, 400)]
+    else:
+        grid = [
+            (x.min() * a, x.max() * b) for a in np.linspace(0.02, 1, 30) for b in np.linspace(0.02, 1, 30)
+        ]
+    best = min(fake_quant_mse(x, a, b, spec) for a, b in grid)
+    mm = fake_quant_mse(x, *create_calibrator("min_max").compute_range(stats_of(x), spec), spec)
+    assert got <= best * 1.05
+    assert got < mm  # the outliers make min/max worse
+
+
+def test_kl_threshold_lies_inside_the_distribution():
+    x = np.concatenate([np.random.default_rng(3).normal(0, 1, 400_000), [40.0, -40.0]])
+    lo, hi = create_calibrator("kl").compute_range(stats_of(x), QSpec("int8", True))
+    assert lo == -hi and 2.0 < hi < 20.0
+    relu = np.maximum(np.random.default_rng(4).normal(0, 1, 400_000), 0)  # one-sided
+    lo, hi = create_calibrator("kl").compute_range(stats_of(relu), QSpec("int8", False))
+    assert lo == 0.0 and 1.5 < hi <= relu.max()
+
+
+def test_unknown_method_is_a_user_error():
+    with pytest.raises(OcrQuantError, match="unknown calibration method"):
+        create_calibrator("magic")
+
+
+# ------------------------------------------------------------------ real model, real crops
+@pytest.fixture(scope="module")
+def cls_model() -> Path:
+    from ocrquant.zoo.resolve import resolve_model
+
+    try:
+        return resolve_model("ppocrv3-cls").path
+    except OcrQuantError as exc:
+        pytest.skip(f"zoo model unavailable: {exc}")
+
+
+@pytest.fixture(scope="module")
+def cls_inputs() -> list[np.ndarray]:
+    """Real cls inputs from the embedded sample: each crop at its own width (no common padding)."""
+    ds = open_dataset(sample_root() / "rec", "cls")
+    task = get_task_class("cls")()
+    return [task.preprocess([load_image(s)]).inputs for s in ds.samples[:12]]
+
+
+@pytest.fixture(scope="module")
+def prepared(cls_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("prep") / "cls.prep.onnx"
+    report = prepare_model(cls_model, out)
+    assert report.opset_after >= 13 and "BatchNormalization" not in report.ops_after
+    assert report.fused.get("HardSwish", 0) > 0
+    return out
+
+
+def test_prepared_model_equals_original(cls_model, prepared, cls_inputs):
+    assert max_abs_diff(cls_model, prepared, cls_inputs) < 1e-4
+
+
+def test_statistics_across_different_widths_work_for_every_method(prepared):
+    model = onnx.load(str(prepared))
+    tensors = float_tensors(model)
+    rng = np.random.default_rng(0)
+    inputs = [rng.uniform(-1, 1, (1, 3, 48, w)).astype(np.float32) for w in (64, 192, 320)]
+    stats = collect_statistics(model, tensors, lambda: iter(inputs), progress=False)
+    x = stats.tensors["x"]
+    assert x.hist.sum() == sum(i.size for i in inputs)  # every value binned once, fixed range merges
+    some = {t: QSpec() for t in list(stats.tensors)[:12]}
+    for method in CALIBRATORS:
+        ranges = create_calibrator(method).compute_ranges(stats, some)
+        assert ranges and all(np.isfinite(v).all() and v[0] <= 0 <= v[1] for v in ranges.values()), method
+
+
+def test_nan_during_calibration_names_the_tensor(prepared):
+    model = onnx.load(str(prepared))
+    bad = np.full((1, 3, 48, 64), np.nan, dtype=np.float32)
+    with pytest.raises(OcrQuantError, match="'x'.*NaN"):
+        collect_statistics(model, ["x"], lambda: iter([bad]), progress=False)
+
+
+@pytest.fixture(scope="module")
+def quantized_cls(cls_model, tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("q")
+    out = tmp / "cls.int8.onnx"
+    cfg = QuantConfig(method="min_max", calib_size=16, batch_size=4, cache_dir=tmp / "cache", progress=False)
+    result = quantize(cls_model, "cls", sample_root() / "rec", out, cfg)
+    assert not result.cache_hit
+    return out, tmp
+
+
+def test_qdq_model_close_to_float_on_real_crops(cls_model, quantized_cls, cls_inputs):
+    import onnxruntime as ort
+
+    out, _ = quantized_cls
+    assert is_quantized(out)
+    f = ort.InferenceSession(str(cls_model), providers=["CPUExecutionProvider"])
+    q = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    pf = np.concatenate([f.run(None, {"x": x})[0] for x in cls_inputs])
+    pq = np.concatenate([q.run(None, {"x": x})[0] for x in cls_inputs])
+    assert np.abs(pf - pq).max() < 0.2
+    assert (pf.argmax(1) == pq.argmax(1)).mean() >= 0.9
+
+
+def test_sidecar_records_every_conv_quantized(quantized_cls):
+    out, _ = quantized_cls
+    side = json.loads(out.with_name("cls.int8.quant.json").read_text())
+    assert side["node_counts"]["Conv"]["float"] == 0 and side["node_counts"]["Conv"]["quantized"] > 0
+    act = [t for t in side["tensors"].values() if t["kind"] == "activation"]
+    assert act and all(t["dtype"] == "int8" and "calibrated_range" in t for t in act)
+    assert side["settings"]["method"] == "min_max"
+
+
+def test_second_method_reuses_the_calibration_cache(cls_model, quantized_cls):
+    _, tmp = quantized_cls
+    cfg = QuantConfig(
+        method="percentile",
+        calib_size=16,
+        batch_size=4,
+        cache_dir=tmp / "cache",
+        exclude=["Gemm"],
+        progress=False,
+    )
+    result = quantize(cls_model, "cls", sample_root() / "rec", tmp / "cls.pct.onnx", cfg)
+    assert result.cache_hit
+    assert result.node_counts["Gemm"] == {"quantized": 0, "float": 1}
+    assert any("excluded by 'Gemm'" in v["reason"] for v in result.float_nodes.values())
+
+
+def test_already_quantized_model_is_refused(quantized_cls):
+    out, tmp = quantized_cls
+    with pytest.raises(OcrQuantError, match="already quantized"):
+        quantize(out, "cls", sample_root() / "rec", tmp / "again.onnx", QuantConfig(progress=False))
+    assert not (tmp / "again.onnx").exists()
+
+
+def test_npu_pow2_scales_are_powers_of_two(cls_model, quantized_cls):
+    _, tmp = quantized_cls
+    out = tmp / "cls.npu.onnx"
+    cfg = QuantConfig(
+        method="min_max",
+        target="npu-pow2",
+        calib_size=16,
+        batch_size=4,
+        cache_dir=tmp / "cache",
+        progress=False,
+    )
+    quantize(cls_model, "cls", sample_root() / "rec", out, cfg)
+    model = onnx.load(str(out))
+    inits = {i.name: i for i in model.graph.initializer}
+    scales = [
+        numpy_helper.to_array(inits[n.input[1]]).reshape(-1)
+        for n in model.graph.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+    ]
+    assert scales
+    assert all(is_pow2(float(s)) for arr in scales for s in arr)
+    zps = [
+        numpy_helper.to_array(inits[n.input[2]])
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear" and len(n.input) > 2
+    ]
+    assert all(np.all(z == 0) for z in zps)  # symmetric
+
+
+def test_empty_calibration_dir_is_a_clear_error(cls_model, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OcrQuantError):
+        quantize(cls_model, "cls", tmp_path / "empty", tmp_path / "o.onnx", QuantConfig(progress=False))
+    assert not (tmp_path / "o.onnx").exists()
