@@ -52,7 +52,7 @@ def eval_model(
     task_name = infer_task(resolved, task)
     task_obj = build_task(task_name, resolved, task_options)
     dataset = open_dataset(Path(data), task_name, data_format)
-    runner = create_runner(resolved.path, backend, runtime)
+    runner = create_runner(resolved.path_for(backend), backend, runtime)
     check_model_input(runner, resolved.path)
     return evaluate(
         task_obj,
@@ -63,7 +63,7 @@ def eval_model(
         limit=limit,
         output=output,
         progress=progress,
-        extra_settings={"backend": backend, "model_path": str(resolved.path)},
+        extra_settings={"backend": backend, "model_path": str(resolved.path_for(backend))},
     )
 
 

@@ -11,7 +11,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ocrquant.analysis.simulate import KERNELS, QParams, QTensor, Simulator, quantize_multiplier, requantize
 from ocrquant.analysis.simulate.executor import SingleNodeExecutor
-from ocrquant.analysis.simulate.fixedpoint import multiply_by_quantized_multiplier, rounding_shift_right
+from ocrquant.analysis.simulate.fixedpoint import (
+    multiply_by_quantized_multiplier,
+    rounding_divide,
+    rounding_shift_right,
+)
 from ocrquant.analysis.simulate.qtypes import quantize_linear
 from ocrquant.analysis.simulate.registry import KernelContext
 
@@ -57,6 +61,14 @@ def test_requantize_matches_float_and_saturates():
     # exactly .5 after scaling: half away from zero, both signs
     assert requantize(np.array([1, -1, 3, -3]), 0.5, 0, np.int8).tolist() == [1, -1, 2, -2]
     assert requantize(np.array([1, -1]), 0.5, 0, np.int8, mode="half_up").tolist() == [1, 0]
+
+
+def test_rounding_divide_ties():
+    num = np.array([5, -5, 7, 9, 3])
+    assert rounding_divide(num, 2, "half_away").tolist() == [3, -3, 4, 5, 2]
+    assert rounding_divide(num, 2, "half_even").tolist() == [2, -2, 4, 4, 2]
+    assert rounding_divide(num, 2, "half_up").tolist() == [3, -2, 4, 5, 2]
+    assert rounding_divide(np.array([10, 11]), 3).tolist() == [3, 4]
 
 
 def test_pow2_shift_path_equals_multiplier_path():
@@ -187,6 +199,16 @@ def test_average_pools_vs_float():
     a = KERNELS["AveragePool"].fn(_ctx(node), [x], out)
     ref_f = SingleNodeExecutor(OPSET).run(node, [x.dequantize()])[0]
     assert np.abs(a - quantize_linear(ref_f, out).astype(int)).max() <= 1
+
+
+def test_pow2_average_pool_divides_exactly():
+    x = _qt((1, 3, 6, 6), 2.0**-4, zp=0)
+    out = QParams(np.array(2.0**-5, np.float32), np.array(0, np.int8), np.dtype(np.int8))
+    node = helper.make_node("GlobalAveragePool", ["x"], ["y"])
+    ctx = _ctx(node, "half_even")
+    got = KERNELS["GlobalAveragePool"].fn(ctx, [x], out)
+    ref = SingleNodeExecutor(OPSET).run(node, [x.dequantize()])[0]
+    assert np.array_equal(got, quantize_linear(ref, out)) and "exact divide" in ctx.notes[0]
 
 
 def test_lookup_table_is_exact_and_clamp_is_integer():

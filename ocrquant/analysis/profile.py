@@ -57,7 +57,7 @@ class ProfileResult:
 
 
 def layer_costs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> dict[str, tuple[int, int]]:
-    """node name -> (MACs, parameters) for Conv / ConvTranspose / MatMul / Gemm at the given input shapes."""
+    """node name (and output name) -> (MACs, parameters) of Conv / ConvTranspose / MatMul / Gemm."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     for inp in m.graph.input:
@@ -104,13 +104,14 @@ def layer_costs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> d
             trans_a = any(at.name == "transA" and at.i for at in node.attribute)
             k = (a[-2] if trans_a else a[-1]) if a else 0
             macs = int(np.prod(out)) * int(k)
-        costs[node.name] = (macs, params)
+        costs[node.name or node.output[0]] = (macs, params)
+        costs.setdefault(node.output[0], (macs, params))  # optimized sessions name fused nodes by output
     return costs
 
 
 def _base_name(name: str) -> str:
     """Fused nodes keep their source name plus a suffix ("conv1_quant", "Conv_3_token_12")."""
-    return re.sub(r"(_quant|_token_\d+|_fused.*|_kernel_time)$", "", name)
+    return re.sub(r"(_quant|_token_\d+|_nchwc|_fused.*|_kernel_time)$", "", name)
 
 
 def profile_model(
@@ -167,6 +168,7 @@ def profile_model(
         agg[n.op_type][1] += n.ms
     by_op = sorted(((op, c, ms, ms / total) for op, (c, ms) in agg.items()), key=lambda r: -r[2])
     qdq = sum(ms for op, _, ms, _ in by_op if op in QDQ_TIME_OPS) / total
+    unique = {k: costs[k] for k in (n.name or n.output[0] for n in model.graph.node) if k in costs}
     return ProfileResult(
         str(model_path),
         runs,
@@ -174,7 +176,7 @@ def profile_model(
         nodes,
         by_op,
         qdq,
-        sum(c[0] for c in costs.values()),
-        sum(c[1] for c in costs.values()),
+        sum(c[0] for c in unique.values()),
+        sum(c[1] for c in unique.values()),
         {"optimization": optimization, "threads": threads, "warmup": warmup},
     )

@@ -163,17 +163,32 @@ def compare_cmd(
 
 
 def _print_agreement(model: Path, arrays, rounding: str, threads: int) -> None:
-    from ocrquant.analysis.simulate.agreement import compare_with_runtime
+    from ocrquant.analysis.simulate.agreement import compare_with_runtime, kernel_agreement
+
+    kernels = kernel_agreement(model, arrays, rounding=rounding)
+    table = Table(title="per-kernel agreement with onnxruntime (each node fed onnxruntime's own inputs)")
+    for col in ("op", "nodes", "exact int match", "max |diff|", "values"):
+        table.add_column(col, justify="left" if col == "op" else "right")
+    for k in kernels:
+        table.add_row(k.op_type, str(k.nodes), f"{k.exact_rate:.4%}", str(k.max_diff), str(k.numel))
+    console.print(table)
 
     rows, report = compare_with_runtime(model, arrays, rounding=rounding, threads=threads)
     _print_report(report)
     table = Table(title=f"simulator ({rounding}) vs onnxruntime, {len(arrays)} inputs")
     for col in ("output", "onnxruntime", "cosine", "SNR dB", "max abs", "int8 exact match"):
-        table.add_column(col, justify="left" if col in ("output", "onnxruntime") else "right")
+        table.add_column(
+            col, justify="left" if col in ("output", "onnxruntime") else "right", overflow="fold"
+        )
     for r in rows:
         rate = "-" if r.int_match_rate is None else f"{r.int_match_rate:.2%}"
         table.add_row(r.name, r.runtime, f"{r.cosine:.6f}", _fmt(r.snr_db, 2), _fmt(r.max_abs), rate)
     console.print(table)
+    if rounding != "half_even":
+        console.print(
+            "note: onnxruntime rounds ties to even; with power-of-two scales ties are frequent, so "
+            "--rounding half_even separates the rounding rule from kernel differences."
+        )
 
 
 def _print_report(report) -> None:

@@ -22,12 +22,12 @@ def setup_logging(verbose: bool) -> None:
     )
 
 
-def parse_shape(values: list[int] | None) -> tuple[int, int] | None:
+def parse_shape(values: tuple[int, ...] | list[int] | None) -> tuple[int, int] | None:
     """``--input-shape 1 3 512 896`` -> (512, 896)."""
     from ocrquant.errors import OcrQuantError
 
     if not values:
         return None
     if len(values) != 4 or any(v <= 0 for v in values):
-        raise OcrQuantError(f"--input-shape wants four positive numbers N C H W, got {values}")
+        raise OcrQuantError(f"--input-shape wants four positive numbers N C H W, got {list(values)}")
     return values[2], values[3]

@@ -131,7 +131,8 @@ def eval_cmd(
     threads: Annotated[int, typer.Option(help="Runtime threads (0 = all cores).")] = 0,
     backend: Annotated[str, typer.Option(help="Runtime backend.")] = "onnxruntime",
     input_shape: Annotated[
-        list[int] | None, typer.Option("--input-shape", help="det: fixed N C H W, e.g. 1 3 512 896.")
+        tuple[int, int, int, int] | None,
+        typer.Option("--input-shape", help="det: fixed N C H W, e.g. 1 3 512 896."),
     ] = None,
     limit_side_len: Annotated[int | None, typer.Option(help="det: resize limit (960).")] = None,
     box_thresh: Annotated[float | None, typer.Option(help="det: box score threshold (0.6).")] = None,

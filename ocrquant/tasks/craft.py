@@ -19,7 +19,9 @@ published weights to score as published:
 ``box_type="poly"`` returns the outline of each dilated component (simplified) instead of its
 rectangle, for curved text. This is our own, simpler polygon than CRAFT's ``getPoly_core``
 (which walks the character centre line); it is a valid, simple polygon that the IoU protocol scores.
-A component's score is its peak region score (CRAFT itself reports none).
+A component's score is its peak region score (CRAFT itself reports none; the maps are not passed
+through a sigmoid, so a score can slightly exceed 1). Unlike the reference, points are clipped to the
+source image, as the ``det`` task does, so crops taken from them stay inside the image.
 """
 
 from __future__ import annotations

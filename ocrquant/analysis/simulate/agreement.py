@@ -89,3 +89,43 @@ def compare_with_runtime(
         for (m, n), s in stats.items()
     ]
     return rows, sim.report
+
+
+@dataclass
+class KernelAgreement:
+    op_type: str
+    nodes: int
+    exact_rate: float
+    max_diff: int
+    numel: int
+
+
+def kernel_agreement(
+    model_path: str | Path,
+    inputs: Sequence[np.ndarray],
+    *,
+    rounding: str = "half_away",
+    progress: bool = True,
+) -> list[KernelAgreement]:
+    """Per op type: how often each integer kernel reproduces onnxruntime's reference integers when fed
+    exactly onnxruntime's inputs (teacher forcing, see ``Simulator.run``). This separates kernel
+    differences (rounding ties, float32 noise in the reference) from their amplification downstream."""
+    from ocrquant.analysis.dump import analysis_session
+    from ocrquant.analysis.graph import load_model, tensor_elem_types, with_outputs
+
+    model = load_model(model_path)
+    q_names = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    session = analysis_session(with_outputs(model, q_names, tensor_elem_types(model)).SerializeToString())
+    sim = Simulator(model, rounding=rounding)
+    in_name = session.get_inputs()[0].name
+    acc: dict[str, list[int]] = {}
+    for x in tqdm(inputs, desc="per-kernel agreement", disable=not progress, unit="input"):
+        ref = dict(zip(q_names, session.run(q_names, {in_name: x}), strict=True))
+        sim.run({in_name: x}, reference=ref)
+        for r in sim.report.nodes:
+            if r.mode == "integer" and r.total:
+                a = acc.setdefault(r.op_type, [0, 0, 0, 0])
+                a[0], a[1], a[2] = a[0] + r.exact, a[1] + r.total, max(a[2], r.max_diff)
+                a[3] += 1
+    rows = [KernelAgreement(op, a[3] // len(inputs), a[0] / a[1], a[2], a[1]) for op, a in acc.items()]
+    return sorted(rows, key=lambda r: r.exact_rate)

@@ -82,6 +82,25 @@ def _round_shift(x: np.ndarray, n: np.ndarray, mode: str) -> np.ndarray:
     return floor + ((rem > half) | ((rem == half) & (floor & 1).astype(bool)))
 
 
+def rounding_divide(num: np.ndarray, den: np.ndarray | int, mode: str = "half_away") -> np.ndarray:
+    """``round(num / den)`` exactly in integers (den > 0), ties by ``mode``: an averaging unit's divider."""
+    num = np.asarray(num, dtype=np.int64)
+    den = np.asarray(den, dtype=np.int64)
+    q, r = np.divmod(num, den)  # floor division, 0 <= r < den
+    twice = 2 * r
+    up = twice > den
+    tie = twice == den
+    if mode == "half_up":
+        up |= tie
+    elif mode == "half_away":
+        up |= tie & (num >= 0)
+    elif mode == "half_even":
+        up |= tie & (q % 2 == 1)
+    else:
+        raise ValueError(f"unknown rounding mode '{mode}' ({', '.join(ROUNDING_MODES)})")
+    return q + up
+
+
 def multiply_by_quantized_multiplier(
     acc: np.ndarray, m0: np.ndarray, exp: np.ndarray, mode: str = "half_away"
 ) -> np.ndarray:

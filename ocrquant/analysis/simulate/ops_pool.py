@@ -2,6 +2,9 @@
 
 Windows that overlap padding divide by the number of real elements when ``count_include_pad`` is 0,
 so the multiplier then varies per output position (a small table of multipliers in hardware).
+When ``S_in / S_out`` is a power of two (npu-pow2) the sum is shifted and divided by the count
+exactly (an integer divider), so ties are decided by the rounding mode, not by the 31-bit
+approximation of ``1 / count``.
 """
 
 from __future__ import annotations
@@ -10,9 +13,23 @@ from typing import Any
 
 import numpy as np
 
+from ocrquant.analysis.simulate.fixedpoint import is_power_of_two, rounding_divide
 from ocrquant.analysis.simulate.ops_conv import conv_pads
-from ocrquant.analysis.simulate.qtypes import Fallback, QParams
+from ocrquant.analysis.simulate.qtypes import Fallback, QParams, QTensor
 from ocrquant.analysis.simulate.registry import KernelContext, per_tensor, register_kernel
+
+
+def _average(ctx: KernelContext, acc: np.ndarray, count: np.ndarray, x: QTensor, out: QParams) -> np.ndarray:
+    ratio = float(x.params.scale.reshape(-1)[0]) / float(out.scale.reshape(-1)[0])
+    if bool(is_power_of_two(ratio)):
+        e = int(np.round(np.log2(ratio)))
+        num = acc << e if e >= 0 else acc
+        den = np.asarray(count, dtype=np.int64) << (-e if e < 0 else 0)
+        ctx.note("requant: shift + exact divide by count")
+        y = rounding_divide(num, den, ctx.rounding) + out.zp64(acc.ndim)
+        return np.clip(y, out.qmin, out.qmax).astype(out.dtype)
+    multiplier = ratio / np.asarray(count, dtype=np.float64)
+    return ctx.requantize(acc, multiplier, out)
 
 
 @register_kernel("GlobalAveragePool", family="pool")
@@ -21,10 +38,7 @@ def global_average_pool(ctx: KernelContext, ins: list[Any], out: QParams) -> np.
     axes = tuple(range(2, x.q.ndim))
     count = int(np.prod([x.q.shape[a] for a in axes]))
     acc = ctx.accumulate(x.centered().sum(axis=axes, keepdims=True))
-    multiplier = x.params.scale.astype(np.float64).reshape(()) / (
-        out.scale.astype(np.float64).reshape(()) * count
-    )
-    return ctx.requantize(acc, multiplier, out)
+    return _average(ctx, acc, np.asarray(count), x, out)
 
 
 def _window_sum(x: np.ndarray, kernel, strides, pads, ho: int, wo: int) -> np.ndarray:
@@ -59,12 +73,7 @@ def average_pool(ctx: KernelContext, ins: list[Any], out: QParams) -> np.ndarray
     wo = (w + pads[1] + pads[3] - kernel[1]) // strides[1] + 1
     acc = ctx.accumulate(_window_sum(x.centered(), kernel, strides, pads, ho, wo))
     if int(ctx.attr("count_include_pad", 0)):
-        count = np.full((1, 1, ho, wo), kernel[0] * kernel[1], dtype=np.float64)
+        count = np.full((1, 1, ho, wo), kernel[0] * kernel[1], dtype=np.int64)
     else:
-        count = _window_sum(np.ones((1, 1, h, w), dtype=np.int64), kernel, strides, pads, ho, wo).astype(
-            np.float64
-        )
-    multiplier = x.params.scale.astype(np.float64).reshape(()) / (
-        out.scale.astype(np.float64).reshape(()) * count
-    )
-    return ctx.requantize(acc, multiplier, out)
+        count = _window_sum(np.ones((1, 1, h, w), dtype=np.int64), kernel, strides, pads, ho, wo)
+    return _average(ctx, acc, count, x, out)
