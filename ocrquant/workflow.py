@@ -130,7 +130,9 @@ def run_task(task_name: str, cfg: RunConfig) -> ReportRow:
     q_res = _eval_cached(task_obj, int8_path, model.name + "-int8", test_set, out / "eval_int8.json", cfg)
     fw_metric = None
     if cfg.framework_backend:
-        fw_runner = create_runner(model.path, cfg.framework_backend, RuntimeOptions(threads=cfg.threads))
+        fw_runner = create_runner(
+            model.path_for(cfg.framework_backend), cfg.framework_backend, RuntimeOptions(threads=cfg.threads)
+        )
         fw_res = evaluate(
             task_obj,
             fw_runner,

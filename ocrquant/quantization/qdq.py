@@ -192,6 +192,7 @@ def build_overrides(
                     scale, zp = compute_scale_zp(
                         w.min(axis=red), w.max(axis=red), dtype, symmetric, prof.constrain
                     )
+                    scale = _bias_safe_scale(model, node, inits, ranges, plan, scale)
                     overrides[name] = [
                         {
                             "axis": axis,
@@ -243,6 +244,36 @@ def build_overrides(
                     "range": [lo, hi],
                 }
     return overrides, planned
+
+
+def _bias_safe_scale(
+    model: onnx.ModelProto,
+    node: onnx.NodeProto,
+    inits: dict[str, onnx.TensorProto],
+    ranges: dict[str, tuple[float, float]],
+    plan: QuantPlan,
+    scale: np.ndarray,
+) -> np.ndarray:
+    """Enlarge per-channel weight scales where the int32 bias (scale = input scale x weight scale)
+    would overflow.
+
+    Why: BN folding leaves near-dead channels with tiny weights but a large bias; their weight scale is
+    tiny, and ``bias / (s_in * s_w)`` exceeds int32, so ORT clips the bias (measured on the PP-OCRv3
+    rec model: a wrong constant added to a whole channel). A larger weight scale costs those near-zero
+    weights nothing that matters. The input scale is computed exactly as the writer will compute it.
+    """
+    bias = node.input[2] if node.op_type in ("Conv", "ConvTranspose", "Gemm") and len(node.input) > 2 else ""
+    if not bias or bias not in inits or node.input[0] not in ranges:
+        return scale
+    b = np.abs(numpy_helper.to_array(inits[bias]).astype(np.float64)).reshape(-1)
+    if b.shape != scale.shape:
+        return scale
+    prof = plan.profile
+    dtype = plan.dtype_overrides.get(node.input[0], prof.activation_dtype)
+    s_in, _ = compute_scale_zp(*ranges[node.input[0]], dtype, prof.activation_symmetric, prof.constrain)
+    limit = float(s_in) * (2**31 - 1) / 2  # a factor 2 of headroom against rounding
+    needed = (b / limit).astype(np.float32)
+    return prof.constrain(np.maximum(scale, needed)) if np.any(needed > scale) else scale
 
 
 def write_qdq_model(

@@ -1,0 +1,279 @@
+"""Exact cross-layer scale migration through HardSwish ("HS-CLE"), and the HardSwish range floor.
+
+Why: in PP-OCRv3 backbones (MobileNetV3 / PP-LCNet) a ``Conv -> HardSwish -> Conv`` chain carries
+channels whose ranges differ by 100x or more. Per-tensor activation quantization then spends the
+whole int8 grid on the widest channel and rounds the narrow ones to a few levels: the plain INT8 rec
+model reads nothing (accuracy 0.000 in research/FINDINGS.md). Classic CLE (:mod:`.cle`) cannot help
+because HardSwish is not positive-homogeneous (``HS(x / s) != HS(x) / s``).
+
+It can be made exact with one per-channel multiply. ``HS(x) = x * clip(x + 3, 0, 6) / 6``; with
+``y = x / s`` (``s > 0`` per channel)::
+
+    HS(x) / s = y * clip(s * y + 3, 0, 6) / 6
+
+So for each edge we divide the producer Conv's output channel ``c`` (weights and bias) by ``s_c``,
+feed the gate branch ``Mul(y, s)`` instead of ``y`` (the value branch keeps ``y``), and multiply the
+consumer Conv's input channel ``c`` by ``s_c`` (a depthwise consumer: its filter ``c``; a dense one:
+column ``c``). The float function is unchanged up to float rounding; the pre-activation ``y`` and the
+post-activation ``HS(x)/s`` now have equalised channel ranges. The gate ``clip(.)/6`` is bounded to
+``[0, 1]`` in every channel, so its own quantization is harmless.
+
+``s_c = (r_c / max r) ** alpha`` with ``r_c`` the channel's range (pre-activation clamped below at
+-3, where HardSwish is 0 anyway, or post-activation, whichever is wider). A depthwise consumer absorbs
+any ``s`` exactly in its per-channel weight scales (``alpha_depthwise = 1``); a dense consumer's
+weight columns get scaled, which per-output-channel weight quantization does see, so its exponent
+trades activation against weight error (``alpha_dense``, 0.5 measured best).
+
+The floor (:class:`HardSwishFloor`, stage ``plan``): channel ``c`` of ``y`` below ``-3 / s_c`` gives
+gate 0 and output 0 whatever its value, so the lower end of ``y``'s quantization range can be raised
+to ``min_c max(min_c(y), -3 / s_c)`` without changing what the float graph would compute from it.
+
+Both patterns are handled: the ONNX ``HardSwish`` op (rewritten to ``y * HardSigmoid(s * y)``) and
+PaddleOCR's decomposed ``Mul(y, Clip(Add(y, 3), 0, 6)) / 6`` (only the Add's input changes).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ocrquant.quantization.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
+from ocrquant.quantization.calibration.stats import iterate_outputs
+from ocrquant.quantization.graph import consumers, get_attr, initializers, producers
+
+EXTRA_KEY = "hs_cle"  # ctx.extras[EXTRA_KEY]: {pre-activation tensor: (per-channel s, per-channel min)}
+
+
+@dataclass
+class HardSwishEdge:
+    """``producer (Conv) -> y -> HardSwish -> z -> consumer (Conv)``."""
+
+    producer: onnx.NodeProto
+    y: str
+    gate_input: onnx.NodeProto  # the node whose input slot receives y on the gate branch
+    gate_slot: int
+    fused: onnx.NodeProto | None  # the HardSwish node when the op is fused
+    z: str
+    consumer: onnx.NodeProto
+    depthwise: bool
+
+
+def _scalar(inits: dict, name: str) -> float | None:
+    if name not in inits:
+        return None
+    v = numpy_helper.to_array(inits[name])
+    return float(v.reshape(-1)[0]) if v.size == 1 else None
+
+
+def _decomposed_output(
+    y: str, users: list[onnx.NodeProto], cons: dict, inits: dict
+) -> tuple[onnx.NodeProto, int, str] | None:
+    """For ``y`` consumed by exactly ``Add(y, 3)`` and ``Mul(y, Clip(., 0, 6))`` followed by ``/ 6`` or
+    ``* 1/6``, return (the Add, y's slot in it, the HardSwish output); else None."""
+    adds = [n for n in users if n.op_type == "Add"]
+    muls = [n for n in users if n.op_type == "Mul"]
+    if len(users) != 2 or len(adds) != 1 or len(muls) != 1:
+        return None
+    add, mul = adds[0], muls[0]
+    if len(add.input) != 2 or y not in add.input:
+        return None
+    slot = list(add.input).index(y)
+    if _scalar(inits, add.input[1 - slot]) != 3.0:
+        return None
+    clip = cons.get(add.output[0], [])
+    if len(clip) != 1 or clip[0].op_type != "Clip" or len(clip[0].input) < 3:
+        return None
+    clip = clip[0]
+    if _scalar(inits, clip.input[1]) != 0.0 or _scalar(inits, clip.input[2]) != 6.0:
+        return None
+    if sorted(mul.input) != sorted([y, clip.output[0]]):
+        return None
+    last = cons.get(mul.output[0], [])
+    if len(last) != 1:
+        return None
+    last = last[0]
+    other = [i for i in last.input if i != mul.output[0]]
+    if len(other) != 1:
+        return None
+    c = _scalar(inits, other[0])
+    if c is None or not (
+        (last.op_type == "Div" and last.input[0] == mul.output[0] and c == 6.0)
+        or (last.op_type == "Mul" and abs(c - 1 / 6) < 1e-6)
+    ):
+        return None
+    return add, slot, last.output[0]
+
+
+def find_hardswish_edges(model: onnx.ModelProto) -> list[HardSwishEdge]:
+    """Every Conv -> HardSwish -> Conv edge whose tensors have no other reader (so rescaling is local)."""
+    cons, inits = consumers(model), initializers(model)
+    outputs = {o.name for o in model.graph.output}
+    edges = []
+    for p in model.graph.node:
+        # Any Conv producer works: dividing an output channel (its filter and bias) is exact for any group.
+        if p.op_type != "Conv" or len(p.input) < 2 or p.input[1] not in inits:
+            continue
+        y = p.output[0]
+        if y in outputs:
+            continue
+        users = cons.get(y, [])
+        if len(users) == 1 and users[0].op_type == "HardSwish":
+            gate, slot, fused, z = users[0], 0, users[0], users[0].output[0]
+        else:
+            found = _decomposed_output(y, users, cons, inits)
+            if found is None:
+                continue
+            gate, slot, z = found
+            fused = None
+        nxt = cons.get(z, [])
+        if z in outputs or len(nxt) != 1 or nxt[0].op_type != "Conv" or nxt[0].input[0] != z:
+            continue
+        c = nxt[0]
+        if len(c.input) < 2 or c.input[1] not in inits:
+            continue
+        channels = inits[p.input[1]].dims[0]
+        group = get_attr(c, "group", 1)
+        w = inits[c.input[1]].dims
+        depthwise = group == channels and w[0] == channels and w[1] == 1
+        if group != 1 and not depthwise:
+            continue
+        edges.append(HardSwishEdge(p, y, gate, slot, fused, z, c, depthwise))
+    return edges
+
+
+def channel_min_max(
+    model: onnx.ModelProto, tensors: list[str], batches, limit: int, progress: bool
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per-channel (axis 1) min and max of ``tensors`` over the first ``limit`` calibration batches."""
+    mins: dict[str, np.ndarray] = {}
+    maxs: dict[str, np.ndarray] = {}
+    for outs in iterate_outputs(
+        model, tensors, itertools.islice(batches(), limit), desc="hs_cle statistics", progress=progress
+    ):
+        for t, v in outs.items():
+            flat = np.moveaxis(v, 1, 0).reshape(v.shape[1], -1)
+            lo, hi = flat.min(axis=1), flat.max(axis=1)
+            mins[t] = np.minimum(mins[t], lo) if t in mins else lo
+            maxs[t] = np.maximum(maxs[t], hi) if t in maxs else hi
+    return mins, maxs
+
+
+def _set(inits: dict, name: str, value: np.ndarray) -> None:
+    inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+
+
+@register_algorithm("hs_cle", stage="float")
+class HardSwishCLE(Algorithm):
+    def __init__(
+        self,
+        alpha_dense: float = 0.5,
+        alpha_depthwise: float = 1.0,
+        min_ratio: float = 1e-3,
+        max_batches: int = 32,
+    ) -> None:
+        self.alpha_dense = alpha_dense
+        self.alpha_depthwise = alpha_depthwise
+        self.min_ratio = min_ratio
+        self.max_batches = max_batches
+
+    def scales(self, edge: HardSwishEdge, mins: dict, maxs: dict) -> np.ndarray:
+        pre_lo = np.maximum(np.minimum(mins[edge.y], 0.0), -3.0)
+        r_pre = np.maximum(maxs[edge.y], 0.0) - pre_lo
+        r_post = np.maximum(maxs[edge.z], 0.0) - np.minimum(mins[edge.z], 0.0)
+        r = np.maximum(r_pre, r_post).astype(np.float64)
+        top = float(r.max())
+        if top <= 0:
+            return np.ones_like(r)
+        r = np.maximum(r, top * self.min_ratio)
+        alpha = self.alpha_depthwise if edge.depthwise else self.alpha_dense
+        return (r / top) ** alpha
+
+    def apply(self, ctx: AlgorithmContext) -> dict[str, Any]:
+        model = ctx.model
+        edges = find_hardswish_edges(model)
+        if not edges:
+            return {"edges": 0}
+        tensors = list(dict.fromkeys(t for e in edges for t in (e.y, e.z)))
+        mins, maxs = channel_min_max(model, tensors, ctx.batches, self.max_batches, ctx.progress)
+        inits = initializers(model)
+        new_nodes: dict[int, list[onnx.NodeProto]] = {}  # node id -> nodes that replace it
+        record: dict[str, tuple[list[float], list[float]]] = {}
+        spread = []
+        for e in edges:
+            s = self.scales(e, mins, maxs)
+            shape = (-1, 1, 1, 1)
+            w = numpy_helper.to_array(inits[e.producer.input[1]]).astype(np.float64)
+            _set(inits, e.producer.input[1], w / s.reshape(shape))
+            if len(e.producer.input) > 2 and e.producer.input[2] in inits:
+                b = numpy_helper.to_array(inits[e.producer.input[2]]).astype(np.float64)
+                _set(inits, e.producer.input[2], b / s)
+            wc = numpy_helper.to_array(inits[e.consumer.input[1]]).astype(np.float64)
+            _set(inits, e.consumer.input[1], wc * s.reshape(shape if e.depthwise else (1, -1, 1, 1)))
+            s_name, scaled = f"{e.y}_hscle_scale", f"{e.y}_hscle_gate"
+            model.graph.initializer.append(
+                numpy_helper.from_array(s.astype(np.float32).reshape(1, -1, 1, 1), s_name)
+            )
+            mul = helper.make_node("Mul", [e.y, s_name], [scaled], name=f"{e.producer.name}_hscle_mul")
+            if e.fused is None:
+                e.gate_input.input[e.gate_slot] = scaled
+                new_nodes[id(e.gate_input)] = [mul, e.gate_input]
+            else:
+                gate = f"{e.y}_hscle_hsig"
+                hsig = helper.make_node(
+                    "HardSigmoid", [scaled], [gate], name=f"{e.fused.name}_hscle_hsig", alpha=1 / 6, beta=0.5
+                )
+                out = helper.make_node("Mul", [e.y, gate], [e.z], name=f"{e.fused.name}_hscle_out")
+                new_nodes[id(e.fused)] = [mul, hsig, out]
+            # Per-channel facts the floor needs, in the rescaled domain: y_c = x_c / s_c.
+            record[e.y] = ((s).tolist(), (mins[e.y] / s).tolist())
+            spread.append(float(s.min()))
+        nodes = [n for node in model.graph.node for n in new_nodes.get(id(node), [node])]
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        ctx.extras[EXTRA_KEY] = record
+        return {
+            "edges": len(edges),
+            "depthwise_consumers": sum(e.depthwise for e in edges),
+            "min_scale": min(spread),
+            "layers": [e.producer.name for e in edges],
+        }
+
+
+@register_algorithm("hs_floor", stage="plan")
+class HardSwishFloor(Algorithm):
+    """Raise the lower range end of HardSwish pre-activations to where the output stops changing."""
+
+    def apply(self, ctx: AlgorithmContext) -> dict[str, Any]:
+        per_channel = ctx.extras.get(EXTRA_KEY)
+        if per_channel is None:  # no HS-CLE: s = 1, only per-tensor facts
+            floors = {}
+            for e in find_hardswish_edges(ctx.model):
+                floors[e.y] = -3.0
+            per_channel_lo = {y: None for y in floors}
+        else:
+            floors, per_channel_lo = {}, {}
+            for y, (s, mins) in per_channel.items():
+                s, mins = np.asarray(s), np.asarray(mins)
+                per_channel_lo[y] = float(np.min(np.maximum(mins, -3.0 / s)))
+        changed = {}
+        for y, lo_c in per_channel_lo.items():
+            if y not in ctx.plan.ranges:
+                continue
+            lo, hi = ctx.plan.ranges[y]
+            new_lo = max(lo, floors[y]) if lo_c is None else max(lo, min(lo_c, 0.0))
+            if new_lo > lo:
+                ctx.plan.ranges[y] = (new_lo, hi)
+                changed[y] = [lo, new_lo]
+        return {"raised": len(changed), "mean_range_gain": _gain(changed, ctx.plan.ranges)}
+
+
+def _gain(changed: dict[str, list[float]], ranges: dict[str, tuple[float, float]]) -> float:
+    if not changed:
+        return 1.0
+    g = [(ranges[y][1] - old) / max(ranges[y][1] - new, 1e-12) for y, (old, new) in changed.items()]
+    return float(np.mean(g))
