@@ -17,8 +17,8 @@ DataOpt = Annotated[Path | None, typer.Option("--data", "-d", help="Labelled dat
 TaskOpt = Annotated[str | None, typer.Option("--task", help="det, cls or rec (inferred for zoo models).")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use the first N samples only.")]
 ShapeOpt = Annotated[
-    str | None,
-    typer.Option("--input-shape", help="det: fixed N,C,H,W, e.g. 1,3,512,896 (default: max side 960)."),
+    tuple[int, int, int, int] | None,
+    typer.Option("--input-shape", help="det: fixed N C H W, e.g. 1 3 512 896 (default: max side 960)."),
 ]
 ThreadsOpt = Annotated[int, typer.Option(help="Runtime threads (0 = all cores).")]
 ChunkOpt = Annotated[
@@ -40,12 +40,12 @@ def _shape(text: str | None, option: str) -> list[int] | None:
     return dims
 
 
-def _inputs(model: str, data: Path | None, task: str | None, limit: int | None, shape: str | None):
+def _inputs(model: str, data: Path | None, task: str | None, limit: int | None, shape: tuple | None):
     from ocrquant.analysis.inputs import load_inputs
 
     if data is None:
         raise OcrQuantError("--data DIR is required (a labelled dataset whose images feed the model)")
-    opts = {"input_shape": parse_shape(_shape(shape, "--input-shape"))} if shape else None
+    opts = {"input_shape": parse_shape(shape)} if shape else None
     return load_inputs(model, data, task, limit, opts, progress=True)
 
 

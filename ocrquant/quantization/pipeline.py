@@ -30,7 +30,7 @@ from ocrquant.quantization.calibration import (
 from ocrquant.quantization.config import QuantConfig, QuantResult
 from ocrquant.quantization.graph import float_tensors, is_quantized, load_model, sha256_file
 from ocrquant.quantization.prepare import prepare_model
-from ocrquant.quantization.qdq import QuantPlan, write_qdq_model
+from ocrquant.quantization.qdq import QuantPlan, ensure_node_names, write_qdq_model
 from ocrquant.quantization.targets import get_target
 from ocrquant.tasks import Task
 
@@ -125,6 +125,7 @@ def quantize(
         prepared = work / "prepared.onnx"
         prep_report = prepare_model(resolved.path, prepared, fuse_hardswish=cfg.fuse_hardswish)
         model = onnx.load(str(prepared))
+        ensure_node_names(model)  # algorithms and the plan address nodes by name
         ctx = AlgorithmContext(
             model=model, profile=profile, batches=batches, work_dir=work, progress=cfg.progress
         )
@@ -163,7 +164,7 @@ def quantize(
             profile=profile,
             ranges=ranges,
             per_channel=cfg.per_channel,
-            exclude=list(cfg.exclude),
+            exclude=list(cfg.exclude) + [n for n in ctx.keep_float if n not in cfg.exclude],
             dtype_overrides=dict(cfg.dtype_overrides),
             observed={n: (s.min, s.max) for n, s in stats.tensors.items()},
         )

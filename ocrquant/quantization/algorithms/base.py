@@ -40,6 +40,8 @@ class AlgorithmContext:
     qdq_path: Path | None = None  # written QDQ model (stage qdq); algorithms rewrite it in place
     progress: bool = True
     extras: dict[str, Any] = field(default_factory=dict)
+    # Node names a float-stage algorithm wants kept float (merged into the plan's exclude list).
+    keep_float: dict[str, str] = field(default_factory=dict)  # node name -> reason
 
 
 class Algorithm(ABC):

@@ -175,7 +175,9 @@ class HardSwishCLE(Algorithm):
         alpha_depthwise: float = 1.0,
         min_ratio: float = 1e-3,
         max_batches: int = 32,
+        float_gate: bool = False,
     ) -> None:
+        self.float_gate = float_gate
         self.alpha_dense = alpha_dense
         self.alpha_depthwise = alpha_depthwise
         self.min_ratio = min_ratio
@@ -222,6 +224,10 @@ class HardSwishCLE(Algorithm):
             if e.fused is None:
                 e.gate_input.input[e.gate_slot] = scaled
                 new_nodes[id(e.gate_input)] = [mul, e.gate_input]
+                if self.float_gate:
+                    clip = consumers(model)[e.gate_input.output[0]][0]
+                    for n in (mul, e.gate_input, clip):
+                        ctx.keep_float[n.name] = "HS-CLE gate s*y+3 (per-channel ranges) computed in float"
             else:
                 gate = f"{e.y}_hscle_hsig"
                 hsig = helper.make_node(
