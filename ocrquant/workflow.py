@@ -99,8 +99,18 @@ def _latency_inputs(task_obj: Any, dataset: Any, n: int) -> list[Any]:
     return inputs
 
 
-def run_task(task_name: str, cfg: RunConfig) -> ReportRow:
-    """The whole chain for one task; returns its report row."""
+@dataclass
+class Quantized:
+    """What the quantize step of one task leaves behind for the steps after it."""
+
+    model: ResolvedModel
+    task: Any
+    int8_path: Path
+    test_set: Any
+
+
+def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
+    """Quantize the task's model with its calibration set (skipped when the run directory has it)."""
     from ocrquant.quantization import QuantConfig, quantize
 
     spec = cfg.models.get(task_name, DEFAULT_MODELS.get(task_name))
@@ -125,6 +135,27 @@ def run_task(task_name: str, cfg: RunConfig) -> ReportRow:
         log.info("[%s] quantizing %s with %d calibration images", task_name, model.name, cfg.calib_size)
         quantize(model.path, task_name, calib_set, int8_path, qcfg)
         write_json_atomic(key_file, qkey)
+    _publish_int8(model, int8_path)
+    return Quantized(model, task_obj, int8_path, test_set)
+
+
+def _publish_int8(model: ResolvedModel, int8_path: Path) -> None:
+    """Zoo models: also cache the INT8 model where ``ocrquant ocr --precision int8`` looks for it."""
+    from ocrquant.fileio import write_bytes_atomic
+    from ocrquant.pipeline.build import int8_model_path
+    from ocrquant.zoo import ZOO
+
+    if model.name in ZOO:
+        target = int8_model_path(model.name)
+        write_bytes_atomic(target, int8_path.read_bytes())
+        log.info("INT8 %s cached as %s", model.name, target)
+
+
+def run_task(task_name: str, cfg: RunConfig) -> ReportRow:
+    """The whole chain for one task; returns its report row."""
+    q = quantize_for_task(task_name, cfg)
+    model, task_obj, int8_path, test_set = q.model, q.task, q.int8_path, q.test_set
+    out = cfg.out_dir / task_name
     log.info("[%s] evaluating float and INT8 on %s", task_name, test_set.root)
     f_res = _eval_cached(task_obj, model.path, model.name, test_set, out / "eval_float.json", cfg)
     q_res = _eval_cached(task_obj, int8_path, model.name + "-int8", test_set, out / "eval_int8.json", cfg)
@@ -175,7 +206,8 @@ def run_task(task_name: str, cfg: RunConfig) -> ReportRow:
 def run(cfg: RunConfig) -> list[ReportRow]:
     """Run every task of ``cfg`` and write report.md / report.json into ``cfg.out_dir``."""
     cfg = resolve_paths(cfg)
-    rows = [run_task(t, cfg) for t in cfg.tasks]
+    rows = [run_task(t, cfg) for t in cfg.tasks if t != "e2e"]
+    chain = run_e2e(cfg) if "e2e" in cfg.tasks else []
     settings = {
         "tasks": cfg.tasks,
         "data": {k: str(v) for k, v in cfg.data.items()},

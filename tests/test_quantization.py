@@ -175,7 +175,7 @@ def test_sidecar_records_every_conv_quantized(quantized_cls):
     side = json.loads(out.with_name("cls.int8.quant.json").read_text())
     assert side["node_counts"]["Conv"]["float"] == 0 and side["node_counts"]["Conv"]["quantized"] > 0
     act = [t for t in side["tensors"].values() if t["kind"] == "activation"]
-    assert act and all(t["dtype"] == "int8" and "calibrated_range" in t for t in act)
+    assert act and all(t["dtype"] == "uint8" and "calibrated_range" in t for t in act)  # ort-cpu: u8 act
     assert side["settings"]["method"] == "min_max"
 
 
@@ -236,3 +236,50 @@ def test_empty_calibration_dir_is_a_clear_error(cls_model, tmp_path):
     with pytest.raises(OcrQuantError):
         quantize(cls_model, "cls", tmp_path / "empty", tmp_path / "o.onnx", QuantConfig(progress=False))
     assert not (tmp_path / "o.onnx").exists()
+
+
+# ------------------------------------------------------------------ HS-CLE and the ort-cpu layout
+@pytest.mark.parametrize("fuse", [False, True])
+def test_hs_cle_keeps_the_float_function(cls_model, cls_inputs, tmp_path, fuse):
+    """HS-CLE rescales producer/consumer weights and the HardSwish gate: exact up to float rounding,
+    on both the decomposed (PaddleOCR export) and the fused HardSwish form."""
+    from ocrquant.quantization.algorithms import AlgorithmContext, create_algorithm
+    from ocrquant.quantization.targets import get_target
+
+    prep = tmp_path / "prep.onnx"
+    prepare_model(cls_model, prep, fuse_hardswish=fuse)
+    model = onnx.load(str(prep))
+    ctx = AlgorithmContext(
+        model=model, profile=get_target("ort-cpu"), batches=lambda: iter(cls_inputs), work_dir=tmp_path,
+        progress=False,
+    )
+    report = create_algorithm("hs_cle").apply(ctx)
+    assert report["edges"] >= 5 and report["min_scale"] < 0.5  # it really rescaled channels
+    out = tmp_path / "cle.onnx"
+    onnx.save(ctx.model, str(out))
+    before = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(prep)).graph.initializer}
+    changed = [i.name for i in ctx.model.graph.initializer
+               if i.name in before and not np.array_equal(before[i.name], numpy_helper.to_array(i))]
+    assert len(changed) >= 2 * report["edges"]
+    assert max_abs_diff(prep, out, cls_inputs) < 1e-4
+
+
+def test_ort_cpu_layout_every_conv_runs_as_qlinearconv(quantized_cls, tmp_path):
+    """After ORT_ENABLE_ALL, the default ort-cpu cls model has no float Conv, no float HardSwish and no
+    NHWC Transpose shuffles left: what makes INT8 faster than FP32 on onnxruntime CPU."""
+    import collections
+
+    import onnxruntime as ort
+
+    out, _ = quantized_cls
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    n_conv = sum(1 for n in onnx.load(str(out)).graph.node if n.op_type == "Conv")
+    assert ops["Conv"] == 0 and ops["QLinearConv"] == n_conv > 40
+    assert ops["HardSwish"] == 0 and ops["Transpose"] <= 2
+    side = json.loads(out.with_name("cls.int8.quant.json").read_text())
+    assert side["settings"]["algorithms"] == ["hs_cle", "hs_floor"]
+    assert side["algorithms"]["hs_cle"]["edges"] > 0

@@ -248,7 +248,7 @@ def _kind_paths(values: list[str] | None, tasks: list[str], option: str) -> dict
 @app.command("run")
 def run_cmd(
     task: Annotated[
-        list[str] | None, typer.Option("--task", help="det, cls, rec (repeatable; default all three).")
+        list[str] | None, typer.Option("--task", help="det, cls, rec, e2e (repeatable; default det cls rec).")
     ] = None,
     model: Annotated[
         list[str] | None, typer.Option("--model", "-m", help="TASK=MODEL or MODEL (one task).")
@@ -278,7 +278,7 @@ def run_cmd(
 
     With no options it runs the bundled PP-OCRv3 models on the embedded sample set.
     """
-    from ocrquant.report import COLUMNS, row_cells
+    from ocrquant.report import CHAIN_COLUMNS, COLUMNS, chain_cells, row_cells
     from ocrquant.workflow import RunConfig, run
 
     tasks = task or ["det", "cls", "rec"]
@@ -305,10 +305,17 @@ def run_cmd(
         framework_backend=framework,
     )
     rows = run(cfg)
-    table = Table(*COLUMNS, title=f"ocrquant run -> {out}/report.md")
-    for row in rows:
-        table.add_row(*row_cells(row))
-    console.print(table)
+    if rows:
+        table = Table(*COLUMNS, title=f"ocrquant run -> {out}/report.md")
+        for row in rows:
+            table.add_row(*row_cells(row))
+        console.print(table)
+    chain = json.loads((out / "report.json").read_text()).get("e2e_chain", [])
+    if chain:
+        ctable = Table(*CHAIN_COLUMNS, title="end-to-end chain")
+        for crow in chain:
+            ctable.add_row(*chain_cells(crow))
+        console.print(ctable)
 
 
 def _task_options(task: str | None, options: dict, model: str) -> dict:

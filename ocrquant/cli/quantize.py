@@ -58,7 +58,11 @@ def quantize_cmd(
     ] = None,
     algo: Annotated[
         list[str] | None,
-        typer.Option("--algo", help="Accuracy algorithm to run (repeatable): cle, bias_correction."),
+        typer.Option(
+            "--algo",
+            help="Extra accuracy algorithm (repeatable): cle, hs_cle, hs_floor, bias_correction. "
+            "The target's defaults (ort-cpu: hs_cle, hs_floor) always run unless --no-default-algos.",
+        ),
     ] = None,
     no_default_algos: Annotated[
         bool, typer.Option("--no-default-algos", help="Do not run the default algorithms.")
@@ -73,11 +77,10 @@ def quantize_cmd(
 ) -> None:
     """Quantize a float model to INT8 (QDQ) with calibrated ranges; print what was quantized."""
     from ocrquant.quantization import QuantConfig, quantize
-    from ocrquant.quantization.config import DEFAULT_ALGORITHMS
+    from ocrquant.quantization.targets import get_target
 
-    algorithms = ([] if no_default_algos else list(DEFAULT_ALGORITHMS)) + [
-        a for a in (algo or []) if a not in DEFAULT_ALGORITHMS
-    ]
+    defaults = [] if no_default_algos else list(get_target(target).default_algorithms)
+    algorithms = defaults + [a for a in (algo or []) if a not in defaults]
     config = QuantConfig(
         method=method,
         method_options={"percentile": percentile} if percentile is not None else {},

@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_ALGORITHMS: list[str] = []
-
 
 @dataclass
 class QuantConfig:
@@ -25,13 +23,14 @@ class QuantConfig:
     seed: int = 0
     per_channel: bool | None = None  # None: the target's choice
     exclude: list[str] = field(default_factory=list)  # node names, op types or glob patterns kept float
-    algorithms: list[str] = field(default_factory=lambda: list(DEFAULT_ALGORITHMS))
+    # None: the target profile's default_algorithms (ort-cpu: hs_cle, hs_floor); [] runs none.
+    algorithms: list[str] | None = None
     algorithm_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     dtype_overrides: dict[str, str] = field(default_factory=dict)  # activation tensor -> int16 etc.
     cache_dir: Path | None = None  # calibration cache; None: $OCRQUANT_HOME/calib
     use_cache: bool = True
     task_options: dict[str, Any] = field(default_factory=dict)
-    fuse_hardswish: bool = True
+    fuse_hardswish: bool | None = None  # None: the target's layout choice (ort-cpu keeps it decomposed)
     bins: int = 2048
     progress: bool = True
 

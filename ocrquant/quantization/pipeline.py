@@ -86,7 +86,9 @@ def quantize(
     timings: dict[str, float] = {}
     profile = get_target(cfg.target)
     calibrator = create_calibrator(cfg.method, **cfg.method_options)
-    algorithms = [create_algorithm(n, **cfg.algorithm_options.get(n, {})) for n in cfg.algorithms]
+    algorithm_names = list(profile.default_algorithms) if cfg.algorithms is None else list(cfg.algorithms)
+    algorithms = [create_algorithm(n, **cfg.algorithm_options.get(n, {})) for n in algorithm_names]
+    fuse_hardswish = profile.fuse_hardswish if cfg.fuse_hardswish is None else cfg.fuse_hardswish
     resolved = resolve_model(model_path)
     task_name = infer_task(resolved, task_name)
     if is_quantized(load_model(resolved.path)):
@@ -123,7 +125,7 @@ def quantize(
         work = Path(tmp)
         t = time.perf_counter()
         prepared = work / "prepared.onnx"
-        prep_report = prepare_model(resolved.path, prepared, fuse_hardswish=cfg.fuse_hardswish)
+        prep_report = prepare_model(resolved.path, prepared, fuse_hardswish=fuse_hardswish)
         model = onnx.load(str(prepared))
         ensure_node_names(model)  # algorithms and the plan address nodes by name
         ctx = AlgorithmContext(
@@ -198,7 +200,8 @@ def quantize(
                 "method_options": cfg.method_options,
                 "per_channel": profile.per_channel if cfg.per_channel is None else cfg.per_channel,
                 "exclude": cfg.exclude,
-                "algorithms": cfg.algorithms,
+                "algorithms": algorithm_names,
+                "fuse_hardswish": fuse_hardswish,
                 "algorithm_options": cfg.algorithm_options,
                 "dtype_overrides": cfg.dtype_overrides,
                 "calib_size": len(samples),

@@ -54,7 +54,7 @@ NON_DATA_INPUTS: dict[str, tuple[int, ...]] = {
     "Pad": (1, 2),
 }
 Q_OPS = ("QuantizeLinear", "DequantizeLinear")
-OUTPUT_TAIL_OPS = ("Softmax", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
+OUTPUT_TAIL_OPS = ("Softmax", "Sigmoid", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
 
 
 @dataclass

@@ -12,7 +12,7 @@ It can be made exact with one per-channel multiply. ``HS(x) = x * clip(x + 3, 0,
     HS(x) / s = y * clip(s * y + 3, 0, 6) / 6
 
 So for each edge we divide the producer Conv's output channel ``c`` (weights and bias) by ``s_c``,
-feed the gate branch ``Mul(y, s)`` instead of ``y`` (the value branch keeps ``y``), and multiply the
+rewrite the HardSwish as ``y * Clip(y * s / 6 + 0.5, 0, 1)`` (per-channel ``s``), and multiply the
 consumer Conv's input channel ``c`` by ``s_c`` (a depthwise consumer: its filter ``c``; a dense one:
 column ``c``). The float function is unchanged up to float rounding; the pre-activation ``y`` and the
 post-activation ``HS(x)/s`` now have equalised channel ranges. The gate ``clip(.)/6`` is bounded to
@@ -28,8 +28,8 @@ The floor (:class:`HardSwishFloor`, stage ``plan``): channel ``c`` of ``y`` belo
 gate 0 and output 0 whatever its value, so the lower end of ``y``'s quantization range can be raised
 to ``min_c max(min_c(y), -3 / s_c)`` without changing what the float graph would compute from it.
 
-Both patterns are handled: the ONNX ``HardSwish`` op (rewritten to ``y * HardSigmoid(s * y)``) and
-PaddleOCR's decomposed ``Mul(y, Clip(Add(y, 3), 0, 6)) / 6`` (only the Add's input changes).
+Both patterns are matched, the ONNX ``HardSwish`` op and PaddleOCR's decomposed
+``Mul(y, Clip(Add(y, 3), 0, 6)) / 6``; both become the four-op scaled form above.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from onnx import helper, numpy_helper
 
 from ocrquant.quantization.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
 from ocrquant.quantization.calibration.stats import iterate_outputs
-from ocrquant.quantization.graph import consumers, get_attr, initializers, producers
+from ocrquant.quantization.graph import consumers, get_attr, initializers
 
 EXTRA_KEY = "hs_cle"  # ctx.extras[EXTRA_KEY]: {pre-activation tensor: (per-channel s, per-channel min)}
 
@@ -55,9 +55,7 @@ class HardSwishEdge:
 
     producer: onnx.NodeProto
     y: str
-    gate_input: onnx.NodeProto  # the node whose input slot receives y on the gate branch
-    gate_slot: int
-    fused: onnx.NodeProto | None  # the HardSwish node when the op is fused
+    nodes: list[onnx.NodeProto]  # the HardSwish: [HardSwish] or [Add, Clip, Mul, Div|Mul], in order
     z: str
     consumer: onnx.NodeProto
     depthwise: bool
@@ -72,9 +70,9 @@ def _scalar(inits: dict, name: str) -> float | None:
 
 def _decomposed_output(
     y: str, users: list[onnx.NodeProto], cons: dict, inits: dict
-) -> tuple[onnx.NodeProto, int, str] | None:
+) -> list[onnx.NodeProto] | None:
     """For ``y`` consumed by exactly ``Add(y, 3)`` and ``Mul(y, Clip(., 0, 6))`` followed by ``/ 6`` or
-    ``* 1/6``, return (the Add, y's slot in it, the HardSwish output); else None."""
+    ``* 1/6``, return those four nodes; else None."""
     adds = [n for n in users if n.op_type == "Add"]
     muls = [n for n in users if n.op_type == "Mul"]
     if len(users) != 2 or len(adds) != 1 or len(muls) != 1:
@@ -106,7 +104,7 @@ def _decomposed_output(
         or (last.op_type == "Mul" and abs(c - 1 / 6) < 1e-6)
     ):
         return None
-    return add, slot, last.output[0]
+    return [add, clip, mul, last]
 
 
 def find_hardswish_edges(model: onnx.ModelProto) -> list[HardSwishEdge]:
@@ -123,13 +121,12 @@ def find_hardswish_edges(model: onnx.ModelProto) -> list[HardSwishEdge]:
             continue
         users = cons.get(y, [])
         if len(users) == 1 and users[0].op_type == "HardSwish":
-            gate, slot, fused, z = users[0], 0, users[0], users[0].output[0]
+            hs_nodes = [users[0]]
         else:
-            found = _decomposed_output(y, users, cons, inits)
-            if found is None:
+            hs_nodes = _decomposed_output(y, users, cons, inits)
+            if hs_nodes is None:
                 continue
-            gate, slot, z = found
-            fused = None
+        z = hs_nodes[-1].output[0]
         nxt = cons.get(z, [])
         if z in outputs or len(nxt) != 1 or nxt[0].op_type != "Conv" or nxt[0].input[0] != z:
             continue
@@ -142,7 +139,7 @@ def find_hardswish_edges(model: onnx.ModelProto) -> list[HardSwishEdge]:
         depthwise = group == channels and w[0] == channels and w[1] == 1
         if group != 1 and not depthwise:
             continue
-        edges.append(HardSwishEdge(p, y, gate, slot, fused, z, c, depthwise))
+        edges.append(HardSwishEdge(p, y, hs_nodes, z, c, depthwise))
     return edges
 
 
@@ -195,6 +192,40 @@ class HardSwishCLE(Algorithm):
         alpha = self.alpha_depthwise if edge.depthwise else self.alpha_dense
         return (r / top) ** alpha
 
+    def _rescaled_hardswish(
+        self, model: onnx.ModelProto, e: HardSwishEdge, s: np.ndarray, ctx: AlgorithmContext
+    ) -> dict[int, list[onnx.NodeProto]]:
+        """Replace the HardSwish of ``e`` by ``z = y * Clip(y * (s / 6) + 0.5, 0, 1)`` (= HS(x) / s).
+
+        Four ops in the form an integer backend runs well (QLinearMul, QLinearAdd, Clip folded into
+        the requantization, QLinearMul), one fewer than PaddleOCR's decomposition. The result replaces
+        the last HardSwish node (its inputs, ``y`` and constants, exist by then); the others go.
+        """
+        base = e.y + "_hscle"
+        consts = {
+            f"{base}_s6": (s / 6.0).astype(np.float32).reshape(1, -1, 1, 1),
+            f"{base}_half": np.array(0.5, np.float32),
+            f"{base}_zero": np.array(0.0, np.float32),
+            f"{base}_one": np.array(1.0, np.float32),
+        }
+        for name, value in consts.items():
+            model.graph.initializer.append(numpy_helper.from_array(value, name))
+        name = e.producer.name + "_hscle"
+        nodes = [
+            helper.make_node("Mul", [e.y, f"{base}_s6"], [f"{base}_lin"], name=f"{name}_scale"),
+            helper.make_node("Add", [f"{base}_lin", f"{base}_half"], [f"{base}_pre"], name=f"{name}_shift"),
+            helper.make_node(
+                "Clip", [f"{base}_pre", f"{base}_zero", f"{base}_one"], [f"{base}_gate"], name=f"{name}_clip"
+            ),
+            helper.make_node("Mul", [e.y, f"{base}_gate"], [e.z], name=f"{name}_out"),
+        ]
+        if self.float_gate:
+            for n in nodes[:3]:
+                ctx.keep_float[n.name] = "HS-CLE gate s*y/6+0.5 (per-channel ranges) computed in float"
+        out = {id(n): [] for n in e.nodes}
+        out[id(e.nodes[-1])] = nodes
+        return out
+
     def apply(self, ctx: AlgorithmContext) -> dict[str, Any]:
         model = ctx.model
         edges = find_hardswish_edges(model)
@@ -216,25 +247,7 @@ class HardSwishCLE(Algorithm):
                 _set(inits, e.producer.input[2], b / s)
             wc = numpy_helper.to_array(inits[e.consumer.input[1]]).astype(np.float64)
             _set(inits, e.consumer.input[1], wc * s.reshape(shape if e.depthwise else (1, -1, 1, 1)))
-            s_name, scaled = f"{e.y}_hscle_scale", f"{e.y}_hscle_gate"
-            model.graph.initializer.append(
-                numpy_helper.from_array(s.astype(np.float32).reshape(1, -1, 1, 1), s_name)
-            )
-            mul = helper.make_node("Mul", [e.y, s_name], [scaled], name=f"{e.producer.name}_hscle_mul")
-            if e.fused is None:
-                e.gate_input.input[e.gate_slot] = scaled
-                new_nodes[id(e.gate_input)] = [mul, e.gate_input]
-                if self.float_gate:
-                    clip = consumers(model)[e.gate_input.output[0]][0]
-                    for n in (mul, e.gate_input, clip):
-                        ctx.keep_float[n.name] = "HS-CLE gate s*y+3 (per-channel ranges) computed in float"
-            else:
-                gate = f"{e.y}_hscle_hsig"
-                hsig = helper.make_node(
-                    "HardSigmoid", [scaled], [gate], name=f"{e.fused.name}_hscle_hsig", alpha=1 / 6, beta=0.5
-                )
-                out = helper.make_node("Mul", [e.y, gate], [e.z], name=f"{e.fused.name}_hscle_out")
-                new_nodes[id(e.fused)] = [mul, hsig, out]
+            new_nodes.update(self._rescaled_hardswish(model, e, s, ctx))
             # Per-channel facts the floor needs, in the rescaled domain: y_c = x_c / s_c.
             record[e.y] = ((s).tolist(), (mins[e.y] / s).tolist())
             spread.append(float(s.min()))
