@@ -219,14 +219,31 @@ def run(cfg: RunConfig) -> list[ReportRow]:
         "limit": cfg.limit,
     }
     write_json_atomic(
-        cfg.out_dir / "report.json", {"settings": settings, "rows": [r.to_json() for r in rows]}
+        cfg.out_dir / "report.json",
+        {"settings": settings, "rows": [r.to_json() for r in rows], "e2e_chain": chain},
     )
-    write_text_atomic(cfg.out_dir / "report.md", render_markdown(rows, settings))
+    write_text_atomic(cfg.out_dir / "report.md", render_markdown(rows, settings, chain))
     return rows
 
 
+def run_e2e(cfg: RunConfig) -> list[dict[str, Any]]:
+    """Chain rows (all FP32, each stage INT8 alone, all INT8) on the det test set, end-to-end metric."""
+    from ocrquant.pipeline.evaluate import chain_report, default_vocab_dir
+
+    q = {t: quantize_for_task(t, cfg) for t in ("det", "cls", "rec")}
+    dataset = open_dataset(cfg.data["det"], "det")
+    lexicon = "all" if default_vocab_dir(dataset.root) else None
+    return chain_report(
+        q["det"].model.path, q["det"].int8_path, q["cls"].model.path, q["cls"].int8_path,
+        q["rec"].model.path, q["rec"].int8_path, dataset, lexicon=lexicon, limit=cfg.limit,
+        output_dir=cfg.out_dir / "e2e", runtime=RuntimeOptions(threads=cfg.threads),
+    )  # fmt: skip
+
+
 def _read_sidecar(int8_path: Path) -> dict[str, Any]:
-    side = int8_path.with_suffix(".quant.json")
+    from ocrquant.quantization import sidecar_path
+
+    side = sidecar_path(int8_path)
     return json.loads(side.read_text()) if side.exists() else {}
 
 

@@ -7,7 +7,8 @@ import sys
 
 from rich.console import Console
 
-console = Console(stderr=False)
+# Piped output (logs, CI, README examples) gets a wide table instead of rich's 80-column default.
+console = Console(stderr=False, width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
 STATE = {"debug": False}

@@ -118,7 +118,8 @@ def eval_cmd(
     ] = None,
     data: Annotated[Path | None, typer.Option("--data", "-d", help="Labelled dataset directory.")] = None,
     task: Annotated[
-        str | None, typer.Option("--task", help="det, cls, rec (inferred for zoo models) or e2e (det+cls+rec).")
+        str | None,
+        typer.Option("--task", help="det, cls, rec (inferred for zoo models) or e2e (det+cls+rec)."),
     ] = None,
     data_format: Annotated[
         str | None, typer.Option("--format", help="Dataset format (default: detect).")
@@ -338,7 +339,7 @@ def _task_options(task: str | None, options: dict, model: str) -> dict:
 
 # Each workflow stage keeps its commands in its own module with ``register(app)``; adding a stage is
 # one line here, and no stage's module imports another's.
-COMMAND_MODULES: list[str] = ["ocr", "convert", "quantize", "bench", "analysis"]
+COMMAND_MODULES: list[str] = ["ocr", "convert", "quantize", "bench", "analysis", "sensitivity", "ncnn"]
 
 
 def _register_stage_commands() -> None:

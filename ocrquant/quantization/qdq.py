@@ -157,6 +157,7 @@ def _qtype(dtype: str):
 
     return {
         "int8": QuantType.QInt8,
+        "int7": QuantType.QInt8,
         "uint8": QuantType.QUInt8,
         "int16": QuantType.QInt16,
         "uint16": QuantType.QUInt16,

@@ -19,6 +19,8 @@ from ocrquant.errors import OcrQuantError
 # Integer types a Q/DQ pair can use: name -> (numpy dtype, qmin, qmax).
 QTYPES: dict[str, tuple[type, int, int]] = {
     "int8": (np.int8, -128, 127),
+    # int8 storage, 7-bit grid: keeps u8 x s8 pair sums inside int16 for AVX2 kernels without VNNI.
+    "int7": (np.int8, -64, 63),
     "uint8": (np.uint8, 0, 255),
     "int16": (np.int16, -32768, 32767),
     "uint16": (np.uint16, 0, 65535),

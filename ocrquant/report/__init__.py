@@ -10,4 +10,12 @@ from ocrquant.report.table import (
     row_cells,
 )
 
-__all__ = ["CHAIN_COLUMNS", "COLUMNS", "chain_cells", "ReportRow", "machine_description", "render_markdown", "row_cells"]
+__all__ = [
+    "CHAIN_COLUMNS",
+    "COLUMNS",
+    "chain_cells",
+    "ReportRow",
+    "machine_description",
+    "render_markdown",
+    "row_cells",
+]

@@ -90,17 +90,36 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {system}, onnxruntime {onnxruntime.__version__}"
 
 
-CHAIN_COLUMNS = ["chain", "det", "cls", "rec", "e2e precision", "e2e recall", "e2e hmean",
-                 "ms/img (mean)", "ms/img (p50)", "models MB", "images"]
+CHAIN_COLUMNS = [
+    "chain",
+    "det",
+    "cls",
+    "rec",
+    "e2e precision",
+    "e2e recall",
+    "e2e hmean",
+    "ms/img (mean)",
+    "ms/img (p50)",
+    "models MB",
+    "images",
+]
 
 
 def chain_cells(row: dict[str, Any]) -> list[str]:
     """One end-to-end chain row (see ``ocrquant.pipeline.evaluate.chain_report``) as table cells."""
     prec = row.get("precisions", {})
     return [
-        row["row"], prec.get("det", "-"), prec.get("cls", "-"), prec.get("rec", "-"),
-        f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['hmean']:.4f}",
-        f"{row['latency_ms_mean']:.1f}", f"{row['latency_ms_p50']:.1f}", f"{row['size_mb']:.2f}", str(row["images"]),
+        row["row"],
+        prec.get("det", "-"),
+        prec.get("cls", "-"),
+        prec.get("rec", "-"),
+        f"{row['precision']:.4f}",
+        f"{row['recall']:.4f}",
+        f"{row['hmean']:.4f}",
+        f"{row['latency_ms_mean']:.1f}",
+        f"{row['latency_ms_p50']:.1f}",
+        f"{row['size_mb']:.2f}",
+        str(row["images"]),
     ]
 
 
@@ -114,7 +133,11 @@ def render_markdown(
     for row in rows:
         lines.append("| " + " | ".join(row_cells(row)) + " |")
     if chain:
-        lines += ["", "## End-to-end chain (det -> cls -> rec, ICDAR2015 end-to-end protocol, no lexicon)", ""]
+        lines += [
+            "",
+            "## End-to-end chain (det -> cls -> rec, ICDAR2015 end-to-end protocol, no lexicon)",
+            "",
+        ]
         lines.append("| " + " | ".join(CHAIN_COLUMNS) + " |")
         lines.append("|" + "---|" * len(CHAIN_COLUMNS))
         for crow in chain:

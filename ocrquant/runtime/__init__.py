@@ -1,5 +1,6 @@
 """Runtimes behind one Runner interface."""
 
+from ocrquant.runtime import ncnn as _ncnn  # noqa: F401  (registers "ncnn"; extra needed to run)
 from ocrquant.runtime import openvino as _openvino  # noqa: F401  (registers "openvino"; extra needed to run)
 from ocrquant.runtime import ort as _ort  # noqa: F401  (registers "onnxruntime")
 from ocrquant.runtime import paddle as _paddle  # noqa: F401  (registers "paddle"; imports paddle lazily)

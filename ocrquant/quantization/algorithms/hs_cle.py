@@ -265,9 +265,28 @@ class HardSwishCLE(Algorithm):
 
 @register_algorithm("hs_floor", stage="plan")
 class HardSwishFloor(Algorithm):
-    """Raise the lower range end of HardSwish pre-activations to where the output stops changing."""
+    """Narrow HardSwish ranges to the values that can still change the output (exact).
+
+    * pre-activation ``y``: lower end raised to ``min_c max(min_c(y), -3 / s_c)`` (gate 0 below);
+    * HS-CLE gate ``lin = y * s / 6``: clipped to [-0.5, 0.5], since ``Clip(lin + 0.5, 0, 1)`` is
+      constant outside. Measured: without this, ``lin`` inherits the unequalised per-channel ranges
+      (it is ``x / 6``) and a per-tensor 8-bit step on it costs rec 6 points (0.66 -> 0.59 on the
+      first 500 crops with the gate left float vs quantized on its calibrated range).
+    """
 
     def apply(self, ctx: AlgorithmContext) -> dict[str, Any]:
+        gates = 0
+        for y in ctx.extras.get(EXTRA_KEY, {}):
+            for name, (a, b) in ((f"{y}_hscle_lin", (-0.5, 0.5)), (f"{y}_hscle_pre", (0.0, 1.0))):
+                if name in ctx.plan.ranges:
+                    lo, hi = ctx.plan.ranges[name]
+                    ctx.plan.ranges[name] = (max(lo, a), min(hi, b))
+                    gates += 1
+        report = self._floor(ctx)
+        report["gate_ranges_clipped"] = gates
+        return report
+
+    def _floor(self, ctx: AlgorithmContext) -> dict[str, Any]:
         per_channel = ctx.extras.get(EXTRA_KEY)
         if per_channel is None:  # no HS-CLE: s = 1, only per-tensor facts
             floors = {}

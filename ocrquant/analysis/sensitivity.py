@@ -1,0 +1,815 @@
+"""Per-layer quantization sensitivity: which Conv/MatMul/Gemm layers cost task accuracy in INT8.
+
+Two questions, one row per quantized layer:
+
+* ``only-float``: the INT8 model as configured, with *only this layer* kept float. The gain over the
+  INT8 model is what excluding the layer buys (the direct input of the mixed-precision search).
+* ``only-quantized``: the float model with *only this layer* quantized. The drop from FP32 is the
+  error the layer adds by itself, free of interactions with the others.
+
+Each row gives the task's primary metric with that choice, its delta, the SNR of the final model
+output against FP32 and the latency cost of keeping the layer float.
+
+**Validation data is not the test set.** By default the validation subset is drawn (seeded) from the
+*calibration* directory's samples that the calibration pick did not use: the same
+``sample_calibration(dataset, calib_size, seed)`` call as the quantization pipeline decides which
+images calibrate, and the validation images are drawn from the rest (compared by image file, so a
+cls set derived from rec crops never sees one crop in both roles). Decisions made on this subset may
+then be confirmed on a test set once.
+
+**How variants are made.** Re-running the quantization pipeline per layer would repeat its float
+stage (HS-CLE statistics, ~30 s for PP-OCRv3 rec) ~100 times. Instead the pipeline runs twice: once as
+configured (the INT8 model) and once with every node excluded (the pipeline's float graph: same node
+names, same HS-CLE-scaled weights). A variant is then an edit of the INT8 graph:
+
+* a layer kept float reads the float weight and bias instead of ``DequantizeLinear(int8)``; its
+  activation Q/DQ pairs stay, because its quantized neighbours keep them. This is exactly what the
+  pipeline's ``QuantConfig.exclude`` writes when the neighbours are quantized (checked on PP-OCRv3
+  rec: an excluded Conv reads ``DQ(x)`` and a float weight, its output goes to a ``Q``).
+* "only this layer quantized": every other consumer reads the float tensor before its Q/DQ pair and
+  the float weights; this layer keeps its input Q/DQ, weights and output Q/DQ.
+
+Unused Q/DQ nodes and initializers are removed, so a variant also times like the real model. The
+mixed-precision search (:mod:`ocrquant.quantization.mixed_precision`) re-quantizes its final choice
+through the pipeline and reports that model's figures.
+
+Latency cost of keeping a layer float: either measured (``latency="measure"``: the INT8 model and the
+variant timed interleaved) or estimated (``latency="estimate"``, default): the layer's MACs times a
+measured ms/MAC = (latency with every layer float - INT8 latency) / MACs of all quantized layers, both
+timed interleaved. The estimate is what a 2-core shared machine can resolve; per-layer differences of
+0.1 ms are below its noise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ocrquant.data import Dataset, Sample, load_image, open_dataset, sample_calibration
+from ocrquant.errors import OcrQuantError
+from ocrquant.fileio import atomic_path, write_json_atomic
+
+log = logging.getLogger("ocrquant")
+
+LAYER_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+MODES = ("only-float", "only-quantized")
+LATENCY_SOURCES = ("estimate", "measure", "none")
+Q_OPS = ("QuantizeLinear", "DequantizeLinear")
+FLOAT_SUFFIX = "__float"
+PASSTHROUGH_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+
+
+# ------------------------------------------------------------------------------------ validation split
+@dataclass
+class ValidationSplit:
+    """The calibration pick and a validation subset that never shares an image with it."""
+
+    calibration: list[Sample]
+    validation: list[Sample]
+    source: str  # "calibration-holdout" | "explicit"
+    root: str
+    seed: int
+    val_seed: int
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "root": self.root,
+            "calibration_images": len(self.calibration),
+            "validation_images": len(self.validation),
+            "calibration_seed": self.seed,
+            "validation_seed": self.val_seed,
+            "note": "validation images are never calibration images and never the test set "
+            "(when source is calibration-holdout)",
+        }
+
+
+def _image_id(sample: Sample) -> str:
+    return str(Path(sample.image_path).resolve())
+
+
+def split_validation(
+    calib: Dataset,
+    calib_size: int,
+    seed: int,
+    val_size: int,
+    *,
+    val_data: Dataset | None = None,
+    val_seed: int | None = None,
+) -> ValidationSplit:
+    """Calibration samples exactly as the pipeline picks them, plus ``val_size`` validation samples.
+
+    Without ``val_data`` the validation samples come from ``calib``'s samples whose image the
+    calibration pick did not use. With ``val_data`` they are drawn from it, minus any image that also
+    calibrates (dropped with a warning: validating on calibration images flatters the model).
+    """
+    if val_size <= 0:
+        raise OcrQuantError(f"validation size must be positive, got {val_size}", calib.root)
+    if not calib.samples:
+        raise OcrQuantError(f"calibration set has no {calib.task} samples", calib.root)
+    picked = sample_calibration(calib, min(calib_size, len(calib.samples)), seed)
+    used = {_image_id(s) for s in picked}
+    source = "explicit" if val_data is not None else "calibration-holdout"
+    pool_set = val_data if val_data is not None else calib
+    pool = [s for s in pool_set.samples if _image_id(s) not in used]
+    if val_data is not None and len(pool) < len(val_data.samples):
+        log.warning(
+            "validation: dropped %d samples of %s whose image is also a calibration image",
+            len(val_data.samples) - len(pool),
+            val_data.root,
+        )
+    if not pool:
+        raise OcrQuantError(
+            "no samples left for validation: every image is used for calibration "
+            "(lower --calib-size or pass --val-data)",
+            pool_set.root,
+        )
+    vseed = seed + 1 if val_seed is None else val_seed
+    n = min(val_size, len(pool))
+    if n < val_size:
+        log.warning("validation: asked for %d samples but only %d are available; using %d", val_size, n, n)
+    idx = sorted(random.Random(vseed).sample(range(len(pool)), n))
+    return ValidationSplit(picked, [pool[i] for i in idx], source, str(pool_set.root), seed, vseed)
+
+
+# ------------------------------------------------------------------------------------ graph variants
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in model.graph.node for o in n.output if o}
+
+
+def quantized_layers(qmodel: onnx.ModelProto) -> list[str]:
+    """Names of the Conv/ConvTranspose/MatMul/Gemm nodes that read at least one DequantizeLinear
+    output (the layers the configured INT8 model runs in integer arithmetic), in graph order."""
+    prod = _producers(qmodel)
+    out = []
+    for node in qmodel.graph.node:
+        if node.op_type not in LAYER_OPS:
+            continue
+        if any(i in prod and prod[i].op_type == "DequantizeLinear" for i in node.input[:2] if i):
+            out.append(node.name)
+    return out
+
+
+def _dequantize(model_inits: dict[str, onnx.TensorProto], dq: onnx.NodeProto) -> np.ndarray:
+    """The value a DequantizeLinear of an initializer produces (fallback when no float twin exists)."""
+    q = numpy_helper.to_array(model_inits[dq.input[0]]).astype(np.float64)
+    scale = numpy_helper.to_array(model_inits[dq.input[1]]).astype(np.float64)
+    zp = (
+        numpy_helper.to_array(model_inits[dq.input[2]]).astype(np.float64)
+        if len(dq.input) > 2 and dq.input[2]
+        else np.zeros_like(scale)
+    )
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+    if scale.ndim == 1 and scale.size > 1:
+        shape = [1] * q.ndim
+        shape[axis % q.ndim] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return ((q - zp) * scale).astype(np.float32)
+
+
+class VariantBuilder:
+    """Mixed-precision variants of one pipeline-written QDQ model (see the module doc).
+
+    ``reference`` is the same pipeline's output with every node excluded: it holds the float weights
+    under the names the QDQ model's ``<name>_quantized`` initializers came from.
+    """
+
+    def __init__(self, quantized: onnx.ModelProto, reference: onnx.ModelProto) -> None:
+        self.base = quantized
+        self.reference = reference
+        self.float_inits = {i.name: i for i in reference.graph.initializer}
+        self.layers = quantized_layers(quantized)
+        if not self.layers:
+            raise OcrQuantError("the quantized model has no quantized Conv/MatMul/Gemm layer")
+        self.op_types = {n.name: n.op_type for n in quantized.graph.node}
+        self._check_reference()
+
+    def _check_reference(self) -> None:
+        """The float weights must be the ones the INT8 weights were rounded from (same HS-CLE scaling);
+        a mismatch means the two pipeline runs prepared different float graphs."""
+        inits = {i.name: i for i in self.base.graph.initializer}
+        prod = _producers(self.base)
+        for node in self.base.graph.node:
+            if node.name not in self.layers or node.op_type not in LAYER_OPS or len(node.input) < 2:
+                continue
+            dq = prod.get(node.input[1])
+            if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+                continue
+            name = dq.input[0].removesuffix("_quantized")
+            if name not in self.float_inits:
+                raise OcrQuantError(f"reference model lacks the float weight {name} of layer {node.name}")
+            w = numpy_helper.to_array(self.float_inits[name]).astype(np.float32)
+            deq = _dequantize(inits, dq)
+            scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+            if w.shape != deq.shape or float(np.abs(w - deq).max()) > float(scale.max()) * 0.51 + 1e-6:
+                raise OcrQuantError(
+                    f"float weight {name} of layer {node.name} does not round to the INT8 weight: the "
+                    "reference and INT8 runs prepared different float graphs"
+                )
+
+    def build(self, float_layers: Iterable[str] = (), only_quantized: str | None = None) -> onnx.ModelProto:
+        """The INT8 model with ``float_layers`` kept float, or (``only_quantized``) the float model
+        with only that layer quantized."""
+        float_set = set(float_layers)
+        unknown = (float_set | ({only_quantized} if only_quantized else set())) - set(self.layers)
+        if unknown:
+            raise OcrQuantError(f"not a quantized layer of this model: {', '.join(sorted(unknown))}")
+        if only_quantized is not None:
+            return self._only_quantized(only_quantized)
+        m = onnx.ModelProto()
+        m.CopyFrom(self.base)
+        inits = {i.name: i for i in m.graph.initializer}
+        prod = _producers(m)
+        added: set[str] = set()
+        for node in m.graph.node:
+            if node.name not in float_set:
+                continue
+            for slot, name in enumerate(node.input):
+                dq = prod.get(name)
+                if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
+                    node.input[slot] = self._float_init(m, inits, dq, added)
+        _prune(m)
+        return m
+
+    def _float_init(
+        self, m: onnx.ModelProto, inits: dict[str, onnx.TensorProto], dq: onnx.NodeProto, added: set[str]
+    ) -> str:
+        """The float twin of a dequantized initializer, added to ``m`` once."""
+        name = dq.input[0].removesuffix("_quantized")
+        new = name + FLOAT_SUFFIX
+        if new not in added:
+            if name in self.float_inits:
+                t = onnx.TensorProto()
+                t.CopyFrom(self.float_inits[name])
+                t.name = new
+            else:  # a constant the reference run did not keep float: its dequantized value
+                t = numpy_helper.from_array(_dequantize(inits, dq), new)
+            m.graph.initializer.append(t)
+            added.add(new)
+        return new
+
+    def _only_quantized(self, layer: str) -> onnx.ModelProto:
+        """The reference (float) graph with the INT8 model's Q/DQ copied onto ``layer``'s inputs,
+        weights and output.
+
+        Built from the float graph, not by stripping the INT8 one: ORT's quantizer deletes a Relu/Clip
+        whose range the following QuantizeLinear enforces, so an INT8 graph without its Q/DQ would lose
+        those activations.
+        """
+        m = onnx.ModelProto()
+        m.CopyFrom(self.reference)
+        _strip_qdq(m)
+        base_inits = {i.name: i for i in self.base.graph.initializer}
+        base_prod = _producers(self.base)
+        base_node = next(n for n in self.base.graph.node if n.name == layer)
+        node = next((n for n in m.graph.node if n.name == layer), None)
+        if node is None or len(node.input) != len(base_node.input):
+            raise OcrQuantError(f"layer {layer} differs between the INT8 and the reference graph")
+        new_nodes: list[onnx.NodeProto] = []
+
+        def copy_init(name: str) -> str:
+            if name and name not in {i.name for i in m.graph.initializer}:
+                t = onnx.TensorProto()
+                t.CopyFrom(base_inits[name])
+                m.graph.initializer.append(t)
+            return name
+
+        def qdq(tensor: str, q: onnx.NodeProto, dq: onnx.NodeProto, tag: str) -> str:
+            """Q -> DQ on ``tensor`` with the INT8 model's parameters; returns the DQ output."""
+            params = [copy_init(x) for x in q.input[1:]]
+            qn = onnx.NodeProto()
+            qn.CopyFrom(q)
+            qn.name, qn.input[:], qn.output[:] = f"{q.name}{tag}", [tensor, *params], [f"{tensor}{tag}_q"]
+            dn = onnx.NodeProto()
+            dn.CopyFrom(dq)
+            dn.name = f"{dq.name}{tag}"
+            dn.input[:] = [qn.output[0], *[copy_init(x) for x in dq.input[1:]]]
+            dn.output[:] = [f"{tensor}{tag}_dq"]
+            new_nodes.extend([qn, dn])
+            return dn.output[0]
+
+        for slot, name in enumerate(base_node.input):
+            dq = base_prod.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            if dq.input[0] in base_inits:  # weight / bias: the INT8 initializer and its DQ
+                d = onnx.NodeProto()
+                d.CopyFrom(dq)
+                d.name = f"{dq.name}__only"
+                d.input[:] = [copy_init(x) for x in dq.input]
+                d.output[:] = [f"{dq.output[0]}__only"]
+                new_nodes.append(d)
+                node.input[slot] = d.output[0]
+            else:
+                q = base_prod.get(dq.input[0])
+                if q is not None and q.op_type == "QuantizeLinear":
+                    node.input[slot] = qdq(node.input[slot], q, dq, f"__in{slot}")
+        out_q = next(
+            (
+                n
+                for n in self.base.graph.node
+                if n.op_type == "QuantizeLinear" and n.input[0] in base_node.output
+            ),
+            None,
+        )
+        if out_q is not None:
+            out_dq = next(
+                n
+                for n in self.base.graph.node
+                if n.op_type == "DequantizeLinear" and out_q.output[0] in n.input
+            )
+            y = node.output[0]
+            consumers = [n for n in m.graph.node if y in n.input]
+            dq_out = qdq(y, out_q, out_dq, "__out")
+            for c in consumers:
+                c.input[:] = [dq_out if i == y else i for i in c.input]
+        # insert the new nodes right after the layer (inputs' Q/DQ before it: a topological order)
+        pos = list(m.graph.node).index(node)
+        before = [n for n in new_nodes if "__out" not in n.name]
+        after = [n for n in new_nodes if "__out" in n.name]
+        nodes = list(m.graph.node)
+        nodes[pos : pos + 1] = [*before, node, *after]
+        del m.graph.node[:]
+        m.graph.node.extend(nodes)
+        _prune(m)
+        return m
+
+    def save(
+        self, path: str | Path, float_layers: Iterable[str] = (), only_quantized: str | None = None
+    ) -> Path:
+        path = Path(path)
+        onnx.save(self.build(float_layers, only_quantized), str(path))
+        return path
+
+
+def _strip_qdq(model: onnx.ModelProto) -> None:
+    """Bypass every activation Q -> DQ pair (consumers read the float tensor); pruning removes them."""
+    prod = _producers(model)
+    for node in model.graph.node:
+        if node.op_type in Q_OPS:
+            continue
+        for slot, name in enumerate(node.input):
+            dq = prod.get(name)
+            q = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[slot] = q.input[0]
+    _prune(model)
+
+
+def _prune(model: onnx.ModelProto) -> None:
+    """Drop nodes whose outputs nobody reads, then initializers nobody reads (ORT warns about each)."""
+    graph_outputs = {o.name for o in model.graph.output}
+    while True:
+        used = {i for n in model.graph.node for i in n.input} | graph_outputs
+        dead = [n for n in model.graph.node if not any(o in used for o in n.output if o)]
+        if not dead:
+            break
+        for n in dead:
+            model.graph.node.remove(n)
+    used = {i for n in model.graph.node for i in n.input} | graph_outputs
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
+# ------------------------------------------------------------------------------------ scoring
+@dataclass
+class Score:
+    """One model on the validation subset: the task's primary metric (0..1) and the output SNR."""
+
+    metric: float
+    metrics: dict[str, float]
+    snr_db: float | None
+
+
+class Validator:
+    """The validation subset decoded and preprocessed once, scored against FP32 for every variant.
+
+    Images run one per model call (as ``evaluate`` with batch size 1, the setting of the verified
+    FP32 figures). The FP32 outputs of the first ``snr_samples`` images are kept for the SNR of the
+    final model output (sum over those images of x^2 / (x - y)^2, x FP32, y the variant).
+    """
+
+    def __init__(
+        self,
+        task: Any,
+        samples: list[Sample],
+        float_model: str | Path,
+        *,
+        threads: int = 2,
+        snr_samples: int = 64,
+        metric: bool = True,
+        progress: bool = True,
+    ) -> None:
+        from tqdm import tqdm
+
+        self.task = task
+        self.float_model_path = Path(float_model)
+        self.threads = threads
+        self.use_metric = metric
+        self.progress = progress
+        self.items = []
+        for s in tqdm(samples, desc="validation images", disable=not progress, leave=False):
+            self.items.append((s, task.preprocess([load_image(s)])))
+        self.snr_count = min(snr_samples, len(self.items))
+        self.reference: list[list[np.ndarray]] = []
+        self.fp32 = self.score(float_model, _keep_reference=True)
+
+    def runner(self, model: str | Path) -> Any:
+        from ocrquant.runtime import RuntimeOptions, create_runner
+
+        return create_runner(model, "onnxruntime", RuntimeOptions(threads=self.threads, spinning=False))
+
+    def score(self, model: str | Path, *, _keep_reference: bool = False) -> Score:
+        from ocrquant.analysis.compare import ErrorStats
+
+        runner = self.runner(model)
+        name = runner.input_names[0]
+        metric = self.task.new_metric()
+        err = ErrorStats()
+        items = self.items if self.use_metric else self.items[: self.snr_count]
+        for i, (sample, batch) in enumerate(items):
+            outputs = runner.run({name: batch.inputs})
+            if i < self.snr_count:
+                if _keep_reference:
+                    self.reference.append([np.array(o, copy=True) for o in outputs])
+                else:
+                    for x, y in zip(self.reference[i], outputs, strict=True):
+                        err.update(x, y)
+            if self.use_metric:
+                metric.update(self.task.postprocess(outputs, batch)[0], sample.target)
+        figures = metric.result() if self.use_metric else {}
+        primary = float(figures.get(metric.primary, math.nan)) if self.use_metric else math.nan
+        snr = None if _keep_reference or err.n == 0 else err.snr_db
+        return Score(primary, {k: float(v) for k, v in figures.items()}, snr)
+
+    def bench_inputs(self, count: int = 4) -> list[np.ndarray]:
+        """A few validation inputs spread over the subset, for latency measurements."""
+        if not self.items:
+            return []
+        step = max(1, len(self.items) // count)
+        return [self.items[i][1].inputs for i in range(0, len(self.items), step)][:count]
+
+
+def time_models(
+    models: dict[str, Path], inputs: list[np.ndarray], threads: int = 2, rounds: int = 5
+) -> dict[str, float]:
+    """Median latency (ms, summed over ``inputs``) per model, all models interleaved in every round."""
+    from ocrquant.runtime.timing import interleaved_latency
+
+    lat = interleaved_latency(models, inputs, threads=threads, rounds=rounds, warmup=1)
+    return {k: v.median_ms * len(inputs) for k, v in lat.items()}
+
+
+def layer_macs(model: onnx.ModelProto, layers: list[str], x: np.ndarray) -> dict[str, int]:
+    """Multiply-accumulates of each layer for input ``x`` (shapes observed by running the model)."""
+    import onnxruntime as ort
+
+    nodes = {n.name: n for n in model.graph.node if n.name in layers}
+    inits = {i.name: i for i in model.graph.initializer}
+    prod = _producers(model)
+    wanted: list[str] = []
+    for n in nodes.values():
+        for t in (n.input[0], n.output[0], n.input[1] if n.op_type in ("MatMul", "Gemm") else ""):
+            if t and t not in inits and t not in wanted:
+                wanted.append(t)
+    from ocrquant.analysis.graph import with_outputs
+
+    probe = with_outputs(model, wanted, {t: onnx.TensorProto.FLOAT for t in wanted})
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    values = dict(zip(wanted, sess.run(wanted, {sess.get_inputs()[0].name: x}), strict=True))
+
+    def weight_shape(name: str) -> tuple[int, ...]:
+        if name in inits:
+            return tuple(inits[name].dims)
+        node = prod.get(name)
+        if node is not None and node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            return tuple(inits[node.input[0]].dims)
+        return tuple(values[name].shape) if name in values else ()
+
+    macs: dict[str, int] = {}
+    for name, n in nodes.items():
+        out = values[n.output[0]].shape
+        w = weight_shape(n.input[1]) if len(n.input) > 1 else ()
+        if n.op_type == "Conv":  # W (M, C/g, k...): every output element reduces over C/g x k
+            macs[name] = int(np.prod(out)) * int(np.prod(w[1:]))
+        elif n.op_type == "ConvTranspose":  # W (C, M/g, k...): every input element scatters M/g x k
+            macs[name] = int(np.prod(values[n.input[0]].shape)) * int(np.prod(w[1:]))
+        else:  # MatMul / Gemm: output elements x reduction length
+            a = values[n.input[0]].shape
+            trans_a = any(at.name == "transA" and at.i for at in n.attribute)
+            k = a[-2] if trans_a else a[-1]
+            macs[name] = int(np.prod(out)) * int(k)
+    return macs
+
+
+# ------------------------------------------------------------------------------------ the pipeline pair
+@dataclass
+class QuantizedPair:
+    """The configured INT8 model and the pipeline's float graph (every node excluded)."""
+
+    quantized: Any  # QuantResult
+    reference: Path
+    float_model: Path
+    task: str
+
+
+def quantize_pair(
+    model: str | Path,
+    task: str | None,
+    calib: Dataset,
+    work_dir: Path,
+    config: Any = None,
+) -> QuantizedPair:
+    """Run the quantization pipeline twice (see the module doc); the second run hits the calibration
+    cache the first one filled."""
+    import dataclasses
+
+    from ocrquant.quantization import QuantConfig, quantize
+    from ocrquant.zoo.resolve import resolve_model
+
+    cfg = config or QuantConfig()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    base = quantize(model, task, calib, work_dir / "int8.onnx", cfg)
+    qmodel = onnx.load(str(base.output))
+    nodes = [n for n in qmodel.graph.node if n.op_type not in Q_OPS]
+    # Not every node: with an empty selection ORT's QDQQuantizer quantizes *all* nodes. One pure data-
+    # movement node without float initializers stays selected; only initializers are read from this
+    # model, so the Q/DQ pair it gets does not matter.
+    inits = {i.name for i in qmodel.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    keeper = next(
+        (n.name for n in nodes if n.op_type in PASSTHROUGH_OPS and not any(i in inits for i in n.input)), None
+    )
+    if keeper is None:
+        raise OcrQuantError("cannot build the float reference: the model has no Reshape/Transpose node")
+    ref_cfg = dataclasses.replace(cfg, exclude=sorted({n.name for n in nodes if n.name != keeper}))
+    ref = quantize(model, base.task, calib, work_dir / "reference.onnx", ref_cfg)
+    return QuantizedPair(base, Path(ref.output), Path(resolve_model(model).path), base.task)
+
+
+# ------------------------------------------------------------------------------------ the analysis
+@dataclass
+class LayerSensitivity:
+    name: str
+    op_type: str
+    depth: int  # position among the quantized layers (graph order)
+    macs: int | None
+    metric: float | None  # primary metric with this choice (0..1)
+    delta_points: float | None  # 100 x (metric - the mode's baseline)
+    snr_db: float | None  # final model output vs FP32
+    latency_cost_ms: float | None  # keeping the layer float, vs the INT8 model
+
+
+@dataclass
+class SensitivityResult:
+    task: str
+    model: str
+    mode: str
+    metric_name: str
+    fp32_metric: float
+    int8_metric: float
+    int8_snr_db: float | None
+    latency_source: str
+    latency_ms: dict[str, float]  # fp32, int8, all_float (the INT8 pipeline with every layer float)
+    ms_per_mac: float | None
+    validation: dict[str, Any]
+    rows: list[LayerSensitivity]
+    settings: dict[str, Any] = field(default_factory=dict)
+    rank_by: str = "metric"  # metric (SNR breaks ties) | snr
+
+    def sensitivity(self, row: LayerSensitivity) -> tuple[float, float]:
+        """Larger = more sensitive. only-float: the gain from floating the layer; only-quantized: the
+        drop it causes alone. SNR breaks ties (the metric moves in steps of one image)."""
+        d = row.delta_points if row.delta_points is not None else 0.0
+        s = row.snr_db if row.snr_db is not None and math.isfinite(row.snr_db) else 0.0
+        return (d, s) if self.mode == "only-float" else (-d, -s)
+
+    def ranked(self, by: str | None = None) -> list[LayerSensitivity]:
+        if (by or self.rank_by) == "snr":
+            return sorted(
+                self.rows, key=lambda r: (self.sensitivity(r)[1], self.sensitivity(r)[0]), reverse=True
+            )
+        return sorted(self.rows, key=self.sensitivity, reverse=True)
+
+    def ranking(self, by: str | None = None) -> list[str]:
+        return [r.name for r in self.ranked(by)]
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ranking"] = self.ranking()
+        return _finite(d)
+
+    def save(self, path: str | Path) -> Path:
+        write_json_atomic(path, self.to_json())
+        return Path(path)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def analyze_layers(
+    builder: VariantBuilder,
+    validator: Validator,
+    int8_model: Path,
+    *,
+    mode: str = "only-float",
+    latency: str = "estimate",
+    work_dir: Path,
+    layers: list[str] | None = None,
+    rounds: int = 5,
+    on_row: Callable[[LayerSensitivity], None] | None = None,
+) -> SensitivityResult:
+    """Score every quantized layer in ``mode`` (see the module doc); the library core of the command."""
+    from tqdm import tqdm
+
+    if mode not in MODES:
+        raise OcrQuantError(f"unknown sensitivity mode '{mode}' (known: {', '.join(MODES)})")
+    if latency not in LATENCY_SOURCES:
+        raise OcrQuantError(f"unknown latency source '{latency}' (known: {', '.join(LATENCY_SOURCES)})")
+    layers = list(builder.layers if layers is None else layers)
+    int8 = validator.score(int8_model)
+    inputs = validator.bench_inputs()
+    all_float = builder.save(work_dir / "all_float.onnx", float_layers=builder.layers)
+    lat_ms: dict[str, float] = {}
+    ms_per_mac = None
+    macs = layer_macs(builder.base, builder.layers, inputs[0]) if inputs else {}
+    if latency != "none" and inputs:
+        lat_ms = time_models(
+            {"fp32": validator.float_model_path, "int8": int8_model, "all_float": all_float},
+            inputs,
+            validator.threads,
+            rounds,
+        )
+        total = sum(macs.values()) * len(inputs)
+        ms_per_mac = (lat_ms["all_float"] - lat_ms["int8"]) / total if total else None
+    baseline = int8.metric if mode == "only-float" else validator.fp32.metric
+    rows = []
+    variant = work_dir / "variant.onnx"
+    position = {n: i for i, n in enumerate(builder.layers)}
+    for name in tqdm(layers, desc=f"sensitivity ({mode})", disable=not validator.progress, leave=False):
+        if mode == "only-float":
+            builder.save(variant, float_layers=[name])
+        else:
+            builder.save(variant, only_quantized=name)
+        s = validator.score(variant)
+        cost = None
+        if latency == "measure" and inputs:
+            fl = (
+                variant
+                if mode == "only-float"
+                else builder.save(work_dir / "float_one.onnx", float_layers=[name])
+            )
+            t = time_models({"int8": int8_model, "float": fl}, inputs, validator.threads, rounds)
+            cost = t["float"] - t["int8"]
+        elif latency == "estimate" and ms_per_mac is not None and name in macs:
+            cost = macs[name] * len(inputs) * ms_per_mac
+        row = LayerSensitivity(
+            name,
+            builder.op_types[name],
+            position[name],
+            macs.get(name),
+            None if math.isnan(s.metric) else s.metric,
+            None if math.isnan(s.metric) else 100.0 * (s.metric - baseline),
+            s.snr_db,
+            cost,
+        )
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return SensitivityResult(
+        task=validator.task.name,
+        model="",
+        mode=mode,
+        metric_name=validator.task.new_metric().primary,
+        fp32_metric=validator.fp32.metric,
+        int8_metric=int8.metric,
+        int8_snr_db=int8.snr_db,
+        latency_source=latency,
+        latency_ms=lat_ms,
+        ms_per_mac=ms_per_mac,
+        validation={},
+        rows=rows,
+    )
+
+
+def sensitivity(
+    model: str | Path,
+    task: str | None,
+    calib_data: str | Path,
+    *,
+    val_data: str | Path | None = None,
+    val_size: int = 300,
+    mode: str = "only-float",
+    metric: bool = True,
+    snr: bool = True,
+    latency: str = "estimate",
+    config: Any = None,
+    threads: int = 2,
+    snr_samples: int = 64,
+    work_dir: str | Path | None = None,
+    json_path: str | Path | None = None,
+    plot_path: str | Path | None = None,
+    progress: bool = True,
+) -> SensitivityResult:
+    """``ocrquant sensitivity``: quantize (pipeline, twice), split validation off the calibration
+    directory, score every quantized layer, write JSON/PNG if asked."""
+    from ocrquant.api import build_task, infer_task
+    from ocrquant.quantization import QuantConfig
+    from ocrquant.zoo.resolve import resolve_model
+
+    cfg = config or QuantConfig()
+    if mode not in MODES:
+        raise OcrQuantError(f"unknown sensitivity mode '{mode}' (known: {', '.join(MODES)})")
+    if not (metric or snr):
+        raise OcrQuantError("nothing to measure: enable the metric, the SNR or both")
+    resolved = resolve_model(model)
+    task_name = infer_task(resolved, task)
+    calib = open_dataset(Path(calib_data), task_name)
+    val = open_dataset(Path(val_data), task_name) if val_data is not None else None
+    split = split_validation(calib, cfg.calib_size, cfg.seed, val_size, val_data=val)
+    with tempfile.TemporaryDirectory(prefix="ocrquant-sens-") as tmp:
+        work = Path(work_dir) if work_dir is not None else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        pair = quantize_pair(model, task_name, calib, work, cfg)
+        task_obj = build_task(task_name, resolved, cfg.task_options)
+        builder = VariantBuilder(onnx.load(str(pair.quantized.output)), onnx.load(str(pair.reference)))
+        validator = Validator(
+            task_obj,
+            split.validation,
+            pair.float_model,
+            threads=threads,
+            snr_samples=snr_samples if snr else 0,
+            metric=metric,
+            progress=progress,
+        )
+        result = analyze_layers(
+            builder, validator, Path(pair.quantized.output), mode=mode, latency=latency, work_dir=work
+        )
+    result.model = str(resolved.path)
+    result.rank_by = "metric" if metric else "snr"
+    result.validation = split.describe()
+    result.settings = {
+        "target": cfg.target,
+        "method": cfg.method,
+        "calib_size": len(split.calibration),
+        "threads": threads,
+        "snr_samples": validator.snr_count,
+        "metric": metric,
+    }
+    if json_path is not None:
+        result.save(json_path)
+    if plot_path is not None:
+        plot_sensitivity(result, plot_path)
+    return result
+
+
+def plot_sensitivity(result: SensitivityResult, path: str | Path) -> Path:
+    """PNG: metric delta per layer (bars, graph order) and output SNR (line, right axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(result.rows, key=lambda r: r.depth)
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(8, 0.28 * len(rows)), 5), dpi=110)
+    deltas = [r.delta_points if r.delta_points is not None else 0.0 for r in rows]
+    ax.bar(x, deltas, color=["tab:red" if d < 0 else "tab:blue" for d in deltas])
+    ax.set_ylabel(
+        f"{result.metric_name} delta (points) vs {'INT8' if result.mode == 'only-float' else 'FP32'}"
+    )
+    ax.set_xticks(x, [r.name for r in rows], rotation=90, fontsize=7)
+    ax2 = ax.twinx()
+    snr = [r.snr_db if r.snr_db is not None and math.isfinite(r.snr_db) else np.nan for r in rows]
+    ax2.plot(x, snr, color="black", marker=".", lw=1)
+    ax2.set_ylabel("output SNR (dB) vs FP32")
+    ax.set_title(
+        f"{result.task} sensitivity ({result.mode}): FP32 {100 * result.fp32_metric:.2f}, "
+        f"INT8 {100 * result.int8_metric:.2f} on {result.validation.get('validation_images', '?')} "
+        "validation images"
+    )
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,370 @@
+"""Mixed precision for an accuracy budget: the fewest layers kept float (or int16) that hold the
+primary metric within ``max_drop`` points of FP32 on a validation subset.
+
+Search (:func:`greedy_search`): layers ranked by sensitivity (:mod:`ocrquant.analysis.sensitivity`),
+most sensitive first; add them one at a time to the float set, re-evaluating after each, until the
+drop is within budget; then a pruning pass tries to remove each chosen layer again (the later
+additions often make an earlier one unnecessary) and keeps every removal that stays within budget.
+Each distinct set is evaluated once (memoised).
+
+Evaluation of a candidate set:
+
+* ``keep="float"``: a graph edit of one pipeline-written INT8 model (see the sensitivity module: equal
+  to what ``QuantConfig.exclude`` writes when a layer's neighbours are quantized), seconds per set.
+* ``keep="int16"``: the pipeline re-run per set with ``dtype_overrides`` = int16 for the layer's input
+  and output activations (exact, but each run repeats the float stage: tens of seconds).
+
+Either way the chosen set is finally quantized through the pipeline (``exclude`` or
+``dtype_overrides``) into ``output``, and *that* model is evaluated on the validation subset and timed:
+the report's final figures are the deployed model's, not the edit's.
+
+Budget: ``max_drop`` is in points of the primary metric (100 x the 0..1 value) below the FP32 model on
+the same validation subset. One validation image is ``100 / n`` points, so with 300 images a budget
+below 0.33 points means "no image lost".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from ocrquant.errors import OcrQuantError
+from ocrquant.fileio import write_json_atomic
+from ocrquant.quantization.config import QuantConfig, QuantResult
+
+log = logging.getLogger("ocrquant")
+
+KEEP_MODES = ("float", "int16")
+
+
+@dataclass
+class SearchStep:
+    """One evaluated set. ``action``: base | add | prune-removed | prune-kept | final."""
+
+    action: str
+    layer: str | None
+    float_layers: list[str]
+    metric: float  # primary metric (0..1) on the validation subset
+    drop_points: float  # 100 x (FP32 - metric)
+    within_budget: bool
+    latency_ms: float | None = None  # summed over the timing inputs, interleaved with FP32 and INT8
+
+
+@dataclass
+class SearchReport:
+    task: str
+    model: str
+    keep: str
+    metric_name: str
+    max_drop_points: float
+    fp32_metric: float
+    int8_metric: float
+    met: bool
+    chosen: list[str]
+    steps: list[SearchStep]
+    ranking: list[str]
+    validation: dict[str, Any]
+    latency_ms: dict[str, float] = field(default_factory=dict)  # fp32, int8, final
+    final_metric: float | None = None  # the re-quantized output model on the validation subset
+    output: str = ""
+    report_path: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return _finite(asdict(self))
+
+    def save(self, path: str | Path) -> Path:
+        self.report_path = str(path)
+        write_json_atomic(path, self.to_json())
+        return Path(path)
+
+    def summary(self) -> str:
+        """Two lines for the CLI."""
+        lat = self.latency_ms
+        speed = ""
+        if lat.get("fp32") and lat.get("final"):
+            ratio = lat["fp32"] / lat["final"]
+            speed = f", latency {lat['final']:.1f} ms vs FP32 {lat['fp32']:.1f} ms ({ratio:.2f}x)"
+        final = self.final_metric if self.final_metric is not None else math.nan
+        return (
+            f"mixed precision ({self.keep}): {len(self.chosen)} layer(s) "
+            f"{'met' if self.met else 'did NOT meet'} the budget of {self.max_drop_points:g} points: "
+            f"{self.metric_name} {100 * final:.2f} vs FP32 {100 * self.fp32_metric:.2f} "
+            f"(INT8 {100 * self.int8_metric:.2f}) on {self.validation.get('validation_images')} "
+            f"validation images{speed}\n"
+            f"kept {self.keep}: {', '.join(self.chosen) or '(none)'}"
+        )
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def greedy_search(
+    ranking: Sequence[str],
+    score: Callable[[frozenset[str]], float],
+    reference: float,
+    max_drop_points: float,
+    *,
+    prune: bool = True,
+    max_layers: int | None = None,
+    on_step: Callable[[SearchStep], None] | None = None,
+) -> tuple[list[str], list[SearchStep], bool]:
+    """Greedy addition in ``ranking`` order until ``score(set)`` is within ``max_drop_points`` of
+    ``reference``, then pruning. Returns (chosen layers in addition order, steps, budget met).
+
+    ``score`` maps a set of float layers to the primary metric (0..1); it is called once per distinct
+    set.
+    """
+    if max_drop_points < 0:
+        raise OcrQuantError(f"max_drop must be >= 0 points, got {max_drop_points}")
+    if len(set(ranking)) != len(ranking):
+        raise OcrQuantError("the sensitivity ranking names a layer twice")
+    memo: dict[frozenset[str], float] = {}
+    steps: list[SearchStep] = []
+
+    def evaluate(action: str, layer: str | None, layers: list[str]) -> bool:
+        key = frozenset(layers)
+        if key not in memo:
+            memo[key] = float(score(key))
+        metric = memo[key]
+        drop = 100.0 * (reference - metric)
+        ok = drop <= max_drop_points + 1e-9
+        step = SearchStep(action, layer, list(layers), metric, drop, ok)
+        steps.append(step)
+        if on_step is not None:
+            on_step(step)
+        return ok
+
+    chosen: list[str] = []
+    met = evaluate("base", None, chosen)
+    limit = len(ranking) if max_layers is None else min(max_layers, len(ranking))
+    for layer in ranking[:limit]:
+        if met:
+            break
+        chosen.append(layer)
+        met = evaluate("add", layer, chosen)
+    if not met or not prune:
+        return chosen, steps, met
+    # Pruning, least sensitive (last added) first: an early, very sensitive layer is the least likely
+    # to be redundant, so trying it last gives the others the chance to go first.
+    for layer in list(reversed(chosen)):
+        trial = [c for c in chosen if c != layer]
+        ok = evaluate("prune-try", layer, trial)
+        steps[-1].action = "prune-removed" if ok else "prune-kept"
+        if ok:
+            chosen = trial
+    return chosen, steps, True
+
+
+def layer_activations(qmodel: onnx.ModelProto, layer: str) -> list[str]:
+    """The float names of a layer's quantized activation inputs and its output (int16 candidates)."""
+    prod = {o: n for n in qmodel.graph.node for o in n.output}
+    node = next((n for n in qmodel.graph.node if n.name == layer), None)
+    if node is None:
+        raise OcrQuantError(f"no layer named {layer} in the quantized model")
+    inits = {i.name for i in qmodel.graph.initializer}
+    names = []
+    for i in node.input:
+        dq = prod.get(i)
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] not in inits:
+            q = prod.get(dq.input[0])
+            names.append(q.input[0] if q is not None and q.op_type == "QuantizeLinear" else dq.input[0])
+    names.extend(o for o in node.output if o)
+    return names
+
+
+def config_for(config: QuantConfig, keep: str, layers: Sequence[str], qmodel: onnx.ModelProto) -> QuantConfig:
+    """``config`` with ``layers`` kept float (exclude) or with int16 activations (dtype_overrides)."""
+    if keep == "float":
+        return dataclasses.replace(
+            config, exclude=list(config.exclude) + [x for x in layers if x not in config.exclude]
+        )
+    overrides = dict(config.dtype_overrides)
+    for layer in layers:
+        for t in layer_activations(qmodel, layer):
+            overrides[t] = "int16"
+    return dataclasses.replace(config, dtype_overrides=overrides)
+
+
+def quantize_with_budget(
+    model_path: str | Path,
+    task: str | None,
+    calib_dataset: str | Path,
+    val_dataset: str | Path | None,
+    output: str | Path,
+    config: QuantConfig | None,
+    max_drop: float,
+    *,
+    val_size: int = 300,
+    keep: str = "float",
+    mode: str = "only-float",
+    rank_by: str = "metric",
+    ranking: Sequence[str] | None = None,
+    threads: int = 2,
+    snr_samples: int = 32,
+    latency: bool = True,
+    prune: bool = True,
+    work_dir: str | Path | None = None,
+    report_path: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[QuantResult, SearchReport]:
+    """Quantize ``model_path`` keeping the fewest sensitive layers float/int16 such that the primary
+    metric on the validation subset drops at most ``max_drop`` points below FP32.
+
+    ``val_dataset`` None: validation images are drawn from ``calib_dataset`` minus the calibration
+    pick (never the test set). ``ranking`` None: computed by the sensitivity analysis (``mode``,
+    ``rank_by``). Writes ``output``, its pipeline sidecar and ``<output stem>.mixed.json`` (the
+    report, every step with its metric and latency).
+    """
+    from ocrquant.analysis.sensitivity import (
+        Validator,
+        VariantBuilder,
+        analyze_layers,
+        quantize_pair,
+        split_validation,
+        time_models,
+    )
+    from ocrquant.api import build_task, infer_task
+    from ocrquant.data import open_dataset
+    from ocrquant.quantization.pipeline import quantize, sidecar_path
+    from ocrquant.zoo.resolve import resolve_model
+
+    if keep not in KEEP_MODES:
+        raise OcrQuantError(f"unknown keep mode '{keep}' (known: {', '.join(KEEP_MODES)})")
+    cfg = config or QuantConfig()
+    output = Path(output)
+    if output.suffix.lower() != ".onnx":
+        raise OcrQuantError("output must be an .onnx file", output)
+    resolved = resolve_model(model_path)
+    task_name = infer_task(resolved, task)
+    calib = open_dataset(Path(calib_dataset), task_name)
+    val = open_dataset(Path(val_dataset), task_name) if val_dataset is not None else None
+    split = split_validation(calib, cfg.calib_size, cfg.seed, val_size, val_data=val)
+    task_obj = build_task(task_name, resolved, cfg.task_options)
+
+    with tempfile.TemporaryDirectory(prefix="ocrquant-mixed-") as tmp:
+        work = Path(work_dir) if work_dir is not None else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        pair = quantize_pair(model_path, task_name, calib, work, cfg)
+        int8_path = Path(pair.quantized.output)
+        qmodel = onnx.load(str(int8_path))
+        builder = VariantBuilder(qmodel, onnx.load(str(pair.reference)))
+        validator = Validator(
+            task_obj,
+            split.validation,
+            pair.float_model,
+            threads=threads,
+            snr_samples=snr_samples,
+            progress=progress,
+        )
+        if ranking is None:
+            sens = analyze_layers(builder, validator, int8_path, mode=mode, latency="none", work_dir=work)
+            ranking = sens.ranking(rank_by)
+            int8_metric = sens.int8_metric
+        else:
+            unknown = [r for r in ranking if r not in builder.layers]
+            if unknown:
+                raise OcrQuantError(f"ranking names layers the model does not quantize: {', '.join(unknown)}")
+            int8_metric = validator.score(int8_path).metric
+        models: dict[frozenset[str], Path] = {}
+
+        def model_for(layers: frozenset[str]) -> Path:
+            if layers not in models:
+                path = work / f"set_{len(models):03d}.onnx"
+                if keep == "float":
+                    builder.save(path, float_layers=sorted(layers))
+                else:
+                    quantize(
+                        model_path, task_name, calib, path, config_for(cfg, keep, sorted(layers), qmodel)
+                    )
+                models[layers] = path
+            return models[layers]
+
+        def score(layers: frozenset[str]) -> float:
+            return validator.score(model_for(layers)).metric
+
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(desc="mixed-precision search", unit="set", leave=False)
+        chosen, steps, met = greedy_search(
+            ranking,
+            score,
+            validator.fp32.metric,
+            max_drop,
+            prune=prune,
+            on_step=(lambda s: bar.update(1)) if bar is not None else None,
+        )
+        if bar is not None:
+            bar.close()
+
+        final_cfg = config_for(cfg, keep, chosen, qmodel)
+        result = quantize(model_path, task_name, calib, output, final_cfg)
+        final = validator.score(result.output)
+        steps.append(
+            SearchStep(
+                "final",
+                None,
+                list(chosen),
+                final.metric,
+                100.0 * (validator.fp32.metric - final.metric),
+                100.0 * (validator.fp32.metric - final.metric) <= max_drop + 1e-9,
+            )
+        )
+        lat: dict[str, float] = {}
+        if latency:
+            keys = {layers: f"set{i}" for i, layers in enumerate(models)}
+            timed = {"fp32": pair.float_model, "int8": int8_path, "final": Path(result.output)}
+            timed.update({keys[layers]: path for layers, path in models.items()})
+            ms = time_models(timed, validator.bench_inputs(), threads)
+            lat = {k: ms[k] for k in ("fp32", "int8", "final")}
+            for s in steps[:-1]:
+                s.latency_ms = ms.get(keys.get(frozenset(s.float_layers), ""))
+            steps[-1].latency_ms = ms["final"]
+
+    report = SearchReport(
+        task=task_name,
+        model=str(resolved.path),
+        keep=keep,
+        metric_name=task_obj.new_metric().primary,
+        max_drop_points=max_drop,
+        fp32_metric=validator.fp32.metric,
+        int8_metric=int8_metric,
+        met=steps[-1].within_budget,
+        chosen=list(chosen),
+        steps=steps,
+        ranking=list(ranking),
+        validation=split.describe(),
+        latency_ms=lat,
+        final_metric=final.metric,
+        output=str(output),
+        settings={
+            "mode": mode,
+            "rank_by": rank_by,
+            "prune": prune,
+            "threads": threads,
+            "latency_inputs": len(validator.bench_inputs()),
+            "search_met_on_edited_graph": met,
+            "sidecar": str(sidecar_path(output)),
+            "exclude": final_cfg.exclude,
+            "dtype_overrides": final_cfg.dtype_overrides,
+        },
+    )
+    report.save(report_path or output.with_name(output.stem + ".mixed.json"))
+    return result, report

@@ -1,0 +1,200 @@
+"""Sensitivity analysis and the mixed-precision search: semantics on a synthetic metric and on the
+real PP-OCRv3 cls model with the embedded sample crops."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from ocrquant.analysis.sensitivity import (
+    Validator,
+    VariantBuilder,
+    analyze_layers,
+    quantize_pair,
+    split_validation,
+)
+from ocrquant.data import open_dataset, sample_calibration, sample_root
+from ocrquant.errors import OcrQuantError
+from ocrquant.quantization import QuantConfig, quantize
+from ocrquant.quantization.mixed_precision import greedy_search, quantize_with_budget
+from ocrquant.tasks import get_task_class
+
+
+# ------------------------------------------------------------------ the search, synthetic metric
+def _metric(penalties: dict[str, float], calls: list[frozenset[str]]):
+    """FP32 0.80 minus the penalty of every layer still quantized (not in the float set)."""
+
+    def score(float_set: frozenset[str]) -> float:
+        calls.append(float_set)
+        return 0.80 - sum(p for name, p in penalties.items() if name not in float_set)
+
+    return score
+
+
+def test_greedy_search_meets_the_budget_and_prunes_a_useless_layer():
+    penalties = {"A": 0.02, "B": 0.01, "C": 0.003, "D": 0.0, "E": 0.0}
+    calls: list[frozenset[str]] = []
+    # A poor ranking puts the harmless D first: the greedy pass takes it, the pruning pass drops it.
+    chosen, steps, met = greedy_search(["D", "A", "B", "C", "E"], _metric(penalties, calls), 0.80, 1.0)
+    assert met
+    assert set(chosen) == {"A", "B"}
+    assert [s.action for s in steps[:4]] == ["base", "add", "add", "add"]
+    assert {s.layer: s.action for s in steps if s.action.startswith("prune")} == {
+        "B": "prune-kept",
+        "A": "prune-kept",
+        "D": "prune-removed",
+    }
+    final_drop = 100 * (0.80 - (0.80 - penalties["C"]))
+    assert final_drop <= 1.0
+    assert all(s.within_budget == (s.drop_points <= 1.0 + 1e-9) for s in steps)
+    assert len(calls) == len(set(calls))  # every distinct set scored once
+
+
+def test_greedy_search_stops_at_once_when_int8_is_within_budget():
+    calls: list[frozenset[str]] = []
+    chosen, steps, met = greedy_search(["A", "B"], _metric({"A": 0.001, "B": 0.0}, calls), 0.80, 0.3)
+    assert met and chosen == [] and [s.action for s in steps] == ["base"]
+
+
+def test_greedy_search_reports_an_unreachable_budget():
+    calls: list[frozenset[str]] = []
+    chosen, steps, met = greedy_search(["A"], _metric({"A": 0.01, "Z": 0.05}, calls), 0.80, 1.0)
+    assert not met and chosen == ["A"] and steps[-1].drop_points == pytest.approx(5.0)
+
+
+def test_greedy_search_rejects_a_negative_budget_and_duplicate_ranking():
+    with pytest.raises(OcrQuantError, match="max_drop"):
+        greedy_search(["A"], lambda s: 0.5, 0.5, -1.0)
+    with pytest.raises(OcrQuantError, match="twice"):
+        greedy_search(["A", "A"], lambda s: 0.5, 0.5, 1.0)
+
+
+# ------------------------------------------------------------------ validation split
+@pytest.mark.parametrize("task", ["rec", "cls"])
+def test_validation_never_shares_an_image_with_calibration(task):
+    ds = open_dataset(sample_root() / "rec", task)
+    split = split_validation(ds, 10, 3, 20)
+    # the calibration half is exactly the pipeline's pick
+    assert [s.key for s in split.calibration] == [s.key for s in sample_calibration(ds, 10, 3)]
+    calib_images = {Path(s.image_path).resolve() for s in split.calibration}
+    val_images = {Path(s.image_path).resolve() for s in split.validation}
+    assert len(split.validation) == 20 and not calib_images & val_images
+    again = split_validation(ds, 10, 3, 20)
+    assert [s.key for s in again.validation] == [s.key for s in split.validation]  # seeded
+    assert split.describe()["source"] == "calibration-holdout"
+
+
+def test_explicit_validation_set_drops_calibration_images_and_full_use_is_an_error():
+    ds = open_dataset(sample_root() / "rec", "rec")
+    split = split_validation(ds, 10, 0, 100, val_data=ds)
+    assert len(split.validation) == len(ds.samples) - 10
+    with pytest.raises(OcrQuantError, match="no samples left for validation"):
+        split_validation(ds, len(ds.samples), 0, 10)
+
+
+# ------------------------------------------------------------------ real model: PP-OCRv3 cls
+@pytest.fixture(scope="module")
+def cls_model() -> Path:
+    from ocrquant.zoo.resolve import resolve_model
+
+    try:
+        return resolve_model("ppocrv3-cls").path
+    except OcrQuantError as exc:
+        pytest.skip(f"zoo model unavailable: {exc}")
+
+
+@pytest.fixture(scope="module")
+def cls_setup(cls_model, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sens")
+    ds = open_dataset(sample_root() / "rec", "cls")
+    cfg = QuantConfig(calib_size=16, batch_size=4, cache_dir=tmp / "cache", progress=False)
+    pair = quantize_pair(cls_model, "cls", ds, tmp, cfg)
+    builder = VariantBuilder(onnx.load(str(pair.quantized.output)), onnx.load(str(pair.reference)))
+    split = split_validation(ds, cfg.calib_size, cfg.seed, 6)
+    validator = Validator(
+        get_task_class("cls")(), split.validation, pair.float_model, threads=1, snr_samples=6, progress=False
+    )
+    return pair, builder, validator, cfg, ds, tmp
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def test_sensitivity_ranks_every_quantized_layer_once(cls_setup):
+    pair, builder, validator, _, _, tmp = cls_setup
+    qmodel = onnx.load(str(pair.quantized.output))
+    convs = [n.name for n in qmodel.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    result = analyze_layers(builder, validator, Path(pair.quantized.output), latency="none", work_dir=tmp)
+    ranking = result.ranking()
+    assert sorted(ranking) == sorted(builder.layers) and len(ranking) == len(set(ranking))
+    assert set(builder.layers) <= set(convs) and len(builder.layers) >= 50  # 53 Conv + 1 MatMul in cls
+    assert all(r.snr_db is not None and r.metric is not None and r.depth >= 0 for r in result.rows)
+    assert result.int8_snr_db is not None and result.fp32_metric == validator.fp32.metric
+
+
+def test_float_variant_equals_the_pipelines_exclude(cls_setup):
+    pair, builder, validator, cfg, ds, tmp = cls_setup
+    layer = builder.layers[2]
+    edited = builder.save(tmp / "edited.onnx", float_layers=[layer])
+    excluded = quantize(
+        pair.float_model, "cls", ds, tmp / "excluded.onnx", dataclasses.replace(cfg, exclude=[layer])
+    )
+    assert excluded.float_nodes[layer]["reason"].startswith("excluded")
+    x = validator.items[0][1].inputs
+    assert np.abs(_run(edited, x) - _run(Path(excluded.output), x)).max() < 1e-5
+    assert np.abs(_run(edited, x) - _run(Path(pair.quantized.output), x)).max() > 0  # it did change
+
+
+def test_only_quantized_variant_keeps_qdq_only_around_that_layer(cls_setup):
+    _, builder, validator, _, _, tmp = cls_setup
+    layer = builder.layers[5]
+    m = builder.build(only_quantized=layer)
+    inits = {i.name for i in m.graph.initializer}
+    prod = {o: n for n in m.graph.node for o in n.output}
+    weight_fed = {
+        n.name
+        for n in m.graph.node
+        if any(
+            prod.get(i) and prod[i].op_type == "DequantizeLinear" and prod[i].input[0] in inits
+            for i in n.input
+        )
+    }
+    assert weight_fed == {layer}  # every other layer reads float weights
+    assert sum(n.op_type == "QuantizeLinear" for n in m.graph.node) <= 2  # its input and its output
+    path = builder.save(tmp / "only.onnx", only_quantized=layer)
+    x = validator.items[0][1].inputs
+    ref = _run(validator.float_model_path, x)
+    int8 = _run(builder.save(tmp / "int8.onnx"), x)
+    assert 0 < np.abs(_run(path, x) - ref).max() < np.abs(int8 - ref).max()
+
+
+def test_quantize_with_budget_writes_the_model_and_a_report(cls_model, cls_setup, tmp_path):
+    _, builder, _, cfg, _, _ = cls_setup
+    out = tmp_path / "cls.mixed.onnx"
+    ranking = builder.layers[:3]
+    result, report = quantize_with_budget(
+        cls_model,
+        "cls",
+        sample_root() / "rec",
+        None,
+        out,
+        cfg,
+        100.0,  # any model meets it: the search stops at the INT8 base
+        val_size=4,
+        ranking=ranking,
+        threads=1,
+        latency=False,
+        progress=False,
+    )
+    assert out.is_file() and result.sidecar.is_file() and Path(report.report_path).is_file()
+    assert report.met and report.chosen == [] and report.steps[0].action == "base"
+    assert report.steps[-1].action == "final" and report.validation["source"] == "calibration-holdout"
