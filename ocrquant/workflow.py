@@ -117,6 +117,8 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
     if spec is None:
         raise OcrQuantError(f"no model given for task {task_name}")
     model: ResolvedModel = resolve_model(spec)
+    if model.task and model.task != task_name and model.task.startswith(f"{task_name}-"):
+        task_name = model.task  # a task variant of the model family (e.g. det-craft for --task det)
     task_obj = build_task(task_name, model)
     kind = DATA_KIND.get(task_name, "det")
     test_set = open_dataset(cfg.data[kind], task_name)
@@ -155,6 +157,7 @@ def run_task(task_name: str, cfg: RunConfig) -> ReportRow:
     """The whole chain for one task; returns its report row."""
     q = quantize_for_task(task_name, cfg)
     model, task_obj, int8_path, test_set = q.model, q.task, q.int8_path, q.test_set
+    task_name = task_obj.name
     out = cfg.out_dir / task_name
     log.info("[%s] evaluating float and INT8 on %s", task_name, test_set.root)
     f_res = _eval_cached(task_obj, model.path, model.name, test_set, out / "eval_float.json", cfg)
@@ -196,8 +199,8 @@ def run_task(task_name: str, cfg: RunConfig) -> ReportRow:
         details={
             "float metrics": _round(f_res.metrics),
             "int8 metrics": _round(q_res.metrics),
-            "quantized / float nodes per op type": sidecar.get("node_counts", {}),
-            "quantization": sidecar.get("settings", {}),
+            "nodes quantized/float per op type": _node_counts(sidecar.get("node_counts", {})),
+            "quantization": _quant_summary(sidecar.get("settings", {})),
             "int8 model": str(int8_path),
         },
     )
@@ -252,6 +255,18 @@ def _plain(obj: Any) -> Any:
         return json.loads(json.dumps(asdict(obj), default=str))
     except TypeError:
         return str(obj)
+
+
+def _node_counts(counts: dict[str, dict[str, int]]) -> str:
+    return ", ".join(f"{op} {c.get('quantized', 0)}/{c.get('float', 0)}" for op, c in sorted(counts.items()))
+
+
+def _quant_summary(settings: dict[str, Any]) -> str:
+    target = settings.get("target", {})
+    name = target.get("name", target) if isinstance(target, dict) else target
+    keys = ("method", "algorithms", "calib_size", "calib_data", "per_channel", "dtype_overrides", "exclude")
+    parts = [f"target {name}"] + [f"{k} {settings[k]}" for k in keys if settings.get(k) not in (None, [], {})]
+    return "; ".join(parts)
 
 
 def _round(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -219,7 +219,7 @@ def load_network(arch: TorchArch, checkpoint: Path) -> nn.Module:
 # --------------------------------------------------------------------------------------- export
 
 
-def _export_module(net: nn.Module, arch: TorchArch) -> nn.Module:
+def select_outputs(net: nn.Module, arch: TorchArch) -> nn.Module:
     """``net`` restricted to the outputs ``arch`` keeps (returned as a tuple)."""
     from torch import nn
 
@@ -249,7 +249,7 @@ def export_onnx(
 ) -> list[str]:
     """Write ``net`` as ONNX (opset 17, dynamic N/H/W) to ``target``; returns the output names."""
     torch = require_torch()
-    module = _export_module(net, arch)
+    module = select_outputs(net, arch)
     probe = torch.zeros(1, 3, *probe_hw)
     with torch.no_grad():
         n_out = len(_as_list(module(probe)))
@@ -331,7 +331,7 @@ def onnx_vs_torch(net: nn.Module, arch: TorchArch, onnx_path: Path, inputs: list
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    module = _export_module(net, arch)
+    module = select_outputs(net, arch)
     worst = 0.0
     for x in inputs:
         with torch.no_grad():
