@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ocrquant.errors import OcrQuantError
 
@@ -26,7 +25,9 @@ def model_info(path: Path) -> dict[str, Any]:
     except Exception:
         raise OcrQuantError("not a readable ONNX model", path) from None
     inits = {i.name for i in model.graph.initializer}
-    params = int(sum(np.prod(numpy_helper.to_array(i).shape) for i in model.graph.initializer))
+    # paddle2onnx exports weights as Constant nodes rather than initializers: count both
+    consts = [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    params = int(sum(np.prod(t.dims) for t in [*model.graph.initializer, *consts]))
     ops = Counter(n.op_type for n in model.graph.node)
     return {
         "path": str(path),
