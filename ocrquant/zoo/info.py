@@ -26,7 +26,8 @@ def model_info(path: Path) -> dict[str, Any]:
         raise OcrQuantError("not a readable ONNX model", path) from None
     inits = {i.name for i in model.graph.initializer}
     # paddle2onnx exports weights as Constant nodes rather than initializers: count both
-    consts = [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    const_nodes = [n for n in model.graph.node if n.op_type == "Constant"]
+    consts = [a.t for n in const_nodes for a in n.attribute if a.name == "value"]
     params = int(sum(np.prod(t.dims) for t in [*model.graph.initializer, *consts]))
     ops = Counter(n.op_type for n in model.graph.node)
     return {
