@@ -250,7 +250,10 @@ def test_hs_cle_keeps_the_float_function(cls_model, cls_inputs, tmp_path, fuse):
     prepare_model(cls_model, prep, fuse_hardswish=fuse)
     model = onnx.load(str(prep))
     ctx = AlgorithmContext(
-        model=model, profile=get_target("ort-cpu"), batches=lambda: iter(cls_inputs), work_dir=tmp_path,
+        model=model,
+        profile=get_target("ort-cpu"),
+        batches=lambda: iter(cls_inputs),
+        work_dir=tmp_path,
         progress=False,
     )
     report = create_algorithm("hs_cle").apply(ctx)
@@ -258,8 +261,11 @@ def test_hs_cle_keeps_the_float_function(cls_model, cls_inputs, tmp_path, fuse):
     out = tmp_path / "cle.onnx"
     onnx.save(ctx.model, str(out))
     before = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(prep)).graph.initializer}
-    changed = [i.name for i in ctx.model.graph.initializer
-               if i.name in before and not np.array_equal(before[i.name], numpy_helper.to_array(i))]
+    changed = [
+        i.name
+        for i in ctx.model.graph.initializer
+        if i.name in before and not np.array_equal(before[i.name], numpy_helper.to_array(i))
+    ]
     assert len(changed) >= 2 * report["edges"]
     assert max_abs_diff(prep, out, cls_inputs) < 1e-4
 
@@ -281,5 +287,40 @@ def test_ort_cpu_layout_every_conv_runs_as_qlinearconv(quantized_cls, tmp_path):
     assert ops["Conv"] == 0 and ops["QLinearConv"] == n_conv > 40
     assert ops["HardSwish"] == 0 and ops["Transpose"] <= 2
     side = json.loads(out.with_name("cls.int8.quant.json").read_text())
-    assert side["settings"]["algorithms"] == ["hs_cle", "hs_floor"]
+    assert side["settings"]["algorithms"] == ["hs_cle", "hs_floor", "weight_width"]
     assert side["algorithms"]["hs_cle"]["edges"] > 0
+
+
+def test_vnni_detection_and_seven_bit_dense_weights(tmp_path, quantized_cls):
+    """Without VNNI, ort-cpu narrows the image conv's weights to 7 bits (no int16 saturation in MLAS's
+    u8s8 kernels); the other convs keep 8 bits. The detection reads /proc/cpuinfo-style flags."""
+    from ocrquant.quantization.targets import cpu_has_vnni, get_target, host_profile
+
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor : 0\nflags : fpu sse2 avx avx2 fma\n")
+    vnni = tmp_path / "vnni"
+    vnni.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_vnni\n")
+    assert not cpu_has_vnni(str(avx2)) and cpu_has_vnni(str(vnni))
+    assert host_profile(get_target("ort-cpu"), has_vnni=False).weight_dtype == "int7"
+    assert host_profile(get_target("ort-cpu"), has_vnni=True).weight_dtype == "int8"
+    if cpu_has_vnni():
+        pytest.skip("host has VNNI: 8-bit weights everywhere")
+    out, _ = quantized_cls
+    model = onnx.load(str(out))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    prod = {o: n for n in model.graph.node for o in n.output}
+    widths = {"input": [], "other": []}
+    for n in model.graph.node:
+        if n.op_type != "Conv" or prod[n.input[1]].op_type != "DequantizeLinear":
+            continue
+        q = inits[prod[n.input[1]].input[0]]
+        reads_input = (
+            prod[n.input[0]].op_type == "DequantizeLinear" and prod[prod[n.input[0]].input[0]].input[0] == "x"
+        )
+        widths["input" if reads_input else "other"].append(int(np.abs(q.astype(np.int32)).max()))
+    assert len(widths["input"]) == 1 and widths["input"][0] <= 63  # the image conv: 7-bit always
+    side = json.loads(out.with_name("cls.int8.quant.json").read_text())
+    chosen = side["algorithms"]["weight_width"]["scope"]  # measured on the fused kernels
+    assert chosen == side["settings"]["target"]["narrow_weight_scope"]
+    dense = [w for w in widths["other"] if w <= 63]
+    assert dense if chosen == "dense" else max(widths["other"]) > 63

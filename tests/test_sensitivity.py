@@ -21,7 +21,7 @@ from ocrquant.analysis.sensitivity import (
 from ocrquant.data import open_dataset, sample_calibration, sample_root
 from ocrquant.errors import OcrQuantError
 from ocrquant.quantization import QuantConfig, quantize
-from ocrquant.quantization.mixed_precision import greedy_search, quantize_with_budget
+from ocrquant.quantization.mixed_precision import config_for, greedy_search, quantize_with_budget
 from ocrquant.tasks import get_task_class
 
 
@@ -43,7 +43,7 @@ def test_greedy_search_meets_the_budget_and_prunes_a_useless_layer():
     chosen, steps, met = greedy_search(["D", "A", "B", "C", "E"], _metric(penalties, calls), 0.80, 1.0)
     assert met
     assert set(chosen) == {"A", "B"}
-    assert [s.action for s in steps[:4]] == ["base", "add", "add", "add"]
+    assert [s.action for s in steps[:5]] == ["base", "feasibility", "add", "add", "add"]
     assert {s.layer: s.action for s in steps if s.action.startswith("prune")} == {
         "B": "prune-kept",
         "A": "prune-kept",
@@ -63,8 +63,11 @@ def test_greedy_search_stops_at_once_when_int8_is_within_budget():
 
 def test_greedy_search_reports_an_unreachable_budget():
     calls: list[frozenset[str]] = []
-    chosen, steps, met = greedy_search(["A"], _metric({"A": 0.01, "Z": 0.05}, calls), 0.80, 1.0)
-    assert not met and chosen == ["A"] and steps[-1].drop_points == pytest.approx(5.0)
+    chosen, steps, met = greedy_search(
+        ["A", "B"], _metric({"A": 0.01, "B": 0.0, "Z": 0.05}, calls), 0.80, 1.0
+    )
+    assert not met and chosen == ["A", "B"] and steps[-1].drop_points == pytest.approx(5.0)
+    assert [s.action for s in steps] == ["base", "feasibility"]  # given up after one evaluation
 
 
 def test_greedy_search_rejects_a_negative_budget_and_duplicate_ranking():
@@ -117,7 +120,13 @@ def cls_setup(cls_model, tmp_path_factory):
     builder = VariantBuilder(onnx.load(str(pair.quantized.output)), onnx.load(str(pair.reference)))
     split = split_validation(ds, cfg.calib_size, cfg.seed, 6)
     validator = Validator(
-        get_task_class("cls")(), split.validation, pair.float_model, threads=1, snr_samples=6, progress=False
+        get_task_class("cls")(),
+        split.validation,
+        pair.float_model,
+        threads=1,
+        snr_samples=6,
+        optimization="disable",  # 54 sessions: skip graph optimization (the QDQ numerics stay the same)
+        progress=False,
     )
     return pair, builder, validator, cfg, ds, tmp
 
@@ -141,16 +150,29 @@ def test_sensitivity_ranks_every_quantized_layer_once(cls_setup):
     assert result.int8_snr_db is not None and result.fp32_metric == validator.fp32.metric
 
 
-def test_float_variant_equals_the_pipelines_exclude(cls_setup):
-    pair, builder, validator, cfg, ds, tmp = cls_setup
-    layer = builder.layers[2]
-    edited = builder.save(tmp / "edited.onnx", float_layers=[layer])
-    excluded = quantize(
-        pair.float_model, "cls", ds, tmp / "excluded.onnx", dataclasses.replace(cfg, exclude=[layer])
+@pytest.mark.parametrize("granularity,count", [("layer", 1), ("block", 3)])
+def test_float_variant_equals_the_pipelines_exclude(cls_setup, granularity, count):
+    """The graph edit is the model the pipeline writes with exclude = the variant's float nodes (at
+    block granularity: consecutive layers with their HardSwish/SE nodes, so whole tensors go float)."""
+    pair, _, validator, cfg, ds, tmp = cls_setup
+    builder = VariantBuilder(
+        onnx.load(str(pair.quantized.output)), onnx.load(str(pair.reference)), granularity
     )
-    assert excluded.float_nodes[layer]["reason"].startswith("excluded")
+    layers = builder.layers[2 : 2 + count]
+    edited = builder.save(tmp / f"edited_{granularity}.onnx", float_layers=layers)
+    nodes = builder.float_nodes(layers)
+    assert (len(nodes) > len(layers)) == (granularity == "block")
+    cfg_x = dataclasses.replace(cfg, exclude=nodes)
+    excluded = quantize(pair.float_model, "cls", ds, tmp / f"excluded_{granularity}.onnx", cfg_x)
+    assert all(excluded.float_nodes[n]["reason"].startswith("excluded") for n in layers)
+    qdq = [
+        sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(p)).graph.node)
+        for p in (edited, excluded.output)
+    ]
+    assert qdq[0] == qdq[1]
+    for x in [item[1].inputs for item in validator.items[:3]]:
+        assert np.abs(_run(edited, x) - _run(Path(excluded.output), x)).max() < 1e-5
     x = validator.items[0][1].inputs
-    assert np.abs(_run(edited, x) - _run(Path(excluded.output), x)).max() < 1e-5
     assert np.abs(_run(edited, x) - _run(Path(pair.quantized.output), x)).max() > 0  # it did change
 
 
@@ -178,7 +200,7 @@ def test_only_quantized_variant_keeps_qdq_only_around_that_layer(cls_setup):
 
 
 def test_quantize_with_budget_writes_the_model_and_a_report(cls_model, cls_setup, tmp_path):
-    _, builder, _, cfg, _, _ = cls_setup
+    pair, builder, _, cfg, _, _ = cls_setup
     out = tmp_path / "cls.mixed.onnx"
     ranking = builder.layers[:3]
     result, report = quantize_with_budget(
@@ -193,8 +215,22 @@ def test_quantize_with_budget_writes_the_model_and_a_report(cls_model, cls_setup
         ranking=ranking,
         threads=1,
         latency=False,
+        pair=pair,  # reuse the fixture's two pipeline runs
         progress=False,
     )
     assert out.is_file() and result.sidecar.is_file() and Path(report.report_path).is_file()
     assert report.met and report.chosen == [] and report.steps[0].action == "base"
     assert report.steps[-1].action == "final" and report.validation["source"] == "calibration-holdout"
+
+
+def test_int16_keep_mode_names_the_layers_activation_tensors(cls_setup):
+    pair, builder, _, cfg, _, _ = cls_setup
+    qmodel = onnx.load(str(pair.quantized.output))
+    layer = builder.layers[3]
+    int16 = config_for(cfg, "int16", [layer], qmodel)
+    q_inputs = {n.input[0] for n in qmodel.graph.node if n.op_type == "QuantizeLinear"}
+    node = next(n for n in qmodel.graph.node if n.name == layer)
+    assert set(int16.dtype_overrides.values()) == {"int16"} and node.output[0] in int16.dtype_overrides
+    assert set(int16.dtype_overrides) <= q_inputs | set(node.output)  # real float tensor names
+    floated = config_for(cfg, "float", [layer], qmodel, builder.float_nodes([layer]))
+    assert floated.exclude[: len(cfg.exclude)] == cfg.exclude and layer in floated.exclude

@@ -17,17 +17,25 @@ images calibrate, and the validation images are drawn from the rest (compared by
 cls set derived from rec crops never sees one crop in both roles). Decisions made on this subset may
 then be confirmed on a test set once.
 
+**What "keeping a layer float" means** (``granularity``):
+
+* ``block`` (default): the layer and its activation nodes up to the next layer (PP-OCR: the
+  decomposed HardSwish, SE gate, residual Add) are excluded, so the tensors between two float layers
+  carry no Q/DQ at all; a tensor keeps its Q/DQ only while a quantized node still reads or writes it.
+* ``layer``: only the Conv/MatMul node is excluded; its input and output stay quantized because its
+  quantized neighbours keep them, so only the weight rounding goes away. On PP-OCRv3 rec this
+  recovers almost nothing (the loss is in the activations), which is why ``block`` is the default.
+
 **How variants are made.** Re-running the quantization pipeline per layer would repeat its float
 stage (HS-CLE statistics, ~30 s for PP-OCRv3 rec) ~100 times. Instead the pipeline runs twice: once as
-configured (the INT8 model) and once with every node excluded (the pipeline's float graph: same node
-names, same HS-CLE-scaled weights). A variant is then an edit of the INT8 graph:
-
-* a layer kept float reads the float weight and bias instead of ``DequantizeLinear(int8)``; its
-  activation Q/DQ pairs stay, because its quantized neighbours keep them. This is exactly what the
-  pipeline's ``QuantConfig.exclude`` writes when the neighbours are quantized (checked on PP-OCRv3
-  rec: an excluded Conv reads ``DQ(x)`` and a float weight, its output goes to a ``Q``).
-* "only this layer quantized": every other consumer reads the float tensor before its Q/DQ pair and
-  the float weights; this layer keeps its input Q/DQ, weights and output Q/DQ.
+configured (the INT8 model) and once with every node excluded but one data-movement node (the
+pipeline's float graph: same node names, same HS-CLE-scaled weights). A variant is then an edit of
+the INT8 graph: float nodes read the float weights instead of ``DequantizeLinear(int8)``, Relu/Clip
+nodes ORT's quantizer folded into a QuantizeLinear are put back inside float blocks, and Q/DQ pairs
+on tensors that no quantized node touches any more are bypassed. The result is the graph the
+pipeline writes with ``QuantConfig(exclude=builder.float_nodes(layers))`` (tested on PP-OCRv3 cls
+for both granularities, outputs equal to 1e-5). "Only this layer quantized" is built the other way:
+the float graph with the INT8 model's Q/DQ copied onto that layer's inputs, weights and output.
 
 Unused Q/DQ nodes and initializers are removed, so a variant also times like the real model. The
 mixed-precision search (:mod:`ocrquant.quantization.mixed_precision`) re-quantizes its final choice
@@ -64,6 +72,7 @@ log = logging.getLogger("ocrquant")
 LAYER_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 MODES = ("only-float", "only-quantized")
 LATENCY_SOURCES = ("estimate", "measure", "none")
+GRANULARITIES = ("block", "layer")
 Q_OPS = ("QuantizeLinear", "DequantizeLinear")
 FLOAT_SUFFIX = "__float"
 PASSTHROUGH_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
@@ -184,7 +193,12 @@ class VariantBuilder:
     under the names the QDQ model's ``<name>_quantized`` initializers came from.
     """
 
-    def __init__(self, quantized: onnx.ModelProto, reference: onnx.ModelProto) -> None:
+    def __init__(
+        self, quantized: onnx.ModelProto, reference: onnx.ModelProto, granularity: str = "block"
+    ) -> None:
+        if granularity not in GRANULARITIES:
+            raise OcrQuantError(f"unknown granularity '{granularity}' (known: {', '.join(GRANULARITIES)})")
+        self.granularity = granularity
         self.base = quantized
         self.reference = reference
         self.float_inits = {i.name: i for i in reference.graph.initializer}
@@ -193,6 +207,67 @@ class VariantBuilder:
             raise OcrQuantError("the quantized model has no quantized Conv/MatMul/Gemm layer")
         self.op_types = {n.name: n.op_type for n in quantized.graph.node}
         self._check_reference()
+        self._ref_prod = _producers(reference)
+        self._ref_cons: dict[str, list[onnx.NodeProto]] = {}
+        for n in reference.graph.node:
+            for i in n.input:
+                self._ref_cons.setdefault(i, []).append(n)
+        base_names = {n.name for n in quantized.graph.node}
+        # Relu/Clip nodes ORT's quantizer deleted (their producer now writes their output name and the
+        # following QuantizeLinear's range does the clipping): a float block must get them back.
+        self._removed = {
+            n.name: n
+            for n in reference.graph.node
+            if n.op_type in ("Relu", "Clip") and n.name not in base_names
+        }
+        prod = _producers(quantized)
+        q_inputs = {n.input[0] for n in quantized.graph.node if n.op_type == "QuantizeLinear"}
+        # the nodes ORT quantized: they read a DequantizeLinear or feed a QuantizeLinear
+        self._selected = {
+            n.name
+            for n in quantized.graph.node
+            if n.op_type not in Q_OPS
+            and (
+                any(prod.get(i) is not None and prod[i].op_type == "DequantizeLinear" for i in n.input)
+                or any(o in q_inputs for o in n.output)
+            )
+        }
+        # a deleted Relu/Clip was selected (ORT folds only selected activations); it counts as such
+        # while its producer is quantized
+        for name, r in self._removed.items():
+            writer = prod.get(r.output[0])
+            if writer is not None and writer.name in self._selected:
+                self._selected.add(name)
+        self._base_cons: dict[str, set[str]] = {}
+        for n in quantized.graph.node:
+            for i in n.input:
+                self._base_cons.setdefault(i, set()).add(n.name)
+
+    def block(self, layer: str) -> list[str]:
+        """``layer`` and the nodes after it up to the next layer (its activation: the HardSwish chain,
+        SE gate, residual Add, ...), in the float graph. Keeping the block float keeps the layer's
+        output activations float, not only its weights."""
+        names = [layer]
+        if self.granularity == "layer":
+            return names
+        node = next(n for n in self.reference.graph.node if n.name == layer)
+        frontier = [o for o in node.output if o]
+        seen = {layer}
+        while frontier:
+            for c in self._ref_cons.get(frontier.pop(), []):
+                if c.name in seen or c.op_type in LAYER_OPS or c.op_type in Q_OPS:
+                    continue
+                seen.add(c.name)
+                names.append(c.name)
+                frontier.extend(o for o in c.output if o)
+        return names
+
+    def float_nodes(self, layers: Iterable[str]) -> list[str]:
+        """The node names a set of float layers keeps float (``QuantConfig.exclude`` for the pipeline)."""
+        out: list[str] = []
+        for layer in layers:
+            out.extend(n for n in self.block(layer) if n not in out)
+        return out
 
     def _check_reference(self) -> None:
         """The float weights must be the ones the INT8 weights were rounded from (same HS-CLE scaling);
@@ -231,15 +306,69 @@ class VariantBuilder:
         inits = {i.name: i for i in m.graph.initializer}
         prod = _producers(m)
         added: set[str] = set()
+        float_nodes = set(self.float_nodes(float_set))
         for node in m.graph.node:
-            if node.name not in float_set:
+            if node.name not in float_nodes:
                 continue
             for slot, name in enumerate(node.input):
                 dq = prod.get(name)
-                if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
+                if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+                    continue
+                # a constant shared with a still-quantized node keeps its single DQ for every reader
+                if self._base_cons.get(name, set()) <= float_nodes:
                     node.input[slot] = self._float_init(m, inits, dq, added)
+        if self.granularity == "block" and float_nodes:
+            self._restore_removed(m, float_nodes)
+            self._bypass_unneeded_qdq(m, float_nodes)
         _prune(m)
         return m
+
+    def _restore_removed(self, m: onnx.ModelProto, float_nodes: set[str]) -> None:
+        """Put back the deleted Relu/Clip nodes of the float blocks, as the pipeline's graph has them."""
+        inits = {i.name for i in m.graph.initializer}
+        restore = {r.output[0]: r for name, r in self._removed.items() if name in float_nodes}
+        if not restore:
+            return
+        nodes: list[onnx.NodeProto] = []
+        for node in m.graph.node:
+            new = onnx.NodeProto()
+            new.CopyFrom(node)
+            nodes.append(new)
+            for o in [o for o in node.output if o in restore]:
+                r = restore[o]
+                new.output[:] = [r.input[0] if x == o else x for x in new.output]
+                act = onnx.NodeProto()
+                act.CopyFrom(r)
+                for b in act.input[1:]:
+                    if b and b not in inits:
+                        t = onnx.TensorProto()
+                        t.CopyFrom(self.float_inits[b])
+                        m.graph.initializer.append(t)
+                        inits.add(b)
+                nodes.append(act)
+        del m.graph.node[:]
+        m.graph.node.extend(nodes)
+
+    def _bypass_unneeded_qdq(self, m: onnx.ModelProto, float_nodes: set[str]) -> None:
+        """Remove the Q/DQ pairs the pipeline would not write once ``float_nodes`` are excluded: those on
+        tensors that no still-quantized node produces or reads (ORT quantizes a tensor for the sake of
+        a selected node)."""
+        selected = self._selected - float_nodes
+        prod = _producers(m)
+        inits = {i.name for i in m.graph.initializer}
+        for node in m.graph.node:
+            if node.op_type in Q_OPS:
+                continue
+            for slot, name in enumerate(node.input):
+                dq = prod.get(name)
+                q = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+                if q is None or q.op_type != "QuantizeLinear" or q.input[0] in inits:
+                    continue
+                a = q.input[0]
+                touching = {self._ref_prod[a].name} if a in self._ref_prod else set()
+                touching |= {c.name for c in self._ref_cons.get(a, [])}
+                if not touching & selected:
+                    node.input[slot] = a
 
     def _float_init(
         self, m: onnx.ModelProto, inits: dict[str, onnx.TensorProto], dq: onnx.NodeProto, added: set[str]
@@ -409,11 +538,13 @@ class Validator:
         threads: int = 2,
         snr_samples: int = 64,
         metric: bool = True,
+        optimization: str = "all",
         progress: bool = True,
     ) -> None:
         from tqdm import tqdm
 
         self.task = task
+        self.optimization = optimization  # ORT graph optimization: "all" runs the fused integer kernels
         self.float_model_path = Path(float_model)
         self.threads = threads
         self.use_metric = metric
@@ -428,7 +559,8 @@ class Validator:
     def runner(self, model: str | Path) -> Any:
         from ocrquant.runtime import RuntimeOptions, create_runner
 
-        return create_runner(model, "onnxruntime", RuntimeOptions(threads=self.threads, spinning=False))
+        options = RuntimeOptions(threads=self.threads, spinning=False, optimization=self.optimization)
+        return create_runner(model, "onnxruntime", options)
 
     def score(self, model: str | Path, *, _keep_reference: bool = False) -> Score:
         from ocrquant.analysis.compare import ErrorStats
@@ -464,11 +596,12 @@ class Validator:
 def time_models(
     models: dict[str, Path], inputs: list[np.ndarray], threads: int = 2, rounds: int = 5
 ) -> dict[str, float]:
-    """Median latency (ms, summed over ``inputs``) per model, all models interleaved in every round."""
+    """Median latency of one model call (ms, over every input and round) per model, all models
+    interleaved in every round."""
     from ocrquant.runtime.timing import interleaved_latency
 
     lat = interleaved_latency(models, inputs, threads=threads, rounds=rounds, warmup=1)
-    return {k: v.median_ms * len(inputs) for k, v in lat.items()}
+    return {k: v.median_ms for k, v in lat.items()}
 
 
 def layer_macs(model: onnx.ModelProto, layers: list[str], x: np.ndarray) -> dict[str, int]:
@@ -610,20 +743,21 @@ class SensitivityResult:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["ranking"] = self.ranking()
-        return _finite(d)
+        return json_safe(d)
 
     def save(self, path: str | Path) -> Path:
         write_json_atomic(path, self.to_json())
         return Path(path)
 
 
-def _finite(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
+    """JSON has no infinity or NaN: such floats (an exact match's SNR) are written as null."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_finite(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -660,7 +794,7 @@ def analyze_layers(
             validator.threads,
             rounds,
         )
-        total = sum(macs.values()) * len(inputs)
+        total = sum(macs.values())
         ms_per_mac = (lat_ms["all_float"] - lat_ms["int8"]) / total if total else None
     baseline = int8.metric if mode == "only-float" else validator.fp32.metric
     rows = []
@@ -682,7 +816,7 @@ def analyze_layers(
             t = time_models({"int8": int8_model, "float": fl}, inputs, validator.threads, rounds)
             cost = t["float"] - t["int8"]
         elif latency == "estimate" and ms_per_mac is not None and name in macs:
-            cost = macs[name] * len(inputs) * ms_per_mac
+            cost = macs[name] * ms_per_mac
         row = LayerSensitivity(
             name,
             builder.op_types[name],
@@ -722,6 +856,7 @@ def sensitivity(
     mode: str = "only-float",
     metric: bool = True,
     snr: bool = True,
+    granularity: str = "block",
     latency: str = "estimate",
     config: Any = None,
     threads: int = 2,
@@ -752,7 +887,9 @@ def sensitivity(
         work.mkdir(parents=True, exist_ok=True)
         pair = quantize_pair(model, task_name, calib, work, cfg)
         task_obj = build_task(task_name, resolved, cfg.task_options)
-        builder = VariantBuilder(onnx.load(str(pair.quantized.output)), onnx.load(str(pair.reference)))
+        builder = VariantBuilder(
+            onnx.load(str(pair.quantized.output)), onnx.load(str(pair.reference)), granularity
+        )
         validator = Validator(
             task_obj,
             split.validation,
@@ -775,6 +912,7 @@ def sensitivity(
         "threads": threads,
         "snr_samples": validator.snr_count,
         "metric": metric,
+        "granularity": granularity,
     }
     if json_path is not None:
         result.save(json_path)

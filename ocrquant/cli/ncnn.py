@@ -74,8 +74,8 @@ def quantize_cmd(
         str | None, typer.Option("--task", help="Task whose preprocessing feeds the model.")
     ] = None,
     method: Annotated[
-        str, typer.Option(help="Activation range method: kl, min_max, percentile, mse.")
-    ] = "kl",
+        str, typer.Option(help="Activation range method: percentile (99.99), kl, min_max, mse.")
+    ] = "percentile",
     calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images.")] = 200,
     seed: Annotated[int, typer.Option(help="Calibration sampling seed.")] = 0,
     exclude: Annotated[
@@ -144,8 +144,8 @@ def run_cmd(
         Path, typer.Option("--out", "-o", help="Run directory (INT8 model, table, results).")
     ] = Path("runs/ncnn"),
     method: Annotated[
-        str, typer.Option(help="Activation range method: kl, min_max, percentile, mse.")
-    ] = "kl",
+        str, typer.Option(help="Activation range method: percentile (99.99), kl, min_max, mse.")
+    ] = "percentile",
     calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images.")] = 200,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N test samples only.")] = None,
     threads: Annotated[int, typer.Option(help="ncnn threads for evaluation and latency.")] = 2,
@@ -155,6 +155,12 @@ def run_cmd(
     onnxruntime: Annotated[
         bool, typer.Option(help="Also evaluate the float ONNX model with onnxruntime (proves equality).")
     ] = True,
+    max_float: Annotated[
+        int, typer.Option("--max-float", help="Keep up to N most sensitive conv layers float (0 = none).")
+    ] = 0,
+    target_cos: Annotated[
+        float, typer.Option("--target-cos", help="Stop keeping layers float at this output cosine.")
+    ] = 0.99,
 ) -> None:
     """Float vs INT8 in ncnn: metric on the test set, model size, interleaved latency per image."""
     from ocrquant.quantization.ncnn_int8 import ncnn_report
@@ -174,6 +180,8 @@ def run_cmd(
         latency_images=latency_images,
         task_options=options,
         compare_onnxruntime=onnxruntime,
+        max_float=max_float,
+        target_cos=target_cos,
     )
     table = Table(*COLUMNS, title=f"ocrquant ncnn run -> {out}")
     table.add_row(*row_cells(row))

@@ -36,7 +36,13 @@ def quantize_cmd(
     task: Annotated[
         str | None, typer.Option("--task", help="det, cls or rec (inferred for zoo models).")
     ] = None,
-    method: Annotated[str, typer.Option(help="Range method: min_max, kl, percentile or mse.")] = "min_max",
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="Range method: min_max, kl, percentile or mse (default: the task's measured best: "
+            "det percentile 99.999, cls/rec min_max)."
+        ),
+    ] = None,
     percentile: Annotated[float | None, typer.Option(help="Percentile for --method percentile.")] = None,
     target: Annotated[
         str, typer.Option(help="Deployment target: ort-cpu, tensorrt or npu-pow2.")
@@ -60,8 +66,9 @@ def quantize_cmd(
         list[str] | None,
         typer.Option(
             "--algo",
-            help="Extra accuracy algorithm (repeatable): cle, hs_cle, hs_floor, bias_correction. "
-            "The target's defaults (ort-cpu: hs_cle, hs_floor) always run unless --no-default-algos.",
+            help="Extra accuracy algorithm (repeatable): cle, hs_cle, hs_floor, bias_correction, fallback. "
+            "The target's defaults (ort-cpu: hs_cle, hs_floor, weight_width) always run "
+            "unless --no-default-algos.",
         ),
     ] = None,
     no_default_algos: Annotated[
@@ -79,11 +86,17 @@ def quantize_cmd(
     from ocrquant.quantization import QuantConfig, quantize
     from ocrquant.quantization.targets import get_target
 
-    defaults = [] if no_default_algos else list(get_target(target).default_algorithms)
-    algorithms = defaults + [a for a in (algo or []) if a not in defaults]
+    if no_default_algos:
+        algorithms: list[str] | None = list(algo or [])
+    elif algo:
+        profile = get_target(target)
+        defaults = list(profile.task_algorithms.get(task or "", profile.default_algorithms))
+        algorithms = defaults + [a for a in algo if a not in defaults]
+    else:
+        algorithms = None  # the target's (per-task) defaults
     config = QuantConfig(
         method=method,
-        method_options={"percentile": percentile} if percentile is not None else {},
+        method_options={"percentile": percentile} if percentile is not None else None,
         target=target,
         calib_size=calib_size,
         batch_size=batch_size,

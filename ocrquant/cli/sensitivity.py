@@ -48,6 +48,15 @@ def sensitivity_cmd(
             "float model with only this layer INT8 (drop vs FP32).",
         ),
     ] = "only-float",
+    granularity: Annotated[
+        str,
+        typer.Option(
+            "--granularity",
+            help="block: a float layer keeps its activation nodes (HardSwish, SE, residual Add up to the "
+            "next layer) float too, so its output tensor is float; layer: only its weights are float "
+            "(its input and output stay quantized where neighbours are quantized).",
+        ),
+    ] = "block",
     metric: Annotated[
         bool, typer.Option("--metric/--no-metric", help="Measure the task metric on the validation subset.")
     ] = True,
@@ -94,6 +103,7 @@ def sensitivity_cmd(
         mode=mode,
         metric=metric,
         snr=snr,
+        granularity=granularity,
         latency=latency,
         config=config,
         threads=threads,
@@ -105,7 +115,8 @@ def sensitivity_cmd(
     v = result.validation
     base = "INT8" if result.mode == "only-float" else "FP32"
     table = Table(
-        title=f"{result.task} sensitivity ({result.mode}) on {v['validation_images']} validation images "
+        title=f"{result.task} sensitivity ({result.mode}, {granularity}) on {v['validation_images']} "
+        "validation images "
         f"({v['source']}): FP32 {100 * result.fp32_metric:.2f}, INT8 {100 * result.int8_metric:.2f} "
         f"{result.metric_name}"
     )
@@ -128,8 +139,8 @@ def sensitivity_cmd(
     lat = result.latency_ms
     if lat:
         console.print(
-            f"latency (ms, {result.settings.get('threads')} threads, summed over the timing inputs, "
-            f"interleaved): FP32 {lat['fp32']:.2f}, INT8 {lat['int8']:.2f}, INT8 with every layer "
+            f"latency (median ms per call, {result.settings.get('threads')} threads, interleaved): "
+            f"FP32 {lat['fp32']:.2f}, INT8 {lat['int8']:.2f}, INT8 with every layer "
             f"float {lat['all_float']:.2f}"
         )
     if json_out:

@@ -36,6 +36,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import shutil
 import subprocess
 import tempfile
@@ -49,6 +50,8 @@ from onnx import numpy_helper
 
 from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import atomic_path, write_json_atomic
+
+log = logging.getLogger("ocrquant")
 
 EXTRA = "ncnn"
 NCNN_REQUIREMENT = "ncnn==1.0.20261020"
@@ -556,9 +559,18 @@ def ncnn_model_for(onnx_path: str | Path, *, refresh: bool = False) -> NcnnModel
         if cached.bin.is_file() and cached.info.get("source_sha256") == _sha256(onnx_path):
             return cached
     source = torch_source(onnx_path)
+    log.info("converting %s to ncnn with pnnx (%s route)", onnx_path, "TorchScript" if source else "ONNX")
     if source is not None:
-        return convert_torch_checkpoint(source[0], onnx_path, source[1], param)
-    return convert_onnx(onnx_path, param)
+        model = convert_torch_checkpoint(source[0], onnx_path, source[1], param)
+    else:
+        model = convert_onnx(onnx_path, param)
+    log.info(
+        "ncnn model %s: max abs diff vs onnxruntime %.3g at input %s",
+        model.param,
+        model.info["max_abs_diff_vs_onnxruntime"],
+        model.info["verify_input_shape"],
+    )
+    return model
 
 
 __all__ = [

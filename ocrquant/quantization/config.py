@@ -6,6 +6,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Range method per task when none is given, measured on PP-OCRv3 with the ort-cpu defaults (det: first
+# 100 det_test images, hmean fp32 0.4376 -> min_max 0.3967, percentile 99.99 0.4184, 99.999 0.4232,
+# 99.9 0.3892, kl 0.3365: the DB maps' rare large activations waste min_max's grid; rec/cls: min_max
+# with the HardSwish floor, see research/FINDINGS.md "library status").
+TASK_DEFAULT_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "det": ("percentile", {"percentile": 99.999}),
+}
+FALLBACK_METHOD: tuple[str, dict[str, Any]] = ("min_max", {})
+
+
+def resolve_method(config: QuantConfig, task: str) -> tuple[str, dict[str, Any]]:
+    """The range method and its options for ``task``: the config's, else the task's measured default."""
+    default_name, default_options = TASK_DEFAULT_METHODS.get(task, FALLBACK_METHOD)
+    if config.method is None:
+        return default_name, dict(default_options if config.method_options is None else config.method_options)
+    return config.method, dict(config.method_options or {})
+
 
 @dataclass
 class QuantConfig:
@@ -15,8 +32,8 @@ class QuantConfig:
     on quantization for the measurements behind them.
     """
 
-    method: str = "min_max"  # min_max | kl | percentile | mse (min_max measured best on PP-OCRv3 cls)
-    method_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"percentile": 99.99}
+    method: str | None = None  # min_max | kl | percentile | mse; None: TASK_DEFAULT_METHODS
+    method_options: dict[str, Any] | None = None  # e.g. {"percentile": 99.99}; None: the task default's
     target: str = "ort-cpu"
     calib_size: int = 200
     batch_size: int = 8

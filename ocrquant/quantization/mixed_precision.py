@@ -1,16 +1,20 @@
 """Mixed precision for an accuracy budget: the fewest layers kept float (or int16) that hold the
 primary metric within ``max_drop`` points of FP32 on a validation subset.
 
-Search (:func:`greedy_search`): layers ranked by sensitivity (:mod:`ocrquant.analysis.sensitivity`),
-most sensitive first; add them one at a time to the float set, re-evaluating after each, until the
-drop is within budget; then a pruning pass tries to remove each chosen layer again (the later
-additions often make an earlier one unnecessary) and keeps every removal that stays within budget.
+Search (:func:`greedy_search`): if the INT8 model misses the budget, first check that keeping *every*
+candidate float meets it (otherwise the budget is out of reach: reported after one evaluation). Then,
+layers ranked by sensitivity (:mod:`ocrquant.analysis.sensitivity`), most sensitive first, are
+added one at a time to the float set, re-evaluating after each, until the drop is within budget;
+then a pruning pass tries to remove each chosen layer again (the later additions often make an
+earlier one unnecessary) and keeps every removal that stays within budget.
 Each distinct set is evaluated once (memoised).
 
 Evaluation of a candidate set:
 
-* ``keep="float"``: a graph edit of one pipeline-written INT8 model (see the sensitivity module: equal
-  to what ``QuantConfig.exclude`` writes when a layer's neighbours are quantized), seconds per set.
+* ``keep="float"``: a graph edit of one pipeline-written INT8 model, seconds per set; it equals the
+  model the pipeline writes with ``exclude`` = the layers (``granularity="layer"``: weights only) or
+  the layers with their activation nodes (``"block"``, default: their output tensors go float too).
+  See :mod:`ocrquant.analysis.sensitivity`.
 * ``keep="int16"``: the pipeline re-run per set with ``dtype_overrides`` = int16 for the layer's input
   and output activations (exact, but each run repeats the float stage: tens of seconds).
 
@@ -47,7 +51,8 @@ KEEP_MODES = ("float", "int16")
 
 @dataclass
 class SearchStep:
-    """One evaluated set. ``action``: base | add | prune-removed | prune-kept | final."""
+    """One evaluated set. ``action``: base | feasibility (every candidate at once) | add |
+    prune-removed | prune-kept | final."""
 
     action: str
     layer: str | None
@@ -55,7 +60,7 @@ class SearchStep:
     metric: float  # primary metric (0..1) on the validation subset
     drop_points: float  # 100 x (FP32 - metric)
     within_budget: bool
-    latency_ms: float | None = None  # summed over the timing inputs, interleaved with FP32 and INT8
+    latency_ms: float | None = None  # median ms per model call, interleaved with FP32 and INT8
 
 
 @dataclass
@@ -79,7 +84,9 @@ class SearchReport:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return _finite(asdict(self))
+        from ocrquant.analysis.sensitivity import json_safe
+
+        return json_safe(asdict(self))
 
     def save(self, path: str | Path) -> Path:
         self.report_path = str(path)
@@ -102,16 +109,6 @@ class SearchReport:
             f"validation images{speed}\n"
             f"kept {self.keep}: {', '.join(self.chosen) or '(none)'}"
         )
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def greedy_search(
@@ -153,6 +150,10 @@ def greedy_search(
     chosen: list[str] = []
     met = evaluate("base", None, chosen)
     limit = len(ranking) if max_layers is None else min(max_layers, len(ranking))
+    if not met and limit > 1 and not evaluate("feasibility", None, list(ranking[:limit])):
+        # Not even every candidate kept float meets the budget: say so after one evaluation instead
+        # of walking the whole ranking.
+        return list(ranking[:limit]), steps, False
     for layer in ranking[:limit]:
         if met:
             break
@@ -188,11 +189,19 @@ def layer_activations(qmodel: onnx.ModelProto, layer: str) -> list[str]:
     return names
 
 
-def config_for(config: QuantConfig, keep: str, layers: Sequence[str], qmodel: onnx.ModelProto) -> QuantConfig:
-    """``config`` with ``layers`` kept float (exclude) or with int16 activations (dtype_overrides)."""
+def config_for(
+    config: QuantConfig,
+    keep: str,
+    layers: Sequence[str],
+    qmodel: onnx.ModelProto,
+    float_nodes: Sequence[str] | None = None,
+) -> QuantConfig:
+    """``config`` with ``layers`` kept float (``exclude`` = ``float_nodes``, the layers and, at block
+    granularity, their activation nodes) or with int16 activations (``dtype_overrides``)."""
     if keep == "float":
+        names = list(float_nodes) if float_nodes is not None else list(layers)
         return dataclasses.replace(
-            config, exclude=list(config.exclude) + [x for x in layers if x not in config.exclude]
+            config, exclude=list(config.exclude) + [x for x in names if x not in config.exclude]
         )
     overrides = dict(config.dtype_overrides)
     for layer in layers:
@@ -212,6 +221,7 @@ def quantize_with_budget(
     *,
     val_size: int = 300,
     keep: str = "float",
+    granularity: str = "block",
     mode: str = "only-float",
     rank_by: str = "metric",
     ranking: Sequence[str] | None = None,
@@ -221,6 +231,7 @@ def quantize_with_budget(
     prune: bool = True,
     work_dir: str | Path | None = None,
     report_path: str | Path | None = None,
+    pair: Any = None,
     progress: bool = True,
 ) -> tuple[QuantResult, SearchReport]:
     """Quantize ``model_path`` keeping the fewest sensitive layers float/int16 such that the primary
@@ -228,8 +239,9 @@ def quantize_with_budget(
 
     ``val_dataset`` None: validation images are drawn from ``calib_dataset`` minus the calibration
     pick (never the test set). ``ranking`` None: computed by the sensitivity analysis (``mode``,
-    ``rank_by``). Writes ``output``, its pipeline sidecar and ``<output stem>.mixed.json`` (the
-    report, every step with its metric and latency).
+    ``rank_by``). ``pair``: a :class:`~ocrquant.analysis.sensitivity.QuantizedPair` from an earlier
+    run with the same ``config`` (skips its two pipeline runs). Writes ``output``, its pipeline
+    sidecar and ``<output stem>.mixed.json`` (the report, every step with its metric and latency).
     """
     from ocrquant.analysis.sensitivity import (
         Validator,
@@ -260,10 +272,11 @@ def quantize_with_budget(
     with tempfile.TemporaryDirectory(prefix="ocrquant-mixed-") as tmp:
         work = Path(work_dir) if work_dir is not None else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        pair = quantize_pair(model_path, task_name, calib, work, cfg)
+        if pair is None:
+            pair = quantize_pair(model_path, task_name, calib, work, cfg)
         int8_path = Path(pair.quantized.output)
         qmodel = onnx.load(str(int8_path))
-        builder = VariantBuilder(qmodel, onnx.load(str(pair.reference)))
+        builder = VariantBuilder(qmodel, onnx.load(str(pair.reference)), granularity)
         validator = Validator(
             task_obj,
             split.validation,
@@ -314,7 +327,7 @@ def quantize_with_budget(
         if bar is not None:
             bar.close()
 
-        final_cfg = config_for(cfg, keep, chosen, qmodel)
+        final_cfg = config_for(cfg, keep, chosen, qmodel, builder.float_nodes(chosen))
         result = quantize(model_path, task_name, calib, output, final_cfg)
         final = validator.score(result.output)
         steps.append(
@@ -356,6 +369,7 @@ def quantize_with_budget(
         output=str(output),
         settings={
             "mode": mode,
+            "granularity": granularity,
             "rank_by": rank_by,
             "prune": prune,
             "threads": threads,

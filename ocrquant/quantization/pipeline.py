@@ -27,11 +27,11 @@ from ocrquant.quantization.calibration import (
     load_cached,
     save_cached,
 )
-from ocrquant.quantization.config import QuantConfig, QuantResult
+from ocrquant.quantization.config import QuantConfig, QuantResult, resolve_method
 from ocrquant.quantization.graph import float_tensors, is_quantized, load_model, sha256_file
 from ocrquant.quantization.prepare import prepare_model
 from ocrquant.quantization.qdq import QuantPlan, ensure_node_names, write_qdq_model
-from ocrquant.quantization.targets import get_target
+from ocrquant.quantization.targets import cpu_has_vnni, get_target, host_profile
 from ocrquant.tasks import Task
 
 log = logging.getLogger("ocrquant")
@@ -84,13 +84,15 @@ def quantize(
     cfg = config or QuantConfig()
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    profile = get_target(cfg.target)
-    calibrator = create_calibrator(cfg.method, **cfg.method_options)
-    algorithm_names = list(profile.default_algorithms) if cfg.algorithms is None else list(cfg.algorithms)
-    algorithms = [create_algorithm(n, **cfg.algorithm_options.get(n, {})) for n in algorithm_names]
+    profile = host_profile(get_target(cfg.target))
     fuse_hardswish = profile.fuse_hardswish if cfg.fuse_hardswish is None else cfg.fuse_hardswish
     resolved = resolve_model(model_path)
     task_name = infer_task(resolved, task_name)
+    method, method_options = resolve_method(cfg, task_name)
+    defaults = profile.task_algorithms.get(task_name, profile.default_algorithms)
+    algorithm_names = list(defaults) if cfg.algorithms is None else list(cfg.algorithms)
+    algorithms = [create_algorithm(n, **cfg.algorithm_options.get(n, {})) for n in algorithm_names]
+    calibrator = create_calibrator(method, **method_options)
     if is_quantized(load_model(resolved.path)):
         raise OcrQuantError(
             "model is already quantized (has QuantizeLinear/DequantizeLinear or QLinear* "
@@ -195,9 +197,10 @@ def quantize(
             "output": str(output),
             "task": task_name,
             "settings": {
-                "target": asdict(profile),
-                "method": cfg.method,
-                "method_options": cfg.method_options,
+                "target": asdict(plan.profile),  # as adjusted to the host and by algorithms
+                "host_cpu_vnni": cpu_has_vnni(),
+                "method": method,
+                "method_options": method_options,
                 "per_channel": profile.per_channel if cfg.per_channel is None else cfg.per_channel,
                 "exclude": cfg.exclude,
                 "algorithms": algorithm_names,
@@ -223,7 +226,7 @@ def quantize(
         sidecar,
         task_name,
         profile.name,
-        cfg.method,
+        method,
         len(samples),
         body["node_counts"],
         body["float_nodes"],

@@ -70,8 +70,15 @@ class TargetProfile:
     # without one runs it in float between a DQ and a Q, where the decomposed Add/Clip/Mul chain would
     # run in integer kernels instead.
     fuse_hardswish: bool = True
-    # Float-stage algorithms this target's models need by default (see QuantConfig.algorithms).
+    # Algorithms this target's models get by default (see QuantConfig.algorithms), and per-task
+    # replacements of that list where a task measured differently.
     default_algorithms: tuple[str, ...] = ()
+    task_algorithms: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Weight type on a host CPU without VNNI (see :func:`host_profile`), for the weighted ops in
+    # ``narrow_weight_scope``: "input" = the ops reading a model input, "dense" = every non-depthwise
+    # one. None: weight_dtype everywhere.
+    weight_dtype_without_vnni: str | None = None
+    narrow_weight_scope: str = "input"
 
     def constrain(self, scale: np.ndarray) -> np.ndarray:
         return SCALE_CONSTRAINTS[self.scale_constraint](np.asarray(scale, dtype=np.float32))
@@ -161,6 +168,11 @@ def register_target(profile: TargetProfile) -> TargetProfile:
 # * **ConvTranspose** (DB head) stays float: ORT CPU has no integer ConvTranspose, so Q/DQ around it
 #   only adds two full-resolution passes and rounding.
 # * Model outputs and the op feeding them (DB's Sigmoid, Softmax) stay float (quantize_graph_outputs).
+# * HS-CLE (algorithms/hs_cle.py) rewrites each Conv->HardSwish->Conv HardSwish as a depthwise 1x1
+#   gate Conv + QLinearMul: 2 integer kernels per HardSwish instead of 4 (rec 1.43x -> 1.54x).
+# * Without VNNI (this project's AVX2 EPYC) MLAS's u8s8 kernels saturate int16 pair sums, so weights
+#   are 7-bit where that measurably helps (host_profile + algorithms/weight_width.py). uint8 weights
+#   (U8U8 kernels, no saturation) keep accuracy but ran rec at 1.07x only.
 ORT_CPU_LAYOUT_OPS = tuple(op for op in ORT_CPU_OPS if op != "ConvTranspose")
 
 register_target(
@@ -175,7 +187,11 @@ register_target(
         per_channel=True,
         boundary_ops=("HardSwish", "HardSigmoid"),
         fuse_hardswish=False,
-        default_algorithms=("hs_cle", "hs_floor"),
+        default_algorithms=("hs_cle", "hs_floor", "weight_width"),
+        # det: HS-CLE's gate convs run at full image resolution there; measured first 100 det_test
+        # images hmean 0.4266 with vs 0.4232 without (noise level), det kernel time +20% with it.
+        task_algorithms={"det": ("hs_floor", "weight_width")},
+        weight_dtype_without_vnni="int7",
     )
 )
 register_target(
@@ -235,6 +251,43 @@ register_target(
         scale_constraint="pow2",
     )
 )
+
+
+def cpu_has_vnni(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this x86 CPU has a VNNI int8 dot product (AVX512-VNNI, AVX-VNNI or AMX).
+
+    Without it onnxruntime's (MLAS) u8 x s8 kernels use ``vpmaddubsw``, which adds two u8*s8 products
+    into a *saturating* int16: 255 * 127 * 2 > 32767. Measured on this project's AVX2 EPYC: the INT8
+    cls model loses 3.8 points with the fused kernels and none at all when the same QDQ model runs
+    unfused (ORT_DISABLE_ALL, exact integer emulation). Non-x86 or unreadable: assume no saturation.
+    """
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return True
+    return any(flag in flags.split() for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def host_profile(profile: TargetProfile, has_vnni: bool | None = None) -> TargetProfile:
+    """The profile adjusted to the CPU quantizing (and, for ort-cpu, running) the model: 7-bit dense
+    weights where the int8 kernels would saturate (``|w| <= 63`` keeps 255 * 63 * 2 inside int16).
+    Depthwise convs keep 8 bits: ORT runs them in a separate int32-accumulating kernel."""
+    if profile.weight_dtype_without_vnni is None:
+        return profile
+    if has_vnni is None:
+        has_vnni = cpu_has_vnni()
+    if has_vnni:
+        return profile
+    import dataclasses
+
+    return dataclasses.replace(
+        profile, weight_dtype=profile.weight_dtype_without_vnni, weight_dtype_without_vnni=None
+    )
 
 
 def get_target(name: str) -> TargetProfile:
