@@ -115,7 +115,7 @@ def cls_model() -> Path:
 def cls_setup(cls_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sens")
     ds = open_dataset(sample_root() / "rec", "cls")
-    cfg = QuantConfig(calib_size=16, batch_size=4, cache_dir=tmp / "cache", progress=False)
+    cfg = QuantConfig(method="min_max", calib_size=16, batch_size=4, cache_dir=tmp / "cache", progress=False)
     pair = quantize_pair(cls_model, "cls", ds, tmp, cfg)
     builder = VariantBuilder(onnx.load(str(pair.quantized.output)), onnx.load(str(pair.reference)))
     split = split_validation(ds, cfg.calib_size, cfg.seed, 6)

@@ -39,8 +39,8 @@ def quantize_cmd(
     method: Annotated[
         str | None,
         typer.Option(
-            help="Range method: min_max, kl, percentile or mse (default: the task's measured best: "
-            "det percentile 99.999, cls/rec min_max)."
+            help="Range method: min_max, kl, percentile, mse, or auto (each tried, the best on held-out "
+            "calibration-side images kept) (default: auto)."
         ),
     ] = None,
     percentile: Annotated[float | None, typer.Option(help="Percentile for --method percentile.")] = None,

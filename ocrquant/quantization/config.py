@@ -10,10 +10,11 @@ from typing import Any
 # 100 det_test images, hmean fp32 0.4376 -> min_max 0.3967, percentile 99.99 0.4184, 99.999 0.4232,
 # 99.9 0.3892, kl 0.3365: the DB maps' rare large activations waste min_max's grid; rec/cls: min_max
 # with the HardSwish floor, see research/FINDINGS.md "library status").
-TASK_DEFAULT_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
-    "det": ("percentile", {"percentile": 99.999}),
-}
-FALLBACK_METHOD: tuple[str, dict[str, Any]] = ("min_max", {})
+# No fixed default: which clip suits a model differs (measured: det a high percentile, cls the MSE clip),
+# and choosing it on a test set would tune to that set. "auto" picks it per model on held-out
+# calibration-side images (ocrquant/quantization/method_search.py).
+TASK_DEFAULT_METHODS: dict[str, tuple[str, dict[str, Any]]] = {}
+FALLBACK_METHOD: tuple[str, dict[str, Any]] = ("auto", {})
 
 
 def resolve_method(config: QuantConfig, task: str) -> tuple[str, dict[str, Any]]:
@@ -32,7 +33,7 @@ class QuantConfig:
     on quantization for the measurements behind them.
     """
 
-    method: str | None = None  # min_max | kl | percentile | mse; None: TASK_DEFAULT_METHODS
+    method: str | None = None  # min_max | kl | percentile | mse | auto; None: TASK_DEFAULT_METHODS
     method_options: dict[str, Any] | None = None  # e.g. {"percentile": 99.99}; None: the task default's
     target: str = "ort-cpu"
     calib_size: int = 200

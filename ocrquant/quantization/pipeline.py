@@ -89,6 +89,10 @@ def quantize(
     resolved = resolve_model(model_path)
     task_name = infer_task(resolved, task_name)
     method, method_options = resolve_method(cfg, task_name)
+    if method == "auto":  # choose the range method on held-out calibration-side images
+        from ocrquant.quantization.method_search import quantize_auto
+
+        return quantize_auto(model_path, task_name, calib_dataset, output, cfg)[0]
     defaults = profile.task_algorithms.get(task_name, profile.default_algorithms)
     algorithm_names = list(defaults) if cfg.algorithms is None else list(cfg.algorithms)
     algorithms = [create_algorithm(n, **cfg.algorithm_options.get(n, {})) for n in algorithm_names]

@@ -1,0 +1,123 @@
+"""``--method auto``: choose the range method by the task metric on held-out calibration-side data.
+
+Which clipping rule suits a model differs (det likes a high percentile, cls the MSE-optimal clip), and
+choosing it on the test set would be tuning to the test set. So the candidates are compared on a
+validation split of the *calibration directory* (images the calibration pick did not use); the
+statistics are collected once (calibration cache) and only the ranges differ between candidates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ocrquant.data import Dataset, open_dataset
+from ocrquant.errors import OcrQuantError
+from ocrquant.fileio import write_json_atomic
+from ocrquant.quantization.config import QuantConfig, QuantResult
+
+log = logging.getLogger("ocrquant")
+
+#: (method, options) tried by ``auto``, in order of preference on ties
+CANDIDATES: list[tuple[str, dict[str, Any]]] = [
+    ("min_max", {}),
+    ("percentile", {"percentile": 99.99}),
+    ("percentile", {"percentile": 99.999}),
+    ("mse", {}),
+]
+
+#: validation images per task (det images are costlier than word crops)
+VAL_SIZE = {"det": 60, "cls": 400, "rec": 400}
+
+
+def _tag(method: str, options: dict[str, Any]) -> str:
+    return method + "".join(f"-{v}" for v in options.values())
+
+
+def quantize_auto(
+    model_path: str | Path,
+    task_name: str | None,
+    calib_dataset: str | Path | Dataset,
+    output: str | Path,
+    config: QuantConfig,
+    val_size: int | None = None,
+) -> tuple[QuantResult, list[dict[str, Any]]]:
+    """Quantize once per candidate method, keep the one with the best validation metric.
+
+    The validation split comes from ``calib_dataset`` minus the calibration pick (same seed), so the
+    test set is never looked at. Returns the chosen result and the table of candidates, which is also
+    written into the sidecar under ``method_search``.
+    """
+    from ocrquant.analysis.sensitivity import split_validation
+    from ocrquant.api import build_task, infer_task
+    from ocrquant.evaluation import evaluate
+    from ocrquant.quantization.pipeline import quantize, sidecar_path
+    from ocrquant.runtime import RuntimeOptions, create_runner
+    from ocrquant.zoo.resolve import resolve_model
+
+    resolved = resolve_model(model_path)
+    task_name = infer_task(resolved, task_name)
+    calib = (
+        calib_dataset if isinstance(calib_dataset, Dataset) else open_dataset(Path(calib_dataset), task_name)
+    )
+    n_val = val_size or VAL_SIZE.get(task_name, 200)
+    if len(calib.samples) <= 1:
+        raise OcrQuantError(
+            "--method auto needs a calibration set with images to spare for validation", calib.root
+        )
+    calib_size = min(config.calib_size, max(1, len(calib.samples) - min(n_val, len(calib.samples) // 2)))
+    split = split_validation(calib, calib_size, config.seed, n_val)
+    val_set = Dataset(calib.root, calib.task, calib.format, split.validation)
+    task = build_task(task_name, resolved)
+    output = Path(output)
+    rows: list[dict[str, Any]] = []
+    best: tuple[float, int] | None = None
+    for i, (method, options) in enumerate(CANDIDATES):
+        cand = output.with_name(f"{output.stem}.{_tag(method, options)}.onnx")
+        cfg = replace(config, method=method, method_options=dict(options), calib_size=calib_size)
+        quantize(resolved.path, task_name, calib, cand, cfg)
+        runner = create_runner(cand, "onnxruntime", RuntimeOptions(threads=2))
+        res = evaluate(task, runner, val_set, model_name=cand.stem, progress=False, keep_samples=False)
+        rows.append(
+            {"method": method, "options": options, "val_metric": round(res.primary, 6), "file": str(cand)}
+        )
+        log.info(
+            "auto: %s %s -> validation %s %.4f", method, options, res.settings["primary_metric"], res.primary
+        )
+        if best is None or res.primary > best[0]:
+            best = (res.primary, i)
+    assert best is not None
+    chosen = rows[best[1]]
+    shutil.copyfile(chosen["file"], output.with_suffix(".onnx.tmp"))
+    Path(output.with_suffix(".onnx.tmp")).replace(output)
+    side = json.loads(sidecar_path(Path(chosen["file"])).read_text())
+    side["method_search"] = {
+        "chosen": {"method": chosen["method"], "options": chosen["options"]},
+        "validation": {"source": split.source, "size": len(split.validation), "calib_size": calib_size},
+        "candidates": [{k: v for k, v in r.items() if k != "file"} for r in rows],
+    }
+    write_json_atomic(sidecar_path(output), side)
+    for r in rows:  # the candidates were only for choosing
+        Path(r["file"]).unlink(missing_ok=True)
+        sidecar_path(Path(r["file"])).unlink(missing_ok=True)
+    final_cfg = replace(
+        config, method=chosen["method"], method_options=chosen["options"], calib_size=calib_size
+    )
+    result = quantize_result_from_sidecar(output, side, final_cfg)
+    return result, rows
+
+
+def quantize_result_from_sidecar(output: Path, side: dict[str, Any], config: QuantConfig) -> QuantResult:
+    from ocrquant.quantization.pipeline import sidecar_path
+
+    return QuantResult(
+        output=output, sidecar=sidecar_path(output), task=side.get("task", ""), target=config.target,
+        method=str(config.method),
+        num_calibration_images=int(side.get("num_calibration_images", config.calib_size)),
+        node_counts=side.get("node_counts", {}), float_nodes=side.get("float_nodes", {}),
+        timings=side.get("timings", {}), algorithms=side.get("algorithms", {}), cache_hit=True,
+    )  # fmt: skip
