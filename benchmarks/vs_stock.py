@@ -404,7 +404,7 @@ def table(results: dict[str, list[Row]]) -> str:
         verdicts.append(
             f"{task_name}: ocrquant's drop <= best stock drop? "
             f"{'YES' if ours_drop <= best_drop + 1e-12 else 'NO'} "
-            f"(ocrquant {ours_drop:+.4f}, best stock {best.quantizer} {best_drop:+.4f}); "
+            f"(drop = FP32 - INT8: ocrquant {ours_drop:+.4f}, best stock {best.quantizer} {best_drop:+.4f}); "
             f"ocrquant INT8 faster than FP32? {'YES' if faster else 'NO'} "
             f"({_fmt(ours.ms, '.2f')} ms vs {_fmt(base.ms, '.2f')} ms)"
         )

@@ -32,7 +32,6 @@ Why each step is the way it is:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -49,7 +48,7 @@ import onnx
 from onnx import numpy_helper
 
 from ocrquant.errors import OcrQuantError
-from ocrquant.fileio import atomic_path, write_json_atomic
+from ocrquant.fileio import atomic_path, sha256_file, write_json_atomic
 
 log = logging.getLogger("ocrquant")
 
@@ -290,14 +289,6 @@ def _onnx_dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
     ]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------------------------------ pnnx
 
 
@@ -422,7 +413,7 @@ def _finish(
     info = {
         **info,
         "source": onnx_path.name,
-        "source_sha256": _sha256(onnx_path),
+        "source_sha256": sha256_file(onnx_path),
         "verify_input_shape": list(x.shape),
         "max_abs_diff_vs_onnxruntime": diff,
         "precision": "fp32",
@@ -556,7 +547,7 @@ def ncnn_model_for(onnx_path: str | Path, *, refresh: bool = False) -> NcnnModel
     param = default_param_path(onnx_path)
     if not refresh and param.is_file() and sidecar_path(param).is_file():
         cached = load_ncnn_model(param)
-        if cached.bin.is_file() and cached.info.get("source_sha256") == _sha256(onnx_path):
+        if cached.bin.is_file() and cached.info.get("source_sha256") == sha256_file(onnx_path):
             return cached
     source = torch_source(onnx_path)
     log.info("converting %s to ncnn with pnnx (%s route)", onnx_path, "TorchScript" if source else "ONNX")

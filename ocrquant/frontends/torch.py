@@ -22,7 +22,6 @@ need it, every function that does says so with an :class:`OcrQuantError`.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import pickle
 import re
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ocrquant.errors import OcrQuantError
-from ocrquant.fileio import atomic_path
+from ocrquant.fileio import atomic_path, sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -389,14 +388,6 @@ class TorchConvertResult:
         return rows
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _dims(value_info: Any) -> list[int | str]:
     dims = value_info.type.tensor_type.shape.dim
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
@@ -450,7 +441,7 @@ def convert_torch(
         used_opset, in_dims, out_dims = _finish_onnx(tmp, {
             "source_framework": "torch",
             "source_model": checkpoint.name,
-            "source_sha256": _sha256(checkpoint),
+            "source_sha256": sha256_file(checkpoint),
             "converter": f"torch {torch.__version__} onnx export (TorchScript-based)",
             "arch": spec.name,
             "task": spec.task or "",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -50,14 +49,6 @@ def is_quantized(model: onnx.ModelProto | str | Path) -> bool:
     if not isinstance(model, onnx.ModelProto):
         model = load_model(model)
     return any(n.op_type in QUANT_OPS or n.op_type.startswith("QLinear") for n in model.graph.node)
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def default_opset(model: onnx.ModelProto) -> int:

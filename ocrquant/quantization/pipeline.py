@@ -17,7 +17,7 @@ import onnx
 
 from ocrquant.data import Dataset, Sample, load_image, open_dataset, sample_calibration
 from ocrquant.errors import OcrQuantError
-from ocrquant.fileio import atomic_path, write_json_atomic
+from ocrquant.fileio import atomic_path, sha256_file, write_json_atomic
 from ocrquant.quantization.algorithms import AlgorithmContext, create_algorithm
 from ocrquant.quantization.calibration import (
     QSpec,
@@ -28,7 +28,7 @@ from ocrquant.quantization.calibration import (
     save_cached,
 )
 from ocrquant.quantization.config import QuantConfig, QuantResult, resolve_method
-from ocrquant.quantization.graph import float_tensors, is_quantized, load_model, sha256_file
+from ocrquant.quantization.graph import float_tensors, is_quantized, load_model
 from ocrquant.quantization.prepare import prepare_model
 from ocrquant.quantization.qdq import QuantPlan, ensure_node_names, write_qdq_model
 from ocrquant.quantization.targets import cpu_has_vnni, get_target, host_profile

@@ -7,7 +7,6 @@ write outside the cache.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -15,21 +14,13 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from ocrquant.errors import OcrQuantError
-from ocrquant.fileio import atomic_path
+from ocrquant.fileio import atomic_path, sha256_file
 from ocrquant.zoo.registry import ZOO, WheelSource, ZooEntry
 
 
 def cache_home() -> Path:
     """``$OCRQUANT_HOME`` or ``~/.cache/ocrquant``."""
     return Path(os.environ.get("OCRQUANT_HOME", Path.home() / ".cache" / "ocrquant")).expanduser()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def get_entry(name: str) -> ZooEntry:
