@@ -81,6 +81,18 @@ def quantize_cmd(
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Do not read or write the calibration cache.")
     ] = False,
+    max_drop: Annotated[
+        float | None,
+        typer.Option(
+            "--max-drop",
+            help="Accuracy budget in points of the task metric: keep the fewest, most sensitive blocks "
+            "float until INT8 is within it on validation images (held-out calibration-side images, "
+            "or --val-data).",
+        ),
+    ] = None,
+    val_data: Annotated[
+        Path | None, typer.Option("--val-data", help="Validation set for --max-drop (never the test set).")
+    ] = None,
 ) -> None:
     """Quantize a float model to INT8 (QDQ) with calibrated ranges; print what was quantized."""
     from ocrquant.quantization import QuantConfig, quantize
@@ -108,7 +120,13 @@ def quantize_cmd(
         cache_dir=cache_dir,
         use_cache=not no_cache,
     )
-    result = quantize(model, task, calib_data, output, config)
+    if max_drop is not None:
+        from ocrquant.quantization.mixed_precision import quantize_with_budget
+
+        result, search = quantize_with_budget(model, task, calib_data, val_data, output, config, max_drop)
+        console.print(search.summary())
+    else:
+        result = quantize(model, task, calib_data, output, config)
     table = Table(
         title=f"{result.task} | {result.target} | {result.method} | "
         f"{result.num_calibration_images} calibration images"

@@ -368,7 +368,9 @@ def write_qdq_model(
         root_level = root.level
         root.setLevel(max(root_level, logging.WARNING))  # ORT logs one INFO line per unquantized tensor
         try:
-            quantizer.quantize_model()
+            # ORT reads an empty node list as "quantize everything": with nothing selected, keep the model
+            if selection.quantize:
+                quantizer.quantize_model()
         except Exception as exc:  # an ORT rewrite failure is a bug/limitation to report in one line
             raise OcrQuantError(f"onnxruntime QDQ rewrite failed: {type(exc).__name__}: {exc}") from exc
         finally:
