@@ -8,7 +8,7 @@ per-channel range, which helps per-tensor weight quantization and evens out acti
 
 HardSwish is not positive-homogeneous (``HS(x / s) != HS(x) / s``), and neither is Clip(0, 6): pairs
 joined by them are left alone. (An exact variant for HardSwish needs a per-channel scaled activation,
-``s * y * clip(y + 3/s, ...)``-style, which is a different graph; see research/FINDINGS.md.)
+``s * y * clip(y + 3/s, ...)``-style, which is a different graph; see docs/quantization-findings.md.)
 """
 
 from __future__ import annotations
