@@ -47,7 +47,7 @@ from rapidfuzz.distance import Levenshtein
 from ocrquant.data.types import DetTarget
 from ocrquant.errors import OcrQuantError
 from ocrquant.metrics.base import Metric
-from ocrquant.metrics.det_iou import hmean, target_ignore, evaluate_image
+from ocrquant.metrics.det_iou import evaluate_image, hmean, target_ignore
 
 #: the Robust Reading script's SPECIAL_CHARACTERS (allowed at a GT word's first / last position)
 SPECIAL_CHARACTERS = "!?.:,*\"()·[]/'"
