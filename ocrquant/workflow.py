@@ -134,7 +134,7 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
     qkey = {"model": str(model.path), "calib": str(calib_set.root), "config": _plain(qcfg)}
     key_file = out / "quantize.key.json"
     if not (int8_path.exists() and key_file.exists() and json.loads(key_file.read_text()) == qkey):
-        log.info("[%s] quantizing %s with %d calibration images", task_name, model.name, cfg.calib_size)
+        log.info("[%s] quantizing %s (up to %d calibration images)", task_name, model.name, cfg.calib_size)
         quantize(model.path, task_name, calib_set, int8_path, qcfg)
         write_json_atomic(key_file, qkey)
     _publish_int8(model, int8_path)

@@ -274,6 +274,9 @@ def run_cmd(
     framework: Annotated[
         str | None, typer.Option("--framework", help="Also evaluate the source framework: paddle or torch.")
     ] = None,
+    latency_inputs: Annotated[
+        int, typer.Option("--latency-inputs", help="Test inputs timed (float and INT8 interleaved).")
+    ] = 16,
 ) -> None:
     """The whole workflow: quantize, evaluate float and INT8, write report.md and report.json.
 
@@ -304,6 +307,7 @@ def run_cmd(
         limit=limit,
         threads=threads,
         framework_backend=framework,
+        latency_inputs=latency_inputs,
     )
     rows = run(cfg)
     if rows:
