@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from ocrquant.api import build_task, check_model_input
-from ocrquant.data import load_image, open_dataset, sample_root
+from ocrquant.data import open_dataset, sample_root
 from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation import EvalResult, evaluate
+from ocrquant.evaluation.evaluate import preprocessed_inputs
 from ocrquant.fileio import write_json_atomic, write_text_atomic
 from ocrquant.report import ReportRow, render_markdown
 from ocrquant.runtime import RuntimeOptions, create_runner
@@ -87,16 +88,6 @@ def _eval_cached(
         keep_samples=True,
     )
     return result
-
-
-def _latency_inputs(task_obj: Any, dataset: Any, n: int) -> list[Any]:
-    inputs = []
-    for sample in dataset.samples[: max(n, 1)]:
-        try:
-            inputs.append(task_obj.preprocess([load_image(sample)]).inputs)
-        except OcrQuantError:
-            continue
-    return inputs
 
 
 @dataclass
@@ -178,7 +169,7 @@ def run_task(task_name: str, cfg: RunConfig) -> ReportRow:
         fw_metric = fw_res.primary
     lat = interleaved_latency(
         {"float": model.path, "int8": int8_path},
-        _latency_inputs(task_obj, test_set, cfg.latency_inputs),
+        preprocessed_inputs(task_obj, test_set, cfg.latency_inputs),
         threads=cfg.threads,
     )
     sidecar = _read_sidecar(int8_path)

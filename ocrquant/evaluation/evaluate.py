@@ -116,6 +116,24 @@ class PartialLog:
         if remove and self.path is not None and self.path.exists():
             self.path.unlink()
 
+    def finish(self, output: Path | None, payload: dict[str, Any], completed: bool) -> None:
+        """Write the final result atomically and drop the partial log, but only for a complete run
+        (an interrupted one keeps its partial log so the next run resumes)."""
+        if output is not None and completed:
+            write_json_atomic(output, payload)
+            self.close(remove=True)
+
+
+def preprocessed_inputs(task: Task, dataset: Dataset, n: int) -> list[np.ndarray]:
+    """Batch-1 model inputs of the first ``n`` readable samples (what latency measurements feed)."""
+    inputs = []
+    for sample in dataset.samples[: max(n, 1)]:
+        try:
+            inputs.append(task.preprocess([load_image(sample)]).inputs)
+        except OcrQuantError:
+            continue
+    return inputs
+
 
 def _safe_json(line: str) -> Any:
     try:
@@ -195,9 +213,7 @@ def evaluate(
     )
     if not keep_samples:
         result.samples = []
-    if output is not None and completed:
-        write_json_atomic(output, result.to_json())
-        partial.close(remove=True)
+    partial.finish(output, result.to_json(), completed)
     return result
 
 

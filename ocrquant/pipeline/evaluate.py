@@ -22,7 +22,6 @@ import numpy as np
 from ocrquant.data.types import Dataset, DetTarget, load_image
 from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation.evaluate import PartialLog, progress_bar
-from ocrquant.fileio import write_json_atomic
 from ocrquant.metrics.e2e import LEXICON_FILES, E2EMetric, Lexicon, load_lexicon
 from ocrquant.pipeline.core import STAGES, OcrPipeline, PipelineConfig, StageModel
 
@@ -170,9 +169,7 @@ def evaluate_e2e(
     result = _summarise(samples, partial.done, lexicons, settings, dataset, wall_s, len(todo))
     if not keep_samples:
         result.samples = []
-    if output is not None and completed:
-        write_json_atomic(output, result.to_json())
-        partial.close(remove=True)
+    partial.finish(output, result.to_json(), completed)
     return result
 
 

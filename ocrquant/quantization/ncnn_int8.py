@@ -821,6 +821,7 @@ def ncnn_report(
     """
     from ocrquant.api import build_task, infer_task
     from ocrquant.data import load_image, open_dataset, sample_calibration
+    from ocrquant.evaluation.evaluate import preprocessed_inputs
     from ocrquant.frontends.ncnn_export import ncnn_model_for
     from ocrquant.report import ReportRow
     from ocrquant.runtime import RuntimeOptions, create_runner
@@ -896,9 +897,7 @@ def ncnn_report(
             {"backend": "onnxruntime", "model_sha": _file_sha([resolved.path])},
         )
         ort_metric = ort_res.primary
-    lat_inputs = []
-    for s in test_set.samples[: max(latency_images, 1)]:
-        lat_inputs.append(task_obj.preprocess([load_image(s)]).inputs)
+    lat_inputs = preprocessed_inputs(task_obj, test_set, latency_images)
     lat = interleaved_runs(runners, {k: lat_inputs for k in runners}, rounds=latency_rounds, warmup=1)
     size = {k: sum(p.stat().st_size for p in v) / 2**20 for k, v in files.items()}
     f_res, q_res = results["float"], results["int8"]

@@ -88,6 +88,12 @@ def quantize(
     fuse_hardswish = profile.fuse_hardswish if cfg.fuse_hardswish is None else cfg.fuse_hardswish
     resolved = resolve_model(model_path)
     task_name = infer_task(resolved, task_name)
+    if is_quantized(load_model(resolved.path)):
+        raise OcrQuantError(
+            "model is already quantized (has QuantizeLinear/DequantizeLinear or QLinear* "
+            "nodes); pass the float model",
+            resolved.path,
+        )
     method, method_options = resolve_method(cfg, task_name)
     if method == "auto":  # choose the range method on held-out calibration-side images
         from ocrquant.quantization.method_search import quantize_auto
@@ -97,12 +103,6 @@ def quantize(
     algorithm_names = list(defaults) if cfg.algorithms is None else list(cfg.algorithms)
     algorithms = [create_algorithm(n, **cfg.algorithm_options.get(n, {})) for n in algorithm_names]
     calibrator = create_calibrator(method, **method_options)
-    if is_quantized(load_model(resolved.path)):
-        raise OcrQuantError(
-            "model is already quantized (has QuantizeLinear/DequantizeLinear or QLinear* "
-            "nodes); pass the float model",
-            resolved.path,
-        )
     output = Path(output)
     if output.suffix.lower() != ".onnx":
         raise OcrQuantError("output must be an .onnx file", output)
