@@ -37,9 +37,8 @@ def main() -> None:
             threads=args.threads, rounds=args.rounds,
         )  # fmt: skip
         f, q = lat["fp32"], lat["int8"]
-        print(
-            f"{task}: fp32 {f.median_ms:.2f} ms, int8 {q.median_ms:.2f} ms, speed-up {f.median_ms / q.median_ms:.2f}x"
-        )
+        ratio = f.median_ms / q.median_ms
+        print(f"{task}: fp32 {f.median_ms:.2f} ms, int8 {q.median_ms:.2f} ms, speed-up {ratio:.2f}x")
 
 
 if __name__ == "__main__":
