@@ -173,27 +173,21 @@ def run_task(task_name: str, cfg: RunConfig) -> ReportRow:
         threads=cfg.threads,
     )
     sidecar = _read_sidecar(int8_path)
-    return ReportRow(
-        model=model.name,
-        task=task_name,
-        metric=f_res.settings["primary_metric"],
-        float_metric=f_res.primary,
-        int8_metric=q_res.primary,
-        test_size=f_res.count,
-        float_ms=lat["float"].median_ms,
-        int8_ms=lat["int8"].median_ms,
-        float_mb=round(model.path.stat().st_size / 2**20, 3),
-        int8_mb=round(int8_path.stat().st_size / 2**20, 3),
-        framework_metric=fw_metric,
-        framework=model.framework,
-        float_nodes=list(sidecar.get("float_nodes", [])),
-        details={
-            "float metrics": _round(f_res.metrics),
-            "int8 metrics": _round(q_res.metrics),
+    return ReportRow.from_evals(
+        model.name,
+        task_name,
+        f_res,
+        q_res,
+        (lat["float"].median_ms, lat["int8"].median_ms),
+        (model.path.stat().st_size / 2**20, int8_path.stat().st_size / 2**20),
+        {
             "nodes quantized/float per op type": _node_counts(sidecar.get("node_counts", {})),
             "quantization": _quant_summary(sidecar.get("settings", {})),
             "int8 model": str(int8_path),
         },
+        framework_metric=fw_metric,
+        framework=model.framework,
+        float_nodes=list(sidecar.get("float_nodes", [])),
     )
 
 
@@ -258,7 +252,3 @@ def _quant_summary(settings: dict[str, Any]) -> str:
     keys = ("method", "algorithms", "calib_size", "calib_data", "per_channel", "dtype_overrides", "exclude")
     parts = [f"target {name}"] + [f"{k} {settings[k]}" for k in keys if settings.get(k) not in (None, [], {})]
     return "; ".join(parts)
-
-
-def _round(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}

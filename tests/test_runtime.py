@@ -22,17 +22,6 @@ from ocrquant.runtime.tensorrt import NO_GPU, cuda_device_count
 
 
 @pytest.fixture(scope="module")
-def cls_model() -> Path:
-    from ocrquant.zoo.resolve import resolve_model
-
-    try:
-        path = resolve_model("ppocrv3-cls").path
-    except OcrQuantError as exc:
-        pytest.skip(f"zoo model ppocrv3-cls not available: {exc}")
-    return path
-
-
-@pytest.fixture(scope="module")
 def cls_inputs() -> list[np.ndarray]:
     return make_inputs("cls", sample_root() / "rec", (4, 3, 48, 192), count=1)
 
@@ -50,8 +39,11 @@ def _tiny_model(path: Path) -> Path:
         helper.make_node("MatMul", ["f", "fc"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], [w, fc],
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        [w, fc],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
@@ -72,8 +64,11 @@ def _qdq_reshape_mul_model() -> onnx.ModelProto:
         helper.make_node("Mul", ["x", "gd"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "qdqmul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 6])], [gamma, shape, scale, zp],
+        nodes,
+        "qdqmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 6])],
+        [gamma, shape, scale, zp],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
@@ -136,9 +131,24 @@ def test_tensorrt_without_gpu_fails_clearly(tmp_path: Path) -> None:
         create_runner(model, "tensorrt")
     assert str(info.value) == NO_GPU
     proc = subprocess.run(
-        [sys.executable, "-m", "ocrquant.cli.main", "bench", "-m", str(model), "--task", "cls",
-         "--backend", "tensorrt", "--rounds", "1", "--no-memory"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "ocrquant.cli.main",
+            "bench",
+            "-m",
+            str(model),
+            "--task",
+            "cls",
+            "--backend",
+            "tensorrt",
+            "--rounds",
+            "1",
+            "--no-memory",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {NO_GPU}"

@@ -101,14 +101,6 @@ def test_explicit_validation_set_drops_calibration_images_and_full_use_is_an_err
 
 
 # ------------------------------------------------------------------ real model: PP-OCRv3 cls
-@pytest.fixture(scope="module")
-def cls_model() -> Path:
-    from ocrquant.zoo.resolve import resolve_model
-
-    try:
-        return resolve_model("ppocrv3-cls").path
-    except OcrQuantError as exc:
-        pytest.skip(f"zoo model unavailable: {exc}")
 
 
 @pytest.fixture(scope="module")

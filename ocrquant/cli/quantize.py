@@ -96,16 +96,9 @@ def quantize_cmd(
 ) -> None:
     """Quantize a float model to INT8 (QDQ) with calibrated ranges; print what was quantized."""
     from ocrquant.quantization import QuantConfig, quantize
-    from ocrquant.quantization.targets import get_target
 
-    if no_default_algos:
-        algorithms: list[str] | None = list(algo or [])
-    elif algo:
-        profile = get_target(target)
-        defaults = list(profile.task_algorithms.get(task or "", profile.default_algorithms))
-        algorithms = defaults + [a for a in algo if a not in defaults]
-    else:
-        algorithms = None  # the target's (per-task) defaults
+    # None: the target's per-task defaults (resolved once the task is known), plus --algo
+    algorithms: list[str] | None = list(algo or []) if no_default_algos else None
     config = QuantConfig(
         method=method,
         method_options={"percentile": percentile} if percentile is not None else None,
@@ -116,6 +109,7 @@ def quantize_cmd(
         per_channel=per_channel,
         exclude=list(exclude or []),
         algorithms=algorithms,
+        extra_algorithms=[] if no_default_algos else list(algo or []),
         dtype_overrides={t: "int16" for t in int16 or []},
         cache_dir=cache_dir,
         use_cache=not no_cache,

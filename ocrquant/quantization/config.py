@@ -43,6 +43,7 @@ class QuantConfig:
     exclude: list[str] = field(default_factory=list)  # node names, op types or glob patterns kept float
     # None: the target profile's default_algorithms (ort-cpu: hs_cle, hs_floor); [] runs none.
     algorithms: list[str] | None = None
+    extra_algorithms: list[str] = field(default_factory=list)  # appended to the defaults (CLI --algo)
     algorithm_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     dtype_overrides: dict[str, str] = field(default_factory=dict)  # activation tensor -> int16 etc.
     cache_dir: Path | None = None  # calibration cache; None: $OCRQUANT_HOME/calib

@@ -55,7 +55,9 @@ def quantize_auto(
     from ocrquant.analysis.sensitivity import split_validation
     from ocrquant.api import build_task, infer_task
     from ocrquant.evaluation import evaluate
-    from ocrquant.quantization.pipeline import quantize, sidecar_path
+    from ocrquant.quantization.algorithms.base import ALGORITHMS, create_algorithm
+    from ocrquant.quantization.pipeline import algorithm_names, quantize, sidecar_path
+    from ocrquant.quantization.targets import get_target, host_profile
     from ocrquant.runtime import RuntimeOptions, create_runner
     from ocrquant.zoo.resolve import resolve_model
 
@@ -76,27 +78,68 @@ def quantize_auto(
     output = Path(output)
     rows: list[dict[str, Any]] = []
     best: tuple[float, int] | None = None
+    # Candidates are compared without the algorithms that edit the written model (bias correction:
+    # minutes per model, and it corrects what any range method leaves); the chosen one gets them all.
+    names = algorithm_names(config, task_name)
+    for n in names:
+        create_algorithm(n, **config.algorithm_options.get(n, {}))  # unknown names fail before any work
+    search_names = [n for n in names if ALGORITHMS[n].stage != "qdq"]
+
+    def _validate(model_file: str | Path) -> float:
+        runner = create_runner(Path(model_file), "onnxruntime", RuntimeOptions(threads=2))
+        res = evaluate(
+            task, runner, val_set, model_name=Path(model_file).stem, progress=False, keep_samples=False
+        )
+        return float(res.primary)
+
     for i, (method, options) in enumerate(CANDIDATES):
         cand = output.with_name(f"{output.stem}.{_tag(method, options)}.onnx")
-        cfg = replace(config, method=method, method_options=dict(options), calib_size=calib_size)
+        cfg = replace(
+            config,
+            method=method,
+            method_options=dict(options),
+            calib_size=calib_size,
+            algorithms=search_names,
+            extra_algorithms=[],
+        )
         quantize(resolved.path, task_name, calib, cand, cfg)
-        runner = create_runner(cand, "onnxruntime", RuntimeOptions(threads=2))
-        res = evaluate(task, runner, val_set, model_name=cand.stem, progress=False, keep_samples=False)
-        rows.append(
-            {"method": method, "options": options, "val_metric": round(res.primary, 6), "file": str(cand)}
-        )
-        log.info(
-            "auto: %s %s -> validation %s %.4f", method, options, res.settings["primary_metric"], res.primary
-        )
-        if best is None or res.primary > best[0]:
-            best = (res.primary, i)
+        metric = _validate(cand)
+        rows.append({"method": method, "options": options, "val_metric": round(metric, 6), "file": str(cand)})
+        log.info("auto: %s %s -> validation %.4f", method, options, metric)
+        if best is None or metric > best[0]:
+            best = (metric, i)
     assert best is not None
     chosen = rows[best[1]]
+    final_cfg = replace(
+        config, method=chosen["method"], method_options=chosen["options"], calib_size=calib_size
+    )
+    if search_names != names:
+        quantize(
+            resolved.path,
+            task_name,
+            calib,
+            chosen["file"],
+            replace(final_cfg, algorithms=names, extra_algorithms=[]),
+        )
+        chosen["val_metric_all_algorithms"] = round(_validate(chosen["file"]), 6)
+    baseline = chosen.get("val_metric_all_algorithms", chosen["val_metric"])
+    # Algorithms that help some models and hurt others: kept where the held-out metric rises.
+    profile = host_profile(get_target(config.target))
+    for extra in (a for a in profile.validated_algorithms if a not in names and config.algorithms is None):
+        cand = output.with_name(f"{output.stem}.{_tag(chosen['method'], chosen['options'])}-{extra}.onnx")
+        trial = replace(final_cfg, algorithms=names + [extra], extra_algorithms=[])
+        quantize(resolved.path, task_name, calib, cand, trial)
+        metric = _validate(cand)
+        row = {**{k: chosen[k] for k in ("method", "options")}, "algorithm": extra}
+        rows.append({**row, "val_metric": round(metric, 6), "file": str(cand)})
+        log.info("auto: + %s -> validation %.4f (without: %.4f)", extra, metric, baseline)
+        if metric > baseline:
+            names, chosen, baseline = names + [extra], rows[-1], metric
     shutil.copyfile(chosen["file"], output.with_suffix(".onnx.tmp"))
     Path(output.with_suffix(".onnx.tmp")).replace(output)
     side = json.loads(sidecar_path(Path(chosen["file"])).read_text())
     side["method_search"] = {
-        "chosen": {"method": chosen["method"], "options": chosen["options"]},
+        "chosen": {"method": chosen["method"], "options": chosen["options"], "algorithms": names},
         "validation": {"source": split.source, "size": len(split.validation), "calib_size": calib_size},
         "candidates": [{k: v for k, v in r.items() if k != "file"} for r in rows],
     }
@@ -104,9 +147,6 @@ def quantize_auto(
     for r in rows:  # the candidates were only for choosing
         Path(r["file"]).unlink(missing_ok=True)
         sidecar_path(Path(r["file"])).unlink(missing_ok=True)
-    final_cfg = replace(
-        config, method=chosen["method"], method_options=chosen["options"], calib_size=calib_size
-    )
     result = quantize_result_from_sidecar(output, side, final_cfg)
     return result, rows
 

@@ -900,27 +900,18 @@ def ncnn_report(
     lat_inputs = preprocessed_inputs(task_obj, test_set, latency_images)
     lat = interleaved_runs(runners, {k: lat_inputs for k in runners}, rounds=latency_rounds, warmup=1)
     size = {k: sum(p.stat().st_size for p in v) / 2**20 for k, v in files.items()}
-    f_res, q_res = results["float"], results["int8"]
-    return ReportRow(
-        model=resolved.name,
-        task=task_name,
-        metric=f_res.settings["primary_metric"],
-        float_metric=f_res.primary,
-        int8_metric=q_res.primary,
-        test_size=f_res.count,
-        float_ms=lat["float"].median_ms,
-        int8_ms=lat["int8"].median_ms,
-        float_mb=round(size["float"], 3),
-        int8_mb=round(size["int8"], 3),
+    return ReportRow.from_evals(
+        resolved.name,
+        task_name,
+        results["float"],
+        results["int8"],
+        (lat["float"].median_ms, lat["int8"].median_ms),
+        (size["float"], size["int8"]),
         framework=resolved.framework,
         float_nodes=q.float_weight_layers,
         details={
             "backend": "ncnn",
             "onnxruntime float metric": ort_metric,
-            "float metrics": {
-                k: round(v, 6) if isinstance(v, float) else v for k, v in f_res.metrics.items()
-            },
-            "int8 metrics": {k: round(v, 6) if isinstance(v, float) else v for k, v in q_res.metrics.items()},
             "calibration": {
                 "method": method,
                 "images": q.calib_size,

@@ -37,6 +37,17 @@ from ocrquant.tasks import Task
 log = logging.getLogger("ocrquant")
 
 
+def algorithm_names(cfg: QuantConfig, task_name: str) -> list[str]:
+    """The accuracy algorithms a run applies: the config's list, else the host profile's for the task,
+    then ``extra_algorithms``."""
+    if cfg.algorithms is not None:
+        names = list(cfg.algorithms)
+    else:
+        profile = host_profile(get_target(cfg.target))
+        names = list(profile.task_algorithms.get(task_name, profile.default_algorithms))
+    return names + [n for n in cfg.extra_algorithms if n not in names]
+
+
 def sidecar_path(output: str | Path) -> Path:
     output = Path(output)
     return output.with_name(output.stem + ".quant.json")
@@ -99,9 +110,9 @@ def quantize(
         from ocrquant.quantization.method_search import quantize_auto
 
         return quantize_auto(model_path, task_name, calib_dataset, output, cfg)[0]
-    defaults = profile.task_algorithms.get(task_name, profile.default_algorithms)
-    algorithm_names = list(defaults) if cfg.algorithms is None else list(cfg.algorithms)
-    algorithms = [create_algorithm(n, **cfg.algorithm_options.get(n, {})) for n in algorithm_names]
+    algorithms = [
+        create_algorithm(n, **cfg.algorithm_options.get(n, {})) for n in algorithm_names(cfg, task_name)
+    ]
     calibrator = create_calibrator(method, **method_options)
     output = Path(output)
     if output.suffix.lower() != ".onnx":
@@ -207,7 +218,7 @@ def quantize(
                 "method_options": method_options,
                 "per_channel": profile.per_channel if cfg.per_channel is None else cfg.per_channel,
                 "exclude": cfg.exclude,
-                "algorithms": algorithm_names,
+                "algorithms": [a.name for a in algorithms],
                 "fuse_hardswish": fuse_hardswish,
                 "algorithm_options": cfg.algorithm_options,
                 "dtype_overrides": cfg.dtype_overrides,

@@ -33,6 +33,7 @@ from ocrquant.quantization.graph import (
     producers,
     weight_axis,
 )
+from ocrquant.quantization.saturation import PAIR_LAYOUT_OPS, pair_safe_scale
 from ocrquant.quantization.targets import QTYPES, TargetProfile, compute_scale_zp
 
 log = logging.getLogger("ocrquant")
@@ -152,12 +153,57 @@ def adjust_ranges(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
     return out
 
 
+def float_output_matmuls(model: onnx.ModelProto, selected: set[str]) -> set[str]:
+    """Outputs of quantized MatMul/Gemm read only by float nodes (the logits before a float Softmax).
+
+    ORT runs DQ -> MatMul -> float as ``MatMulIntegerToFloat`` (QGemm with a float output for Gemm):
+    integer arithmetic either way, so a Q/DQ pair there would only round the logits to 8 bits, where
+    CTC and classification take an argmax between close values.
+    """
+    cons = consumers(model)
+    out = set()
+    for node in model.graph.node:
+        if node.name in selected and node.op_type in ("MatMul", "Gemm"):
+            readers = cons.get(node.output[0], [])
+            if readers and all(r.name not in selected for r in readers):
+                out.add(node.output[0])
+    return out
+
+
+def drop_qdq_pairs(qmodel: onnx.ModelProto, tensors: set[str]) -> None:
+    """Remove the Q -> DQ pairs written on ``tensors``: their readers get the float tensor back."""
+    cons = consumers(qmodel)
+    dead: set[int] = set()
+    for node in qmodel.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] not in tensors:
+            continue
+        dqs = cons.get(node.output[0], [])
+        if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs):
+            continue
+        for dq in dqs:
+            for reader in cons.get(dq.output[0], []):
+                reader.input[:] = [node.input[0] if i == dq.output[0] else i for i in reader.input]
+            for out in qmodel.graph.output:
+                if out.name == dq.output[0]:
+                    raise OcrQuantError(f"cannot drop the Q/DQ pair of {node.input[0]}: it is a model output")
+            dead.add(id(dq))
+        dead.add(id(node))
+    keep = [n for n in qmodel.graph.node if id(n) not in dead]
+    del qmodel.graph.node[:]
+    qmodel.graph.node.extend(keep)
+    used = {i for n in keep for i in n.input}
+    live = [t for t in qmodel.graph.initializer if t.name in used]
+    del qmodel.graph.initializer[:]
+    qmodel.graph.initializer.extend(live)
+
+
 def _qtype(dtype: str):
     from onnxruntime.quantization import QuantType
 
     return {
         "int8": QuantType.QInt8,
         "int7": QuantType.QInt8,
+        "int8p": QuantType.QInt8,
         "uint8": QuantType.QUInt8,
         "int16": QuantType.QInt16,
         "uint16": QuantType.QUInt16,
@@ -187,15 +233,13 @@ def build_overrides(
                 w = numpy_helper.to_array(inits[name]).astype(np.float64)
                 is_weight = node.op_type in WEIGHTED_OPS and slot == 1
                 dtype = prof.weight_dtype if is_weight else prof.activation_dtype
-                if is_weight and dtype == "int7" and not _narrowed(node, inits, prof, graph_inputs):
+                if is_weight and dtype in NARROW_DTYPES and not _narrowed(node, inits, prof, graph_inputs):
                     dtype = "int8"
                 symmetric = prof.weight_symmetric if is_weight else prof.activation_symmetric
                 if is_weight and per_channel and w.ndim >= 2:
                     axis = weight_axis(node) % w.ndim
                     red = tuple(i for i in range(w.ndim) if i != axis)
-                    scale, zp = compute_scale_zp(
-                        w.min(axis=red), w.max(axis=red), dtype, symmetric, prof.constrain
-                    )
+                    scale, zp = _weight_scale_zp(node, w, axis, red, dtype, symmetric, prof)
                     scale = _bias_safe_scale(model, node, inits, ranges, plan, scale)
                     overrides[name] = [
                         {
@@ -214,6 +258,8 @@ def build_overrides(
                         "zero_point": zp,
                     }
                 else:
+                    if dtype == "int8p":  # no per-channel pair bound here: the 7-bit grid is the safe one
+                        dtype = "int7"
                     scale, zp = compute_scale_zp(w.min(), w.max(), dtype, symmetric, prof.constrain)
                     overrides[name] = [
                         {
@@ -248,6 +294,29 @@ def build_overrides(
                     "range": [lo, hi],
                 }
     return overrides, planned
+
+
+# Weight dtypes that avoid the AVX2 u8 x s8 pair saturation (applied where ``_narrowed`` says).
+NARROW_DTYPES = ("int7", "int8p")
+
+
+def _weight_scale_zp(
+    node: onnx.NodeProto,
+    w: np.ndarray,
+    axis: int,
+    red: tuple[int, ...],
+    dtype: str,
+    symmetric: bool,
+    prof: TargetProfile,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel weight scale and zero point; ``int8p`` takes the pair-safe scale where the op's
+    reduction layout is known and the 7-bit grid elsewhere (the safe bound without a layout)."""
+    if dtype == "int8p":
+        if symmetric and node.op_type in PAIR_LAYOUT_OPS and axis == weight_axis(node) % w.ndim:
+            scale = prof.constrain(pair_safe_scale(w, node.op_type))
+            return scale, np.zeros(scale.shape, dtype=np.int8)
+        dtype = "int7"
+    return compute_scale_zp(w.min(axis=red), w.max(axis=red), dtype, symmetric, prof.constrain)
 
 
 def _narrowed(
@@ -375,8 +444,10 @@ def write_qdq_model(
             raise OcrQuantError(f"onnxruntime QDQ rewrite failed: {type(exc).__name__}: {exc}") from exc
         finally:
             root.setLevel(root_level)
-        quantizer.model.topological_sort()
         qmodel = quantizer.model.model
+        if not prof.quantize_graph_outputs:
+            drop_qdq_pairs(qmodel, float_output_matmuls(model, selected))
+        quantizer.model.topological_sort()
         _restore_metadata(qmodel, model)
         try:
             onnx.checker.check_model(qmodel)

@@ -21,6 +21,9 @@ QTYPES: dict[str, tuple[type, int, int]] = {
     "int8": (np.int8, -128, 127),
     # int8 storage, 7-bit grid: keeps u8 x s8 pair sums inside int16 for AVX2 kernels without VNNI.
     "int7": (np.int8, -64, 63),
+    # int8 grid whose per-channel scales keep every pair sum inside int16 (quantization/saturation.py):
+    # 8-bit precision where a channel's large weights are not paired, 7-bit only where they are.
+    "int8p": (np.int8, -128, 127),
     "uint8": (np.uint8, 0, 255),
     "int16": (np.int16, -32768, 32767),
     "uint16": (np.uint16, 0, 65535),
@@ -74,6 +77,9 @@ class TargetProfile:
     # replacements of that list where a task measured differently.
     default_algorithms: tuple[str, ...] = ()
     task_algorithms: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Algorithms whose effect differs between models, so ``--method auto`` applies each one only where
+    # it raises the metric on the held-out calibration-side images (never the test set).
+    validated_algorithms: tuple[str, ...] = ()
     # Weight type on a host CPU without VNNI (see :func:`host_profile`), for the weighted ops in
     # ``narrow_weight_scope``: "input" = the ops reading a model input, "dense" = every non-depthwise
     # one. None: weight_dtype everywhere.
@@ -171,8 +177,10 @@ def register_target(profile: TargetProfile) -> TargetProfile:
 # * HS-CLE (algorithms/hs_cle.py) rewrites each Conv->HardSwish->Conv HardSwish as a depthwise 1x1
 #   gate Conv + QLinearMul: 2 integer kernels per HardSwish instead of 4 (rec 1.43x -> 1.54x).
 # * Without VNNI (this project's AVX2 EPYC) MLAS's u8s8 kernels saturate int16 pair sums, so weights
-#   are 7-bit where that measurably helps (host_profile + algorithms/weight_width.py). uint8 weights
-#   (U8U8 kernels, no saturation) keep accuracy but ran rec at 1.07x only.
+#   get pair-safe int8 scales (quantization/saturation.py: no same-sign pair above 128) where that
+#   measurably helps (host_profile + algorithms/weight_width.py). Versus 7-bit weights on the same
+#   layers: det hmean 0.4129 vs 0.4081 (full test set). uint8 weights (U8U8 kernels, no saturation)
+#   keep accuracy but ran rec at 1.07x only.
 ORT_CPU_LAYOUT_OPS = tuple(op for op in ORT_CPU_OPS if op != "ConvTranspose")
 
 register_target(
@@ -191,7 +199,10 @@ register_target(
         # det: HS-CLE's gate convs run at full image resolution there; measured first 100 det_test
         # images hmean 0.4266 with vs 0.4232 without (noise level), det kernel time +20% with it.
         task_algorithms={"det": ("hs_floor", "weight_width")},
-        weight_dtype_without_vnni="int7",
+        # Sequential bias correction: PP-OCRv3 rec full test 0.5888 -> 0.5980 (fp32 0.6086), but on
+        # cls logits (embedded sample) it lowered SQNR 28.0 -> 24.9 dB; so it is validated per model.
+        validated_algorithms=("bias_correction",),
+        weight_dtype_without_vnni="int8p",
     )
 )
 register_target(
@@ -274,9 +285,10 @@ def cpu_has_vnni(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 
 def host_profile(profile: TargetProfile, has_vnni: bool | None = None) -> TargetProfile:
-    """The profile adjusted to the CPU quantizing (and, for ort-cpu, running) the model: 7-bit dense
-    weights where the int8 kernels would saturate (``|w| <= 63`` keeps 255 * 63 * 2 inside int16).
-    Depthwise convs keep 8 bits: ORT runs them in a separate int32-accumulating kernel."""
+    """The profile adjusted to the CPU quantizing (and, for ort-cpu, running) the model: the
+    ``weight_dtype_without_vnni`` weights (pair-safe int8: every u8 x s8 pair sum inside int16) where
+    the int8 kernels would saturate. Depthwise convs keep plain 8 bits: ORT runs them in a separate
+    int32-accumulating kernel."""
     if profile.weight_dtype_without_vnni is None:
         return profile
     if has_vnni is None:

@@ -41,6 +41,43 @@ class ReportRow:
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "delta": round(self.delta, 6), "speedup": round(self.speedup, 3)}
 
+    @classmethod
+    def from_evals(
+        cls,
+        model: str,
+        task: str,
+        float_res: Any,
+        int8_res: Any,
+        latency_ms: tuple[float, float],
+        size_mb: tuple[float, float],
+        details: dict[str, Any],
+        **extra: Any,
+    ) -> ReportRow:
+        """A row from the float and INT8 :class:`~ocrquant.evaluation.EvalResult` of one model, with both
+        metric dicts (rounded) put first in ``details``; every runtime's report builds its row here."""
+        return cls(
+            model=model,
+            task=task,
+            metric=float_res.settings["primary_metric"],
+            float_metric=float_res.primary,
+            int8_metric=int8_res.primary,
+            test_size=float_res.count,
+            float_ms=latency_ms[0],
+            int8_ms=latency_ms[1],
+            float_mb=round(size_mb[0], 3),
+            int8_mb=round(size_mb[1], 3),
+            details={
+                "float metrics": _rounded(float_res.metrics),
+                "int8 metrics": _rounded(int8_res.metrics),
+                **details,
+            },
+            **extra,
+        )
+
+
+def _rounded(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
+
 
 COLUMNS = [
     "model",

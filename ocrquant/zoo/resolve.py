@@ -65,4 +65,17 @@ def resolve_model(spec: str | Path) -> ResolvedModel:
         raise OcrQuantError(f"no such model file, and not a zoo name (zoo: {', '.join(sorted(ZOO))})", path)
     if path.suffix.lower() != ".onnx":
         raise OcrQuantError("expected an .onnx file (convert other formats with `ocrquant convert`)", path)
-    return ResolvedModel(path, path.stem, None, "onnx", read_metadata(path))
+    return ResolvedModel(path, path.stem, sidecar_task(path), "onnx", read_metadata(path))
+
+
+def sidecar_task(path: Path) -> str | None:
+    """The task recorded in a quantized model's ``<stem>.quant.json`` sidecar, so that an INT8 model
+    ocrquant wrote needs no ``--task``; None when there is no readable sidecar."""
+    import json
+
+    side = path.with_name(path.stem + ".quant.json")
+    try:
+        task = json.loads(side.read_text(encoding="utf-8")).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return task if isinstance(task, str) else None

@@ -3,8 +3,8 @@
 Quantized weights and inputs shift the *mean* of a conv's output (rounding errors do not average to
 zero per channel). Running the float and the fake-quantized (QDQ) model on calibration inputs and
 comparing each quantized Conv's per-channel output mean gives that shift; subtracting it from the
-conv's (int32) bias removes it. All layers are corrected from one measurement (``iterations`` > 1
-re-measures after correcting, since upstream corrections change downstream shifts).
+conv's (int32) bias removes it. Layers are corrected in order, ``group_size`` at a time, each group
+measured after the ones before it were corrected (upstream corrections change downstream shifts).
 """
 
 from __future__ import annotations
@@ -23,14 +23,24 @@ from ocrquant.quantization.graph import initializers, producers
 
 
 def _channel_means(
-    model: onnx.ModelProto, tensors: list[str], batches, limit: int, desc: str, progress: bool
+    model: onnx.ModelProto,
+    tensors: list[str],
+    batches,
+    limit: int,
+    desc: str,
+    progress: bool,
+    clip: dict[str, tuple[float, float]],
 ) -> dict[str, np.ndarray]:
+    """Per-channel means of each tensor *as its Q node passes it on* (clipped to its quantization
+    range): a shift among values the next layer never sees (below a HardSwish floor, say) is no shift."""
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     for outs in iterate_outputs(
         model, tensors, itertools.islice(batches(), limit), desc=desc, progress=progress
     ):
         for t, v in outs.items():
+            if t in clip:
+                v = np.clip(v, *clip[t])
             c = v.shape[1]
             flat = np.moveaxis(v, 1, 0).reshape(c, -1)
             sums[t] = sums.get(t, 0) + flat.sum(axis=1, dtype=np.float64)
@@ -40,9 +50,9 @@ def _channel_means(
 
 @register_algorithm("bias_correction", stage="qdq")
 class BiasCorrection(Algorithm):
-    def __init__(self, max_batches: int = 32, iterations: int = 1) -> None:
+    def __init__(self, max_batches: int = 16, group_size: int = 1) -> None:
         self.max_batches = max_batches
-        self.iterations = iterations
+        self.group_size = max(1, group_size)
 
     def apply(self, ctx: AlgorithmContext) -> dict[str, Any]:
         assert ctx.qdq_path is not None
@@ -62,20 +72,27 @@ class BiasCorrection(Algorithm):
         names = [t for t in targets if t in float_conv_outputs]
         if not names:
             return {"corrected": 0}
+        clip = {t: ctx.plan.ranges[t] for t in names if t in ctx.plan.ranges}
         ref = _channel_means(
-            ctx.model, names, ctx.batches, self.max_batches, "bias correction (float)", ctx.progress
+            ctx.model, names, ctx.batches, self.max_batches, "bias correction (float)", ctx.progress, clip
         )
         shifts = []
-        for it in range(self.iterations):
+        # In topological order, a group at a time, each measured after the groups before it were
+        # corrected: a layer's shift is partly inherited from its inputs, so correcting every layer
+        # from one measurement counts upstream shifts twice (measured on PP-OCRv3 rec: all at once
+        # took the output SQNR from 19.9 dB to 4.7 dB).
+        for start in range(0, len(names), self.group_size):
+            group = names[start : start + self.group_size]
             got = _channel_means(
                 qmodel,
-                names,
+                group,
                 ctx.batches,
                 self.max_batches,
-                f"bias correction (quantized {it + 1})",
+                f"bias correction ({start + len(group)}/{len(names)})",
                 ctx.progress,
+                clip,
             )
-            for t in names:
+            for t in group:
                 proto, scale = targets[t]
                 delta = got[t] - ref[t]
                 q = numpy_helper.to_array(proto).astype(np.int64)

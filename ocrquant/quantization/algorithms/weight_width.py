@@ -1,14 +1,15 @@
-"""Choose where 7-bit weights are needed, by measuring the real integer kernels on calibration data.
+"""Choose where saturation-safe weights are needed, by measuring the real integer kernels.
 
 Why: without VNNI, onnxruntime's u8 x s8 kernels add two products into a saturating int16
-(:func:`ocrquant.quantization.targets.cpu_has_vnni`). Which layers actually saturate depends on the
-model's activations: on PP-OCRv3 cls, 7-bit weights on every dense conv were needed (full test set:
-0.727 vs 0.716 with only the image conv narrowed, fp32 0.7376), while on rec 7-bit dense weights
-cost more weight precision than the saturation they avoid (output SQNR 11.6 dB vs 16.3 dB; first 500
-crops 0.644 vs 0.668 with only the image conv narrowed). So the scope is measured, not fixed: each
-candidate scope is written as a QDQ model and run through onnxruntime's fused kernels (the kernels
-that deploy) on the first calibration batches; the scope whose output is closest to the float
-model's (SQNR) wins. Only runs when the host profile narrows weights (no VNNI).
+(:func:`ocrquant.quantization.targets.cpu_has_vnni`). The host profile's narrow weight type (pair-safe
+int8, ``quantization/saturation.py``; or the 7-bit grid) removes that overflow at some cost in weight
+precision, and which layers need it depends on the model's activations: the normalised image fills
+the whole u8 grid, so the image conv always saturates; deeper activations are often small. Measured
+(output SQNR vs float on calibration data, fused kernels): PP-OCRv3 rec 20.8 dB narrowing only the
+image conv vs 14.3 dB narrowing every dense conv (pair-safe), det 7.5 vs 11.1 dB. So the scope is
+measured, not fixed: each candidate scope is written as a QDQ model and run through onnxruntime's fused
+kernels (the kernels that deploy) on the first calibration batches; the scope whose output is closest
+to the float model's (SQNR) wins. Only runs when the host profile narrows weights (no VNNI).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import onnx
 
 from ocrquant.quantization.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
 from ocrquant.quantization.algorithms.fallback import _session, output_sqnr
-from ocrquant.quantization.qdq import write_qdq_model
+from ocrquant.quantization.qdq import NARROW_DTYPES, write_qdq_model
 
 SCOPES = ("input", "dense")
 
@@ -34,7 +35,7 @@ class WeightWidth(Algorithm):
 
     def apply(self, ctx: AlgorithmContext) -> dict[str, Any]:
         profile = ctx.plan.profile
-        if profile.weight_dtype != "int7":
+        if profile.weight_dtype not in NARROW_DTYPES:
             return {"skipped": "weights are not narrowed on this host"}
         inputs = list(itertools.islice(ctx.batches(), self.max_batches))
         fsess = _session(ctx.model)

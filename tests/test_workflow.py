@@ -1,0 +1,35 @@
+"""``ocrquant run`` end to end on the embedded sample: quantize, evaluate float and INT8, time, report,
+and resume without redoing finished steps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from ocrquant.cli.main import app
+
+
+def test_run_writes_report_and_resumes(cls_model: Path, tmp_path: Path) -> None:
+    # a copy outside the zoo, so the run does not publish into the user's INT8 model cache
+    model = tmp_path / "cls.onnx"
+    shutil.copy(cls_model, model)
+    out = tmp_path / "run"
+    args = ["run", "--task", "cls", "-m", f"cls={model}", "--method", "min_max", "--calib-size", "8",
+            "--latency-inputs", "2", "--limit", "24", "-o", str(out)]  # fmt: skip
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    report = json.loads((out / "report.json").read_text())
+    (row,) = report["rows"]
+    assert row["task"] == "cls" and row["test_size"] == 24  # --limit counts cls samples (crop x rotation)
+    assert 0.0 <= row["int8_metric"] <= 1.0 and row["float_metric"] > 0.5
+    assert row["float_ms"] > 0 and row["int8_ms"] > 0 and row["int8_mb"] < row["float_mb"]
+    assert f"| {row['model']} (cls, acc) |" in (out / "report.md").read_text()
+    int8 = out / "cls" / "cls.int8.onnx"
+    stamp = int8.stat().st_mtime_ns
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert int8.stat().st_mtime_ns == stamp  # the quantize step was found done, not redone
+    assert json.loads((out / "report.json").read_text())["rows"][0]["int8_metric"] == row["int8_metric"]
