@@ -205,25 +205,28 @@ register_target(
         weight_dtype_without_vnni="int8p",
     )
 )
+# The compute ops an int8 accelerator (TensorRT, NPUs) runs from Q/DQ-wrapped inputs.
+ACCELERATOR_OPS = (
+    "Conv",
+    "ConvTranspose",
+    "MatMul",
+    "Gemm",
+    "Add",
+    "Mul",
+    "GlobalAveragePool",
+    "AveragePool",
+    "MaxPool",
+    "Concat",
+    "Resize",
+    "Sigmoid",
+)
+
 register_target(
     TargetProfile(
         name="tensorrt",
         description="TensorRT explicit quantization: symmetric per-tensor int8 activations, per-channel "
         "symmetric int8 weights, Q/DQ on the inputs of compute ops, one Q/DQ pair per consumer",
-        op_types=(
-            "Conv",
-            "ConvTranspose",
-            "MatMul",
-            "Gemm",
-            "Add",
-            "Mul",
-            "GlobalAveragePool",
-            "AveragePool",
-            "MaxPool",
-            "Concat",
-            "Resize",
-            "Sigmoid",
-        ),
+        op_types=ACCELERATOR_OPS,
         activation_dtype="int8",
         activation_symmetric=True,
         per_channel=True,
@@ -238,24 +241,8 @@ register_target(
         name="npu-pow2",
         description="integer-only NPU: symmetric per-tensor int8 everywhere, power-of-two scales (shift "
         "rescaling)",
-        op_types=(
-            "Conv",
-            "ConvTranspose",
-            "MatMul",
-            "Gemm",
-            "Add",
-            "Mul",
-            "GlobalAveragePool",
-            "AveragePool",
-            "MaxPool",
-            "Concat",
-            "Resize",
-            "Relu",
-            "Clip",
-            "Sigmoid",
-            "Reshape",
-            "Transpose",
-        ),
+        # an integer-only NPU also runs the activations and layout ops in int8
+        op_types=ACCELERATOR_OPS + ("Relu", "Clip", "Reshape", "Transpose"),
         activation_dtype="int8",
         activation_symmetric=True,
         per_channel=False,
