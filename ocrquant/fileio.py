@@ -1,4 +1,5 @@
-"""Atomic writes: an interrupted job never leaves a half-written output behind."""
+"""Atomic writes: an interrupted job never leaves a half-written output behind. Also the one place
+that knows where a quantized model's ``.quant.json`` sidecar lives."""
 
 from __future__ import annotations
 
@@ -65,3 +66,15 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def sidecar_path(model: str | Path) -> Path:
+    """``<stem>.quant.json`` beside a quantized model: what ocrquant decided and measured for it."""
+    model = Path(model)
+    return model.with_name(model.stem + ".quant.json")
+
+
+def read_sidecar(model: str | Path) -> dict[str, Any]:
+    """The model's sidecar as a dict; empty when there is none."""
+    side = sidecar_path(model)
+    return json.loads(side.read_text(encoding="utf-8")) if side.exists() else {}

@@ -17,7 +17,7 @@ from ocrquant.data import open_dataset, sample_root
 from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation import EvalResult, evaluate
 from ocrquant.evaluation.evaluate import preprocessed_inputs
-from ocrquant.fileio import write_json_atomic, write_text_atomic
+from ocrquant.fileio import read_sidecar, write_json_atomic, write_text_atomic
 from ocrquant.report import ReportRow, render_markdown
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.runtime.timing import interleaved_latency
@@ -172,7 +172,7 @@ def run_task(task_name: str, cfg: RunConfig) -> ReportRow:
         preprocessed_inputs(task_obj, test_set, cfg.latency_inputs),
         threads=cfg.threads,
     )
-    sidecar = _read_sidecar(int8_path)
+    sidecar = read_sidecar(int8_path)
     return ReportRow.from_evals(
         model.name,
         task_name,
@@ -226,13 +226,6 @@ def run_e2e(cfg: RunConfig) -> list[dict[str, Any]]:
         q["rec"].model.path, q["rec"].int8_path, dataset, lexicon=lexicon, limit=cfg.limit,
         output_dir=cfg.out_dir / "e2e", runtime=RuntimeOptions(threads=cfg.threads),
     )  # fmt: skip
-
-
-def _read_sidecar(int8_path: Path) -> dict[str, Any]:
-    from ocrquant.quantization import sidecar_path
-
-    side = sidecar_path(int8_path)
-    return json.loads(side.read_text()) if side.exists() else {}
 
 
 def _plain(obj: Any) -> Any:

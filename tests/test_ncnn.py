@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from ocrquant.errors import OcrQuantError
+from tests.conftest import zoo_model_path
 
 ncnn = pytest.importorskip("ncnn", reason="ncnn not installed (pip install 'ocrquant[ncnn]')")
 
@@ -29,15 +30,6 @@ def _pnnx_or_skip() -> None:
         pytest.skip(str(exc))
 
 
-def _det_onnx() -> Path:
-    from ocrquant.zoo.resolve import resolve_model
-
-    try:
-        return resolve_model("ppocrv3-det").path
-    except OcrQuantError as exc:  # pragma: no cover - offline machine
-        pytest.skip(f"cannot fetch ppocrv3-det: {exc}")
-
-
 @pytest.fixture(scope="module")
 def det_ncnn(tmp_path_factory: pytest.TempPathFactory):
     """PP-OCRv3 det converted once (ONNX route, with the Resize fix) into a temporary directory."""
@@ -46,7 +38,7 @@ def det_ncnn(tmp_path_factory: pytest.TempPathFactory):
     _pnnx_or_skip()
     work = tmp_path_factory.mktemp("ncnn")
     onnx_path = work / "det.onnx"
-    shutil.copyfile(_det_onnx(), onnx_path)
+    shutil.copyfile(zoo_model_path("ppocrv3-det"), onnx_path)
     return onnx_path, convert_onnx(onnx_path)
 
 

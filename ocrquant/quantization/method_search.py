@@ -57,7 +57,7 @@ def quantize_auto(
     from ocrquant.evaluation import evaluate
     from ocrquant.quantization.algorithms.base import ALGORITHMS, create_algorithm
     from ocrquant.quantization.pipeline import algorithm_names, quantize, sidecar_path
-    from ocrquant.quantization.targets import get_target, host_profile
+    from ocrquant.quantization.targets import get_target
     from ocrquant.runtime import RuntimeOptions, create_runner
     from ocrquant.zoo.resolve import resolve_model
 
@@ -124,14 +124,16 @@ def quantize_auto(
         chosen["val_metric_all_algorithms"] = round(_validate(chosen["file"]), 6)
     baseline = chosen.get("val_metric_all_algorithms", chosen["val_metric"])
     # Algorithms that help some models and hurt others: kept where the held-out metric rises.
-    profile = host_profile(get_target(config.target))
+    profile = get_target(config.target)
     for extra in (a for a in profile.validated_algorithms if a not in names and config.algorithms is None):
         cand = output.with_name(f"{output.stem}.{_tag(chosen['method'], chosen['options'])}-{extra}.onnx")
         trial = replace(final_cfg, algorithms=names + [extra], extra_algorithms=[])
         quantize(resolved.path, task_name, calib, cand, trial)
         metric = _validate(cand)
-        row = {**{k: chosen[k] for k in ("method", "options")}, "algorithm": extra}
-        rows.append({**row, "val_metric": round(metric, 6), "file": str(cand)})
+        rows.append(
+            {"method": chosen["method"], "options": chosen["options"], "algorithm": extra,
+             "val_metric": round(metric, 6), "file": str(cand)}
+        )  # fmt: skip
         log.info("auto: + %s -> validation %.4f (without: %.4f)", extra, metric, baseline)
         if metric > baseline:
             names, chosen, baseline = names + [extra], rows[-1], metric

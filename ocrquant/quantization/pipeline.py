@@ -17,7 +17,7 @@ import onnx
 
 from ocrquant.data import Dataset, Sample, load_image, open_dataset, sample_calibration
 from ocrquant.errors import OcrQuantError
-from ocrquant.fileio import atomic_path, sha256_file, write_json_atomic
+from ocrquant.fileio import atomic_path, sha256_file, sidecar_path, write_json_atomic
 from ocrquant.quantization.algorithms import AlgorithmContext, create_algorithm
 from ocrquant.quantization.calibration import (
     QSpec,
@@ -43,14 +43,9 @@ def algorithm_names(cfg: QuantConfig, task_name: str) -> list[str]:
     if cfg.algorithms is not None:
         names = list(cfg.algorithms)
     else:
-        profile = host_profile(get_target(cfg.target))
+        profile = get_target(cfg.target)  # the host adjustment changes weight types, not algorithms
         names = list(profile.task_algorithms.get(task_name, profile.default_algorithms))
     return names + [n for n in cfg.extra_algorithms if n not in names]
-
-
-def sidecar_path(output: str | Path) -> Path:
-    output = Path(output)
-    return output.with_name(output.stem + ".quant.json")
 
 
 def calibration_batches(

@@ -171,7 +171,8 @@ def float_output_matmuls(model: onnx.ModelProto, selected: set[str]) -> set[str]
 
 
 def drop_qdq_pairs(qmodel: onnx.ModelProto, tensors: set[str]) -> None:
-    """Remove the Q -> DQ pairs written on ``tensors``: their readers get the float tensor back."""
+    """Remove the Q -> DQ pairs written on ``tensors``: their readers get the float tensor back.
+    Initializers no node reads any more (the pairs' scales and zero points) are dropped too."""
     cons = consumers(qmodel)
     dead: set[int] = set()
     for node in qmodel.graph.node:
@@ -180,12 +181,11 @@ def drop_qdq_pairs(qmodel: onnx.ModelProto, tensors: set[str]) -> None:
         dqs = cons.get(node.output[0], [])
         if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs):
             continue
+        if any(out.name == dq.output[0] for dq in dqs for out in qmodel.graph.output):
+            raise OcrQuantError(f"cannot drop the Q/DQ pair of {node.input[0]}: it is a model output")
         for dq in dqs:
             for reader in cons.get(dq.output[0], []):
                 reader.input[:] = [node.input[0] if i == dq.output[0] else i for i in reader.input]
-            for out in qmodel.graph.output:
-                if out.name == dq.output[0]:
-                    raise OcrQuantError(f"cannot drop the Q/DQ pair of {node.input[0]}: it is a model output")
             dead.add(id(dq))
         dead.add(id(node))
     keep = [n for n in qmodel.graph.node if id(n) not in dead]
@@ -239,7 +239,7 @@ def build_overrides(
                 if is_weight and per_channel and w.ndim >= 2:
                     axis = weight_axis(node) % w.ndim
                     red = tuple(i for i in range(w.ndim) if i != axis)
-                    scale, zp = _weight_scale_zp(node, w, axis, red, dtype, symmetric, prof)
+                    scale, zp, dtype = _weight_scale_zp(node, w, red, dtype, symmetric, prof)
                     scale = _bias_safe_scale(model, node, inits, ranges, plan, scale)
                     overrides[name] = [
                         {
@@ -258,9 +258,7 @@ def build_overrides(
                         "zero_point": zp,
                     }
                 else:
-                    if dtype == "int8p":  # no per-channel pair bound here: the 7-bit grid is the safe one
-                        dtype = "int7"
-                    scale, zp = compute_scale_zp(w.min(), w.max(), dtype, symmetric, prof.constrain)
+                    scale, zp, dtype = _weight_scale_zp(node, w, None, dtype, symmetric, prof)
                     overrides[name] = [
                         {
                             "quant_type": _qtype(dtype),
@@ -303,20 +301,22 @@ NARROW_DTYPES = ("int7", "int8p")
 def _weight_scale_zp(
     node: onnx.NodeProto,
     w: np.ndarray,
-    axis: int,
-    red: tuple[int, ...],
+    red: tuple[int, ...] | None,
     dtype: str,
     symmetric: bool,
     prof: TargetProfile,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel weight scale and zero point; ``int8p`` takes the pair-safe scale where the op's
-    reduction layout is known and the 7-bit grid elsewhere (the safe bound without a layout)."""
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Scale, zero point and the dtype actually used for an initializer, per channel (``red``: the
+    axes reduced per channel) or per tensor (``red`` None). ``int8p`` takes the pair-safe scale where
+    the op's per-channel reduction layout is known, and the 7-bit grid (the safe bound without a
+    layout) elsewhere."""
     if dtype == "int8p":
-        if symmetric and node.op_type in PAIR_LAYOUT_OPS and axis == weight_axis(node) % w.ndim:
+        if red is not None and symmetric and node.op_type in PAIR_LAYOUT_OPS:
             scale = prof.constrain(pair_safe_scale(w, node.op_type))
-            return scale, np.zeros(scale.shape, dtype=np.int8)
+            return scale, np.zeros(scale.shape, dtype=np.int8), dtype
         dtype = "int7"
-    return compute_scale_zp(w.min(axis=red), w.max(axis=red), dtype, symmetric, prof.constrain)
+    scale, zp = compute_scale_zp(w.min(axis=red), w.max(axis=red), dtype, symmetric, prof.constrain)
+    return scale, zp, dtype
 
 
 def _narrowed(

@@ -71,11 +71,10 @@ def resolve_model(spec: str | Path) -> ResolvedModel:
 def sidecar_task(path: Path) -> str | None:
     """The task recorded in a quantized model's ``<stem>.quant.json`` sidecar, so that an INT8 model
     ocrquant wrote needs no ``--task``; None when there is no readable sidecar."""
-    import json
+    from ocrquant.fileio import read_sidecar
 
-    side = path.with_name(path.stem + ".quant.json")
     try:
-        task = json.loads(side.read_text(encoding="utf-8")).get("task")
+        task = read_sidecar(path).get("task")
     except (OSError, ValueError, AttributeError):
         return None
     return task if isinstance(task, str) else None
