@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ocrquant.errors import OcrQuantError
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
@@ -75,6 +77,14 @@ def sidecar_path(model: str | Path) -> Path:
 
 
 def read_sidecar(model: str | Path) -> dict[str, Any]:
-    """The model's sidecar as a dict; empty when there is none."""
+    """The model's sidecar as a dict; empty when there is none; a clear error naming it when corrupt."""
     side = sidecar_path(model)
-    return json.loads(side.read_text(encoding="utf-8")) if side.exists() else {}
+    if not side.exists():
+        return {}
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OcrQuantError(f"corrupt quantization sidecar (not JSON: {exc})", side) from None
+    if not isinstance(data, dict):
+        raise OcrQuantError("corrupt quantization sidecar (not a JSON object)", side)
+    return data

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 
 from ocrquant.api import eval_model
 from ocrquant.data import sample_root
+from tests.conftest import zoo_model_path
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -122,6 +123,15 @@ def test_cli_corrupt_model(tmp_path: Path) -> None:
     )
 
 
+def test_cli_corrupt_sidecar_is_named(tmp_path: Path) -> None:
+    """A quantized model's task comes from its ``.quant.json``; a corrupt one is reported by name."""
+    model = tmp_path / "cls.int8.onnx"
+    shutil.copyfile(zoo_model_path("ppocrv3-cls"), model)
+    (tmp_path / "cls.int8.quant.json").write_text('{"task": "cls", ')  # cut short
+    proc = run_cli("eval", "-m", str(model), "-d", str(sample_root() / "rec"))
+    _one_line_error(proc, "cls.int8.quant.json")
+
+
 def test_cli_option_for_wrong_task() -> None:
     proc = run_cli("eval", "-m", "ppocrv3-rec", "-d", str(sample_root() / "rec"), "--box-thresh", "0.5")
     _one_line_error(proc, "box_thresh")
@@ -133,3 +143,30 @@ def test_cli_option_for_wrong_task() -> None:
 def test_help_everywhere(cmd: list[str]) -> None:
     proc = run_cli(*cmd)
     assert proc.returncode == 0 and "Usage" in proc.stdout
+
+
+def test_image_transform_and_fidelity_to_the_clean_run() -> None:
+    """``image_transform`` reaches every decoded image; ``fidelity`` scores a run against another's
+    predictions (1.0 against itself, and it counts every changed reading)."""
+    from ocrquant.api import build_task
+    from ocrquant.data import open_dataset
+    from ocrquant.evaluation import evaluate, fidelity
+    from ocrquant.runtime import RuntimeOptions, create_runner
+    from ocrquant.zoo.resolve import resolve_model
+
+    model = resolve_model("ppocrv3-rec")
+    task = build_task("rec", model)
+    data = open_dataset(sample_root() / "rec", "rec")
+    runner = create_runner(model.path, "onnxruntime", RuntimeOptions(threads=2))
+    clean = evaluate(task, runner, data, limit=12, progress=False)
+    seen = []
+
+    def blank_half(image: np.ndarray, sample) -> np.ndarray:
+        seen.append(sample.key)
+        return np.full_like(image, 255) if len(seen) % 2 else image
+
+    changed = evaluate(task, runner, data, limit=12, progress=False, image_transform=blank_half)
+    assert len(seen) == 12
+    assert fidelity(task, clean, clean)["acc"] == 1.0
+    assert fidelity(task, changed, clean)["acc"] == pytest.approx(0.5)  # the blanked half reads nothing
+    assert changed.metrics["acc"] < clean.metrics["acc"]

@@ -292,3 +292,24 @@ def test_cls_counts_and_per_class_accuracy() -> None:
     assert r["acc_class_0"] == pytest.approx(2 / 3) and r["count_class_0"] == 3
     assert r["acc_class_1"] == 0.5 and r["count_class_1"] == 2
     assert ClsMetric().result() == {"acc": 0.0, "count": 0}
+
+
+# ------------------------------------------------------------------------- fidelity (pred as target)
+
+
+def test_prediction_as_target_scores_itself_perfectly_and_counts_changes() -> None:
+    """A model scored against its own predictions is perfect; against another model's, each changed
+    box / word / class counts, whether the labels would call the change right or wrong."""
+    det = DetMetric()
+    pred = {"polygons": [box(0, 0, 10, 10), box(20, 0, 30, 10)]}
+    moved = {"polygons": [box(0, 0, 10, 10), box(20, 0, 30, 20)]}  # IoU of the second = 0.5: no match
+    assert det.update(pred, det.target_from_prediction(pred))["hmean"] == 1.0
+    assert det.update(moved, det.target_from_prediction(pred))["matched"] == 1
+    assert det.result()["hmean"] == pytest.approx(3 / 4)  # 3 matched of 4 care boxes each side
+    rec = RecMetric()
+    rec.update({"text": "HELLO"}, rec.target_from_prediction({"text": "HELLO"}))
+    rec.update({"text": "HELL0"}, rec.target_from_prediction({"text": "HELLO"}))
+    assert rec.result()["acc"] == 0.5
+    cls = ClsMetric()
+    cls.update({"index": 1}, cls.target_from_prediction({"index": 1}))
+    assert cls.result()["acc"] == 1.0

@@ -118,6 +118,55 @@ def test_prepared_model_equals_original(cls_model, prepared, cls_inputs):
     assert max_abs_diff(cls_model, prepared, cls_inputs) < 1e-4
 
 
+def _affine_block_model(path: Path) -> None:
+    """PP-LCNetV3's pattern: Conv -> a*x+b -> HardSwish -> a*x+b -> Conv 1x1 (foldable both sides),
+    then -> a*x+b -> padded 3x3 depthwise Conv (must stay: the padded border would see b)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    inits = {
+        "w1": rng.normal(size=(8, 3, 3, 3)), "b1": rng.normal(size=8), "w2": rng.normal(size=(8, 8, 1, 1)),
+        "b2": rng.normal(size=8), "w3": rng.normal(size=(8, 1, 3, 3)), "b3": rng.normal(size=8),
+    }  # fmt: skip
+    scalars = {f"s{i}": np.array([v], np.float32) for i, v in enumerate([1.7, -0.4, 0.8, 0.3, 1.2, 0.5])}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["s0", "c1"], ["m1"], name="lab1_mul"),
+        helper.make_node("Add", ["m1", "s1"], ["a1"], name="lab1_add"),
+        helper.make_node("HardSwish", ["a1"], ["h1"], name="hs1"),
+        helper.make_node("Mul", ["h1", "s2"], ["m2"], name="lab2_mul"),
+        helper.make_node("Add", ["s3", "m2"], ["a2"], name="lab2_add"),
+        helper.make_node("Conv", ["a2", "w2", "b2"], ["c2"], name="conv2"),
+        helper.make_node("Mul", ["c2", "s4"], ["m3"], name="relu_in"),
+        helper.make_node("Relu", ["m3"], ["r3"], name="relu"),
+        helper.make_node("Mul", ["r3", "s4"], ["m4"], name="lab3_mul"),
+        helper.make_node("Add", ["m4", "s5"], ["a4"], name="lab3_add"),
+        helper.make_node("Conv", ["a4", "w3", "b3"], ["y"], name="conv3", group=8, pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "lab",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in {**inits, **scalars}.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_scalar_affine_blocks_fold_into_their_convs(tmp_path):
+    src, dst = tmp_path / "lab.onnx", tmp_path / "lab.prep.onnx"
+    _affine_block_model(src)
+    report = prepare_model(src, dst)
+    # lab1 into conv1 (after it), lab2 into conv2 (before it, 1x1: no padding), conv2's own scale
+    # into conv2 (after it); lab3 stays: conv3 is padded
+    assert report.fused["scalar affine -> Conv"] == 3
+    ops = report.ops_after
+    assert ops["Conv"] == 3 and ops["Mul"] == 1 and ops["Add"] == 1
+    x = [np.random.default_rng(1).normal(size=(1, 3, 16, 16)).astype(np.float32) for _ in range(2)]
+    assert max_abs_diff(src, dst, x) < 1e-4
+
+
 def test_statistics_across_different_widths_work_for_every_method(prepared):
     model = onnx.load(str(prepared))
     tensors = float_tensors(model)
@@ -286,6 +335,35 @@ def test_hs_cle_keeps_the_float_function(cls_model, cls_inputs, tmp_path, fuse):
     assert max_abs_diff(prep, out, cls_inputs) < 1e-4
 
 
+def test_activation_cle_keeps_the_float_function_and_evens_the_channels(cls_model, cls_inputs, tmp_path):
+    """CLE with activation ranges: exact rescaling of Conv -> ReLU -> Conv pairs, after which each
+    depthwise-consumed activation has every channel's range equal to the widest (alpha 1)."""
+    from ocrquant.quantization.algorithms import AlgorithmContext, create_algorithm
+    from ocrquant.quantization.algorithms.hs_cle import channel_min_max
+    from ocrquant.quantization.targets import get_target
+
+    prep = tmp_path / "prep.onnx"
+    prepare_model(cls_model, prep)
+    ctx = AlgorithmContext(
+        model=onnx.load(str(prep)), profile=get_target("ort-cpu"), batches=lambda: iter(cls_inputs),
+        work_dir=tmp_path, progress=False,
+    )  # fmt: skip
+    algo = create_algorithm("cle", ranges="activations", min_ratio=1e-6)
+    pairs = algo.find_pairs(ctx)
+    report = algo.apply(ctx)
+    assert report["pairs"] == len(pairs) > 0 and report["min_scale"] < 0.5
+    out = tmp_path / "cle.onnx"
+    onnx.save(ctx.model, str(out))
+    assert max_abs_diff(prep, out, cls_inputs) < 1e-4
+    dw = [c2.input[0] for _, c2 in pairs if any(a.name == "group" and a.i > 1 for a in c2.attribute)]
+    assert dw  # cls has ReLU -> depthwise pairs
+    lo, hi = channel_min_max(ctx.model, dw, lambda: iter(cls_inputs), 32, False)
+    for t in dw:
+        r = np.maximum(hi[t], 0) - np.minimum(lo[t], 0)
+        alive = r > 1e-6 * r.max()
+        assert np.allclose(r[alive], r.max(), rtol=1e-3), t
+
+
 def test_ort_cpu_layout_every_conv_runs_as_qlinearconv(quantized_cls, tmp_path):
     """After ORT_ENABLE_ALL, the default ort-cpu cls model has no float Conv, no float HardSwish and no
     NHWC Transpose shuffles left: what makes INT8 faster than FP32 on onnxruntime CPU."""
@@ -388,8 +466,9 @@ def test_bias_correction_removes_the_mean_shift(prepared, cls_model, cls_inputs,
 
 
 def test_auto_method_picks_the_best_candidate_and_validates_bias_correction(cls_model, tmp_path):
-    """``auto`` compares the range methods on held-out calibration-side crops, then keeps the
-    profile's validated algorithm (bias correction) only if it raises that held-out metric."""
+    """``auto`` compares the range methods on held-out calibration-side crops by fidelity to the
+    float model, then keeps the profile's validated algorithm (bias correction) only if it raises
+    that held-out fidelity."""
     from ocrquant.quantization.method_search import quantize_auto
 
     cfg = QuantConfig(
@@ -406,9 +485,11 @@ def test_auto_method_picks_the_best_candidate_and_validates_bias_correction(cls_
     search = side["method_search"]
     methods, trial = search["candidates"][:4], search["candidates"][4]
     assert len(rows) == 5 and trial["algorithm"] == "bias_correction"
-    best = max(methods, key=lambda r: r["val_metric"])
+    assert search["validation"]["criterion"] == "val_fidelity"
+    assert all(0.0 <= r["val_fidelity"] <= 1.0 and 0.0 <= r["val_metric"] <= 1.0 for r in rows)
+    best = max(methods, key=lambda r: r["val_fidelity"])
     assert (trial["method"], trial["options"]) == (best["method"], best["options"])
-    kept = trial["val_metric"] > best["val_metric"]
+    kept = trial["val_fidelity"] > best.get("all_algorithms", best)["val_fidelity"]
     assert ("bias_correction" in side["settings"]["algorithms"]) == kept
     assert ("bias_correction" in search["chosen"]["algorithms"]) == kept
     assert not list(tmp_path.glob("cls.auto.*.onnx"))  # candidates cleaned up

@@ -63,6 +63,21 @@ def test_requantize_matches_float_and_saturates():
     assert requantize(np.array([1, -1]), 0.5, 0, np.int8, mode="half_up").tolist() == [1, 0]
 
 
+def test_float32_requantization_is_mlas_arithmetic():
+    """--requant float32: float32 product, ties to even, then zero point and saturation; it differs
+    from the fixed-point path only where float32 rounding of the product crosses a half step."""
+    from ocrquant.analysis.simulate.fixedpoint import requantize_float32
+
+    assert requantize_float32(np.array([1, 3, 5, -1, -3]), 0.5, 0, np.int8).tolist() == [0, 2, 2, 0, -2]
+    assert requantize_float32(np.array([1000, -1000]), 1.0, 10, np.uint8).tolist() == [255, 0]
+    acc = RNG.integers(-(2**20), 2**20, 20000)
+    m = np.float32(0.0123456)
+    want = np.clip(np.rint(acc.astype(np.float32) * m).astype(np.int64) + 3, -128, 127)
+    assert np.array_equal(requantize_float32(acc, m, 3, np.int8), want)
+    fixed = requantize(acc, float(m), 3, np.int8, mode="half_even")
+    assert np.mean(fixed != want) < 1e-3 and np.abs(fixed.astype(int) - want).max() <= 1
+
+
 def test_rounding_divide_ties():
     num = np.array([5, -5, 7, 9, 3])
     assert rounding_divide(num, 2, "half_away").tolist() == [3, -3, 4, 5, 2]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,7 @@ from ocrquant.fileio import write_json_atomic, write_text_atomic
 
 MODES = ("cumulative", "isolated")
 ISO_SUFFIX = "__float"
+log = logging.getLogger("ocrquant")
 
 
 class ErrorStats:
@@ -273,6 +275,13 @@ def compare_models(
             f"compare ({md})" if progress else None,
         )
         rows.extend(_rows(match, stats, md))
+        shape_mismatch = [m.float_name for m in match.matches if m.float_name not in stats]
+        if shape_mismatch and shape_mismatch[0] not in match.unmatched:
+            log.warning(
+                "%d tensors share a name but not a shape with their INT8 counterpart (e.g. %s); "
+                "left out of the comparison", len(shape_mismatch), ", ".join(shape_mismatch[:3]),
+            )  # fmt: skip
+        match.unmatched.extend(n for n in shape_mismatch if n not in match.unmatched)
     return CompareResult(str(float_path), str(quant_path), len(inputs), modes, rows, match.unmatched)
 
 
@@ -303,7 +312,12 @@ def _accumulate(f_model, f_types, q_model, match, inputs, iso_inputs, chunk_size
                 q_feeds.update(iso_feeds[k])
             q_out = dict(zip(q_names, qs.run(q_names, q_feeds), strict=True))
             for m in chunk:
-                stats[m.float_name].update(f_out[m.float_name], q_out[m.quant_name])
+                f_val, q_val = f_out[m.float_name], q_out[m.quant_name]
+                if f_val.shape != q_val.shape:  # same name, different tensor (a rewrite reused it)
+                    stats.pop(m.float_name, None)
+                    continue
+                if m.float_name in stats:
+                    stats[m.float_name].update(f_val, q_val)
             bar.update(1)
     bar.close()
     return stats

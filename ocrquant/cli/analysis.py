@@ -162,10 +162,10 @@ def compare_cmd(
         _print_agreement(quant_model, arrays, "half_away", threads)
 
 
-def _print_agreement(model: Path, arrays, rounding: str, threads: int) -> None:
+def _print_agreement(model: Path, arrays, rounding: str, requant: str, threads: int) -> None:
     from ocrquant.analysis.simulate.agreement import compare_with_runtime, kernel_agreement
 
-    kernels = kernel_agreement(model, arrays, rounding=rounding)
+    kernels = kernel_agreement(model, arrays, rounding=rounding, requant=requant)
     table = Table(title="per-kernel agreement with onnxruntime (each node fed onnxruntime's own inputs)")
     for col in ("op", "nodes", "exact int match", "max |diff|", "values"):
         table.add_column(col, justify="left" if col == "op" else "right")
@@ -173,9 +173,9 @@ def _print_agreement(model: Path, arrays, rounding: str, threads: int) -> None:
         table.add_row(k.op_type, str(k.nodes), f"{k.exact_rate:.4%}", str(k.max_diff), str(k.numel))
     console.print(table)
 
-    rows, report = compare_with_runtime(model, arrays, rounding=rounding, threads=threads)
+    rows, report = compare_with_runtime(model, arrays, rounding=rounding, requant=requant, threads=threads)
     _print_report(report)
-    table = Table(title=f"simulator ({rounding}) vs onnxruntime, {len(arrays)} inputs")
+    table = Table(title=f"simulator ({rounding}, {requant} requant) vs onnxruntime, {len(arrays)} inputs")
     for col in ("output", "onnxruntime", "cosine", "SNR dB", "max abs", "int8 exact match"):
         table.add_column(
             col, justify="left" if col in ("output", "onnxruntime") else "right", overflow="fold"
@@ -184,10 +184,11 @@ def _print_agreement(model: Path, arrays, rounding: str, threads: int) -> None:
         rate = "-" if r.int_match_rate is None else f"{r.int_match_rate:.2%}"
         table.add_row(r.name, r.runtime, f"{r.cosine:.6f}", _fmt(r.snr_db, 2), _fmt(r.max_abs), rate)
     console.print(table)
-    if rounding != "half_even":
+    if rounding != "half_even" and requant == "fixed":
         console.print(
             "note: onnxruntime rounds ties to even; with power-of-two scales ties are frequent, so "
-            "--rounding half_even separates the rounding rule from kernel differences."
+            "--rounding half_even separates the rounding rule from kernel differences; --requant float32 "
+            "does what onnxruntime's CPU kernels do."
         )
 
 
@@ -225,6 +226,13 @@ def simulate_cmd(
         bool, typer.Option("--compare", help="Agreement with onnxruntime per output.")
     ] = False,
     rounding: Annotated[str, typer.Option(help="half_away | half_up | half_even.")] = "half_away",
+    requant: Annotated[
+        str,
+        typer.Option(
+            help="fixed: int32 multiplier + shift (integer accelerators); float32: float32 scale, "
+            "ties to even (onnxruntime CPU / TensorRT kernels)."
+        ),
+    ] = "fixed",
     input_shape: ShapeOpt = None,
     threads: ThreadsOpt = 0,
 ) -> None:
@@ -234,7 +242,7 @@ def simulate_cmd(
     from ocrquant.analysis.binio import read_bin, write_bin
     from ocrquant.analysis.simulate import Simulator
 
-    sim = Simulator(model, rounding=rounding)
+    sim = Simulator(model, rounding=rounding, requant=requant)
     name = sim.view.input_names[0]
     feeds: dict = {}
     if input_bin is not None:
@@ -259,7 +267,7 @@ def simulate_cmd(
     else:
         _, arrays = _inputs(str(model), data, task, limit, input_shape)
     if compare:
-        _print_agreement(model, arrays, rounding, threads)
+        _print_agreement(model, arrays, rounding, requant, threads)
         return
     outputs = sim.run({name: arrays[0], **feeds})
     _print_report(sim.report)

@@ -1,5 +1,5 @@
 """Evaluation of a model on a labelled set with the task's metric."""
 
-from ocrquant.evaluation.evaluate import EvalResult, evaluate
+from ocrquant.evaluation.evaluate import EvalResult, evaluate, fidelity
 
-__all__ = ["EvalResult", "evaluate"]
+__all__ = ["EvalResult", "evaluate", "fidelity"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,13 +54,20 @@ class _Prepared:
     batch: Batch
 
 
-def _prepare_chunk(task: Task, samples: list[Sample], batch_size: int) -> tuple[list[_Prepared], list[dict]]:
+#: a change applied to every decoded image before preprocessing (robustness probes); None: none
+ImageTransform = Callable[[np.ndarray, Sample], np.ndarray]
+
+
+def _prepare_chunk(
+    task: Task, samples: list[Sample], batch_size: int, transform: ImageTransform | None = None
+) -> tuple[list[_Prepared], list[dict]]:
     """Decode a chunk of samples, sort by the task's key (rec/cls: aspect ratio), form batches."""
     loaded: list[tuple[Sample, np.ndarray]] = []
     errors: list[dict[str, str]] = []
     for sample in samples:
         try:
-            loaded.append((sample, load_image(sample)))
+            image = load_image(sample)
+            loaded.append((sample, transform(image, sample) if transform else image))
         except OcrQuantError as exc:
             errors.append({"key": sample.key, "error": str(exc)})
     if batch_size > 1:
@@ -154,8 +161,12 @@ def evaluate(
     progress: bool = True,
     extra_settings: dict[str, Any] | None = None,
     keep_samples: bool = True,
+    image_transform: ImageTransform | None = None,
 ) -> EvalResult:
-    """Run ``task`` with ``runner`` over ``dataset``; resumable through ``output``'s partial file."""
+    """Run ``task`` with ``runner`` over ``dataset``; resumable through ``output``'s partial file.
+
+    ``image_transform`` changes each decoded image before preprocessing (e.g. the noise of
+    ``benchmarks/noise_floor.py``); name it in ``extra_settings`` so a resumed run cannot mix."""
     if batch_size < 1:
         raise OcrQuantError("--batch-size must be >= 1")
     if batch_size > 1 and not task.batchable():
@@ -187,11 +198,15 @@ def evaluate(
         with ThreadPoolExecutor(max_workers=1) as pool:
             chunk_size = max(batch_size * 8, 8)
             chunks = list(_chunks(todo, chunk_size))
-            pending: list[Future] = [pool.submit(_prepare_chunk, task, c, batch_size) for c in chunks[:2]]
+
+            def submit(chunk: list[Sample]) -> Future:
+                return pool.submit(_prepare_chunk, task, chunk, batch_size, image_transform)
+
+            pending: list[Future] = [submit(c) for c in chunks[:2]]
             for ci in range(len(chunks)):
                 prepared, errors = pending.pop(0).result()
                 if ci + 2 < len(chunks):
-                    pending.append(pool.submit(_prepare_chunk, task, chunks[ci + 2], batch_size))
+                    pending.append(submit(chunks[ci + 2]))
                 for err in errors:
                     log.warning("skipped: %s", err["error"])
                     partial.add({**err, "skipped": True})
@@ -270,3 +285,22 @@ def progress_bar(total: int, initial: int, enabled: bool, desc: str):  # noqa: A
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="img", leave=False)
+
+
+def fidelity(task: Task, result: EvalResult, reference: EvalResult) -> dict[str, float]:
+    """The task metric of ``result``'s predictions scored against ``reference``'s predictions.
+
+    Why: when choosing between quantized variants of one model, agreement with the float model is
+    the quantity quantization controls. Accuracy against labels adds the noise of the samples a
+    variant gets right by luck (the float model was wrong and the perturbed one happens to be
+    right), which does not carry over to other data; fidelity counts those as changes too, and it
+    needs no labels. Both results must hold their per-sample predictions (``keep_samples``).
+    """
+    targets = {s["key"]: s["prediction"] for s in reference.samples}
+    if not result.samples or not targets:
+        raise OcrQuantError("fidelity needs per-sample predictions of both evaluations (keep_samples)")
+    metric = task.new_metric()
+    for s in result.samples:
+        if s["key"] in targets:
+            metric.update(s["prediction"], metric.target_from_prediction(targets[s["key"]]))
+    return metric.result()

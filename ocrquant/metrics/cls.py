@@ -24,6 +24,9 @@ class ClsMetric(Metric):
         self.class_count: Counter[int] = Counter()
         self.class_correct: Counter[int] = Counter()
 
+    def target_from_prediction(self, prediction: dict[str, Any]) -> int:
+        return int(prediction["index"])
+
     def update(self, prediction: dict[str, Any], target: int) -> dict[str, Any]:
         """Score one crop: ``prediction["index"]`` against the true class index ``target``."""
         truth = int(target)

@@ -54,6 +54,9 @@ class RecMetric(Metric):
         self.alnum_count = 0
         self.alnum_correct = 0
 
+    def target_from_prediction(self, prediction: dict[str, Any]) -> str:
+        return str(prediction.get("text") or "")
+
     def update(self, prediction: dict[str, Any], target: str) -> dict[str, Any]:
         """Score one crop: ``prediction["text"]`` against the label string ``target``."""
         pred = remove_spaces(prediction.get("text") or "")

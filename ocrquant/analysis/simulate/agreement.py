@@ -48,13 +48,14 @@ def compare_with_runtime(
     inputs: Sequence[np.ndarray],
     *,
     rounding: str = "half_away",
+    requant: str = "fixed",
     threads: int = 0,
     progress: bool = True,
 ) -> tuple[list[OutputAgreement], SimReport]:
     """Run the simulator and onnxruntime (both modes of ``RUNTIME_MODES``) on every input and summarise
     their agreement per output. A fragile model (the 2-class cls softmax) can differ more between
     onnxruntime's two modes than between the simulator and the reference mode: both are reported."""
-    sim = Simulator(model_path, rounding=rounding)
+    sim = Simulator(model_path, rounding=rounding, requant=requant)
     sessions = {mode: runtime_session(model_path, mode, threads) for mode in RUNTIME_MODES}
     first = next(iter(sessions.values()))
     in_name = first.get_inputs()[0].name
@@ -105,6 +106,7 @@ def kernel_agreement(
     inputs: Sequence[np.ndarray],
     *,
     rounding: str = "half_away",
+    requant: str = "fixed",
     progress: bool = True,
 ) -> list[KernelAgreement]:
     """Per op type: how often each integer kernel reproduces onnxruntime's reference integers when fed
@@ -116,7 +118,7 @@ def kernel_agreement(
     model = load_model(model_path)
     q_names = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]
     session = analysis_session(with_outputs(model, q_names, tensor_elem_types(model)).SerializeToString())
-    sim = Simulator(model, rounding=rounding)
+    sim = Simulator(model, rounding=rounding, requant=requant)
     in_name = session.get_inputs()[0].name
     acc: dict[str, list[int]] = {}
     for x in tqdm(inputs, desc="per-kernel agreement", disable=not progress, unit="input"):

@@ -24,7 +24,7 @@ from onnx import numpy_helper
 
 from ocrquant.analysis.graph import GraphView, load_model
 from ocrquant.analysis.simulate.executor import SingleNodeExecutor
-from ocrquant.analysis.simulate.fixedpoint import ROUNDING_MODES
+from ocrquant.analysis.simulate.fixedpoint import REQUANT_MODES, ROUNDING_MODES
 from ocrquant.analysis.simulate.qtypes import Fallback, QParams, QTensor, quantize_linear
 from ocrquant.analysis.simulate.registry import KERNELS, KernelContext
 from ocrquant.errors import OcrQuantError
@@ -70,11 +70,16 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
 class Simulator:
     """``Simulator(model).run({input: array})`` -> outputs; ``.report`` says how each node ran."""
 
-    def __init__(self, model: str | Path | onnx.ModelProto, rounding: str = "half_away") -> None:
+    def __init__(
+        self, model: str | Path | onnx.ModelProto, rounding: str = "half_away", requant: str = "fixed"
+    ) -> None:
         if rounding not in ROUNDING_MODES:
             raise OcrQuantError(f"unknown rounding mode '{rounding}' ({', '.join(ROUNDING_MODES)})")
+        if requant not in REQUANT_MODES:
+            raise OcrQuantError(f"unknown requantisation '{requant}' ({', '.join(REQUANT_MODES)})")
         self.model = model if isinstance(model, onnx.ModelProto) else load_model(model)
         self.rounding = rounding
+        self.requant = requant
         self.view = GraphView(self.model)
         self.nodes = list(self.model.graph.node)
         self.consts: dict[str, np.ndarray] = {
@@ -281,7 +286,7 @@ class Simulator:
         spec = KERNELS[node.op_type]
         q_nodes = self.view.consumers[node.output[0]]
         out = self._q_params(q_nodes[0])
-        ctx = KernelContext(node, self.rounding, self.executor.run, self.cache)
+        ctx = KernelContext(node, self.rounding, self.executor.run, self.cache, requant=self.requant)
         ins = [self._input(n, state) for n in node.input]
         try:
             for slot in spec.required_slots(node):

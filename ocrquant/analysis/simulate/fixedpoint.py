@@ -21,6 +21,10 @@ from __future__ import annotations
 import numpy as np
 
 ROUNDING_MODES = ("half_away", "half_up", "half_even")
+#: how an accumulator is brought to the output scale: an int32 multiplier and a shift (integer
+#: accelerators, TFLite/gemmlowp) or a float32 multiply rounded half to even (onnxruntime's MLAS
+#: kernels on CPU, TensorRT), which differ by one step on near-ties
+REQUANT_MODES = ("fixed", "float32")
 INT32_MAX = 2**31 - 1
 INT32_MIN = -(2**31)
 
@@ -135,6 +139,14 @@ def requantize(
     m0, exp = quantize_multiplier(multiplier)
     y = multiply_by_quantized_multiplier(acc, m0, exp, mode) + np.asarray(zero_point, dtype=np.int64)
     return saturate(y, dtype)
+
+
+def requantize_float32(
+    acc: np.ndarray, multiplier: np.ndarray | float, zero_point: np.ndarray | int, dtype: np.dtype | type
+) -> np.ndarray:
+    """``saturate(rint(float32(acc) * float32(M)) + zp)``: MLAS's requantisation, ties to even."""
+    y = np.rint(np.asarray(acc).astype(np.float32) * np.asarray(multiplier, dtype=np.float32))
+    return saturate(y.astype(np.int64) + np.asarray(zero_point, dtype=np.int64), dtype)
 
 
 def saturate_int32(acc: np.ndarray) -> tuple[np.ndarray, int]:

@@ -16,7 +16,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ocrquant.analysis.simulate.fixedpoint import is_power_of_two, requantize, saturate_int32
+from ocrquant.analysis.simulate.fixedpoint import (
+    is_power_of_two,
+    requantize,
+    requantize_float32,
+    saturate_int32,
+)
 from ocrquant.analysis.simulate.qtypes import Fallback, QParams, QTensor
 
 Kernel = Callable[["KernelContext", list[Any], QParams], np.ndarray]
@@ -57,6 +62,7 @@ class KernelContext:
     cache: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     overflows: int = 0
+    requant: str = "fixed"  # see fixedpoint.REQUANT_MODES
 
     def attr(self, name: str, default: Any = None) -> Any:
         for a in self.node.attribute:
@@ -80,6 +86,9 @@ class KernelContext:
 
     def requantize(self, acc: np.ndarray, multiplier: np.ndarray, out: QParams) -> np.ndarray:
         """Requantize to ``out`` (``multiplier`` already broadcastable) and note shift vs multiplier."""
+        if self.requant == "float32":
+            self.note("requant: float32 multiply, ties to even")
+            return requantize_float32(acc, multiplier, out.zp64(acc.ndim), out.dtype)
         pow2 = bool(np.all(is_power_of_two(multiplier)))
         self.note("requant: shift" if pow2 else "requant: int32 multiplier + shift")
         return requantize(acc, multiplier, out.zp64(acc.ndim), out.dtype, self.rounding)
