@@ -364,6 +364,48 @@ def test_activation_cle_keeps_the_float_function_and_evens_the_channels(cls_mode
         assert np.allclose(r[alive], r.max(), rtol=1e-3), t
 
 
+def test_hs_cle_handles_the_hardsigmoid_form_of_hardswish(tmp_path):
+    """paddle2onnx writes PP-OCRv4's HardSwish as ``Mul(x, HardSigmoid(x, 1/6, 0.5))``: HS-CLE finds
+    that edge too and keeps the function (channel ranges 100x apart, so scales really differ)."""
+    from onnx import TensorProto, helper
+
+    from ocrquant.quantization.algorithms import AlgorithmContext, create_algorithm
+    from ocrquant.quantization.targets import get_target
+
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(size=(8, 3, 1, 1)) * np.logspace(-1, 1, 8).reshape(-1, 1, 1, 1)
+    inits = [
+        numpy_helper.from_array(w1.astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(size=(4, 8, 1, 1)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["y"], name="c1"),
+        helper.make_node("HardSigmoid", ["y"], ["g"], name="hsig", alpha=1 / 6, beta=0.5),
+        helper.make_node("Mul", ["y", "g"], ["z"], name="hs"),
+        helper.make_node("Conv", ["z", "w2"], ["out"], name="c2"),
+    ]
+    graph = helper.make_graph(
+        nodes, "hsig",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    src = tmp_path / "hsig.onnx"
+    onnx.save(model, str(src))
+    xs = [rng.normal(size=(1, 3, 8, 8)).astype(np.float32) * 3 for _ in range(4)]
+    ctx = AlgorithmContext(
+        model=onnx.load(str(src)), profile=get_target("ort-cpu"), batches=lambda: iter(xs),
+        work_dir=tmp_path, progress=False,
+    )  # fmt: skip
+    report = create_algorithm("hs_cle").apply(ctx)
+    assert report["edges"] == 1 and report["min_scale"] < 0.3
+    assert "HardSigmoid" not in {n.op_type for n in ctx.model.graph.node}
+    out = tmp_path / "hsig.cle.onnx"
+    onnx.save(ctx.model, str(out))
+    assert max_abs_diff(src, out, xs) < 1e-4
+
+
 def test_ort_cpu_layout_every_conv_runs_as_qlinearconv(quantized_cls, tmp_path):
     """After ORT_ENABLE_ALL, the default ort-cpu cls model has no float Conv, no float HardSwish and no
     NHWC Transpose shuffles left: what makes INT8 faster than FP32 on onnxruntime CPU."""

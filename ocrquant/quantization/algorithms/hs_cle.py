@@ -56,7 +56,7 @@ class HardSwishEdge:
 
     producer: onnx.NodeProto
     y: str
-    nodes: list[onnx.NodeProto]  # the HardSwish: [HardSwish] or [Add, Clip, Mul, Div|Mul], in order
+    nodes: list[onnx.NodeProto]  # the HardSwish: [HardSwish], [Add, Clip, Mul, Div|Mul] or [HardSigmoid, Mul]
     z: str
     consumer: onnx.NodeProto
     depthwise: bool
@@ -108,6 +108,22 @@ def _decomposed_output(
     return [add, clip, mul, last]
 
 
+def _hardsigmoid_output(y: str, users: list[onnx.NodeProto]) -> list[onnx.NodeProto] | None:
+    """For ``y`` consumed by exactly ``HardSigmoid(y, alpha=1/6, beta=0.5)`` and ``Mul(y, that)`` (the
+    ONNX HardSwish function body, as paddle2onnx writes PP-OCRv4), return those two nodes; else None."""
+    sig = [n for n in users if n.op_type == "HardSigmoid"]
+    muls = [n for n in users if n.op_type == "Mul"]
+    if len(users) != 2 or len(sig) != 1 or len(muls) != 1:
+        return None
+    sig_node, mul = sig[0], muls[0]
+    alpha, beta = get_attr(sig_node, "alpha", 0.2), get_attr(sig_node, "beta", 0.5)
+    if abs(alpha - 1 / 6) > 1e-6 or abs(beta - 0.5) > 1e-6 or list(sig_node.input) != [y]:
+        return None
+    if sorted(mul.input) != sorted([y, sig_node.output[0]]):
+        return None
+    return [sig_node, mul]
+
+
 def find_hardswish_edges(model: onnx.ModelProto) -> list[HardSwishEdge]:
     """Every Conv -> HardSwish -> Conv edge whose tensors have no other reader (so rescaling is local)."""
     cons, inits = consumers(model), initializers(model)
@@ -124,7 +140,7 @@ def find_hardswish_edges(model: onnx.ModelProto) -> list[HardSwishEdge]:
         if len(users) == 1 and users[0].op_type == "HardSwish":
             hs_nodes = [users[0]]
         else:
-            hs_nodes = _decomposed_output(y, users, cons, inits)
+            hs_nodes = _decomposed_output(y, users, cons, inits) or _hardsigmoid_output(y, users)
             if hs_nodes is None:
                 continue
         z = hs_nodes[-1].output[0]
