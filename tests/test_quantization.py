@@ -364,9 +364,10 @@ def test_activation_cle_keeps_the_float_function_and_evens_the_channels(cls_mode
         assert np.allclose(r[alive], r.max(), rtol=1e-3), t
 
 
-def test_hs_cle_handles_the_hardsigmoid_form_of_hardswish(tmp_path):
-    """paddle2onnx writes PP-OCRv4's HardSwish as ``Mul(x, HardSigmoid(x, 1/6, 0.5))``: HS-CLE finds
-    that edge too and keeps the function (channel ranges 100x apart, so scales really differ)."""
+def _hs_cle_on_graph(tmp_path, tail: list, consumer_w: np.ndarray, scalars: dict | None = None):
+    """Build ``x -> Conv(8 channels, ranges 100x apart) -> y -> *tail -> out`` (``tail`` reads ``y``,
+    its last node writes ``out``, its consumer conv's weight is ``w2``), run HS-CLE on real random
+    inputs, return its report, the rewritten model and the float max abs diff to the original."""
     from onnx import TensorProto, helper
 
     from ocrquant.quantization.algorithms import AlgorithmContext, create_algorithm
@@ -374,24 +375,17 @@ def test_hs_cle_handles_the_hardsigmoid_form_of_hardswish(tmp_path):
 
     rng = np.random.default_rng(0)
     w1 = rng.normal(size=(8, 3, 1, 1)) * np.logspace(-1, 1, 8).reshape(-1, 1, 1, 1)
-    inits = [
-        numpy_helper.from_array(w1.astype(np.float32), "w1"),
-        numpy_helper.from_array(rng.normal(size=(4, 8, 1, 1)).astype(np.float32), "w2"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["y"], name="c1"),
-        helper.make_node("HardSigmoid", ["y"], ["g"], name="hsig", alpha=1 / 6, beta=0.5),
-        helper.make_node("Mul", ["y", "g"], ["z"], name="hs"),
-        helper.make_node("Conv", ["z", "w2"], ["out"], name="c2"),
-    ]
+    arrays = {"w1": w1, "w2": consumer_w, **(scalars or {})}
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in arrays.items()]
+    out_channels = consumer_w.shape[0]
     graph = helper.make_graph(
-        nodes, "hsig",
+        [helper.make_node("Conv", ["x", "w1"], ["y"], name="c1"), *tail], "hs_edge",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])], inits,
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, out_channels, 8, 8])], inits,
     )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     model.ir_version = 8
-    src = tmp_path / "hsig.onnx"
+    src, out = tmp_path / "edge.onnx", tmp_path / "edge.cle.onnx"
     onnx.save(model, str(src))
     xs = [rng.normal(size=(1, 3, 8, 8)).astype(np.float32) * 3 for _ in range(4)]
     ctx = AlgorithmContext(
@@ -399,11 +393,42 @@ def test_hs_cle_handles_the_hardsigmoid_form_of_hardswish(tmp_path):
         work_dir=tmp_path, progress=False,
     )  # fmt: skip
     report = create_algorithm("hs_cle").apply(ctx)
-    assert report["edges"] == 1 and report["min_scale"] < 0.3
-    assert "HardSigmoid" not in {n.op_type for n in ctx.model.graph.node}
-    out = tmp_path / "hsig.cle.onnx"
     onnx.save(ctx.model, str(out))
-    assert max_abs_diff(src, out, xs) < 1e-4
+    return report, ctx.model, max_abs_diff(src, out, xs)
+
+
+def test_hs_cle_handles_the_hardsigmoid_form_of_hardswish(tmp_path):
+    """paddle2onnx writes PP-OCRv4's HardSwish as ``Mul(x, HardSigmoid(x, 1/6, 0.5))``: HS-CLE finds
+    that edge too and keeps the function."""
+    from onnx import helper
+
+    tail = [
+        helper.make_node("HardSigmoid", ["y"], ["g"], name="hsig", alpha=1 / 6, beta=0.5),
+        helper.make_node("Mul", ["y", "g"], ["z"], name="hs"),
+        helper.make_node("Conv", ["z", "w2"], ["out"], name="c2"),
+    ]
+    w2 = np.random.default_rng(1).normal(size=(4, 8, 1, 1))
+    report, model, diff = _hs_cle_on_graph(tmp_path, tail, w2)
+    assert report["edges"] == 1 and report["min_scale"] < 0.3
+    assert "HardSigmoid" not in {n.op_type for n in model.graph.node}
+    assert diff < 1e-4
+
+
+def test_hs_cle_passes_through_an_affine_block_into_a_padded_depthwise_conv(tmp_path):
+    """PP-OCRv4: HardSwish -> a*x + b -> padded depthwise Conv (the affine cannot be folded there).
+    HS-CLE still rescales the edge: a*x passes z/s through, b becomes b/s per channel; exact."""
+    from onnx import helper
+
+    tail = [
+        helper.make_node("HardSwish", ["y"], ["z"], name="hs"),
+        helper.make_node("Mul", ["a", "z"], ["za"], name="lab_mul"),
+        helper.make_node("Add", ["za", "b"], ["u"], name="lab_add"),
+        helper.make_node("Conv", ["u", "w2"], ["out"], name="dw", group=8, pads=[1, 1, 1, 1]),
+    ]
+    w2 = np.random.default_rng(1).normal(size=(8, 1, 3, 3))
+    report, _, diff = _hs_cle_on_graph(tmp_path, tail, w2, {"a": [0.8], "b": [0.3]})
+    assert report["edges"] == 1 and report["depthwise_consumers"] == 1 and report["min_scale"] < 0.3
+    assert diff < 1e-4
 
 
 def test_ort_cpu_layout_every_conv_runs_as_qlinearconv(quantized_cls, tmp_path):

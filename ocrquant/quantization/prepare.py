@@ -240,7 +240,7 @@ def fuse_hardswish_patterns(model: onnx.ModelProto) -> int:
     return len(new_nodes)
 
 
-def _affine_chain(
+def affine_chain(
     model: onnx.ModelProto, start: str, cons: dict, inits: dict, outputs: set[str]
 ) -> tuple[list[onnx.NodeProto], float, float]:
     """Scalar ``Mul``/``Add``/``Sub`` nodes applied one after another to ``start`` (each the only reader
@@ -318,7 +318,7 @@ def fold_scalar_affine(model: onnx.ModelProto) -> int:
         if node.op_type != "Conv" or id(node) in drop:
             continue
         wb = _conv_weights(node, inits)
-        chain, a, b = _affine_chain(model, node.output[0], cons, inits, outputs)
+        chain, a, b = affine_chain(model, node.output[0], cons, inits, outputs)
         if wb is not None and chain:
             w, bias = wb
             _set_conv(model, inits, node, w * a, bias * a + b)
@@ -336,7 +336,7 @@ def fold_scalar_affine(model: onnx.ModelProto) -> int:
         if head is not None and head.op_type in ("Mul", "Add", "Sub"):
             if any(_scalar(model, t, inits) is not None for t in head.input):
                 continue  # not the head of its chain
-        chain, a, b = _affine_chain(model, start, cons, inits, outputs)
+        chain, a, b = affine_chain(model, start, cons, inits, outputs)
         if not chain or chain[0] is not node:
             continue
         users = cons.get(chain[-1].output[0], [])

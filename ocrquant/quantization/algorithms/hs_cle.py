@@ -36,7 +36,7 @@ Both patterns are matched, the ONNX ``HardSwish`` op and PaddleOCR's decomposed
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,7 @@ from onnx import helper, numpy_helper
 from ocrquant.quantization.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
 from ocrquant.quantization.calibration.stats import iterate_outputs
 from ocrquant.quantization.graph import consumers, get_attr, initializers
+from ocrquant.quantization.prepare import affine_chain
 
 EXTRA_KEY = "hs_cle"  # ctx.extras[EXTRA_KEY]: {pre-activation tensor: (per-channel s, per-channel min)}
 
@@ -60,6 +61,9 @@ class HardSwishEdge:
     z: str
     consumer: onnx.NodeProto
     depthwise: bool
+    # scalar Mul/Add/Sub between z and the consumer (a PP-OCRv4 affine block left unfolded in front of
+    # a padded conv): z/s passes through a*x exactly; an added b becomes a per-channel b/s
+    affine: list[onnx.NodeProto] = field(default_factory=list)
 
 
 def _scalar(inits: dict, name: str) -> float | None:
@@ -144,8 +148,12 @@ def find_hardswish_edges(model: onnx.ModelProto) -> list[HardSwishEdge]:
             if hs_nodes is None:
                 continue
         z = hs_nodes[-1].output[0]
-        nxt = cons.get(z, [])
-        if z in outputs or len(nxt) != 1 or nxt[0].op_type != "Conv" or nxt[0].input[0] != z:
+        affine, _, _ = affine_chain(model, z, cons, inits, outputs)
+        if not all(any(_scalar(inits, i) is not None for i in n.input) for n in affine):
+            continue  # a constant that is not an initializer: leave the edge alone
+        t = affine[-1].output[0] if affine else z
+        nxt = cons.get(t, [])
+        if t in outputs or len(nxt) != 1 or nxt[0].op_type != "Conv" or nxt[0].input[0] != t:
             continue
         c = nxt[0]
         if len(c.input) < 2 or c.input[1] not in inits:
@@ -156,7 +164,7 @@ def find_hardswish_edges(model: onnx.ModelProto) -> list[HardSwishEdge]:
         depthwise = group == channels and w[0] == channels and w[1] == 1
         if group != 1 and not depthwise:
             continue
-        edges.append(HardSwishEdge(p, y, hs_nodes, z, c, depthwise))
+        edges.append(HardSwishEdge(p, y, hs_nodes, z, c, depthwise, affine))
     return edges
 
 
@@ -275,6 +283,16 @@ class HardSwishCLE(Algorithm):
             wc = numpy_helper.to_array(inits[e.consumer.input[1]]).astype(np.float64)
             _set(inits, e.consumer.input[1], wc * s.reshape(shape if e.depthwise else (1, -1, 1, 1)))
             new_nodes.update(self._rescaled_hardswish(model, e, s, ctx))
+            for node in e.affine:  # a * (z / s) stays; + b becomes + b / s per channel
+                if node.op_type in ("Add", "Sub"):
+                    k = next(i for i, t in enumerate(node.input) if _scalar(inits, t) is not None)
+                    name = f"{node.name or node.output[0]}_hscle_b"
+                    b = _scalar(inits, node.input[k]) / s
+                    model.graph.initializer.append(
+                        numpy_helper.from_array(b.astype(np.float32).reshape(1, -1, 1, 1), name)
+                    )
+                    inits[name] = model.graph.initializer[-1]
+                    node.input[k] = name
             # Per-channel facts the floor needs, in the rescaled domain: y_c = x_c / s_c.
             record[e.y] = ((s).tolist(), (mins[e.y] / s).tolist())
             spread.append(float(s.min()))
