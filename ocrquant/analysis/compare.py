@@ -258,6 +258,7 @@ def compare_models(
     match = match_tensors(f_model, q_model)
     f_types = tensor_elem_types(f_model)
     rows: list[LayerStat] = []
+    shape_mismatch: list[str] = []  # same name, another shape: a rewrite reused the name
     for md in modes:
         if md == "cumulative":
             q_run, extra_names = q_model, []
@@ -275,13 +276,14 @@ def compare_models(
             f"compare ({md})" if progress else None,
         )
         rows.extend(_rows(match, stats, md))
-        shape_mismatch = [m.float_name for m in match.matches if m.float_name not in stats]
-        if shape_mismatch and shape_mismatch[0] not in match.unmatched:
-            log.warning(
-                "%d tensors share a name but not a shape with their INT8 counterpart (e.g. %s); "
-                "left out of the comparison", len(shape_mismatch), ", ".join(shape_mismatch[:3]),
-            )  # fmt: skip
-        match.unmatched.extend(n for n in shape_mismatch if n not in match.unmatched)
+        shape_mismatch += [m.float_name for m in match.matches if m.float_name not in stats]
+    shape_mismatch = list(dict.fromkeys(shape_mismatch))
+    if shape_mismatch:
+        log.warning(
+            "%d tensors share a name but not a shape with their INT8 counterpart (e.g. %s); "
+            "left out of the comparison", len(shape_mismatch), ", ".join(shape_mismatch[:3]),
+        )  # fmt: skip
+    match.unmatched.extend(shape_mismatch)
     return CompareResult(str(float_path), str(quant_path), len(inputs), modes, rows, match.unmatched)
 
 

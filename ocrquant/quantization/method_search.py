@@ -16,7 +16,6 @@ there.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import replace
@@ -26,7 +25,7 @@ from typing import Any
 from ocrquant.data import Dataset, open_dataset
 from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation.evaluate import EvalResult
-from ocrquant.fileio import write_json_atomic
+from ocrquant.fileio import atomic_path, read_sidecar, write_json_atomic
 from ocrquant.quantization.config import QuantConfig, QuantResult
 
 log = logging.getLogger("ocrquant")
@@ -158,9 +157,9 @@ def quantize_auto(
         log.info("auto: + %s -> validation %s (without: %s %.4f)", extra, scores, key, baseline)
         if scores[key] > baseline:
             names, chosen, baseline = names + [extra], rows[-1], scores[key]
-    shutil.copyfile(chosen["file"], output.with_suffix(".onnx.tmp"))
-    Path(output.with_suffix(".onnx.tmp")).replace(output)
-    side = json.loads(sidecar_path(Path(chosen["file"])).read_text())
+    with atomic_path(output) as tmp:
+        shutil.copyfile(chosen["file"], tmp)
+    side = read_sidecar(chosen["file"])
     side["method_search"] = {
         "chosen": {"method": chosen["method"], "options": chosen["options"], "algorithms": names},
         "validation": {

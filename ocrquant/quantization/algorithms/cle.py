@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import onnx
 from onnx import numpy_helper
 
 from ocrquant.errors import OcrQuantError
@@ -33,6 +34,32 @@ from ocrquant.quantization.algorithms.base import Algorithm, AlgorithmContext, r
 from ocrquant.quantization.graph import consumers, get_attr, initializers
 
 HOMOGENEOUS = ("Relu",)
+
+
+class _Float64Weights:
+    """Initializers edited in float64 (scales compose over several pairs without float32 drift),
+    written back once."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.inits = initializers(model)
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self.arrays:
+            self.arrays[name] = numpy_helper.to_array(self.inits[name]).astype(np.float64)
+        return self.arrays[name]
+
+    def migrate(self, conv1: onnx.NodeProto, conv2: onnx.NodeProto, s: np.ndarray, depthwise: bool) -> None:
+        """Divide conv1's output channel ``c`` (filter and bias) by ``s_c``, multiply conv2's input
+        channel ``c`` by it: the float function is unchanged."""
+        self.get(conv1.input[1])[:] /= s.reshape(-1, 1, 1, 1)
+        if len(conv1.input) > 2 and conv1.input[2] in self.inits:
+            self.get(conv1.input[2])[:] /= s
+        self.get(conv2.input[1])[:] *= s.reshape((-1, 1, 1, 1) if depthwise else (1, -1, 1, 1))
+
+    def write_back(self) -> None:
+        for name, arr in self.arrays.items():
+            self.inits[name].CopyFrom(numpy_helper.from_array(arr.astype(np.float32), name))
 
 
 @register_algorithm("cle", stage="float")
@@ -88,14 +115,8 @@ class CrossLayerEqualization(Algorithm):
         pairs = self.find_pairs(ctx)
         if self.ranges == "activations":
             return self._apply_activation_ranges(ctx, pairs)
-        inits = initializers(ctx.model)
-        arrays = {}
-
-        def get(name: str) -> np.ndarray:
-            if name not in arrays:
-                arrays[name] = numpy_helper.to_array(inits[name]).astype(np.float64)
-            return arrays[name]
-
+        weights = _Float64Weights(ctx.model)
+        get = weights.get
         for _ in range(self.iterations):
             for conv1, conv2 in pairs:
                 w1, w2 = get(conv1.input[1]), get(conv2.input[1])
@@ -107,25 +128,16 @@ class CrossLayerEqualization(Algorithm):
                     else np.abs(w2).max(axis=(0, 2, 3))
                 )
                 s = np.where((r1 > self.eps) & (r2 > self.eps), np.sqrt(r1 / np.maximum(r2, self.eps)), 1.0)
-                w1 /= s.reshape(-1, 1, 1, 1)
-                if len(conv1.input) > 2 and conv1.input[2] in inits:
-                    get(conv1.input[2])[:] /= s
-                if depthwise:
-                    w2 *= s.reshape(-1, 1, 1, 1)
-                else:
-                    w2 *= s.reshape(1, -1, 1, 1)
-        for name, arr in arrays.items():
-            inits[name].CopyFrom(numpy_helper.from_array(arr.astype(np.float32), name))
+                weights.migrate(conv1, conv2, s, depthwise)
+        weights.write_back()
         return {"pairs": len(pairs), "layers": sorted({n.name for p in pairs for n in p})}
 
     def activation_scales(self, lo: np.ndarray, hi: np.ndarray, depthwise: bool) -> np.ndarray:
         """Per-channel ``s`` from the activation's channel ranges (0 included, as the grid includes it)."""
-        r = (np.maximum(hi, 0.0) - np.minimum(lo, 0.0)).astype(np.float64)
-        top = float(r.max())
-        if top <= 0:
-            return np.ones_like(r)
+        from ocrquant.quantization.algorithms.hs_cle import equalising_scales
+
         alpha = self.alpha_depthwise if depthwise else self.alpha_dense
-        return (np.maximum(r, top * self.min_ratio) / top) ** alpha
+        return equalising_scales(np.maximum(hi, 0.0) - np.minimum(lo, 0.0), alpha, self.min_ratio)
 
     def _apply_activation_ranges(self, ctx: AlgorithmContext, pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
         """One pass: each pair's scale comes from its own activation in the unchanged model. Exact
@@ -134,28 +146,17 @@ class CrossLayerEqualization(Algorithm):
 
         if not pairs:
             return {"pairs": 0, "ranges": self.ranges}
-        inits = initializers(ctx.model)
         mins, maxs = channel_min_max(
             ctx.model, [c2.input[0] for _, c2 in pairs], ctx.batches, self.max_batches, ctx.progress
         )
-        arrays: dict[str, np.ndarray] = {}
-
-        def get(name: str) -> np.ndarray:
-            if name not in arrays:
-                arrays[name] = numpy_helper.to_array(inits[name]).astype(np.float64)
-            return arrays[name]
-
+        weights = _Float64Weights(ctx.model)
         spread = []
         for conv1, conv2 in pairs:
             depthwise = get_attr(conv2, "group", 1) > 1
             s = self.activation_scales(mins[conv2.input[0]], maxs[conv2.input[0]], depthwise)
-            get(conv1.input[1])[:] /= s.reshape(-1, 1, 1, 1)
-            if len(conv1.input) > 2 and conv1.input[2] in inits:
-                get(conv1.input[2])[:] /= s
-            get(conv2.input[1])[:] *= s.reshape((-1, 1, 1, 1) if depthwise else (1, -1, 1, 1))
+            weights.migrate(conv1, conv2, s, depthwise)
             spread.append(float(s.min()))
-        for name, arr in arrays.items():
-            inits[name].CopyFrom(numpy_helper.from_array(arr.astype(np.float32), name))
+        weights.write_back()
         return {
             "pairs": len(pairs),
             "ranges": self.ranges,

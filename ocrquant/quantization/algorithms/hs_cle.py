@@ -168,6 +168,16 @@ def find_hardswish_edges(model: onnx.ModelProto) -> list[HardSwishEdge]:
     return edges
 
 
+def equalising_scales(ranges: np.ndarray, alpha: float, min_ratio: float) -> np.ndarray:
+    """``s_c = (r_c / max r) ** alpha``, ranges floored at ``min_ratio * max r``: the per-channel
+    divisor that brings every channel's range towards the widest (all ones when every range is 0)."""
+    r = np.asarray(ranges, dtype=np.float64)
+    top = float(r.max())
+    if top <= 0:
+        return np.ones_like(r)
+    return (np.maximum(r, top * min_ratio) / top) ** alpha
+
+
 def channel_min_max(
     model: onnx.ModelProto, tensors: list[str], batches, limit: int, progress: bool
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -209,13 +219,8 @@ class HardSwishCLE(Algorithm):
         pre_lo = np.maximum(np.minimum(mins[edge.y], 0.0), -3.0)
         r_pre = np.maximum(maxs[edge.y], 0.0) - pre_lo
         r_post = np.maximum(maxs[edge.z], 0.0) - np.minimum(mins[edge.z], 0.0)
-        r = np.maximum(r_pre, r_post).astype(np.float64)
-        top = float(r.max())
-        if top <= 0:
-            return np.ones_like(r)
-        r = np.maximum(r, top * self.min_ratio)
         alpha = self.alpha_depthwise if edge.depthwise else self.alpha_dense
-        return (r / top) ** alpha
+        return equalising_scales(np.maximum(r_pre, r_post), alpha, self.min_ratio)
 
     def _rescaled_hardswish(
         self, model: onnx.ModelProto, e: HardSwishEdge, s: np.ndarray, ctx: AlgorithmContext
