@@ -12,6 +12,7 @@ model that changes several times more decisions than the noise does is where qua
 from __future__ import annotations
 
 import argparse
+import sys
 import zlib
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 from ocrquant.api import build_task
 from ocrquant.data import open_dataset
 from ocrquant.data.types import Sample
+from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation import evaluate, fidelity
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.zoo.resolve import resolve_model
@@ -65,4 +67,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except OcrQuantError as exc:  # bad input: one line, like the ocrquant CLI
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        sys.exit(2)
