@@ -384,3 +384,84 @@ def test_fallback_is_reported_with_reason():
     (report,) = sim.report.nodes
     assert report.mode == "float" and "no integer kernel" in report.detail
     assert sim.report.by_op()[0][:3] == ("ReduceMean", 0, 1)
+
+
+# ------------------------------------------------- --requant float32: onnxruntime's fused kernels
+def _fused_session(model: onnx.ModelProto) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _u8_model(nodes, inputs, inits, out="yq") -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "g", inputs, [helper.make_tensor_value_info(out, TensorProto.UINT8, None)], inits
+    )
+    model = helper.make_model(graph, opset_imports=OPSET)
+    model.ir_version = 8
+    return model
+
+
+def test_float32_add_is_onnxruntime_qlinearadd_bit_for_bit():
+    """Every uint8 pair, with the scales of a real det residual Add (where the fixed-point add and
+    other float orders differ from onnxruntime in a few ties)."""
+    sa, za, sb, zb, sc, zc = 0.16653126, 125, 0.13157283, 109, 0.17924328, 119
+    inits = [
+        numpy_helper.from_array(np.array(v, dt), n)
+        for v, dt, n in [
+            (sa, np.float32, "sa"), (za, np.uint8, "za"), (sb, np.float32, "sb"),
+            (zb, np.uint8, "zb"), (sc, np.float32, "sc"), (zc, np.uint8, "zc"),
+        ]
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["ad"]),
+        helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["bd"]),
+        helper.make_node("Add", ["ad", "bd"], ["c"]),
+        helper.make_node("QuantizeLinear", ["c", "sc", "zc"], ["yq"]),
+    ]
+    shape = [1, 1, 256, 256]
+    vi = [helper.make_tensor_value_info(n, TensorProto.UINT8, shape) for n in ("a", "b")]
+    a, b = (
+        g.reshape(shape) for g in np.meshgrid(np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8))
+    )
+    want = _fused_session(_u8_model(nodes, vi, inits)).run(None, {"a": a, "b": b})[0]
+
+    def params(s, z):
+        return QParams(np.array(s, np.float32), np.array(z, np.uint8), np.dtype(np.uint8))
+
+    node = helper.make_node("Add", ["a", "b"], ["c"])
+    ins = [QTensor(a, params(sa, za)), QTensor(b, params(sb, zb))]
+    ctx = KernelContext(node, "half_away", SingleNodeExecutor(OPSET).run, {}, requant="float32")
+    assert np.array_equal(KERNELS["Add"].fn(ctx, ins, params(sc, zc)), want)
+
+
+def test_float32_mode_mirrors_onnxruntime_quantizing_a_float_kept_weight():
+    """A float ConvTranspose between DequantizeLinear and QuantizeLinear: onnxruntime quantizes its
+    weight (int8 per tensor) when it optimizes the session; --requant float32 does the same."""
+    rng = np.random.default_rng(5)
+    w = rng.normal(0, 0.3, (6, 4, 2, 2)).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(np.array(0.02, np.float32), "sx"),
+        numpy_helper.from_array(np.array(0, np.uint8), "zx"),
+        numpy_helper.from_array(np.array(0.01, np.float32), "sy"),
+        numpy_helper.from_array(np.array(128, np.uint8), "zy"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+        helper.make_node("ConvTranspose", ["xd", "w"], ["y"], strides=[2, 2], kernel_shape=[2, 2]),
+        helper.make_node("QuantizeLinear", ["y", "sy", "zy"], ["yq"]),
+    ]
+    model = _u8_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 9, 11])], inits)
+    x = rng.uniform(0, 5, (1, 6, 9, 11)).astype(np.float32)
+    want = _fused_session(model).run(None, {"x": x})[0]
+    mirrored = Simulator(model, requant="float32")
+    mirrored.run({"x": x}, keep_all=True)
+    assert np.array_equal(mirrored.state["yq"], want)
+    detail = next(r.detail for r in mirrored.report.nodes if r.op_type == "ConvTranspose")
+    assert "onnxruntime quantizes them" in detail
+    plain = Simulator(model, requant="fixed")  # the file's own semantics: the weight stays float
+    plain.run({"x": x}, keep_all=True)
+    assert not np.array_equal(plain.state["yq"], want)

@@ -65,7 +65,7 @@ from onnx import numpy_helper
 
 from ocrquant.data import Dataset, Sample, load_image, open_dataset, sample_calibration
 from ocrquant.errors import OcrQuantError
-from ocrquant.fileio import atomic_path, write_json_atomic
+from ocrquant.fileio import atomic_path, read_sidecar, write_json_atomic
 
 log = logging.getLogger("ocrquant")
 
@@ -688,7 +688,18 @@ def quantize_pair(
     )
     if keeper is None:
         raise OcrQuantError("cannot build the float reference: the model has no Reshape/Transpose node")
-    ref_cfg = dataclasses.replace(cfg, exclude=sorted({n.name for n in nodes if n.name != keeper}))
+    # The reference repeats the base's float stage exactly: with ``method="auto"`` that means the
+    # method, calibration pick and algorithms auto chose (not a second search over all-float models).
+    settings = read_sidecar(base.output)["settings"]
+    ref_cfg = dataclasses.replace(
+        cfg,
+        method=settings["method"],
+        method_options=dict(settings["method_options"]),
+        calib_size=settings["calib_size"],
+        algorithms=list(settings["algorithms"]),
+        extra_algorithms=[],
+        exclude=sorted({n.name for n in nodes if n.name != keeper}),
+    )
     ref = quantize(model, base.task, calib, work_dir / "reference.onnx", ref_cfg)
     return QuantizedPair(base, Path(ref.output), Path(resolve_model(model).path), base.task)
 

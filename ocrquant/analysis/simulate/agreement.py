@@ -34,13 +34,14 @@ class OutputAgreement:
     numel: int
 
 
-def runtime_session(model_path: str | Path, mode: str, threads: int = 0) -> ort.InferenceSession:
+def runtime_session(model_path: str | Path | bytes, mode: str, threads: int = 0) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = RUNTIME_MODES[mode]
     if threads:
         so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(model_path), sess_options=so, providers=["CPUExecutionProvider"])
+    model = model_path if isinstance(model_path, bytes) else str(model_path)
+    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
 
 
 def compare_with_runtime(
@@ -107,17 +108,21 @@ def kernel_agreement(
     *,
     rounding: str = "half_away",
     requant: str = "fixed",
+    runtime: str = "ort-reference",
     progress: bool = True,
 ) -> list[KernelAgreement]:
-    """Per op type: how often each integer kernel reproduces onnxruntime's reference integers when fed
-    exactly onnxruntime's inputs (teacher forcing, see ``Simulator.run``). This separates kernel
-    differences (rounding ties, float32 noise in the reference) from their amplification downstream."""
+    """Per op type: how often each integer kernel reproduces onnxruntime's integers when fed exactly
+    onnxruntime's inputs (teacher forcing, see ``Simulator.run``). This separates kernel differences
+    (rounding ties, float32 noise) from their amplification downstream. ``runtime``: a key of
+    ``RUNTIME_MODES``; with "ort-optimized" the QuantizeLinear outputs are exposed as graph outputs,
+    which leaves onnxruntime's QLinear* fusions in place (checked on the PP-OCRv3 det model)."""
     from ocrquant.analysis.dump import analysis_session
     from ocrquant.analysis.graph import load_model, tensor_elem_types, with_outputs
 
     model = load_model(model_path)
     q_names = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]
-    session = analysis_session(with_outputs(model, q_names, tensor_elem_types(model)).SerializeToString())
+    exposed = with_outputs(model, q_names, tensor_elem_types(model)).SerializeToString()
+    session = analysis_session(exposed) if runtime == "ort-reference" else runtime_session(exposed, runtime)
     sim = Simulator(model, rounding=rounding, requant=requant)
     in_name = session.get_inputs()[0].name
     acc: dict[str, list[int]] = {}

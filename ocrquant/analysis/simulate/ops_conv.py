@@ -107,7 +107,8 @@ def conv(ctx: KernelContext, ins: list[Any], out: QParams) -> np.ndarray:
     if bias is not None:
         acc = acc + to_accumulator_scale(bias, np.broadcast_to(acc_scale, (acc.shape[1],)), 4)
         acc = ctx.accumulate(acc)
-    multiplier = np.broadcast_to(acc_scale, (acc.shape[1],)) / out.scale.astype(np.float64)
+    multiplier = ctx.product_multiplier(x.params.scale, w.params.scale, out.scale)
+    multiplier = np.broadcast_to(multiplier, (acc.shape[1],))
     return ctx.requantize(acc, multiplier.reshape(1, -1, 1, 1), out)
 
 
@@ -157,5 +158,5 @@ def conv_transpose(ctx: KernelContext, ins: list[Any], out: QParams) -> np.ndarr
     acc = ctx.accumulate(acc)
     if bias is not None:
         acc = ctx.accumulate(acc + to_accumulator_scale(bias, acc_scale, 4))
-    multiplier = acc_scale / out.scale.astype(np.float64)
+    multiplier = np.broadcast_to(ctx.product_multiplier(x.params.scale, w.params.scale, out.scale), cout)
     return ctx.requantize(acc, multiplier.reshape(1, -1, 1, 1), out)

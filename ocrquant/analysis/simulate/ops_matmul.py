@@ -36,7 +36,7 @@ def matmul(ctx: KernelContext, ins: list[Any], out: QParams) -> np.ndarray:
     if b.q.ndim < 2 or a.q.ndim < 2:
         raise Fallback("MatMul with a 1-D operand")
     acc = ctx.accumulate(np.matmul(a.centered().astype(np.float64), b.centered().astype(np.float64)))
-    multiplier = a.params.scale.astype(np.float64) * col_scale / out.scale.astype(np.float64)
+    multiplier = ctx.product_multiplier(a.params.scale, col_scale, out.scale)
     return ctx.requantize(acc, multiplier, out)
 
 
@@ -59,5 +59,6 @@ def gemm(ctx: KernelContext, ins: list[Any], out: QParams) -> np.ndarray:
             real = (c.dequantize() if isinstance(c, QTensor) else np.asarray(c)).astype(np.float64) * beta
             c = np.broadcast_to(real.reshape(-1), (n_cols,))
         acc = ctx.accumulate(acc + to_accumulator_scale(c, acc_scale * alpha, 2))
-    multiplier = alpha * acc_scale / out.scale.astype(np.float64)
+    multiplier = alpha * ctx.product_multiplier(a.params.scale, col_scale, out.scale)
+    multiplier = np.broadcast_to(multiplier, (acc.shape[1],))
     return ctx.requantize(acc, multiplier.reshape(1, -1), out)

@@ -42,9 +42,11 @@ def global_average_pool(ctx: KernelContext, ins: list[Any], out: QParams) -> np.
 
 
 def _window_sum(x: np.ndarray, kernel, strides, pads, ho: int, wo: int) -> np.ndarray:
+    """Window sums in ``x``'s dtype, added row by row in window order (int64 exact; float32 as a CPU
+    kernel adds them)."""
     pt, pl, pb, pr = pads
     xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    acc = np.zeros(x.shape[:2] + (ho, wo), dtype=np.int64)
+    acc = np.zeros(x.shape[:2] + (ho, wo), dtype=x.dtype)
     for i in range(kernel[0]):
         for j in range(kernel[1]):
             acc += xp[
@@ -71,9 +73,18 @@ def average_pool(ctx: KernelContext, ins: list[Any], out: QParams) -> np.ndarray
     h, w = x.q.shape[2:]
     ho = (h + pads[0] + pads[2] - kernel[0]) // strides[0] + 1
     wo = (w + pads[1] + pads[3] - kernel[1]) // strides[1] + 1
-    acc = ctx.accumulate(_window_sum(x.centered(), kernel, strides, pads, ho, wo))
     if int(ctx.attr("count_include_pad", 0)):
         count = np.full((1, 1, ho, wo), kernel[0] * kernel[1], dtype=np.int64)
     else:
         count = _window_sum(np.ones((1, 1, h, w), dtype=np.int64), kernel, strides, pads, ho, wo)
+    if ctx.requant == "float32":
+        # onnxruntime's QLinearAveragePool: dequantize to float32, average in float32, quantize (ties
+        # to even); with equal input and output scales half the 2x2 windows land on a tie, which the
+        # float rounding of the sum decides.
+        ctx.note("float32 average of dequantized values (onnxruntime's QLinearAveragePool)")
+        values = x.centered().astype(np.float32) * np.float32(x.params.scale.reshape(-1)[0])
+        mean = _window_sum(values, kernel, strides, pads, ho, wo) / count.astype(np.float32)
+        y = np.rint(mean / np.float32(out.scale.reshape(-1)[0])).astype(np.int64) + out.zp64(4)
+        return np.clip(y, out.qmin, out.qmax).astype(out.dtype)
+    acc = ctx.accumulate(_window_sum(x.centered(), kernel, strides, pads, ho, wo))
     return _average(ctx, acc, count, x, out)

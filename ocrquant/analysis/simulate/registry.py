@@ -84,6 +84,18 @@ class KernelContext:
             self.note(f"int32 accumulator saturated {over}x")
         return acc
 
+    def product_multiplier(self, a_scale: np.ndarray, b_scale: np.ndarray, out_scale: np.ndarray) -> Any:
+        """``S_a * S_b / S_out`` (per output channel where ``b_scale`` is) for a product kernel.
+
+        Exact (float64) for the fixed-point requantisation, which rounds it to an int32 multiplier
+        anyway. In ``float32`` mode it is computed the way onnxruntime's QLinearConv/QLinearMatMul
+        compute their output scales, ``(S_a * S_b) / S_out`` in float32: that multiplier's last bit
+        decides rounding ties, and on det one differently rounded activation changes the output map
+        visibly (final-output cosine vs onnxruntime's fused kernels 0.9953 with the float64 product,
+        0.9994 with onnxruntime's)."""
+        dtype = np.float32 if self.requant == "float32" else np.float64
+        return (np.asarray(a_scale, dtype) * np.asarray(b_scale, dtype)) / np.asarray(out_scale, dtype)
+
     def requantize(self, acc: np.ndarray, multiplier: np.ndarray, out: QParams) -> np.ndarray:
         """Requantize to ``out`` (``multiplier`` already broadcastable) and note shift vs multiplier."""
         if self.requant == "float32":
