@@ -660,6 +660,27 @@ class QuantizedPair:
     task: str
 
 
+def pinned_config(config: Any, quantized: str | Path) -> Any:
+    """``config`` with the method, options, calibration size and algorithms the pipeline actually
+    used for ``quantized`` (read from its sidecar).
+
+    Every later model of an analysis (the float reference, a variant with layers kept float, the
+    final mixed-precision model) must repeat that float stage exactly; with ``method="auto"`` a new
+    run would search again, and could choose differently once layers are excluded.
+    """
+    import dataclasses
+
+    settings = read_sidecar(quantized)["settings"]
+    return dataclasses.replace(
+        config,
+        method=settings["method"],
+        method_options=dict(settings["method_options"]),
+        calib_size=settings["calib_size"],
+        algorithms=list(settings["algorithms"]),
+        extra_algorithms=[],
+    )
+
+
 def quantize_pair(
     model: str | Path,
     task: str | None,
@@ -688,17 +709,8 @@ def quantize_pair(
     )
     if keeper is None:
         raise OcrQuantError("cannot build the float reference: the model has no Reshape/Transpose node")
-    # The reference repeats the base's float stage exactly: with ``method="auto"`` that means the
-    # method, calibration pick and algorithms auto chose (not a second search over all-float models).
-    settings = read_sidecar(base.output)["settings"]
     ref_cfg = dataclasses.replace(
-        cfg,
-        method=settings["method"],
-        method_options=dict(settings["method_options"]),
-        calib_size=settings["calib_size"],
-        algorithms=list(settings["algorithms"]),
-        extra_algorithms=[],
-        exclude=sorted({n.name for n in nodes if n.name != keeper}),
+        pinned_config(cfg, base.output), exclude=sorted({n.name for n in nodes if n.name != keeper})
     )
     ref = quantize(model, base.task, calib, work_dir / "reference.onnx", ref_cfg)
     return QuantizedPair(base, Path(ref.output), Path(resolve_model(model).path), base.task)

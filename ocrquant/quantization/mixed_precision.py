@@ -247,6 +247,7 @@ def quantize_with_budget(
         Validator,
         VariantBuilder,
         analyze_layers,
+        pinned_config,
         quantize_pair,
         split_validation,
         time_models,
@@ -274,6 +275,7 @@ def quantize_with_budget(
         work.mkdir(parents=True, exist_ok=True)
         if pair is None:
             pair = quantize_pair(model_path, task_name, calib, work, cfg)
+        cfg = pinned_config(cfg, pair.quantized.output)  # every later model repeats the pair's float stage
         int8_path = Path(pair.quantized.output)
         qmodel = onnx.load(str(int8_path))
         builder = VariantBuilder(qmodel, onnx.load(str(pair.reference)), granularity)
