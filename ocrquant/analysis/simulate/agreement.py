@@ -116,13 +116,12 @@ def kernel_agreement(
     (rounding ties, float32 noise) from their amplification downstream. ``runtime``: a key of
     ``RUNTIME_MODES``; with "ort-optimized" the QuantizeLinear outputs are exposed as graph outputs,
     which leaves onnxruntime's QLinear* fusions in place (checked on the PP-OCRv3 det model)."""
-    from ocrquant.analysis.dump import analysis_session
     from ocrquant.analysis.graph import load_model, tensor_elem_types, with_outputs
 
     model = load_model(model_path)
     q_names = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]
     exposed = with_outputs(model, q_names, tensor_elem_types(model)).SerializeToString()
-    session = analysis_session(exposed) if runtime == "ort-reference" else runtime_session(exposed, runtime)
+    session = runtime_session(exposed, runtime)
     sim = Simulator(model, rounding=rounding, requant=requant)
     in_name = session.get_inputs()[0].name
     acc: dict[str, list[int]] = {}

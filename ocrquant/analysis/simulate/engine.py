@@ -128,9 +128,9 @@ class Simulator:
                 continue
             lo, hi = min(float(weight.min()), 0.0), max(float(weight.max()), 0.0)
             w_scale = np.float32((hi - lo) / 255.0) if hi > lo else np.float32(1.0)
-            zp = np.clip(np.rint(np.float32(-128.0) - np.float32(lo) / w_scale), -128, 127)
-            q = np.clip(np.rint(weight / w_scale) + zp, -128, 127)
-            self.consts[node.input[1]] = ((q - zp) * w_scale).astype(np.float32)
+            zp = np.clip(np.rint(np.float32(-128.0) - np.float32(lo) / w_scale), -128, 127).astype(np.int8)
+            w_params = QParams(np.array(w_scale), np.array(zp), np.dtype(np.int8))
+            self.consts[node.input[1]] = QTensor(quantize_linear(weight, w_params), w_params).dequantize()
             x_params = self._q_params(prod)
             if len(node.input) > 2 and node.input[2] in self.consts and x_params is not None:
                 b_scale = np.float32(x_params.scale.reshape(-1)[0]) * w_scale

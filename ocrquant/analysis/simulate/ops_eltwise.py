@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ocrquant.analysis.simulate.fixedpoint import quantize_multiplier, rounding_shift_right
-from ocrquant.analysis.simulate.qtypes import Fallback, QParams, QTensor
+from ocrquant.analysis.simulate.qtypes import Fallback, QParams, QTensor, quantize_linear
 from ocrquant.analysis.simulate.registry import KernelContext, per_tensor, register_kernel
 
 
@@ -64,9 +64,7 @@ def _add_sub_float32(op: str, a: QTensor, b: QTensor, out: QParams) -> np.ndarra
     """
     f32 = np.float32
     if op == "Sub":
-        diff = a.dequantize() - b.dequantize()
-        q = np.rint(diff / f32(out.scale.reshape(-1)[0])).astype(np.int64) + out.zp64(diff.ndim)
-        return np.clip(q, out.qmin, out.qmax).astype(out.dtype)
+        return quantize_linear(a.dequantize() - b.dequantize(), out)
     sc = f32(out.scale.reshape(-1)[0])
     za, zb, zc = (f32(t.zero_point.reshape(-1)[0]) for t in (a.params, b.params, out))
     ra, rb = f32(f32(a.params.scale.reshape(-1)[0]) / sc), f32(f32(b.params.scale.reshape(-1)[0]) / sc)

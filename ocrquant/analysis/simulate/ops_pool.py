@@ -15,7 +15,7 @@ import numpy as np
 
 from ocrquant.analysis.simulate.fixedpoint import is_power_of_two, rounding_divide
 from ocrquant.analysis.simulate.ops_conv import conv_pads
-from ocrquant.analysis.simulate.qtypes import Fallback, QParams, QTensor
+from ocrquant.analysis.simulate.qtypes import Fallback, QParams, QTensor, quantize_linear
 from ocrquant.analysis.simulate.registry import KernelContext, per_tensor, register_kernel
 
 
@@ -84,7 +84,6 @@ def average_pool(ctx: KernelContext, ins: list[Any], out: QParams) -> np.ndarray
         ctx.note("float32 average of dequantized values (onnxruntime's QLinearAveragePool)")
         values = x.centered().astype(np.float32) * np.float32(x.params.scale.reshape(-1)[0])
         mean = _window_sum(values, kernel, strides, pads, ho, wo) / count.astype(np.float32)
-        y = np.rint(mean / np.float32(out.scale.reshape(-1)[0])).astype(np.int64) + out.zp64(4)
-        return np.clip(y, out.qmin, out.qmax).astype(out.dtype)
+        return quantize_linear(mean, out)
     acc = ctx.accumulate(_window_sum(x.centered(), kernel, strides, pads, ho, wo))
     return _average(ctx, acc, count, x, out)
