@@ -559,4 +559,5 @@ def test_auto_method_picks_the_best_candidate_and_validates_bias_correction(cls_
     kept = trial["val_fidelity"] > best.get("all_algorithms", best)["val_fidelity"]
     assert ("bias_correction" in side["settings"]["algorithms"]) == kept
     assert ("bias_correction" in search["chosen"]["algorithms"]) == kept
-    assert not list(tmp_path.glob("cls.auto.*.onnx"))  # candidates cleaned up
+    assert not list(tmp_path.glob("cls.auto.*.onnx"))  # candidates never written beside the output
+    assert side["output"] == str(out) and rows == search["candidates"]

@@ -4,6 +4,7 @@ real PP-OCRv3 cls model with the embedded sample crops."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,13 @@ def test_sensitivity_ranks_every_quantized_layer_once(cls_setup):
     assert set(builder.layers) <= set(convs) and len(builder.layers) >= 50  # 53 Conv + 1 MatMul in cls
     assert all(r.snr_db is not None and r.metric is not None and r.depth >= 0 for r in result.rows)
     assert result.int8_snr_db is not None and result.fp32_metric == validator.fp32.metric
+    # fidelity: agreement with the FP32 model's own predictions; the FP32 model agrees with itself
+    assert validator.score(pair.float_model).fidelity == 1.0
+    assert all(0.0 <= r.fidelity <= 1.0 for r in result.rows)
+    by_fidelity = result.ranked("fidelity")
+    assert [r.fidelity for r in by_fidelity] == sorted((r.fidelity for r in result.rows), reverse=True)
+    with pytest.raises(OcrQuantError, match="unknown ranking"):
+        result.ranked("loss")
 
 
 @pytest.mark.parametrize("granularity,count", [("layer", 1), ("block", 3)])
@@ -194,7 +202,6 @@ def test_only_quantized_variant_keeps_qdq_only_around_that_layer(cls_setup):
 def test_quantize_with_budget_writes_the_model_and_a_report(cls_model, cls_setup, tmp_path):
     pair, builder, _, cfg, _, _ = cls_setup
     out = tmp_path / "cls.mixed.onnx"
-    ranking = builder.layers[:3]
     result, report = quantize_with_budget(
         cls_model,
         "cls",
@@ -204,7 +211,6 @@ def test_quantize_with_budget_writes_the_model_and_a_report(cls_model, cls_setup
         cfg,
         100.0,  # any model meets it: the search stops at the INT8 base
         val_size=4,
-        ranking=ranking,
         threads=1,
         latency=False,
         pair=pair,  # reuse the fixture's two pipeline runs
@@ -213,6 +219,9 @@ def test_quantize_with_budget_writes_the_model_and_a_report(cls_model, cls_setup
     assert out.is_file() and result.sidecar.is_file() and Path(report.report_path).is_file()
     assert report.met and report.chosen == [] and report.steps[0].action == "base"
     assert report.steps[-1].action == "final" and report.validation["source"] == "calibration-holdout"
+    # the default ranking for cls: fidelity to the FP32 predictions, each layer float in turn
+    assert sorted(report.ranking) == sorted(builder.layers) and report.settings["rank_by"] == "fidelity"
+    assert report.settings["rank_size"] == 4 and report.int8_metric == report.steps[0].metric
 
 
 def test_int16_keep_mode_names_the_layers_activation_tensors(cls_setup):
@@ -226,3 +235,26 @@ def test_int16_keep_mode_names_the_layers_activation_tensors(cls_setup):
     assert set(int16.dtype_overrides) <= q_inputs | set(node.output)  # real float tensor names
     floated = config_for(cfg, "float", [layer], qmodel, builder.float_nodes([layer]))
     assert floated.exclude[: len(cfg.exclude)] == cfg.exclude and layer in floated.exclude
+
+
+def test_budget_search_edits_a_model_without_bias_correction_and_the_final_model_has_it(
+    cls_model, cls_setup, tmp_path
+):
+    """Bias correction is fitted to every quantized layer upstream; an edit that floats one of them
+    would keep stale corrections, so the search runs without it and the final model gets it back."""
+    _, builder, _, cfg, _, _ = cls_setup
+    cfg_bc = dataclasses.replace(
+        cfg,
+        extra_algorithms=["bias_correction"],
+        algorithm_options={"bias_correction": {"max_batches": 1, "group_size": 64}},
+    )
+    out = tmp_path / "cls.bc.onnx"
+    result, report = quantize_with_budget(
+        cls_model, "cls", sample_root() / "rec", None, out, cfg_bc, 100.0,
+        val_size=4, ranking=builder.layers[:2], threads=1, latency=False, progress=False,
+    )  # fmt: skip
+    assert "bias_correction" not in report.settings["search_algorithms"]
+    assert "bias_correction" in report.settings["final_algorithms"]
+    side = json.loads(result.sidecar.read_text())
+    assert "bias_correction" in side["settings"]["algorithms"]
+    assert side["algorithms"]["bias_correction"]["corrected"] > 0

@@ -73,6 +73,7 @@ LAYER_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 MODES = ("only-float", "only-quantized")
 LATENCY_SOURCES = ("estimate", "measure", "none")
 GRANULARITIES = ("block", "layer")
+RANKINGS = ("metric", "fidelity", "snr")
 Q_OPS = ("QuantizeLinear", "DequantizeLinear")
 FLOAT_SUFFIX = "__float"
 PASSTHROUGH_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
@@ -514,11 +515,13 @@ def _prune(model: onnx.ModelProto) -> None:
 # ------------------------------------------------------------------------------------ scoring
 @dataclass
 class Score:
-    """One model on the validation subset: the task's primary metric (0..1) and the output SNR."""
+    """One model on the validation subset: the task's primary metric (0..1), the output SNR and the
+    fidelity (the primary metric scored against the FP32 model's own predictions)."""
 
     metric: float
     metrics: dict[str, float]
     snr_db: float | None
+    fidelity: float | None = None
 
 
 class Validator:
@@ -526,7 +529,8 @@ class Validator:
 
     Images run one per model call (as ``evaluate`` with batch size 1, the setting of the verified
     FP32 figures). The FP32 outputs of the first ``snr_samples`` images are kept for the SNR of the
-    final model output (sum over those images of x^2 / (x - y)^2, x FP32, y the variant).
+    final model output (sum over those images of x^2 / (x - y)^2, x FP32, y the variant), and the
+    FP32 predictions of every image for the fidelity (see :func:`ocrquant.evaluation.fidelity`).
     """
 
     def __init__(
@@ -554,6 +558,7 @@ class Validator:
             self.items.append((s, task.preprocess([load_image(s)])))
         self.snr_count = min(snr_samples, len(self.items))
         self.reference: list[list[np.ndarray]] = []
+        self.predictions: list[Any] = []  # the FP32 model's post-processed prediction per image
         self.fp32 = self.score(float_model, _keep_reference=True)
 
     def runner(self, model: str | Path) -> Any:
@@ -568,6 +573,7 @@ class Validator:
         runner = self.runner(model)
         name = runner.input_names[0]
         metric = self.task.new_metric()
+        agreement = self.task.new_metric()  # against the FP32 predictions
         err = ErrorStats()
         items = self.items if self.use_metric else self.items[: self.snr_count]
         for i, (sample, batch) in enumerate(items):
@@ -579,11 +585,19 @@ class Validator:
                     for x, y in zip(self.reference[i], outputs, strict=True):
                         err.update(x, y)
             if self.use_metric:
-                metric.update(self.task.postprocess(outputs, batch)[0], sample.target)
+                prediction = self.task.postprocess(outputs, batch)[0]
+                metric.update(prediction, sample.target)
+                if _keep_reference:
+                    self.predictions.append(prediction)
+                else:
+                    agreement.update(prediction, agreement.target_from_prediction(self.predictions[i]))
         figures = metric.result() if self.use_metric else {}
         primary = float(figures.get(metric.primary, math.nan)) if self.use_metric else math.nan
         snr = None if _keep_reference or err.n == 0 else err.snr_db
-        return Score(primary, {k: float(v) for k, v in figures.items()}, snr)
+        fid = None
+        if self.use_metric and not _keep_reference:
+            fid = float(agreement.result()[agreement.primary])
+        return Score(primary, {k: float(v) for k, v in figures.items()}, snr, fid)
 
     def bench_inputs(self, count: int = 4) -> list[np.ndarray]:
         """A few validation inputs spread over the subset, for latency measurements."""
@@ -727,6 +741,7 @@ class LayerSensitivity:
     delta_points: float | None  # 100 x (metric - the mode's baseline)
     snr_db: float | None  # final model output vs FP32
     latency_cost_ms: float | None  # keeping the layer float, vs the INT8 model
+    fidelity: float | None = None  # primary metric against the FP32 model's predictions (0..1)
 
 
 @dataclass
@@ -744,21 +759,22 @@ class SensitivityResult:
     validation: dict[str, Any]
     rows: list[LayerSensitivity]
     settings: dict[str, Any] = field(default_factory=dict)
-    rank_by: str = "metric"  # metric (SNR breaks ties) | snr
+    rank_by: str = "metric"  # metric | fidelity | snr (each broken by the SNR, then the metric)
 
-    def sensitivity(self, row: LayerSensitivity) -> tuple[float, float]:
+    def sensitivity(self, row: LayerSensitivity, by: str = "metric") -> tuple[float, ...]:
         """Larger = more sensitive. only-float: the gain from floating the layer; only-quantized: the
-        drop it causes alone. SNR breaks ties (the metric moves in steps of one image)."""
+        drop it causes alone. The SNR breaks ties (the metric moves in steps of one image)."""
         d = row.delta_points if row.delta_points is not None else 0.0
         s = row.snr_db if row.snr_db is not None and math.isfinite(row.snr_db) else 0.0
-        return (d, s) if self.mode == "only-float" else (-d, -s)
+        f = row.fidelity if row.fidelity is not None else 0.0
+        key = {"metric": (d, s), "snr": (s, d), "fidelity": (f, s, d)}[by]
+        return key if self.mode == "only-float" else tuple(-k for k in key)
 
     def ranked(self, by: str | None = None) -> list[LayerSensitivity]:
-        if (by or self.rank_by) == "snr":
-            return sorted(
-                self.rows, key=lambda r: (self.sensitivity(r)[1], self.sensitivity(r)[0]), reverse=True
-            )
-        return sorted(self.rows, key=self.sensitivity, reverse=True)
+        by = by or self.rank_by
+        if by not in RANKINGS:
+            raise OcrQuantError(f"unknown ranking '{by}' (known: {', '.join(RANKINGS)})")
+        return sorted(self.rows, key=lambda r: self.sensitivity(r, by), reverse=True)
 
     def ranking(self, by: str | None = None) -> list[str]:
         return [r.name for r in self.ranked(by)]
@@ -849,6 +865,7 @@ def analyze_layers(
             None if math.isnan(s.metric) else 100.0 * (s.metric - baseline),
             s.snr_db,
             cost,
+            s.fidelity,
         )
         rows.append(row)
         if on_row is not None:

@@ -93,6 +93,14 @@ def quantize_cmd(
     val_data: Annotated[
         Path | None, typer.Option("--val-data", help="Validation set for --max-drop (never the test set).")
     ] = None,
+    val_size: Annotated[
+        int | None,
+        typer.Option(
+            "--val-size",
+            help="Validation images for --max-drop (default: 2000 rec/cls crops, 60 det images; one image "
+            "is 100/N points, so a small set cannot resolve a budget of a few tenths of a point).",
+        ),
+    ] = None,
 ) -> None:
     """Quantize a float model to INT8 (QDQ) with calibrated ranges; print what was quantized."""
     from ocrquant.quantization import QuantConfig, quantize
@@ -117,7 +125,9 @@ def quantize_cmd(
     if max_drop is not None:
         from ocrquant.quantization.mixed_precision import quantize_with_budget
 
-        result, search = quantize_with_budget(model, task, calib_data, val_data, output, config, max_drop)
+        result, search = quantize_with_budget(
+            model, task, calib_data, val_data, output, config, max_drop, val_size=val_size
+        )
         console.print(search.summary())
     else:
         result = quantize(model, task, calib_data, output, config)

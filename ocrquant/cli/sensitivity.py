@@ -120,7 +120,8 @@ def sensitivity_cmd(
         f"({v['source']}): FP32 {100 * result.fp32_metric:.2f}, INT8 {100 * result.int8_metric:.2f} "
         f"{result.metric_name}"
     )
-    for col in ("rank", "layer", "op", "MMACs", result.metric_name, f"delta vs {base} (pt)", "SNR dB"):
+    cols = ("rank", "layer", "op", "MMACs", result.metric_name, f"delta vs {base} (pt)", "fidelity", "SNR dB")
+    for col in cols:
         table.add_column(col, justify="left" if col in ("layer", "op") else "right")
     table.add_column(f"float cost ms ({result.latency_source})", justify="right")
     rows = result.ranked()
@@ -132,6 +133,7 @@ def sensitivity_cmd(
             _fmt(r.macs / 1e6 if r.macs is not None else None, ".2f"),
             _fmt(100 * r.metric if r.metric is not None else None, ".2f"),
             _fmt(r.delta_points, "+.2f"),
+            _fmt(r.fidelity, ".4f"),
             _fmt(r.snr_db, ".1f"),
             _fmt(r.latency_cost_ms, ".3f"),
         )

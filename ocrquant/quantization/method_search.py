@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -112,68 +113,70 @@ def quantize_auto(
             "val_metric": round(res.primary, 6),
         }
 
-    for i, (method, options) in enumerate(CANDIDATES):
-        cand = output.with_name(f"{output.stem}.{_tag(method, options)}.onnx")
-        cfg = replace(
-            config,
-            method=method,
-            method_options=dict(options),
-            calib_size=calib_size,
-            algorithms=search_names,
-            extra_algorithms=[],
+    # Candidates live in a scratch directory: an interrupted search leaves nothing beside the output.
+    with tempfile.TemporaryDirectory(prefix="ocrquant-auto-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        for i, (method, options) in enumerate(CANDIDATES):
+            cand = scratch / f"{output.stem}.{_tag(method, options)}.onnx"
+            cfg = replace(
+                config,
+                method=method,
+                method_options=dict(options),
+                calib_size=calib_size,
+                algorithms=search_names,
+                extra_algorithms=[],
+            )
+            quantize(resolved.path, task_name, calib, cand, cfg)
+            scores = _validate(cand)
+            rows.append({"method": method, "options": options, **scores, "file": str(cand)})
+            log.info("auto: %s %s -> validation %s", method, options, scores)
+            if best is None or scores[key] > best[0]:
+                best = (scores[key], i)
+        assert best is not None
+        chosen = rows[best[1]]
+        final_cfg = replace(
+            config, method=chosen["method"], method_options=chosen["options"], calib_size=calib_size
         )
-        quantize(resolved.path, task_name, calib, cand, cfg)
-        scores = _validate(cand)
-        rows.append({"method": method, "options": options, **scores, "file": str(cand)})
-        log.info("auto: %s %s -> validation %s", method, options, scores)
-        if best is None or scores[key] > best[0]:
-            best = (scores[key], i)
-    assert best is not None
-    chosen = rows[best[1]]
-    final_cfg = replace(
-        config, method=chosen["method"], method_options=chosen["options"], calib_size=calib_size
-    )
-    if search_names != names:
-        quantize(
-            resolved.path,
-            task_name,
-            calib,
-            chosen["file"],
-            replace(final_cfg, algorithms=names, extra_algorithms=[]),
-        )
-        chosen["all_algorithms"] = _validate(chosen["file"])
-    baseline = chosen.get("all_algorithms", chosen)[key]
-    # Algorithms that help some models and hurt others: kept where the held-out metric rises.
-    profile = get_target(config.target)
-    for extra in (a for a in profile.validated_algorithms if a not in names and config.algorithms is None):
-        cand = output.with_name(f"{output.stem}.{_tag(chosen['method'], chosen['options'])}-{extra}.onnx")
-        trial = replace(final_cfg, algorithms=names + [extra], extra_algorithms=[])
-        quantize(resolved.path, task_name, calib, cand, trial)
-        scores = _validate(cand)
-        rows.append(
-            {"method": chosen["method"], "options": chosen["options"], "algorithm": extra,
-             **scores, "file": str(cand)}
-        )  # fmt: skip
-        log.info("auto: + %s -> validation %s (without: %s %.4f)", extra, scores, key, baseline)
-        if scores[key] > baseline:
-            names, chosen, baseline = names + [extra], rows[-1], scores[key]
-    with atomic_path(output) as tmp:
-        shutil.copyfile(chosen["file"], tmp)
-    side = read_sidecar(chosen["file"])
-    side["method_search"] = {
-        "chosen": {"method": chosen["method"], "options": chosen["options"], "algorithms": names},
-        "validation": {
-            "source": split.source, "size": len(split.validation), "calib_size": calib_size,
-            "criterion": key, "float_metric": round(reference.primary, 6),
-        },  # fmt: skip
-        "candidates": [{k: v for k, v in r.items() if k != "file"} for r in rows],
-    }
-    write_json_atomic(sidecar_path(output), side)
-    for r in rows:  # the candidates were only for choosing
-        Path(r["file"]).unlink(missing_ok=True)
-        sidecar_path(Path(r["file"])).unlink(missing_ok=True)
+        if search_names != names:
+            quantize(
+                resolved.path,
+                task_name,
+                calib,
+                chosen["file"],
+                replace(final_cfg, algorithms=names, extra_algorithms=[]),
+            )
+            chosen["all_algorithms"] = _validate(chosen["file"])
+        baseline = chosen.get("all_algorithms", chosen)[key]
+        # Algorithms that help some models and hurt others: kept where the held-out metric rises.
+        profile = get_target(config.target)
+        extras = [a for a in profile.validated_algorithms if a not in names and config.algorithms is None]
+        for extra in extras:
+            cand = scratch / f"{output.stem}.{_tag(chosen['method'], chosen['options'])}-{extra}.onnx"
+            trial = replace(final_cfg, algorithms=names + [extra], extra_algorithms=[])
+            quantize(resolved.path, task_name, calib, cand, trial)
+            scores = _validate(cand)
+            rows.append(
+                {"method": chosen["method"], "options": chosen["options"], "algorithm": extra,
+                 **scores, "file": str(cand)}
+            )  # fmt: skip
+            log.info("auto: + %s -> validation %s (without: %s %.4f)", extra, scores, key, baseline)
+            if scores[key] > baseline:
+                names, chosen, baseline = names + [extra], rows[-1], scores[key]
+        with atomic_path(output) as tmp:
+            shutil.copyfile(chosen["file"], tmp)
+        side = read_sidecar(chosen["file"])
+        side["output"] = str(output)
+        side["method_search"] = {
+            "chosen": {"method": chosen["method"], "options": chosen["options"], "algorithms": names},
+            "validation": {
+                "source": split.source, "size": len(split.validation), "calib_size": calib_size,
+                "criterion": key, "float_metric": round(reference.primary, 6),
+            },  # fmt: skip
+            "candidates": [{k: v for k, v in r.items() if k != "file"} for r in rows],
+        }
+        write_json_atomic(sidecar_path(output), side)
     result = quantize_result_from_sidecar(output, side, final_cfg)
-    return result, rows
+    return result, side["method_search"]["candidates"]
 
 
 def quantize_result_from_sidecar(output: Path, side: dict[str, Any], config: QuantConfig) -> QuantResult:
