@@ -50,6 +50,10 @@ from ocrquant.quantization.prepare import affine_chain
 
 EXTRA_KEY = "hs_cle"  # ctx.extras[EXTRA_KEY]: {pre-activation tensor: (per-channel s, per-channel min)}
 
+#: name suffix of the gate Conv HS-CLE inserts after a producer Conv (``<producer><suffix>``): the
+#: gate is part of its producer's layer for sensitivity analysis and mixed precision
+GATE_SUFFIX = "_hscle_gate_affine"
+
 
 @dataclass
 class HardSwishEdge:
@@ -250,7 +254,7 @@ class HardSwishCLE(Algorithm):
                 "Conv",
                 [e.y, f"{base}_w", f"{base}_b"],
                 [f"{base}_pre"],
-                name=f"{name}_gate_affine",
+                name=e.producer.name + GATE_SUFFIX,
                 group=channels,
                 kernel_shape=[1, 1],
             ),
