@@ -25,6 +25,7 @@ from ocrquant.quantization import QuantConfig, quantize
 from ocrquant.quantization.algorithms.hs_cle import GATE_SUFFIX
 from ocrquant.quantization.mixed_precision import config_for, greedy_search, quantize_with_budget
 from ocrquant.tasks import get_task_class
+from tests.conftest import zoo_model_path
 
 
 # ------------------------------------------------------------------ the search, synthetic metric
@@ -269,3 +270,20 @@ def test_budget_search_edits_a_model_without_bias_correction_and_validates_it_fo
     side = json.loads(result.sidecar.read_text())
     assert ("bias_correction" in side["settings"]["algorithms"]) == kept
     assert report.final_metric == max(check["with"], check["without"])
+
+
+def test_float_reference_for_a_model_without_reshape_or_transpose(tmp_path):
+    """PP-OCRv3 det has no Reshape/Transpose to keep the reference run's selection non-empty; a Concat
+    or Resize serves, and the variants build."""
+    det_model = zoo_model_path("ppocrv3-det")
+    ds = open_dataset(sample_root() / "det", "det")
+    cache = tmp_path / "cache"
+    cfg = QuantConfig(method="min_max", calib_size=2, batch_size=1, cache_dir=cache, progress=False)
+    pair = quantize_pair(det_model, "det", ds, tmp_path, cfg)
+    ref = onnx.load(str(pair.reference))
+    kept = {n.op_type for n in ref.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")}
+    assert not {"Reshape", "Transpose"} & kept
+    builder = VariantBuilder(onnx.load(str(pair.quantized.output)), ref)
+    assert len(builder.layers) >= 30  # the det convs, each with its activation block
+    variant = builder.build(float_layers=builder.layers[:1])
+    assert sum(n.op_type == "QuantizeLinear" for n in variant.graph.node) > 0

@@ -77,6 +77,7 @@ RANKINGS = ("metric", "fidelity", "snr")
 Q_OPS = ("QuantizeLinear", "DequantizeLinear")
 FLOAT_SUFFIX = "__float"
 PASSTHROUGH_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+KEEPER_FALLBACK_OPS = ("Concat", "Resize", "MaxPool", "GlobalAveragePool", "Sigmoid")
 
 
 # ------------------------------------------------------------------------------------ validation split
@@ -734,12 +735,18 @@ def quantize_pair(
     # Not every node: with an empty selection ORT's QDQQuantizer quantizes *all* nodes. One pure data-
     # movement node without float initializers stays selected; only initializers are read from this
     # model, so the Q/DQ pair it gets does not matter.
+    # A data-movement node if there is one; else any node without weights that ORT's quantizer keeps
+    # in the graph (not a Relu/Clip: it may fold those into a QuantizeLinear). PP-OCRv3 det has no
+    # Reshape/Transpose; its keeper is a Concat or Resize.
     inits = {i.name for i in qmodel.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
-    keeper = next(
-        (n.name for n in nodes if n.op_type in PASSTHROUGH_OPS and not any(i in inits for i in n.input)), None
+    unweighted = [n for n in nodes if not any(i in inits for i in n.input)]
+    keeper = next((n.name for n in unweighted if n.op_type in PASSTHROUGH_OPS), None) or next(
+        (n.name for n in unweighted if n.op_type in KEEPER_FALLBACK_OPS), None
     )
     if keeper is None:
-        raise OcrQuantError("cannot build the float reference: the model has no Reshape/Transpose node")
+        raise OcrQuantError(
+            "cannot build the float reference: the model has no Reshape/Transpose/Concat/Resize node"
+        )
     ref_cfg = dataclasses.replace(
         pinned_config(cfg, base.output), exclude=sorted({n.name for n in nodes if n.name != keeper})
     )
