@@ -732,12 +732,11 @@ def quantize_pair(
     base = quantize(model, task, calib, work_dir / "int8.onnx", cfg)
     qmodel = onnx.load(str(base.output))
     nodes = [n for n in qmodel.graph.node if n.op_type not in Q_OPS]
-    # Not every node: with an empty selection ORT's QDQQuantizer quantizes *all* nodes. One pure data-
-    # movement node without float initializers stays selected; only initializers are read from this
-    # model, so the Q/DQ pair it gets does not matter.
-    # A data-movement node if there is one; else any node without weights that ORT's quantizer keeps
-    # in the graph (not a Relu/Clip: it may fold those into a QuantizeLinear). PP-OCRv3 det has no
-    # Reshape/Transpose; its keeper is a Concat or Resize.
+    # Not every node: with an empty selection ORT's QDQQuantizer quantizes *all* nodes. One node without
+    # float initializers stays selected; only initializers are read from this model, so the Q/DQ pair it
+    # gets does not matter. A data-movement node if there is one, else one ORT's quantizer keeps in the
+    # graph (not a Relu/Clip: it may fold those into a QuantizeLinear); PP-OCRv3 det has no
+    # Reshape/Transpose, its keeper is a Concat or Resize.
     inits = {i.name for i in qmodel.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
     unweighted = [n for n in nodes if not any(i in inits for i in n.input)]
     keeper = next((n.name for n in unweighted if n.op_type in PASSTHROUGH_OPS), None) or next(

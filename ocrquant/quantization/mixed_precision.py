@@ -239,7 +239,7 @@ def config_for(
 def _without_qdq_stage(config: QuantConfig) -> QuantConfig:
     """``config`` (pinned: explicit algorithm list) without the algorithms that rewrite the written
     QDQ model."""
-    from ocrquant.quantization.algorithms.base import ALGORITHMS
+    from ocrquant.quantization.algorithms import ALGORITHMS  # the package import registers them all
 
     names = list(config.algorithms or [])
     return dataclasses.replace(config, algorithms=[n for n in names if ALGORITHMS[n].stage != "qdq"])
@@ -291,7 +291,6 @@ def quantize_with_budget(
     )
     from ocrquant.api import build_task, infer_task
     from ocrquant.data import open_dataset
-    from ocrquant.fileio import read_sidecar
     from ocrquant.quantization.config import resolve_method
     from ocrquant.quantization.method_search import VAL_SIZE
     from ocrquant.quantization.pipeline import algorithm_names, quantize, sidecar_path
@@ -325,10 +324,10 @@ def quantize_with_budget(
             if pair is None:  # auto: the pair's run chooses the method and the algorithms
                 pair = quantize_pair(model_path, task_name, calib, work, cfg)
             cfg = pinned_config(cfg, pair.quantized.output)  # later models repeat the pair's float stage
+            if _without_qdq_stage(cfg).algorithms != cfg.algorithms:
+                # see the module doc: edits of a bias-corrected model misjudge the sets
+                pair = quantize_pair(model_path, task_name, calib, work / "search", _without_qdq_stage(cfg))
         search_cfg = _without_qdq_stage(cfg)
-        if search_cfg.algorithms != read_sidecar(pair.quantized.output)["settings"]["algorithms"]:
-            # see the module doc: edits of a bias-corrected model misjudge the sets
-            pair = quantize_pair(model_path, task_name, calib, work / "search", search_cfg)
         int8_path = Path(pair.quantized.output)
         qmodel = onnx.load(str(int8_path))
         builder = VariantBuilder(qmodel, onnx.load(str(pair.reference)), granularity)
