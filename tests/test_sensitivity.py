@@ -23,6 +23,7 @@ from ocrquant.data import open_dataset, sample_calibration, sample_root
 from ocrquant.errors import OcrQuantError
 from ocrquant.quantization import QuantConfig, quantize
 from ocrquant.quantization.algorithms.hs_cle import GATE_SUFFIX
+from ocrquant.quantization.method_search import calib_size_leaving_validation
 from ocrquant.quantization.mixed_precision import config_for, greedy_search, quantize_with_budget
 from ocrquant.tasks import get_task_class
 from tests.conftest import zoo_model_path
@@ -81,6 +82,15 @@ def test_greedy_search_rejects_a_negative_budget_and_duplicate_ranking():
 
 
 # ------------------------------------------------------------------ validation split
+def test_calibration_leaves_images_to_validate_on():
+    """det_train's 200 images with the default --calib-size 200: 140 calibrate and 60 validate (the
+    budget search once took all 200 and then had nothing to validate on); rec_train's 4468 crops
+    leave the full 200 for calibration; a tiny set splits in half."""
+    assert calib_size_leaving_validation(200, 200, 60) == 140
+    assert calib_size_leaving_validation(200, 4468, 2000) == 200
+    assert calib_size_leaving_validation(200, 10, 60) == 5
+
+
 @pytest.mark.parametrize("task", ["rec", "cls"])
 def test_validation_never_shares_an_image_with_calibration(task):
     ds = open_dataset(sample_root() / "rec", task)

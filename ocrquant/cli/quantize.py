@@ -66,9 +66,9 @@ def quantize_cmd(
         list[str] | None,
         typer.Option(
             "--algo",
-            help="Extra accuracy algorithm (repeatable): cle, act_cle, hs_cle, hs_floor, bias_correction, "
-            "fallback. The target's defaults (ort-cpu: hs_cle, hs_floor, weight_width; det: act_cle "
-            "instead of hs_cle) always run unless --no-default-algos.",
+            help="Extra accuracy algorithm (repeatable): cle, act_cle, hs_cle, hs_floor, adaround, "
+            "bias_correction, fallback. The target's defaults (ort-cpu: hs_cle, hs_floor, weight_width; "
+            "det: act_cle instead of hs_cle) always run unless --no-default-algos.",
         ),
     ] = None,
     no_default_algos: Annotated[

@@ -43,6 +43,13 @@ CANDIDATES: list[tuple[str, dict[str, Any]]] = [
 VAL_SIZE = {"det": 60, "cls": 2000, "rec": 2000}
 
 
+def calib_size_leaving_validation(calib_size: int, available: int, val_size: int) -> int:
+    """The calibration size when validation images come from the same directory: at most
+    ``calib_size``, leaving ``val_size`` images (but never more than half of them) to validate on.
+    det_train's 200 images: 140 calibrate, 60 validate."""
+    return min(calib_size, max(1, available - min(val_size, available // 2)))
+
+
 #: what candidates are ranked by, per the task metric's ``selection``
 SELECTION_KEYS = {"fidelity": "val_fidelity", "metric": "val_metric"}
 
@@ -84,7 +91,7 @@ def quantize_auto(
         raise OcrQuantError(
             "--method auto needs a calibration set with images to spare for validation", calib.root
         )
-    calib_size = min(config.calib_size, max(1, len(calib.samples) - min(n_val, len(calib.samples) // 2)))
+    calib_size = calib_size_leaving_validation(config.calib_size, len(calib.samples), n_val)
     split = split_validation(calib, calib_size, config.seed, n_val)
     val_set = Dataset(calib.root, calib.task, calib.format, split.validation)
     task = build_task(task_name, resolved)

@@ -137,6 +137,15 @@ class SearchReport:
         )
 
 
+def _show_step(bar: Any, step: SearchStep) -> None:
+    """One search step on the progress bar: what was tried and the drop it gave (a long search shows
+    where it stands, and an interrupted one what it had found)."""
+    what = f"{step.action} {step.layer}" if step.layer else step.action
+    shown = f"{what}: {len(step.float_layers)} float, drop {step.drop_points:.2f} pt"
+    bar.set_postfix_str(shown, refresh=False)
+    bar.update(1)
+
+
 def greedy_search(
     ranking: Sequence[str],
     score: Callable[[frozenset[str]], float],
@@ -292,7 +301,7 @@ def quantize_with_budget(
     from ocrquant.api import build_task, infer_task
     from ocrquant.data import open_dataset
     from ocrquant.quantization.config import resolve_method
-    from ocrquant.quantization.method_search import VAL_SIZE
+    from ocrquant.quantization.method_search import VAL_SIZE, calib_size_leaving_validation
     from ocrquant.quantization.pipeline import algorithm_names, quantize, sidecar_path
     from ocrquant.zoo.resolve import resolve_model
 
@@ -309,6 +318,9 @@ def quantize_with_budget(
     calib = open_dataset(Path(calib_dataset), task_name)
     val = open_dataset(Path(val_dataset), task_name) if val_dataset is not None else None
     n_val = val_size if val_size is not None else VAL_SIZE.get(task_name, 300)
+    if val is None:  # validation images come out of the calibration directory, as auto takes them
+        reserved = calib_size_leaving_validation(cfg.calib_size, len(calib.samples), n_val)
+        cfg = dataclasses.replace(cfg, calib_size=reserved)
     split = split_validation(calib, cfg.calib_size, cfg.seed, n_val, val_data=val)
     task_obj = build_task(task_name, resolved, cfg.task_options)
 
@@ -392,7 +404,7 @@ def quantize_with_budget(
             validator.fp32.metric,
             max_drop,
             prune=prune,
-            on_step=(lambda s: bar.update(1)) if bar is not None else None,
+            on_step=(lambda s: _show_step(bar, s)) if bar is not None else None,
         )
         if bar is not None:
             bar.close()
