@@ -24,7 +24,12 @@ from ocrquant.errors import OcrQuantError
 from ocrquant.quantization import QuantConfig, quantize
 from ocrquant.quantization.algorithms.hs_cle import GATE_SUFFIX
 from ocrquant.quantization.method_search import calib_size_leaving_validation
-from ocrquant.quantization.mixed_precision import config_for, greedy_search, quantize_with_budget
+from ocrquant.quantization.mixed_precision import (
+    _subset_caution,
+    config_for,
+    greedy_search,
+    quantize_with_budget,
+)
 from ocrquant.tasks import get_task_class
 from tests.conftest import zoo_model_path
 
@@ -79,6 +84,11 @@ def test_greedy_search_rejects_a_negative_budget_and_duplicate_ranking():
         greedy_search(["A"], lambda s: 0.5, 0.5, -1.0)
     with pytest.raises(OcrQuantError, match="twice"):
         greedy_search(["A", "A"], lambda s: 0.5, 0.5, 1.0)
+
+
+def test_a_validation_subset_where_int8_beats_fp32_past_the_budget_is_flagged():
+    assert _subset_caution(-1.48, 0.3, 60).startswith("INT8 scores 1.48 pt above FP32 on the 60")
+    assert _subset_caution(-0.2, 0.3, 2000) == "" and _subset_caution(0.5, 0.3, 2000) == ""
 
 
 # ------------------------------------------------------------------ validation split
@@ -241,6 +251,10 @@ def test_quantize_with_budget_writes_the_model_and_a_report(cls_model, cls_setup
     # the default ranking for cls: fidelity to the FP32 predictions, each layer float in turn
     assert sorted(report.ranking) == sorted(builder.layers) and report.settings["rank_by"] == "fidelity"
     assert report.settings["rank_size"] == 4 and report.int8_metric == report.steps[0].metric
+    # the analysis behind the ranking is in the report, in ranking order, even with nothing floated
+    saved = json.loads(Path(report.report_path).read_text())
+    assert [row["name"] for row in saved["sensitivity"]] == report.ranking
+    assert all(row["fidelity"] is not None and row["metric"] is not None for row in saved["sensitivity"])
 
 
 def test_int16_keep_mode_names_the_layers_activation_tensors(cls_setup):
