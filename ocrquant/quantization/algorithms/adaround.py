@@ -14,10 +14,10 @@ bias correction), measured layer by layer in topological order:
 With ``H = sum x~ x~^T`` and ``G = w sum x x~^T`` the objective is the quadratic
 ``sum_o (q_o H q_o^T - 2 G_o q_o^T)``, separable per output channel. Instead of AdaRound's
 continuous relaxation (a sigmoid per weight, thousands of gradient steps through the layer), it is
-solved exactly on the binary choices by coordinate descent on this quadratic form: a flip of one
-weight changes the loss by ``d^2 H_kk + 2 d R_ok`` with the residual ``R = q H - G`` kept up to
-date, all output channels at once. Every accepted flip lowers the calibration objective, so the
-result is never worse than nearest rounding on the calibration data.
+minimised directly over the binary choices by coordinate descent on this quadratic form, down to a
+point where no single flip helps: a flip of one weight changes the loss by ``d^2 H_kk + 2 d R_ok``
+with the residual ``R = q H - G`` kept up to date, all output channels at once. Every accepted flip
+lowers the calibration objective, so the result is never worse than nearest rounding there.
 
 Constraints kept, so the written model stays what the target's kernels compute exactly: no weight
 beyond its channel's largest nearest-rounded magnitude (7-bit grids stay 7-bit), and no pair of
