@@ -15,7 +15,12 @@ from onnx import TensorProto, helper, numpy_helper
 from ocrquant.data import sample_root
 from ocrquant.quantization import QuantConfig, quantize
 from ocrquant.quantization.algorithms.adaround import choose_rounding, conv_patches
-from ocrquant.quantization.saturation import PAIR_LIMIT, reduction_major, worst_pair_sum
+from ocrquant.quantization.saturation import (
+    PAIR_LIMIT,
+    from_reduction_major,
+    reduction_major,
+    worst_pair_sum,
+)
 
 
 @pytest.mark.parametrize(
@@ -55,6 +60,14 @@ def test_receptive_fields_times_weights_is_onnxruntimes_conv(cin, cout, k, strid
     rows = reduction_major(w, "Conv").reshape(group, cout // group, -1)
     ours = np.einsum("ngk,gok->ngo", fields, rows).reshape(fields.shape[0], cout)
     np.testing.assert_allclose(ours, np.moveaxis(y, 1, -1).reshape(-1, cout), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "shape,op_type", [((8, 3, 3, 3), "Conv"), ((16, 1, 3, 3), "Conv"), ((12, 7), "MatMul")]
+)
+def test_reduction_major_round_trip(shape, op_type):
+    w = np.random.default_rng(2).normal(size=shape)
+    np.testing.assert_array_equal(from_reduction_major(reduction_major(w, op_type), shape, op_type), w)
 
 
 def _problem(rng, rows: int, k: int, groups: int, coarse: float = 20.0):

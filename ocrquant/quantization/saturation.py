@@ -39,6 +39,14 @@ def reduction_major(w: np.ndarray, op_type: str) -> np.ndarray:
     raise ValueError(f"no pair layout for {op_type} weight of shape {w.shape}")
 
 
+def from_reduction_major(rows: np.ndarray, shape: tuple[int, ...], op_type: str) -> np.ndarray:
+    """Inverse of :func:`reduction_major`: (output channels, K) back to the weight's own layout."""
+    if op_type == "Conv":
+        cout, cin, kh, kw = shape
+        return np.moveaxis(rows.reshape(cout, kh, kw, cin), -1, 1)
+    return rows.T.reshape(shape)
+
+
 def pair_extremes(w: np.ndarray, op_type: str) -> tuple[np.ndarray, np.ndarray]:
     """Per output channel: the largest pair sum of positive parts and of negative parts (magnitude)."""
     m = reduction_major(np.asarray(w, dtype=np.float64), op_type)

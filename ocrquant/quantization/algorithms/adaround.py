@@ -39,7 +39,7 @@ from ocrquant.fileio import atomic_path
 from ocrquant.quantization.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
 from ocrquant.quantization.calibration.stats import iterate_outputs
 from ocrquant.quantization.graph import get_attr, initializers, producers
-from ocrquant.quantization.saturation import PAIR_LIMIT, reduction_major
+from ocrquant.quantization.saturation import PAIR_LIMIT, from_reduction_major, reduction_major
 
 
 @dataclass
@@ -57,22 +57,9 @@ class _Layer:
     groups: int
 
 
-def _rows(w: np.ndarray, op_type: str) -> np.ndarray:
-    """(output channels, K) in the kernel's reduction order: the layout pairs are counted in."""
-    return reduction_major(w, op_type)
-
-
-def _from_rows(rows: np.ndarray, shape: tuple[int, ...], op_type: str) -> np.ndarray:
-    """Inverse of :func:`_rows`."""
-    if op_type == "Conv":
-        cout, cin, kh, kw = shape
-        return np.moveaxis(rows.reshape(cout, kh, kw, cin), -1, 1)
-    return rows.T.reshape(shape)
-
-
 def conv_patches(x: np.ndarray, node: onnx.NodeProto, kernel: tuple[int, int], groups: int) -> np.ndarray:
     """All receptive fields of a 2-D Conv input: (batch * out_h * out_w, groups, kh * kw * cin/groups),
-    each field in the (kh, kw, cin) reduction order of :func:`_rows`."""
+    each field in the (kh, kw, cin) reduction order of ``saturation.reduction_major``."""
     if get_attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         raise ValueError("auto_pad")
     kh, kw = kernel
@@ -203,7 +190,7 @@ def _layers(ctx: AlgorithmContext, qmodel: onnx.ModelProto) -> list[_Layer]:
         q = inits[wdq.input[0]]
         if q.data_type != onnx.TensorProto.INT8 or tuple(q.dims) != w.shape:
             continue
-        if node.op_type == "Conv" and w.ndim != 4 or node.op_type == "MatMul" and w.ndim != 2:
+        if w.ndim != {"Conv": 4, "MatMul": 2}[node.op_type]:  # 2-D convs and plain matrix weights only
             continue
         scale = numpy_helper.to_array(inits[wdq.input[1]]).astype(np.float64).reshape(-1)
         rows = w.shape[0] if node.op_type == "Conv" else w.shape[1]
@@ -232,15 +219,20 @@ class AdaRound(Algorithm):
         self.seed = seed
 
     def _statistics(
-        self, ctx: AlgorithmContext, qmodel: onnx.ModelProto, layer: _Layer, index: int, total: int
+        self,
+        ctx: AlgorithmContext,
+        qmodel: onnx.ModelProto,
+        layer: _Layer,
+        w_rows: np.ndarray,
+        index: int,
+        total: int,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``sum x~ x~^T`` and ``sum x x~^T`` per group over sampled receptive fields of the calibration
         set, and each output channel's float energy ``sum (w x)^2`` on the same fields."""
         rng = np.random.default_rng(self.seed)
         hess = cross = None
-        w_rows = _rows(layer.weight, layer.op_type)
-        w_rows = w_rows.reshape(layer.groups, -1, w_rows.shape[1])  # (groups, rows per group, Kg)
-        energy = np.zeros(w_rows.shape[0] * w_rows.shape[1])
+        by_group = w_rows.reshape(layer.groups, -1, w_rows.shape[1])  # (groups, rows per group, Kg)
+        energy = np.zeros(w_rows.shape[0])
         float_out = iterate_outputs(
             ctx.model, [layer.float_input], itertools.islice(ctx.batches(), self.max_batches), progress=False
         )
@@ -263,7 +255,7 @@ class AdaRound(Algorithm):
             c = np.matmul(px, pq)
             hess = h if hess is None else hess + h
             cross = c if cross is None else cross + c
-            energy += (np.matmul(w_rows, px) ** 2).sum(axis=2).reshape(-1)
+            energy += (np.matmul(by_group, px) ** 2).sum(axis=2).reshape(-1)
         return hess, cross, energy
 
     def apply(self, ctx: AlgorithmContext) -> dict[str, Any]:
@@ -273,23 +265,23 @@ class AdaRound(Algorithm):
         per_layer: dict[str, dict[str, float]] = {}
         skipped: dict[str, str] = {}
         for i, layer in enumerate(layers, 1):
-            width = _rows(layer.weight, layer.op_type).shape[1]
+            w_rows = reduction_major(layer.weight, layer.op_type)
+            width = w_rows.shape[1]
             if width > self.max_reduction:
                 skipped[layer.name] = f"reduction length {width} > max_reduction {self.max_reduction}"
                 continue
             try:
-                hess, cross, energy = self._statistics(ctx, qmodel, layer, i, len(layers))
+                hess, cross, energy = self._statistics(ctx, qmodel, layer, w_rows, i, len(layers))
             except ValueError as exc:  # a Conv layout the field extraction does not cover
                 skipped[layer.name] = str(exc)
                 continue
             q_old = numpy_helper.to_array(layer.q_proto)
-            w_rows = _rows(layer.weight, layer.op_type)
-            q_rows = _rows(q_old.astype(np.float64), layer.op_type)
+            q_rows = reduction_major(q_old.astype(np.float64), layer.op_type)
             depthwise = layer.op_type == "Conv" and layer.groups == layer.weight.shape[0] and layer.groups > 1
             q_new, report = choose_rounding(
                 w_rows, layer.scale, q_rows, hess, cross, pair_layout=not depthwise, energy=energy
             )
-            new = _from_rows(q_new, q_old.shape, layer.op_type).astype(np.int8)
+            new = from_reduction_major(q_new, q_old.shape, layer.op_type).astype(np.int8)
             layer.q_proto.CopyFrom(numpy_helper.from_array(new, layer.q_proto.name))
             per_layer[layer.name] = report
         with atomic_path(ctx.qdq_path) as tmp:
