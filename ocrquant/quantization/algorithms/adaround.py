@@ -160,7 +160,8 @@ def choose_rounding(
     }
     if energy is not None:
         for key in ("before", "after"):
-            report[f"sqnr_{key}_db"] = round(10 * np.log10(offset / max(report[f"error_{key}"], 1e-30)), 3)
+            ratio = offset / max(report[f"error_{key}"], 1e-30)
+            report[f"sqnr_{key}_db"] = round(float(10 * np.log10(ratio)), 3)  # a plain float in the printout
     return q.astype(np.int64), report
 
 
