@@ -185,6 +185,7 @@ def run_task(task_name: str, cfg: RunConfig) -> ReportRow:
             "quantization": _quant_summary(sidecar.get("settings", {})),
             "int8 model": str(int8_path),
         },
+        task_obj=task_obj,
         framework_metric=fw_metric,
         framework=model.framework,
         float_nodes=list(sidecar.get("float_nodes", [])),

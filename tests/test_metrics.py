@@ -313,3 +313,46 @@ def test_prediction_as_target_scores_itself_perfectly_and_counts_changes() -> No
     cls = ClsMetric()
     cls.update({"index": 1}, cls.target_from_prediction({"index": 1}))
     assert cls.result()["acc"] == 1.0
+
+
+def _result(figures: list[dict]) -> list[dict]:
+    """Per-sample records as ``EvalResult.samples`` holds them (the part the interval reads)."""
+    return [{"key": f"s{i}", "figures": f} for i, f in enumerate(figures)]
+
+
+def test_delta_interval_matches_the_paired_standard_error():
+    """1000 crops, INT8 breaks 50 the float model read and fixes 30 it missed: delta -2 pt, and the
+    paired bootstrap's spread is the textbook sqrt(var(d) / n) of the per-crop differences."""
+    from ocrquant.evaluation.significance import paired_delta_interval
+
+    n, broken, fixed = 1000, 50, 30
+    fl = [True] * 700 + [False] * 300
+    q = list(fl)
+    for i in range(broken):
+        q[i] = False
+    for i in range(700, 700 + fixed):
+        q[i] = True
+    out = paired_delta_interval(
+        RecMetric(), _result([{"correct": c} for c in fl]), _result([{"correct": c} for c in q])
+    )
+    d = np.array(q, float) - np.array(fl, float)
+    assert d.mean() == pytest.approx(-0.02)
+    assert out["se"] == pytest.approx(d.std() / np.sqrt(n), rel=0.1)
+    assert out["low"] < -0.02 < out["high"] < 0  # this change is outside noise
+    same = paired_delta_interval(
+        RecMetric(), _result([{"correct": c} for c in fl]), _result([{"correct": c} for c in fl])
+    )
+    assert same["low"] == same["high"] == 0.0
+
+
+def test_det_stats_give_the_metric_hmean():
+    """DetMetric's summable per-image counts rebuild exactly the hmean its result() gives."""
+    metric = DetMetric()
+    box = [[0, 0], [10, 0], [10, 10], [0, 10]]
+    far = [[50, 50], [60, 50], [60, 60], [50, 60]]
+    rows = [
+        metric.sample_stats(metric.update({"polygons": p}, DetTarget(g, [""] * len(g), [False] * len(g))))
+        for p, g in (([box], [box]), ([box, far], [box]), ([], [box, far]))
+    ]
+    assert DetMetric.primary_from_stats(np.array(rows).sum(0)) == pytest.approx(metric.result()["hmean"])
+    assert DetMetric.primary_from_stats(np.zeros(3)) == 0.0

@@ -296,11 +296,20 @@ def fidelity(task: Task, result: EvalResult, reference: EvalResult) -> dict[str,
     right), which does not carry over to other data; fidelity counts those as changes too, and it
     needs no labels. Both results must hold their per-sample predictions (``keep_samples``).
     """
+    metric = task.new_metric()
+    fidelity_samples(metric, result, reference)
+    return metric.result()
+
+
+def fidelity_samples(metric: Any, result: EvalResult, reference: EvalResult) -> list[dict[str, Any]]:
+    """Feed ``metric`` (a fresh task metric) ``result``'s predictions against ``reference``'s, and return
+    the per-sample figures (``{"key", "figures"}``, as in ``EvalResult.samples``) for resampling."""
     targets = {s["key"]: s["prediction"] for s in reference.samples}
     if not result.samples or not targets:
         raise OcrQuantError("fidelity needs per-sample predictions of both evaluations (keep_samples)")
-    metric = task.new_metric()
+    out = []
     for s in result.samples:
         if s["key"] in targets:
-            metric.update(s["prediction"], metric.target_from_prediction(targets[s["key"]]))
-    return metric.result()
+            figures = metric.update(s["prediction"], metric.target_from_prediction(targets[s["key"]]))
+            out.append({"key": s["key"], "figures": figures})
+    return out

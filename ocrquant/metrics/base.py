@@ -5,6 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+import numpy as np
+
 
 class Metric(ABC):
     """Accumulates (prediction, target) pairs; ``result`` gives totals over the whole set."""
@@ -29,3 +31,35 @@ class Metric(ABC):
         """A target that ``prediction`` matches perfectly: scoring one model against another model's
         predictions (fidelity to the float model) needs no labels and none of their noise."""
         raise NotImplementedError(f"{type(self).__name__} cannot use predictions as targets")
+
+    #: names of the per-sample counts ``sample_stats`` returns (empty: no resampling, no CI)
+    stat_names: ClassVar[tuple[str, ...]] = ()
+
+    @staticmethod
+    def sample_stats(figures: dict[str, Any]) -> list[float]:
+        """One sample's contribution to the set-level figure, as counts that add up over samples.
+
+        Why: the primary figure of a resampled set is then a function of summed rows, so a bootstrap
+        over thousands of resamples is one matrix product, not thousands of metric passes.
+        """
+        raise NotImplementedError
+
+    @staticmethod
+    def primary_from_stats(totals: np.ndarray) -> np.ndarray:
+        """The primary figure from summed ``sample_stats`` (last axis: ``stat_names``), vectorised."""
+        raise NotImplementedError
+
+
+class AccuracyStats:
+    """``sample_stats`` for metrics whose primary figure is the share of samples marked ``correct``."""
+
+    stat_names: ClassVar[tuple[str, ...]] = ("correct", "count")
+
+    @staticmethod
+    def sample_stats(figures: dict[str, Any]) -> list[float]:
+        return [float(bool(figures["correct"])), 1.0]
+
+    @staticmethod
+    def primary_from_stats(totals: np.ndarray) -> np.ndarray:
+        count = totals[..., 1]
+        return np.divide(totals[..., 0], count, out=np.zeros_like(count, dtype=float), where=count > 0)

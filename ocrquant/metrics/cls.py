@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from ocrquant.metrics.base import Metric
+from ocrquant.metrics.base import AccuracyStats, Metric
 
 
-class ClsMetric(Metric):
+class ClsMetric(AccuracyStats, Metric):
     """Accumulates accuracy overall and per true class (keys ``acc_class_<k>`` / ``count_class_<k>``)."""
 
     primary = "acc"

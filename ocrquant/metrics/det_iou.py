@@ -201,6 +201,21 @@ class DetMetric(Metric):
     # hmean across range/equalisation variants where fidelity did not (docs/quantization-findings.md).
     selection: ClassVar[str] = "metric"
 
+    stat_names: ClassVar[tuple[str, ...]] = ("matched", "gt_care", "det_care")
+
+    @staticmethod
+    def sample_stats(figures: dict[str, Any]) -> list[float]:
+        return [float(figures["matched"]), float(figures["gt_care"]), float(figures["det_care"])]
+
+    @staticmethod
+    def primary_from_stats(totals: np.ndarray) -> np.ndarray:
+        """hmean of summed counts, 0 where precision + recall is 0 (as :meth:`result`)."""
+        matched, gt, det = totals[..., 0], totals[..., 1], totals[..., 2]
+        precision = np.divide(matched, det, out=np.zeros_like(matched, dtype=float), where=det > 0)
+        recall = np.divide(matched, gt, out=np.zeros_like(matched, dtype=float), where=gt > 0)
+        total = precision + recall
+        return np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
+
     def target_from_prediction(self, prediction: dict[str, Any]) -> DetTarget:
         """Every predicted box as a "care" ground-truth box (no don't-care regions)."""
         polygons = [list(map(list, p)) for p in prediction.get("polygons", [])]

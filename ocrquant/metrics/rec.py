@@ -26,7 +26,7 @@ from typing import Any
 
 from rapidfuzz.distance import Levenshtein
 
-from ocrquant.metrics.base import Metric
+from ocrquant.metrics.base import AccuracyStats, Metric
 
 _ALNUM = frozenset(string.ascii_letters + string.digits)
 
@@ -42,7 +42,7 @@ def normalize_alnum(text: str) -> str:
     return "".join(ch for ch in text if ch in _ALNUM).lower()
 
 
-class RecMetric(Metric):
+class RecMetric(AccuracyStats, Metric):
     """Accumulates word accuracy and edit similarity over a recognition set (see the module docstring)."""
 
     primary = "acc"

@@ -74,7 +74,9 @@ def quantize_auto(
     """
     from ocrquant.analysis.sensitivity import split_validation
     from ocrquant.api import build_task, infer_task
-    from ocrquant.evaluation import evaluate, fidelity
+    from ocrquant.evaluation import evaluate
+    from ocrquant.evaluation.evaluate import fidelity_samples
+    from ocrquant.evaluation.significance import paired_delta_interval
     from ocrquant.quantization.algorithms.base import ALGORITHMS, create_algorithm
     from ocrquant.quantization.pipeline import algorithm_names, quantize, sidecar_path
     from ocrquant.quantization.targets import get_target
@@ -113,12 +115,22 @@ def quantize_auto(
     primary = reference.settings["primary_metric"]
     key = SELECTION_KEYS[task.new_metric().selection]
 
+    per_sample: dict[str, list[dict[str, Any]]] = {}  # model file -> per-image figures of the criterion
+
     def _validate(model_file: str | Path) -> dict[str, float]:
         res = _evaluate(model_file)
+        agreement = task.new_metric()
+        agree_samples = fidelity_samples(agreement, res, reference)
+        per_sample[str(model_file)] = agree_samples if key == "val_fidelity" else res.samples
         return {
-            "val_fidelity": round(fidelity(task, res, reference)[primary], 6),
+            "val_fidelity": round(agreement.result()[primary], 6),
             "val_metric": round(res.primary, 6),
         }
+
+    def _margin(row: dict[str, Any], against: dict[str, Any]) -> dict[str, float] | None:
+        """Held-out bootstrap interval of ``row - against`` on the criterion (what the choice rests on)."""
+        iv = paired_delta_interval(task.new_metric(), per_sample[against["file"]], per_sample[row["file"]])
+        return None if iv is None else {"low": round(iv["low"], 6), "high": round(iv["high"], 6)}
 
     # Candidates live in a scratch directory: an interrupted search leaves nothing beside the output.
     with tempfile.TemporaryDirectory(prefix="ocrquant-auto-") as scratch_dir:
@@ -141,6 +153,10 @@ def quantize_auto(
                 best = (scores[key], i)
         assert best is not None
         chosen = rows[best[1]]
+        for row in rows:
+            if row is not chosen:
+                row["vs_chosen_ci95"] = _margin(row, chosen)
+        _warn_unresolved(rows, chosen, key, len(split.validation))
         final_cfg = replace(
             config, method=chosen["method"], method_options=chosen["options"], calib_size=calib_size
         )
@@ -166,6 +182,7 @@ def quantize_auto(
                 {"method": chosen["method"], "options": chosen["options"], "algorithm": extra,
                  **scores, "file": str(cand)}
             )  # fmt: skip
+            rows[-1]["vs_without_ci95"] = _margin(rows[-1], chosen)
             log.info("auto: + %s -> validation %s (without: %s %.4f)", extra, scores, key, baseline)
             if scores[key] > baseline:
                 names, chosen, baseline = names + [extra], rows[-1], scores[key]
@@ -184,6 +201,24 @@ def quantize_auto(
         write_json_atomic(sidecar_path(output), side)
     result = quantize_result_from_sidecar(output, side, final_cfg)
     return result, side["method_search"]["candidates"]
+
+
+def _warn_unresolved(rows: list[dict[str, Any]], chosen: dict[str, Any], key: str, size: int) -> None:
+    """Say so when the held-out images cannot tell the chosen range method from another one: the
+    bootstrap interval of (other - chosen) reaches above zero. The choice then rests on noise, which the
+    user should know before reading a test-set delta as the method's merit (det's 60 images: ~1 pt)."""
+    close = [r for r in rows if r.get("vs_chosen_ci95") and r["vs_chosen_ci95"]["high"] > 0]
+    if close:
+        names = ", ".join(f"{r['method']} {r['options'] or ''}".strip() for r in close)
+        log.warning(
+            "auto: on %d held-out images, %s is not separable from the chosen %s %s (95%% interval of "
+            "the %s difference reaches above 0); the pick among them is within noise",
+            size,
+            names,
+            chosen["method"],
+            chosen["options"] or "",
+            key.removeprefix("val_"),
+        )
 
 
 def quantize_result_from_sidecar(output: Path, side: dict[str, Any], config: QuantConfig) -> QuantResult:

@@ -907,6 +907,7 @@ def ncnn_report(
         results["int8"],
         (lat["float"].median_ms, lat["int8"].median_ms),
         (size["float"], size["int8"]),
+        task_obj=task_obj,
         framework=resolved.framework,
         float_nodes=q.float_weight_layers,
         details={

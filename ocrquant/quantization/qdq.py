@@ -111,7 +111,49 @@ def select_nodes(model: onnx.ModelProto, profile: TargetProfile, exclude: list[s
             reasons[node.name] = f"{node.op_type} not quantized by target {profile.name}"
         else:
             quantize.append(node.name)
+    for name in float_islands(model, set(quantize)):
+        quantize.remove(name)
+        reasons[name] = "between float nodes only: Q/DQ around it would round, with no integer kernel to gain"
     return NodeSelection(quantize, reasons)
+
+
+def float_islands(model: onnx.ModelProto, selected: set[str]) -> list[str]:
+    """Selected weightless nodes whose data inputs all come from float nodes (or the graph inputs) and
+    whose outputs only float nodes read: PP-OCR det's head (ConvTranspose -> bias Add -> BatchNorm,
+    ConvTranspose -> bias Add -> Sigmoid), where the target runs ConvTranspose in float.
+
+    Quantizing such a node buys no integer kernel (every input needs a Q, every output a DQ) and puts
+    two 8-bit roundings on the tensors around it; here those are the probability map's logits.
+    Nodes fed only by constants count as islands once their readers are float. Repeated to a fixed
+    point: keeping one node float can leave its neighbours isolated in turn.
+    """
+    prod = producers(model)
+    cons = consumers(model)
+    constant = {i.name for i in model.graph.initializer}
+    for node in model.graph.node:  # tensors computed from constants only
+        if all(not i or i in constant for i in node.input):
+            constant.update(node.output)
+    outputs = {o.name for o in model.graph.output}
+    chosen = set(selected)
+    islands: list[str] = []
+    changed = True
+    while changed:
+        changed = False
+        for node in model.graph.node:
+            if node.name not in chosen or node.op_type in WEIGHTED_OPS:
+                continue
+            data = [i for i in node.input if i and i not in constant]
+            if any(i in prod and prod[i].name in chosen for i in data):
+                continue
+            readers = [r for o in node.output for r in cons.get(o, [])]
+            if any(r.name in chosen for r in readers):
+                continue
+            if not readers and not any(o in outputs for o in node.output):
+                continue  # dead end: leave it as it was
+            chosen.discard(node.name)
+            islands.append(node.name)
+            changed = True
+    return islands
 
 
 def output_tail(model: onnx.ModelProto) -> set[str]:

@@ -29,6 +29,8 @@ class ReportRow:
     framework: str = "onnx"
     float_nodes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    # paired bootstrap interval of the delta over the test samples (ocrquant.evaluation.significance)
+    delta_interval: dict[str, float] | None = None
 
     @property
     def delta(self) -> float:
@@ -51,10 +53,17 @@ class ReportRow:
         latency_ms: tuple[float, float],
         size_mb: tuple[float, float],
         details: dict[str, Any],
+        task_obj: Any = None,
         **extra: Any,
     ) -> ReportRow:
         """A row from the float and INT8 :class:`~ocrquant.evaluation.EvalResult` of one model, with both
-        metric dicts (rounded) put first in ``details``; every runtime's report builds its row here."""
+        metric dicts (rounded) put first in ``details``; every runtime's report builds its row here.
+        With the task object (and per-sample results) the delta gets its bootstrap interval."""
+        from ocrquant.evaluation.significance import paired_delta_interval
+
+        interval = None
+        if task_obj is not None:
+            interval = paired_delta_interval(task_obj.new_metric(), float_res.samples, int8_res.samples)
         return cls(
             model=model,
             task=task,
@@ -71,6 +80,7 @@ class ReportRow:
                 "int8 metrics": _rounded(int8_res.metrics),
                 **details,
             },
+            delta_interval=interval,
             **extra,
         )
 
@@ -84,7 +94,7 @@ COLUMNS = [
     "framework float",
     "float metric",
     "int8 metric",
-    "delta",
+    "delta (95% CI)",
     "test size",
     "float ms/img",
     "int8 ms/img",
@@ -101,7 +111,7 @@ def row_cells(row: ReportRow) -> list[str]:
         fw,
         f"{row.float_metric:.4f}",
         f"{row.int8_metric:.4f}",
-        f"{100 * row.delta:+.2f} pt",
+        _delta_cell(row),
         str(row.test_size),
         f"{row.float_ms:.2f}",
         f"{row.int8_ms:.2f}",
@@ -109,6 +119,13 @@ def row_cells(row: ReportRow) -> list[str]:
         f"{row.float_mb:.2f}",
         f"{row.int8_mb:.2f}",
     ]
+
+
+def _delta_cell(row: ReportRow) -> str:
+    cell = f"{100 * row.delta:+.2f} pt"
+    if row.delta_interval:
+        cell += f" ({100 * row.delta_interval['low']:+.2f} to {100 * row.delta_interval['high']:+.2f})"
+    return cell
 
 
 def machine_description() -> str:

@@ -59,23 +59,38 @@ class BiasCorrection(Algorithm):
         qmodel = onnx.load(str(ctx.qdq_path))
         inits = initializers(qmodel)
         prod = producers(qmodel)
-        targets = {}  # conv output -> (int32 bias initializer, bias scale)
+        # By node name: the quantizer keeps node names but renames a Conv's output when it folds the
+        # ReLU after it away. The QDQ Conv then emits the pre-ReLU value and its Q node (zero point at
+        # the range floor) applies the ReLU, so both means are taken after clipping to that range.
+        fconv = {n.name: n.output[0] for n in ctx.model.graph.node if n.op_type == "Conv" and n.name}
+        targets = {}  # QDQ conv output -> (float conv output, int32 bias initializer, bias scale)
         for node in qmodel.graph.node:
-            if node.op_type != "Conv" or len(node.input) < 3:
+            if node.op_type != "Conv" or len(node.input) < 3 or node.name not in fconv:
                 continue
             dq = prod.get(node.input[2])
             if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
                 continue
-            targets[node.output[0]] = (inits[dq.input[0]], numpy_helper.to_array(inits[dq.input[1]]))
-        # Same tensor in both graphs: a Conv output (ORT renames a conv output when it folds a Relu away).
-        float_conv_outputs = {n.output[0] for n in ctx.model.graph.node if n.op_type == "Conv"}
-        names = [t for t in targets if t in float_conv_outputs]
+            targets[node.output[0]] = (
+                fconv[node.name],
+                inits[dq.input[0]],
+                numpy_helper.to_array(inits[dq.input[1]]),
+            )
+        names = list(targets)
         if not names:
             return {"corrected": 0}
         clip = {t: ctx.plan.ranges[t] for t in names if t in ctx.plan.ranges}
-        ref = _channel_means(
-            ctx.model, names, ctx.batches, self.max_batches, "bias correction (float)", ctx.progress, clip
+        float_names = [targets[t][0] for t in names]
+        float_clip = {targets[t][0]: r for t, r in clip.items()}
+        ref_by_float = _channel_means(
+            ctx.model,
+            float_names,
+            ctx.batches,
+            self.max_batches,
+            "bias correction (float)",
+            ctx.progress,
+            float_clip,
         )
+        ref = {t: ref_by_float[targets[t][0]] for t in names}
         shifts = []
         # In topological order, a group at a time, each measured after the groups before it were
         # corrected: a layer's shift is partly inherited from its inputs, so correcting every layer
@@ -93,7 +108,7 @@ class BiasCorrection(Algorithm):
                 clip,
             )
             for t in group:
-                proto, scale = targets[t]
+                _, proto, scale = targets[t]
                 delta = got[t] - ref[t]
                 q = numpy_helper.to_array(proto).astype(np.int64)
                 step = np.round(delta / scale.astype(np.float64)).astype(np.int64)
