@@ -46,6 +46,7 @@ class RunConfig:
     threads: int = 2
     latency_inputs: int = 16
     framework_backend: str | None = None  # "paddle" / "torch": also evaluate the source framework
+    backend: str = "onnxruntime"  # or "ncnn": the model converted with pnnx, INT8 written for ncnn
     extra_quant: dict[str, Any] = field(default_factory=dict)
 
 
@@ -192,10 +193,44 @@ def run_task(task_name: str, cfg: RunConfig) -> ReportRow:
     )
 
 
+def run_task_ncnn(task_name: str, cfg: RunConfig) -> ReportRow:
+    """One task on ncnn (``--backend ncnn``): float and INT8 ncnn models from the same calibration
+    data, scored on the same test set, with onnxruntime's float figure beside them
+    (:func:`ocrquant.quantization.ncnn_int8.ncnn_report`)."""
+    from ocrquant.quantization.ncnn_int8 import DEFAULT_METHOD, ncnn_report
+
+    spec = cfg.models.get(task_name, DEFAULT_MODELS.get(task_name))
+    if spec is None:
+        raise OcrQuantError(f"no model given for task {task_name}")
+    model = resolve_model(spec)
+    if model.task and model.task != task_name and model.task.startswith(f"{task_name}-"):
+        task_name = model.task
+    kind = DATA_KIND.get(task_name, "det")
+    return ncnn_report(
+        spec,
+        task_name,
+        cfg.data[kind],
+        cfg.calib_data[kind],
+        out_dir=cfg.out_dir / task_name,
+        method=cfg.method or DEFAULT_METHOD,
+        calib_size=cfg.calib_size,
+        limit=cfg.limit,
+        threads=cfg.threads,
+        latency_images=cfg.latency_inputs,
+    )
+
+
+TASK_RUNNERS = {"onnxruntime": run_task, "ncnn": run_task_ncnn}
+
+
 def run(cfg: RunConfig) -> list[ReportRow]:
     """Run every task of ``cfg`` and write report.md / report.json into ``cfg.out_dir``."""
+    if cfg.backend not in TASK_RUNNERS:
+        raise OcrQuantError(f"unknown backend '{cfg.backend}' for run (known: {', '.join(TASK_RUNNERS)})")
+    if cfg.backend != "onnxruntime" and ("e2e" in cfg.tasks or cfg.framework_backend):
+        raise OcrQuantError(f"--backend {cfg.backend} runs det / cls / rec only (no e2e, no --framework)")
     cfg = resolve_paths(cfg)
-    rows = [run_task(t, cfg) for t in cfg.tasks if t != "e2e"]
+    rows = [TASK_RUNNERS[cfg.backend](t, cfg) for t in cfg.tasks if t != "e2e"]
     chain = run_e2e(cfg) if "e2e" in cfg.tasks else []
     settings = {
         "tasks": cfg.tasks,
@@ -203,6 +238,7 @@ def run(cfg: RunConfig) -> list[ReportRow]:
         "calibration data": {k: str(v) for k, v in cfg.calib_data.items()},
         "calibration size": cfg.calib_size,
         "method": cfg.method or "default",
+        "backend": cfg.backend,
         "target": cfg.target,
         "threads": cfg.threads,
         "limit": cfg.limit,

@@ -92,12 +92,15 @@ def test_without_resize_fix_pnnx_leaves_a_layer_ncnn_refuses(det_ncnn, tmp_path:
 
 @pytest.fixture(scope="module")
 def det_int8(det_ncnn, tmp_path_factory: pytest.TempPathFactory):
-    """INT8 model + table from ocrquant's calibration (KL over 2 real images)."""
+    """INT8 model + table from ocrquant's calibration (2 real images), every layer ncnn can run INT8
+    quantized (``int8_layers="all"``, what ncnn2int8 does)."""
     from ocrquant.quantization.ncnn_int8 import quantize_ncnn
 
     inputs = _det_inputs(2)
     out = tmp_path_factory.mktemp("int8") / "det.int8.ncnn.param"
-    return quantize_ncnn(det_ncnn[1].param, lambda: iter(inputs), out, calib_size=2, progress=False)
+    return quantize_ncnn(
+        det_ncnn[1].param, lambda: iter(inputs), out, calib_size=2, int8_layers="all", progress=False
+    )
 
 
 def test_int8_model_loads_in_ncnn_and_tracks_fp32(det_ncnn, det_int8) -> None:
@@ -120,6 +123,33 @@ def test_int8_model_loads_in_ncnn_and_tracks_fp32(det_ncnn, det_int8) -> None:
     assert result.requantized_layers
     size = result.param.stat().st_size + result.bin.stat().st_size
     assert size <= 0.35 * det_ncnn[1].size_bytes()
+
+
+def test_only_layers_faster_in_int8_are_quantized(det_ncnn, det_int8, tmp_path: Path) -> None:
+    """``int8_layers="faster"``: each layer is timed alone in float and INT8 on its real input; exactly
+    the layers measured faster get INT8, the others stay float (and are named in the sidecar), and the
+    model still loads in ncnn and tracks the float model."""
+    import json
+
+    from ocrquant.quantization.ncnn_int8 import quantize_ncnn
+    from ocrquant.runtime import create_runner
+
+    inputs = _det_inputs(2)
+    out = tmp_path / "det.fast.ncnn.param"
+    result = quantize_ncnn(det_ncnn[1].param, lambda: iter(inputs), out, calib_size=2, progress=False)
+    speed = json.loads(out.with_suffix(".json").read_text())["speed"]
+    timings = {t["layer"]: t for t in speed["layer_timings"]}
+    assert set(timings) == set(det_int8.quantized_layers)  # every candidate was timed
+    assert all(t["float_ms"] > 0 and t["int8_ms"] > 0 and t["pairs"] >= 5 for t in timings.values())
+    faster = {n for n, t in timings.items() if t["int8_ms"] <= (1 - speed["min_gain"]) * t["float_ms"]}
+    assert set(result.quantized_layers) == faster
+    assert set(result.slower_in_int8) == set(timings) - faster == set(speed["slower_in_int8"])
+    assert set(result.slower_in_int8) <= set(result.float_weight_layers)
+    lines = {ln.split()[1]: ln for ln in out.read_text().splitlines()[2:]}
+    assert all(" 8=" not in lines[n] for n in result.slower_in_int8)
+    float_runner, runner = create_runner(det_ncnn[1].param, "ncnn"), create_runner(out, "ncnn")
+    for x in _det_inputs(2, start=4):
+        assert _cosine(float_runner.run({"x": x})[0], runner.run({"x": x})[0]) > 0.9
 
 
 def test_table_format_and_weight_scales(det_ncnn, det_int8) -> None:
@@ -184,3 +214,23 @@ def test_missing_extra_keeps_import_working() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
     assert proc.returncode == 0, proc.stderr
     assert "pip install 'ocrquant[ncnn]'" in proc.stdout
+
+
+def test_run_with_ncnn_backend_writes_the_report(tmp_path: Path) -> None:
+    """``ocrquant run --backend ncnn``: the seed's table for det from ncnn float and INT8 models."""
+    import json
+
+    from ocrquant.workflow import RunConfig, run
+
+    _pnnx_or_skip()
+    rows = run(RunConfig(tasks=["det"], backend="ncnn", limit=3, latency_inputs=2, out_dir=tmp_path))
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["settings"]["backend"] == "ncnn" and len(rows) == len(report["rows"]) == 1
+    row = rows[0]
+    assert row.test_size == 3 and row.float_ms > 0 and row.int8_ms > 0
+    assert row.details["backend"] == "ncnn" and row.details["int8 model"].endswith(".int8.ncnn.param")
+    assert abs(row.float_metric - row.details["onnxruntime float metric"]) < 1e-3
+    assert row.int8_mb < row.float_mb
+    assert "ppocrv3-det" in (tmp_path / "report.md").read_text()
+    with pytest.raises(OcrQuantError, match="no e2e"):
+        run(RunConfig(tasks=["det", "e2e"], backend="ncnn", out_dir=tmp_path / "e2e"))

@@ -277,6 +277,13 @@ def run_cmd(
     latency_inputs: Annotated[
         int, typer.Option("--latency-inputs", help="Test inputs timed (float and INT8 interleaved).")
     ] = 16,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="onnxruntime (QDQ INT8) or ncnn (pnnx conversion, ncnn INT8 from the same calibration; "
+            "default task det)."
+        ),
+    ] = "onnxruntime",
 ) -> None:
     """The whole workflow: quantize, evaluate float and INT8, write report.md and report.json.
 
@@ -285,7 +292,7 @@ def run_cmd(
     from ocrquant.report import CHAIN_COLUMNS, COLUMNS, chain_cells, row_cells
     from ocrquant.workflow import RunConfig, run
 
-    tasks = task or ["det", "cls", "rec"]
+    tasks = task or (["det"] if backend == "ncnn" else ["det", "cls", "rec"])
     models: dict[str, str] = {}
     for value in model or []:
         if "=" in value and value.split("=", 1)[0] in ("det", "cls", "rec", "det-craft"):
@@ -308,6 +315,7 @@ def run_cmd(
         threads=threads,
         framework_backend=framework,
         latency_inputs=latency_inputs,
+        backend=backend,
     )
     rows = run(cfg)
     if rows:

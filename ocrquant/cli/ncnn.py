@@ -58,6 +58,15 @@ def convert_cmd(
     console.print(table)
 
 
+Int8LayersOpt = Annotated[
+    str,
+    typer.Option(
+        "--int8-layers",
+        help="faster: INT8 only where it runs faster than float on this CPU (each layer timed); "
+        "all: every conv / fc, as ncnn2int8.",
+    ),
+]
+
 @ncnn_app.command("quantize")
 def quantize_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="Zoo name, .onnx, or float ncnn .param.")],
@@ -82,6 +91,7 @@ def quantize_cmd(
         list[str] | None, typer.Option("--exclude", help="ncnn layer name to keep float (repeatable).")
     ] = None,
     threads: Annotated[int, typer.Option(help="ncnn threads for calibration (0 = default).")] = 0,
+    int8_layers: Int8LayersOpt = "faster",
 ) -> None:
     """Write ncnn's INT8 calibration table (per-channel weight scales, bottom blob scales from ocrquant's
     calibrator) and the INT8 model, as ncnn2table + ncnn2int8 would."""
@@ -124,13 +134,15 @@ def quantize_cmd(
         calib_size=len(picked),
         method=method,
         exclude=exclude or (),
+        int8_layers=int8_layers,
         threads=threads,
     )
     console.print(
         f"wrote {result.param}, {result.bin.name}, table {result.table.name}: "
         f"{len(result.quantized_layers)} INT8 layers ({len(result.requantized_layers)} requantized), "
-        "float weight layers: "
-        f"{', '.join(result.float_weight_layers) or 'none'}; {result.method} over {result.calib_size} images"
+        f"{len(result.float_weight_layers)} float weight layers "
+        f"({len(result.slower_in_int8)} of them slower in INT8 on this CPU); "
+        f"{result.method} over {result.calib_size} images"
     )
 
 
@@ -155,6 +167,7 @@ def run_cmd(
     onnxruntime: Annotated[
         bool, typer.Option(help="Also evaluate the float ONNX model with onnxruntime (proves equality).")
     ] = True,
+    int8_layers: Int8LayersOpt = "faster",
     max_float: Annotated[
         int, typer.Option("--max-float", help="Keep up to N most sensitive conv layers float (0 = none).")
     ] = 0,
@@ -180,6 +193,7 @@ def run_cmd(
         latency_images=latency_images,
         task_options=options,
         compare_onnxruntime=onnxruntime,
+        int8_layers=int8_layers,
         max_float=max_float,
         target_cos=target_cos,
     )
@@ -194,9 +208,9 @@ def run_cmd(
     cal = d["calibration"]
     console.print(
         f"INT8/float size {d['size ratio']:.3f}; {d['quantized layers']} INT8 layers "
-        f"({d['requantized layers']} requantized); float weight layers: "
-        f"{', '.join(row.float_nodes) or 'none'}; calibration {cal['method']} over {cal['images']} images; "
-        f"{d['threads']} threads"
+        f"({d['requantized layers']} requantized); {len(row.float_nodes)} float weight layers "
+        f"({len(d['kept float, slower in INT8 here'])} of them slower in INT8 on this CPU); "
+        f"calibration {cal['method']} over {cal['images']} images; {d['threads']} threads"
     )
 
 

@@ -35,7 +35,7 @@ import shlex
 import struct
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,8 @@ HIST_BINS = 2048
 DEFAULT_METHOD = "percentile"
 # layer type -> the int8_scale_term value ncnn2int8 gives it
 INT8_LAYERS = {"Convolution": 2, "ConvolutionDepthWise": 1, "InnerProduct": 2}
+# which of those layers get INT8: the ones measured faster in INT8 on this CPU, or every one
+INT8_LAYER_CHOICES = ("faster", "all")
 
 
 # --------------------------------------------------------------------------------------------- .param
@@ -317,6 +319,14 @@ class Int8Table:
     weights: dict[str, np.ndarray]
     activations: dict[str, float]
 
+    def without(self, names: Iterable[str]) -> Int8Table:
+        """The table minus ``names`` (those layers stay float)."""
+        drop = set(names)
+        return Int8Table(
+            {k: v for k, v in self.weights.items() if k not in drop},
+            {k: v for k, v in self.activations.items() if k not in drop},
+        )
+
     def text(self) -> str:
         lines = [f"{name}_param_0 " + " ".join(f"{s:.9g}" for s in sc) for name, sc in self.weights.items()]
         lines += [f"{name} {s:.9g}" for name, s in self.activations.items()]
@@ -574,10 +584,7 @@ def sensitivity_fallback(
         write_json_atomic(trial.with_suffix(".json"), side)
 
         def score(keep_float: set[str]) -> float:
-            sub = Int8Table(
-                {k: v for k, v in table.weights.items() if k not in keep_float},
-                {k: v for k, v in table.activations.items() if k not in keep_float},
-            )
+            sub = table.without(keep_float)
             write_int8_model(float_model.param, float_model.bin, sub, trial, trial.with_suffix(".bin"))
             runner = NcnnRunner(trial, opts)
             return min(_cosine(r, runner.run({name: x})[0]) for r, x in zip(ref, inputs, strict=True))
@@ -619,6 +626,7 @@ class NcnnInt8Result:
     quantized_layers: list[str]
     float_weight_layers: list[str]
     requantized_layers: list[str] = field(default_factory=list)
+    slower_in_int8: list[str] = field(default_factory=list)
 
 
 def quantize_ncnn(
@@ -632,6 +640,8 @@ def quantize_ncnn(
     exclude: Iterable[str] = (),
     stats_cache: Path | None = None,
     stats_key: str = "",
+    int8_layers: str = "faster",
+    min_gain: float = 0.05,
     fallback_inputs: list[np.ndarray] | None = None,
     target_cos: float = 0.99,
     max_float: int = 8,
@@ -639,6 +649,11 @@ def quantize_ncnn(
     progress: bool = True,
 ) -> NcnnInt8Result:
     """Float ncnn model + calibration inputs -> calibration table + INT8 model (+ sidecar JSON).
+
+    ``int8_layers``: ``faster`` (default) quantizes only the layers that run at least ``min_gain``
+    faster in INT8 than in float on this CPU, each timed alone on the first calibration input
+    (:mod:`ocrquant.quantization.ncnn_speed`; the timings go into the sidecar); ``all`` quantizes every
+    layer ncnn can run in INT8, as ``ncnn2int8`` does.
 
     ``calib_inputs`` yields preprocessed NCHW batches (batch 1) and is called twice. ``stats_cache``
     (an ``.npz``) keeps the blob statistics: another ``method`` then re-runs no model; ``stats_key`` says
@@ -650,6 +665,8 @@ def quantize_ncnn(
     from ocrquant.runtime import RuntimeOptions
     from ocrquant.runtime.ncnn import NcnnRunner
 
+    if int8_layers not in INT8_LAYER_CHOICES:
+        raise OcrQuantError(f"unknown int8_layers '{int8_layers}' (known: {', '.join(INT8_LAYER_CHOICES)})")
     float_model = load_ncnn_model(float_param)
     param = NcnnParam.read(float_model.param)
     records = read_bin(param, float_model.bin)
@@ -676,6 +693,21 @@ def quantize_ncnn(
         weight_scales(param, records, layers),
         activation_scales(stats, layers, method, **(method_options or {})),
     )
+    speed: dict[str, Any] = {"int8_layers": int8_layers}
+    slower: list[str] = []
+    if int8_layers == "faster" and table.weights:
+        from ocrquant.quantization.ncnn_speed import time_layers
+
+        timings = time_layers(
+            float_model, table, next(iter(calib_inputs())), threads=threads, progress=progress
+        )
+        slower = [t.layer for t in timings if not t.faster_in_int8(min_gain)]
+        table = table.without(slower)
+        speed.update(
+            min_gain=min_gain,
+            slower_in_int8=slower,
+            layer_timings=[asdict(t) for t in timings],
+        )
     out_param = Path(out_param)
     out_bin = out_param.with_suffix(".bin")
     table_path = out_param.with_suffix(".table")
@@ -690,10 +722,7 @@ def quantize_ncnn(
             threads=threads,
             progress=progress,
         )
-        table = Int8Table(
-            {k: v for k, v in table.weights.items() if k not in keep},
-            {k: v for k, v in table.activations.items() if k not in keep},
-        )
+        table = table.without(keep)
         fallback["kept_float"] = keep
     table.write(table_path)
     summary = write_int8_model(float_model.param, float_model.bin, table, out_param, out_bin)
@@ -705,6 +734,7 @@ def quantize_ncnn(
         calibration_method=method,
         calibration_inputs=stats.num_inputs,
         float_model=float_model.param.name,
+        speed=speed,
         fallback=fallback,
         **summary,
     )
@@ -718,6 +748,7 @@ def quantize_ncnn(
         summary["quantized_layers"],
         summary["float_weight_layers"],
         summary["requantized_layers"],
+        slower,
     )
 
 
@@ -806,6 +837,7 @@ def ncnn_report(
     task_options: dict[str, Any] | None = None,
     exclude: Iterable[str] = (),
     compare_onnxruntime: bool = True,
+    int8_layers: str = "faster",
     max_float: int = 0,
     target_cos: float = 0.99,
     fallback_images: int = 3,
@@ -816,6 +848,7 @@ def ncnn_report(
     The float model is the pnnx conversion of ``model`` (cached beside its ONNX file); the INT8 model,
     its calibration table and blob statistics go to ``out_dir``. With ``compare_onnxruntime`` the ONNX
     model is also evaluated with onnxruntime, so the report proves the ncnn float model scores the same.
+    ``int8_layers``: see :func:`quantize_ncnn` (``faster``: only the layers INT8 speeds up here).
     ``max_float`` > 0 enables :func:`sensitivity_fallback` on the first ``fallback_images`` calibration
     images. Returns a :class:`ocrquant.report.ReportRow` (``details`` holds the rest).
     """
@@ -858,6 +891,7 @@ def ncnn_report(
         exclude=exclude,
         stats_cache=out_dir / f"{resolved.name}.ncnn_stats.npz",
         stats_key=stats_key,
+        int8_layers=int8_layers,
         fallback_inputs=[task_obj.preprocess([load_image(s)]).inputs for s in picked[:fallback_images]]
         if max_float > 0
         else None,
@@ -921,6 +955,8 @@ def ncnn_report(
             },
             "quantized layers": len(q.quantized_layers),
             "requantized layers": len(q.requantized_layers),
+            "int8 layers": int8_layers,
+            "kept float, slower in INT8 here": q.slower_in_int8,
             "kept float by sensitivity": read_sidecar(q.param).get("fallback", {}).get("kept_float", []),
             "float model": str(float_model.param),
             "int8 model": str(q.param),
