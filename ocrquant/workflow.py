@@ -101,16 +101,23 @@ class Quantized:
     test_set: Any
 
 
+def _task_model(task_name: str, cfg: RunConfig) -> tuple[str, ResolvedModel, str]:
+    """The task's model spec (``--model`` or the default), the model, and the task it runs: a model of
+    a task variant (det-craft for ``--task det``) brings its own task."""
+    spec = cfg.models.get(task_name, DEFAULT_MODELS.get(task_name))
+    if spec is None:
+        raise OcrQuantError(f"no model given for task {task_name}")
+    model = resolve_model(spec)
+    if model.task and model.task != task_name and model.task.startswith(f"{task_name}-"):
+        task_name = model.task
+    return spec, model, task_name
+
+
 def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
     """Quantize the task's model with its calibration set (skipped when the run directory has it)."""
     from ocrquant.quantization import QuantConfig, quantize
 
-    spec = cfg.models.get(task_name, DEFAULT_MODELS.get(task_name))
-    if spec is None:
-        raise OcrQuantError(f"no model given for task {task_name}")
-    model: ResolvedModel = resolve_model(spec)
-    if model.task and model.task != task_name and model.task.startswith(f"{task_name}-"):
-        task_name = model.task  # a task variant of the model family (e.g. det-craft for --task det)
+    _, model, task_name = _task_model(task_name, cfg)
     task_obj = build_task(task_name, model)
     kind = DATA_KIND.get(task_name, "det")
     test_set = open_dataset(cfg.data[kind], task_name)
@@ -199,12 +206,7 @@ def run_task_ncnn(task_name: str, cfg: RunConfig) -> ReportRow:
     (:func:`ocrquant.quantization.ncnn_int8.ncnn_report`)."""
     from ocrquant.quantization.ncnn_int8 import DEFAULT_METHOD, ncnn_report
 
-    spec = cfg.models.get(task_name, DEFAULT_MODELS.get(task_name))
-    if spec is None:
-        raise OcrQuantError(f"no model given for task {task_name}")
-    model = resolve_model(spec)
-    if model.task and model.task != task_name and model.task.startswith(f"{task_name}-"):
-        task_name = model.task
+    spec, _, task_name = _task_model(task_name, cfg)
     kind = DATA_KIND.get(task_name, "det")
     return ncnn_report(
         spec,

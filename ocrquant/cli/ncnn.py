@@ -67,6 +67,7 @@ Int8LayersOpt = Annotated[
     ),
 ]
 
+
 @ncnn_app.command("quantize")
 def quantize_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="Zoo name, .onnx, or float ncnn .param.")],

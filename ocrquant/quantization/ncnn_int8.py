@@ -698,9 +698,8 @@ def quantize_ncnn(
     if int8_layers == "faster" and table.weights:
         from ocrquant.quantization.ncnn_speed import time_layers
 
-        timings = time_layers(
-            float_model, table, next(iter(calib_inputs())), threads=threads, progress=progress
-        )
+        first = next(iter(calib_inputs()))
+        timings = time_layers(float_model, param, records, table, first, threads=threads, progress=progress)
         slower = [t.layer for t in timings if not t.faster_in_int8(min_gain)]
         table = table.without(slower)
         speed.update(

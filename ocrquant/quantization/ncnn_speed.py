@@ -29,7 +29,13 @@ import numpy as np
 from tqdm import tqdm
 
 from ocrquant.errors import OcrQuantError
-from ocrquant.quantization.ncnn_int8 import Int8Table, Layer, NcnnParam, read_bin, write_int8_model
+from ocrquant.quantization.ncnn_int8 import (
+    Int8Table,
+    Layer,
+    NcnnParam,
+    WeightRecord,
+    write_int8_model,
+)
 
 
 @dataclass
@@ -42,10 +48,6 @@ class LayerTiming:
     float_ms: float
     int8_ms: float
     pairs: int
-
-    @property
-    def speedup(self) -> float:
-        return self.float_ms / self.int8_ms if self.int8_ms > 0 else float("inf")
 
     def faster_in_int8(self, min_gain: float) -> bool:
         """INT8 at least ``min_gain`` (a fraction) faster than float: below that, timing noise decides."""
@@ -63,6 +65,8 @@ def _single_layer_net(ly: Layer, records: bytes, path: Path) -> Path:
 
 def time_layers(
     float_model: Any,
+    param: NcnnParam,
+    records: list[WeightRecord],
     table: Int8Table,
     x: np.ndarray,
     *,
@@ -72,18 +76,18 @@ def time_layers(
     progress: bool = True,
 ) -> list[LayerTiming]:
     """Time every layer of ``table`` alone in float and in INT8 on its input blob for input ``x``
-    (a preprocessed batch of one). ``float_model``: the float :class:`NcnnModel`."""
+    (a preprocessed batch of one). ``float_model``: the float :class:`NcnnModel`; ``param`` and
+    ``records``: its parsed ``.param`` and ``.bin`` (:func:`read_bin`), as the caller has them."""
     import ncnn
 
     from ocrquant.frontends.ncnn_export import configure_options
     from ocrquant.runtime import RuntimeOptions
     from ocrquant.runtime.ncnn import NcnnRunner
 
-    param = NcnnParam.read(float_model.param)
     layers = param.by_name()
     data = Path(float_model.bin).read_bytes()
     by_layer: dict[str, bytes] = {}
-    for r in read_bin(param, float_model.bin):
+    for r in records:
         by_layer[r.layer] = by_layer.get(r.layer, b"") + data[r.offset : r.offset + r.nbytes]
     names = [n for n in table.weights if len(layers[n].tops) == 1]
     blobs = NcnnRunner(float_model.param, RuntimeOptions(threads=threads)).blob_values(
