@@ -1,7 +1,8 @@
 """ncnn on the detectors: FP32 equals onnxruntime, INT8 from ocrquant's calibration, size and latency.
 
 Run: python benchmarks/ncnn_det.py [--model ppocrv3-det|craft-mlt25k] [--limit N] [--calib-size N]
-     [--canvas-size 640] [--method kl] [--threads 1 2] [--out runs/ncnn-bench] [--json FILE]
+     [--canvas-size 640] [--method kl] [--int8-layers faster|all] [--threads 1 2] [--out runs/ncnn-bench]
+     [--json FILE]
 
 For the model (zoo name; CRAFT takes pnnx's TorchScript route, PP-OCRv3 det the ONNX route with the
 Resize fix) and ICDAR2015 from ../shared:
@@ -46,6 +47,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="det_test images evaluated (default: all 500)")
     ap.add_argument("--calib-size", type=int, default=200)
     ap.add_argument("--method", default="percentile")
+    ap.add_argument("--int8-layers", default="faster", choices=["faster", "all"])
     ap.add_argument("--canvas-size", type=int, default=None, help="CRAFT canvas (smaller = faster)")
     ap.add_argument("--n", type=int, default=4, help="images for the output comparison and latency")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -61,7 +63,7 @@ def main() -> None:
     row = ncnn_report(
         args.model, resolved.task, args.shared / "det_test", args.shared / "det_train", out_dir=out,
         method=args.method, calib_size=args.calib_size, limit=args.limit, threads=args.threads[0],
-        latency_images=args.n, task_options=options,
+        latency_images=args.n, task_options=options, int8_layers=args.int8_layers,
     )  # fmt: skip
     report = {"model": resolved.name, "report": row.to_json(), "agreement": {}, "latency": {}}
     print(json.dumps(report["report"], indent=1, default=str))
