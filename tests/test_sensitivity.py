@@ -79,6 +79,48 @@ def test_greedy_search_reports_an_unreachable_budget():
     assert [s.action for s in steps] == ["base", "feasibility"]  # given up after one evaluation
 
 
+def test_greedy_search_with_a_confidence_margin_wants_the_budget_to_hold_beyond_the_noise():
+    """A is the big loss, B a small one that makes the drop uncertain (the INT8 model disagrees with
+    FP32 on many samples while B is quantized). Floating A alone meets 0.3 pt on the point estimate;
+    with a 90 % one-sided margin it does not, and the search also floats B."""
+    penalties = {"A": 0.02, "B": 0.002, "C": 0.0}
+
+    def spread(float_set: frozenset[str]) -> float:
+        return 0.0 if "B" in float_set else 0.4
+
+    z = 1.2816  # 90 % one-sided
+    chosen, _, met = greedy_search(["A", "B", "C"], _metric(penalties, []), 0.80, 0.3)
+    assert met and chosen == ["A"]
+    chosen, steps, met = greedy_search(["A", "B", "C"], _metric(penalties, []), 0.80, 0.3, spread=spread, z=z)
+    assert met and chosen == ["A", "B"]
+    only_a = next(s for s in steps if s.action == "add" and s.float_layers == ["A"])
+    assert only_a.drop_points == pytest.approx(0.2) and only_a.se_points == 0.4
+    assert only_a.bound_points == pytest.approx(0.2 + z * 0.4) and not only_a.within_budget
+    assert all(s.within_budget == (s.bound_points <= 0.3 + 1e-9) for s in steps)
+
+
+def test_bisecting_walk_finds_the_shortest_passing_prefix_in_log_steps():
+    """Ten layers that each cost 0.2 pt: a 0.5 pt budget needs the first eight float. The linear walk
+    scores eight prefixes, bisection three (between the failing base and the passing full set)."""
+    ranking = list("ABCDEFGHIJ")
+    penalties = {c: 0.002 for c in ranking}
+    linear, lsteps, _ = greedy_search(ranking, _metric(penalties, []), 0.80, 0.5, prune=False)
+    calls: list[frozenset[str]] = []
+    chosen, steps, met = greedy_search(
+        ranking, _metric(penalties, calls), 0.80, 0.5, walk="bisect", max_prune=2
+    )
+    assert met and chosen == linear == ranking[:8]
+    assert [s.action for s in steps] == ["base", "feasibility", "bisect", "bisect", "bisect"] + [
+        "prune-kept"
+    ] * 2
+    assert [len(s.float_layers) for s in steps if s.action == "bisect"] == [5, 7, 8]
+    assert (
+        sum(s.action == "add" for s in lsteps) == 8 and len(calls) == len(set(calls)) == 6
+    )  # prefix 7 = "without H"
+    with pytest.raises(OcrQuantError, match="walk"):
+        greedy_search(ranking, _metric(penalties, []), 0.80, 0.5, walk="random")
+
+
 def test_greedy_search_rejects_a_negative_budget_and_duplicate_ranking():
     with pytest.raises(OcrQuantError, match="max_drop"):
         greedy_search(["A"], lambda s: 0.5, 0.5, -1.0)
@@ -248,6 +290,10 @@ def test_quantize_with_budget_writes_the_model_and_a_report(cls_model, cls_setup
     assert out.is_file() and result.sidecar.is_file() and Path(report.report_path).is_file()
     assert report.met and report.chosen == [] and report.steps[0].action == "base"
     assert report.steps[-1].action == "final" and report.validation["source"] == "calibration-holdout"
+    # every set is judged by its drop plus z x its paired bootstrap spread (default 90 % one-sided)
+    final = report.steps[-1]
+    assert report.settings["confidence"] == 0.9 and final.se_points is not None and final.se_points >= 0
+    assert final.bound_points == pytest.approx(final.drop_points + report.settings["z"] * final.se_points)
     # the default ranking for cls: fidelity to the FP32 predictions, each layer float in turn
     assert sorted(report.ranking) == sorted(builder.layers) and report.settings["rank_by"] == "fidelity"
     assert report.settings["rank_size"] == 4 and report.int8_metric == report.steps[0].metric
@@ -255,6 +301,22 @@ def test_quantize_with_budget_writes_the_model_and_a_report(cls_model, cls_setup
     saved = json.loads(Path(report.report_path).read_text())
     assert [row["name"] for row in saved["sensitivity"]] == report.ranking
     assert all(row["fidelity"] is not None and row["metric"] is not None for row in saved["sensitivity"])
+
+
+def test_budget_search_rejects_a_confidence_outside_its_range(cls_model, tmp_path):
+    for level in (0.3, 1.0):
+        with pytest.raises(OcrQuantError, match="confidence must be in"):
+            quantize_with_budget(
+                cls_model,
+                "cls",
+                sample_root() / "rec",
+                None,
+                tmp_path / "x.onnx",
+                None,
+                0.3,
+                confidence=level,
+            )
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_int16_keep_mode_names_the_layers_activation_tensors(cls_setup):

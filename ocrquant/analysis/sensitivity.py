@@ -540,6 +540,9 @@ class Score:
     metrics: dict[str, float]
     snr_db: float | None
     fidelity: float | None = None
+    # per-sample ``metric.sample_stats`` rows in validation order (None: the metric has none, or the
+    # labels were not scored): what the paired spread of a variant's drop is resampled from
+    stats: np.ndarray | None = field(default=None, repr=False)
 
 
 class Validator:
@@ -593,6 +596,7 @@ class Validator:
         metric = self.task.new_metric()
         agreement = self.task.new_metric()  # against the FP32 predictions
         err = ErrorStats()
+        rows: list[list[float]] = []
         items = self.items if self.use_metric else self.items[: self.snr_count]
         for i, (sample, batch) in enumerate(items):
             outputs = runner.run({name: batch.inputs})
@@ -604,7 +608,9 @@ class Validator:
                         err.update(x, y)
             if self.use_metric:
                 prediction = self.task.postprocess(outputs, batch)[0]
-                metric.update(prediction, sample.target)
+                own = metric.update(prediction, sample.target)
+                if metric.stat_names:
+                    rows.append(metric.sample_stats(own))
                 if _keep_reference:
                     self.predictions.append(prediction)
                 else:
@@ -615,7 +621,24 @@ class Validator:
         fid = None
         if self.use_metric and not _keep_reference:
             fid = float(agreement.result()[agreement.primary])
-        return Score(primary, {k: float(v) for k, v in figures.items()}, snr, fid)
+        stats = np.asarray(rows, dtype=float) if rows else None
+        return Score(primary, {k: float(v) for k, v in figures.items()}, snr, fid, stats)
+
+    def drop_se_points(self, score: Score) -> float | None:
+        """Standard error, in points, of ``score``'s drop below FP32 on data like the validation
+        subset: a paired bootstrap over its samples (both models on the same resample).
+
+        Why: a set whose drop is within budget on these samples may not be on the next ones; the
+        spread shrinks as the variant's predictions approach FP32's (only samples on which the two
+        disagree move the difference), which is what the ``--max-drop`` search's confidence margin
+        rewards. None when the metric has no per-sample counts.
+        """
+        from ocrquant.evaluation.significance import paired_stats_interval
+
+        if score.stats is None or self.fp32.stats is None:
+            return None
+        iv = paired_stats_interval(self.task.new_metric(), self.fp32.stats, score.stats, resamples=1000)
+        return 100.0 * iv["se"]
 
     def bench_inputs(self, count: int = 4) -> list[np.ndarray]:
         """A few validation inputs spread over the subset, for latency measurements."""

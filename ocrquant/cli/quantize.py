@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ocrquant.cli.common import console
+from ocrquant.quantization.mixed_precision import DEFAULT_CONFIDENCE
 
 
 def register(app: typer.Typer) -> None:
@@ -97,10 +98,18 @@ def quantize_cmd(
         int | None,
         typer.Option(
             "--val-size",
-            help="Validation images for --max-drop (default: 2000 rec/cls crops, 60 det images; one image "
+            help="Validation images for --max-drop (default: 4000 rec/cls crops, 60 det images; one image "
             "is 100/N points, so a small set cannot resolve a budget of a few tenths of a point).",
         ),
     ] = None,
+    confidence: Annotated[
+        float,
+        typer.Option(
+            "--confidence",
+            help="One-sided level at which --max-drop must hold: a set passes when its validation drop "
+            "plus z x its paired bootstrap standard error is within the budget (0.5: the drop alone).",
+        ),
+    ] = DEFAULT_CONFIDENCE,
 ) -> None:
     """Quantize a float model to INT8 (QDQ) with calibrated ranges; print what was quantized."""
     from ocrquant.quantization import QuantConfig, quantize
@@ -126,7 +135,15 @@ def quantize_cmd(
         from ocrquant.quantization.mixed_precision import quantize_with_budget
 
         result, search = quantize_with_budget(
-            model, task, calib_data, val_data, output, config, max_drop, val_size=val_size
+            model,
+            task,
+            calib_data,
+            val_data,
+            output,
+            config,
+            max_drop,
+            val_size=val_size,
+            confidence=confidence,
         )
         console.print(search.summary())
     else:

@@ -42,9 +42,28 @@ def paired_delta_interval(
         return None
     f = np.array([fs[k] for k in keys])
     q = np.array([qs[k] for k in keys])
+    return paired_stats_interval(metric, f, q, resamples, level, seed)
+
+
+def paired_stats_interval(
+    metric: Metric,
+    float_stats: np.ndarray,
+    int8_stats: np.ndarray,
+    resamples: int = RESAMPLES,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """:func:`paired_delta_interval` on per-sample stats already aligned row by row (rows: samples,
+    columns: ``metric.stat_names``). Callers that score many models on one fixed set (the
+    ``--max-drop`` search) keep the rows and skip the per-sample dicts."""
+    f, q = np.asarray(float_stats, dtype=float), np.asarray(int8_stats, dtype=float)
+    if f.shape != q.shape or f.ndim != 2 or not len(f):
+        raise ValueError(
+            f"paired stats must be two equal (samples, stats) arrays, got {f.shape} and {q.shape}"
+        )
     rng = np.random.default_rng(seed)
     # counts[r, i]: how often resample r drew sample i; totals are then one product per model
-    n = len(keys)
+    n = len(f)
     counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)])
     delta = metric.primary_from_stats(counts @ q) - metric.primary_from_stats(counts @ f)
     tail = 100 * (1 - level) / 2
@@ -55,5 +74,5 @@ def paired_delta_interval(
         "se": float(delta.std()),
         "level": level,
         "resamples": resamples,
-        "samples": len(keys),
+        "samples": n,
     }
