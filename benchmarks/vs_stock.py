@@ -12,7 +12,11 @@ interleaved (``interleaved_latency``: FP32 and all INT8 models of one task in tu
 prints one table plus, per task, "ocrquant's drop <= best stock drop?" and "ocrquant INT8 faster than FP32?".
 
 Calibration is always the *training* split (det_train for det, rec_train for rec and for cls derived from
-it): the same N images (``--calib-size``, seed 0) for every quantizer; the test split is never calibrated on.
+it), never the test split. The stock quantizers and NNCF get the same N images (``--calib-size``, seed 0).
+ocrquant gets what a user gives ``ocrquant quantize``: the calibration directory and the default
+``QuantConfig`` (200 images calibrate; ``--method auto`` scores its candidates on other images of that
+directory: rec/cls up to 2000 crops, det 60 images, so det calibrates on 140). Stock tools have no such
+held-out step, which is part of what is compared.
 Preparation for the stock quantizer: opset 13 (per-channel QDQ needs it) then
 ``quant_pre_process``; symbolic shape inference fails on these dynamic-shape models, so the ladder falls
 back to ``quant_pre_process(skip_symbolic_shape=True)`` and then to onnxruntime's ORT_ENABLE_BASIC
@@ -55,7 +59,8 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ocrquant.api import build_task, eval_model
-from ocrquant.data import Dataset, Sample, load_image, open_dataset, sample_calibration
+from ocrquant.data import Sample, load_image, open_dataset, sample_calibration
+from ocrquant.evaluation.significance import paired_delta_interval
 from ocrquant.fileio import atomic_path, write_json_atomic
 from ocrquant.quantization import QuantConfig, quantize
 from ocrquant.runtime import RuntimeOptions
@@ -105,6 +110,7 @@ class Row:
     size_mb: float = 0.0
     error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    samples: list[dict[str, Any]] = field(default_factory=list)  # per-sample figures (not written)
 
 
 # ------------------------------------------------------------------------------------------ calibration
@@ -306,13 +312,12 @@ def build_models(task_name: str, job: Job, args: argparse.Namespace, out_dir: Pa
             print(f"[{task_name}] nncf-mixed: {time.perf_counter() - t:.0f} s", flush=True)
 
     out = out_dir / "ocrquant.onnx"
-    row = Row("ocrquant", "ocrquant default", out, prep="ocrquant", note="inference-size calib inputs")
+    row = Row("ocrquant", "ocrquant default", out, prep="ocrquant", note="calib dir, default config")
     rows.append(row)
     if not out.exists():
         t = time.perf_counter()
-        subset = Dataset(root=calib_set.root, task=calib_set.task, format=calib_set.format, samples=samples)
         try:
-            quantize(job.model, task_name, subset, out, QuantConfig(calib_size=len(samples), progress=False))
+            quantize(job.model, task_name, calib_set, out, QuantConfig(progress=False))
             print(f"[{task_name}] ocrquant: {time.perf_counter() - t:.0f} s", flush=True)
         except Exception as exc:  # noqa: BLE001
             row.error = f"{type(exc).__name__}: {exc}"[:300]
@@ -344,6 +349,7 @@ def evaluate_and_time(
             r.metric, r.metric_name = res.primary, res.settings["primary_metric"]
             r.extra["metrics"] = {k: v for k, v in res.metrics.items() if isinstance(v, int | float)}
             r.extra["count"] = res.count
+            r.samples = res.samples
         except Exception as exc:  # noqa: BLE001
             r.error = f"eval {type(exc).__name__}: {exc}"[:300]
             traceback.print_exc()
@@ -367,6 +373,13 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _interval(task_name: str, a: Row, b: Row) -> str:
+    """Paired bootstrap 95 % interval of ``b - a`` in points, over the same test samples."""
+    metric = build_task(task_name, resolve_model(JOBS[task_name].model)).new_metric()
+    iv = paired_delta_interval(metric, a.samples, b.samples) if a.samples and b.samples else None
+    return "-" if iv is None else f"{100 * iv['low']:+.2f}..{100 * iv['high']:+.2f} pt"
+
+
 def table(results: dict[str, list[Row]]) -> str:
     head = [
         "model",
@@ -374,6 +387,7 @@ def table(results: dict[str, list[Row]]) -> str:
         "prep",
         "metric",
         "delta vs FP32",
+        "95 % interval",
         "ms",
         "speed-up vs FP32",
         "size MB",
@@ -390,7 +404,7 @@ def table(results: dict[str, list[Row]]) -> str:
             note = r.note if not r.error else f"FAILED: {r.error[:80]}"
             lines.append(
                 f"| {JOBS[task_name].model} | {r.quantizer} | {r.prep or '-'} | {metric} | "
-                f"{_fmt(delta, '+.4f')} | "
+                f"{_fmt(delta, '+.4f')} | {_interval(task_name, base, r) if r is not base else '-'} | "
                 f"{_fmt(r.ms, '.2f')} | {_fmt(speed, '.2f')}x | {r.size_mb:.2f} | {note} |"
             )
         ours = next((r for r in rows if r.variant == "ocrquant"), None)
@@ -404,7 +418,8 @@ def table(results: dict[str, list[Row]]) -> str:
         verdicts.append(
             f"{task_name}: ocrquant's drop <= best stock drop? "
             f"{'YES' if ours_drop <= best_drop + 1e-12 else 'NO'} "
-            f"(drop = FP32 - INT8: ocrquant {ours_drop:+.4f}, best stock {best.quantizer} {best_drop:+.4f}); "
+            f"(drop = FP32 - INT8: ocrquant {ours_drop:+.4f}, best stock {best.quantizer} {best_drop:+.4f}; "
+            f"ocrquant - best stock, paired 95 % interval {_interval(task_name, best, ours)}); "
             f"ocrquant INT8 faster than FP32? {'YES' if faster else 'NO'} "
             f"({_fmt(ours.ms, '.2f')} ms vs {_fmt(base.ms, '.2f')} ms)"
         )
@@ -438,7 +453,9 @@ def main() -> None:
             {
                 "command": vars(args) | {"shared": str(args.shared), "out": str(args.out)},
                 "ort": ort.__version__,
-                "rows": [vars(r) | {"path": str(r.path)} for r in rows],
+                "rows": [
+                    {k: v for k, v in vars(r).items() if k != "samples"} | {"path": str(r.path)} for r in rows
+                ],
             },
         )
     print()
