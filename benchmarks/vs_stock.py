@@ -430,7 +430,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", type=Path, default=SHARED, help="the icdar2015 folder")
     ap.add_argument("--tasks", default="det,cls,rec", help="comma list of det, cls, rec")
-    ap.add_argument("--calib-size", type=int, default=0, help="calibration images (0: 100 det, 200 rec/cls)")
+    ap.add_argument(
+        "--calib-size",
+        type=int,
+        default=0,
+        help="stock and NNCF calibration images (0: 100 det, 200 rec/cls)",
+    )
     ap.add_argument("--limit", type=int, default=None, help="first N test samples only (quick runs)")
     ap.add_argument("--out", type=Path, default=Path("runs/vs-stock"), help="models, evaluations, results")
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads for evaluation and timing")
