@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ocrquant.api import build_task
+from ocrquant.api import build_task, check_model_input
 from ocrquant.data import open_dataset
+from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation.evaluate import preprocessed_inputs
 from ocrquant.runtime import RuntimeOptions, create_runner
-from ocrquant.tasks.det import box_score_fast, db_postprocess, get_mini_boxes
+from ocrquant.tasks.det import DetConfig, box_score_fast, db_postprocess, get_mini_boxes
 from ocrquant.zoo.resolve import resolve_model
 
 BANDS = [(0.3, 0.5), (0.5, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 1.01)]
@@ -35,24 +37,33 @@ THRESHOLDS = [0.6, 0.58, 0.56, 0.54, 0.52, 0.5]
 
 def prob_maps(model: Path, inputs: list[np.ndarray], threads: int) -> list[np.ndarray]:
     runner = create_runner(model, "onnxruntime", RuntimeOptions(threads=threads, spinning=False))
+    check_model_input(runner, model)
     name = runner.input_names[0]
-    return [runner.run({name: x})[0][0, 0] for x in inputs]
+    maps = []
+    for x in inputs:
+        out = runner.run({name: x})[0]
+        if out.ndim != 4 or out.shape[1] != 1:  # what DetTask.postprocess reads
+            shape = list(out.shape)
+            raise OcrQuantError(f"not a det model: output should be N x 1 x H x W, got {shape}", model)
+        maps.append(out[0, 0])
+    return maps
 
 
-def candidate_scores(f: np.ndarray, q: np.ndarray, thresh: float) -> list[tuple[float, float]]:
-    """(FP32 score, INT8 score) of every candidate box found on the FP32 map ``f``."""
+def candidate_scores(f: np.ndarray, q: np.ndarray, cfg: DetConfig) -> list[tuple[float, float]]:
+    """(FP32 score, INT8 score) of every candidate box DB finds on the FP32 map ``f`` before its
+    ``box_thresh`` test (quad boxes, the default "fast" box score)."""
     contours, _ = cv2.findContours(
-        ((f > thresh) * 255).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE
+        ((f > cfg.thresh) * 255).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE
     )
     pairs = []
-    for contour in contours:
+    for contour in contours[: cfg.max_candidates]:
         points, short_side = get_mini_boxes(contour)
-        if short_side >= 3:  # DB's min_size
+        if short_side >= cfg.min_size:
             pairs.append((box_score_fast(f, points), box_score_fast(q, points)))
     return pairs
 
 
-def kept_boxes(maps: list[np.ndarray], cfg: object, box_thresh: float) -> int:
+def kept_boxes(maps: list[np.ndarray], cfg: DetConfig, box_thresh: float) -> int:
     c = dataclasses.replace(cfg, box_thresh=box_thresh)
     return sum(len(db_postprocess(m, m.shape[0], m.shape[1], c)["polygons"]) for m in maps)
 
@@ -74,8 +85,9 @@ def main() -> None:
     fmaps = prob_maps(Path(resolved.path), inputs, args.threads)
     qmaps = prob_maps(args.int8, inputs, args.threads)
     pairs = np.array(
-        [p for f, q in zip(fmaps, qmaps, strict=True) for p in candidate_scores(f, q, task.config.thresh)]
-    )
+        [p for f, q in zip(fmaps, qmaps, strict=True) for p in candidate_scores(f, q, task.config)],
+        dtype=float,
+    ).reshape(-1, 2)
     print(f"{len(inputs)} images of {args.data}, {len(pairs)} FP32 candidate boxes")
     print("| FP32 box score | boxes | INT8 - FP32 score, mean | sd |\n|---|---|---|---|")
     for lo, hi in BANDS:
@@ -90,4 +102,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except OcrQuantError as exc:  # bad input: one line, like the ocrquant CLI
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        sys.exit(2)

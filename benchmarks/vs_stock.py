@@ -62,6 +62,7 @@ from ocrquant.api import build_task, eval_model
 from ocrquant.data import Sample, load_image, open_dataset, sample_calibration
 from ocrquant.evaluation.significance import paired_delta_interval
 from ocrquant.fileio import atomic_path, write_json_atomic
+from ocrquant.metrics.base import Metric
 from ocrquant.quantization import QuantConfig, quantize
 from ocrquant.runtime import RuntimeOptions
 from ocrquant.runtime.timing import interleaved_latency
@@ -373,10 +374,9 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _interval(task_name: str, a: Row, b: Row) -> str:
+def _interval(metric: Metric, a: Row, b: Row) -> str:
     """Paired bootstrap 95 % interval of ``b - a`` in points, over the same test samples."""
-    metric = build_task(task_name, resolve_model(JOBS[task_name].model)).new_metric()
-    iv = paired_delta_interval(metric, a.samples, b.samples) if a.samples and b.samples else None
+    iv = paired_delta_interval(metric, a.samples, b.samples)
     return "-" if iv is None else f"{100 * iv['low']:+.2f}..{100 * iv['high']:+.2f} pt"
 
 
@@ -397,6 +397,7 @@ def table(results: dict[str, list[Row]]) -> str:
     verdicts = []
     for task_name, rows in results.items():
         base = rows[0]
+        task_metric = build_task(task_name, resolve_model(JOBS[task_name].model)).new_metric()
         for r in rows:
             delta = None if r.metric is None or base.metric is None else r.metric - base.metric
             speed = None if r.ms is None or base.ms is None else base.ms / r.ms
@@ -404,7 +405,7 @@ def table(results: dict[str, list[Row]]) -> str:
             note = r.note if not r.error else f"FAILED: {r.error[:80]}"
             lines.append(
                 f"| {JOBS[task_name].model} | {r.quantizer} | {r.prep or '-'} | {metric} | "
-                f"{_fmt(delta, '+.4f')} | {_interval(task_name, base, r) if r is not base else '-'} | "
+                f"{_fmt(delta, '+.4f')} | {_interval(task_metric, base, r) if r is not base else '-'} | "
                 f"{_fmt(r.ms, '.2f')} | {_fmt(speed, '.2f')}x | {r.size_mb:.2f} | {note} |"
             )
         ours = next((r for r in rows if r.variant == "ocrquant"), None)
@@ -419,7 +420,7 @@ def table(results: dict[str, list[Row]]) -> str:
             f"{task_name}: ocrquant's drop <= best stock drop? "
             f"{'YES' if ours_drop <= best_drop + 1e-12 else 'NO'} "
             f"(drop = FP32 - INT8: ocrquant {ours_drop:+.4f}, best stock {best.quantizer} {best_drop:+.4f}; "
-            f"ocrquant - best stock, paired 95 % interval {_interval(task_name, best, ours)}); "
+            f"ocrquant - best stock, paired 95 % interval {_interval(task_metric, best, ours)}); "
             f"ocrquant INT8 faster than FP32? {'YES' if faster else 'NO'} "
             f"({_fmt(ours.ms, '.2f')} ms vs {_fmt(base.ms, '.2f')} ms)"
         )
