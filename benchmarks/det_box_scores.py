@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 import cv2
@@ -25,7 +24,7 @@ import numpy as np
 
 from ocrquant.api import build_task, check_model_input
 from ocrquant.data import open_dataset
-from ocrquant.errors import OcrQuantError
+from ocrquant.errors import OcrQuantError, run_script
 from ocrquant.evaluation.evaluate import preprocessed_inputs
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.tasks.det import DetConfig, box_score_fast, db_postprocess, get_mini_boxes
@@ -102,8 +101,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except OcrQuantError as exc:  # bad input: one line, like the ocrquant CLI
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)  # bad input: one line and exit 2, like the ocrquant CLI

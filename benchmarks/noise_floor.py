@@ -12,7 +12,6 @@ model that changes several times more decisions than the noise does is where qua
 from __future__ import annotations
 
 import argparse
-import sys
 import zlib
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 from ocrquant.api import build_task
 from ocrquant.data import open_dataset
 from ocrquant.data.types import Sample
-from ocrquant.errors import OcrQuantError
+from ocrquant.errors import run_script
 from ocrquant.evaluation import evaluate, fidelity
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.zoo.resolve import resolve_model
@@ -67,8 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except OcrQuantError as exc:  # bad input: one line, like the ocrquant CLI
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)  # bad input: one line and exit 2, like the ocrquant CLI

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ocrquant.cli.common import STATE, console, err_console, parse_shape, setup_logging
-from ocrquant.errors import OcrQuantError
+from ocrquant.errors import OcrQuantError, one_line
 
 app = typer.Typer(
     help="OCR models from training framework to fast, accurate INT8, proven with OCR metrics.",
@@ -376,7 +376,7 @@ def main() -> None:
         if STATE["debug"]:
             raise
         # plain print: one line whatever the terminal width (rich would wrap it)
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(one_line(exc), file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted (partial results kept; run again to resume)")
