@@ -31,3 +31,13 @@ def zoo_model_path(name: str) -> Path:
 @pytest.fixture(scope="session")
 def cls_model() -> Path:
     return zoo_model_path("ppocrv3-cls")
+
+
+def sample_cls_inputs(n: int) -> list:
+    """The first ``n`` word crops of the embedded sample, each preprocessed alone for cls (own width)."""
+    from ocrquant.data import load_image, open_dataset, sample_root
+    from ocrquant.tasks import get_task_class
+
+    ds = open_dataset(sample_root() / "rec", "cls")
+    task = get_task_class("cls")()
+    return [task.preprocess([load_image(s)]).inputs for s in ds.samples[:n]]

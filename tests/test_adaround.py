@@ -21,6 +21,7 @@ from ocrquant.quantization.saturation import (
     reduction_major,
     worst_pair_sum,
 )
+from tests.conftest import sample_cls_inputs
 
 
 @pytest.mark.parametrize(
@@ -162,8 +163,6 @@ def _logit_error(float_model: Path, int8_model: Path, inputs: list[np.ndarray]) 
 def test_adaround_on_the_real_cls_model(cls_model, tmp_path):
     """On the calibration crops the rounding was chosen for: weights move off nearest, the
     fused-kernel model stays pair-safe, and its logits are no further from the float model's."""
-    from ocrquant.data import load_image, open_dataset
-    from ocrquant.tasks import get_task_class
 
     results = {}
     for name, algos in (("nearest", []), ("adaround", ["adaround"])):
@@ -186,8 +185,6 @@ def test_adaround_on_the_real_cls_model(cls_model, tmp_path):
         if init.data_type == TensorProto.INT8 and len(init.dims) == 4 and init.dims[1] > 1:
             before = worst_pair_sum(numpy_helper.to_array(plain[init.name]), "Conv")
             assert worst_pair_sum(numpy_helper.to_array(init), "Conv") <= max(PAIR_LIMIT, before)
-    ds = open_dataset(sample_root() / "rec", "cls")
-    task = get_task_class("cls")()
-    inputs = [task.preprocess([load_image(s)]).inputs for s in ds.samples[:24]]
+    inputs = sample_cls_inputs(24)
     errors = {k: _logit_error(cls_model, v[1], inputs) for k, v in results.items()}
     assert errors["adaround"] <= errors["nearest"] * 1.02, errors

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from ocrquant.data import load_image, open_dataset, sample_root
+from ocrquant.data import sample_root
 from ocrquant.errors import OcrQuantError
 from ocrquant.quantization import QuantConfig, is_quantized, max_abs_diff, prepare_model, quantize
 from ocrquant.quantization.calibration import (
@@ -23,7 +23,7 @@ from ocrquant.quantization.calibration import (
 )
 from ocrquant.quantization.graph import float_tensors
 from ocrquant.quantization.targets import compute_scale_zp, is_pow2
-from ocrquant.tasks import get_task_class
+from tests.conftest import sample_cls_inputs
 
 
 def stats_of(x: np.ndarray, bins: int = 2048) -> TensorStats:
@@ -100,9 +100,7 @@ def test_unknown_method_is_a_user_error():
 @pytest.fixture(scope="module")
 def cls_inputs() -> list[np.ndarray]:
     """Real cls inputs from the embedded sample: each crop at its own width (no common padding)."""
-    ds = open_dataset(sample_root() / "rec", "cls")
-    task = get_task_class("cls")()
-    return [task.preprocess([load_image(s)]).inputs for s in ds.samples[:12]]
+    return sample_cls_inputs(12)
 
 
 @pytest.fixture(scope="module")
@@ -540,7 +538,10 @@ def test_bias_correction_removes_the_mean_shift(prepared, cls_model, cls_inputs,
 def test_auto_method_picks_the_best_candidate_and_validates_bias_correction(cls_model, tmp_path):
     """``auto`` compares the range methods on held-out calibration-side crops by fidelity to the
     float model, then keeps the profile's validated algorithm (bias correction) only if it raises
-    that held-out fidelity."""
+    that held-out fidelity without lowering held-out accuracy; then output distillation the same way
+    (recorded as skipped without torch)."""
+    import importlib.util
+
     from ocrquant.quantization.method_search import quantize_auto
 
     cfg = QuantConfig(
@@ -548,22 +549,38 @@ def test_auto_method_picks_the_best_candidate_and_validates_bias_correction(cls_
         calib_size=12,
         batch_size=4,
         cache_dir=tmp_path / "cache",
-        algorithm_options={"bias_correction": {"max_batches": 2, "group_size": 8}},
+        algorithm_options={
+            "bias_correction": {"max_batches": 2, "group_size": 8},
+            "distill": {"epochs": 1, "min_steps": 4},
+        },
         progress=False,
     )
     out = tmp_path / "cls.auto.onnx"
     _, rows = quantize_auto(cls_model, "cls", sample_root() / "rec", out, cfg, val_size=24)
     side = json.loads(out.with_name("cls.auto.quant.json").read_text())
     search = side["method_search"]
-    methods, trial = search["candidates"][:4], search["candidates"][4]
-    assert len(rows) == 5 and trial["algorithm"] == "bias_correction"
+    methods, (trial, distill) = search["candidates"][:4], search["candidates"][4:]
+    assert len(rows) == 6 and trial["algorithm"] == "bias_correction" and distill["algorithm"] == "distill"
     assert search["validation"]["criterion"] == "val_fidelity"
-    assert all(0.0 <= r["val_fidelity"] <= 1.0 and 0.0 <= r["val_metric"] <= 1.0 for r in rows)
+    assert all(
+        0.0 <= r["val_fidelity"] <= 1.0 and 0.0 <= r["val_metric"] <= 1.0 for r in rows if "skipped" not in r
+    )
     best = max(methods, key=lambda r: r["val_fidelity"])
     assert (trial["method"], trial["options"]) == (best["method"], best["options"])
-    kept = trial["val_fidelity"] > best.get("all_algorithms", best)["val_fidelity"]
+    base = best.get("all_algorithms", best)
+    kept = trial["val_fidelity"] > base["val_fidelity"] and trial["val_metric"] >= base["val_metric"]
+    assert trial["kept"] == kept
     assert ("bias_correction" in side["settings"]["algorithms"]) == kept
     assert ("bias_correction" in search["chosen"]["algorithms"]) == kept
+    if importlib.util.find_spec("torch") is None:
+        assert distill["skipped"] == "needs torch" and "distill" not in side["settings"]["algorithms"]
+    else:
+        baseline = trial if kept else base
+        rises = (
+            distill["val_fidelity"] > baseline["val_fidelity"]
+            and distill["val_metric"] >= baseline["val_metric"]
+        )
+        assert ("distill" in search["chosen"]["algorithms"]) == rises == distill["kept"]
     assert not list(tmp_path.glob("cls.auto.*.onnx"))  # candidates never written beside the output
     assert side["output"] == str(out) and rows == search["candidates"]
     # every other candidate carries the held-out interval of its difference to the pick
@@ -625,3 +642,13 @@ def test_weightless_nodes_between_float_nodes_stay_float(tmp_path):
     quantized = {n.input[0] for n in q.graph.node if n.op_type == "QuantizeLinear"}
     assert {"c1", "c2", "res"} <= quantized and not quantized & {"ct", "logit", "var", "var_eps"}
     assert body["node_counts"]["Add"] == {"quantized": 1, "float": 2}
+
+
+def test_an_algorithm_whose_extra_is_missing_says_which(monkeypatch):
+    """An optional algorithm (distill needs torch) fails before any work, naming the package and the
+    extra to install; ``auto`` skips it instead (see the auto test)."""
+    from ocrquant.quantization.algorithms import ALGORITHMS, create_algorithm
+
+    monkeypatch.setattr(ALGORITHMS["distill"], "requires", ("ocrquant_no_such_package",))
+    with pytest.raises(OcrQuantError, match="distill.*ocrquant_no_such_package"):
+        create_algorithm("distill")

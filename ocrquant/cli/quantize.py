@@ -68,7 +68,8 @@ def quantize_cmd(
         typer.Option(
             "--algo",
             help="Extra accuracy algorithm (repeatable): cle, act_cle, hs_cle, hs_floor, adaround, "
-            "bias_correction, fallback. The target's defaults (ort-cpu: hs_cle, hs_floor, weight_width; "
+            "bias_correction, distill (output distillation, needs the torch extra), fallback. "
+            "The target's defaults (ort-cpu: hs_cle, hs_floor, weight_width; "
             "det: act_cle instead of hs_cle) always run unless --no-default-algos.",
         ),
     ] = None,

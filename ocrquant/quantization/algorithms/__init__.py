@@ -1,6 +1,14 @@
 """Accuracy-recovery algorithms, one module each, registered by name (NNCF's layout)."""
 
-from ocrquant.quantization.algorithms import adaround, bias_correction, cle, fallback, hs_cle, weight_width  # noqa: F401  (registration)
+from ocrquant.quantization.algorithms import (  # noqa: F401  (registration)
+    adaround,
+    bias_correction,
+    cle,
+    distill,
+    fallback,
+    hs_cle,
+    weight_width,
+)
 from ocrquant.quantization.algorithms.base import (
     ALGORITHMS,
     STAGES,

@@ -47,6 +47,15 @@ class AlgorithmContext:
 class Algorithm(ABC):
     name: ClassVar[str]
     stage: ClassVar[str]
+    #: optional packages the algorithm imports (an extra of the project); checked before any work
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def missing(cls) -> list[str]:
+        """The required packages that are not installed."""
+        import importlib.util
+
+        return [m for m in cls.requires if importlib.util.find_spec(m) is None]
 
     @abstractmethod
     def apply(self, ctx: AlgorithmContext) -> dict[str, Any]:
@@ -75,6 +84,10 @@ def create_algorithm(name: str, **options: Any) -> Algorithm:
         cls = ALGORITHMS[name]
     except KeyError:
         raise OcrQuantError(f"unknown algorithm '{name}' (known: {', '.join(sorted(ALGORITHMS))})") from None
+    if missing := cls.missing():
+        raise OcrQuantError(
+            f"algorithm '{name}' needs {', '.join(missing)}: pip install -e '.[{missing[0]}]'"
+        )
     try:
         return cls(**options)
     except TypeError as exc:

@@ -1,0 +1,352 @@
+"""A QDQ ONNX model as a differentiable torch module, for algorithms that learn from the output.
+
+Why: bias correction and AdaRound tune one layer at a time against that layer's float output, which
+cannot see what the *task* does with the error (a detection map's error matters only near the
+decision threshold). Learning a few parameters through the whole fake-quantized network against the
+float model's output needs gradients through every op, Q/DQ included. This module interprets the
+QDQ graph node by node with torch ops: each Quantize -> Dequantize pair is fake quantization with a
+straight-through gradient (zero outside the clipping range), weights stay the model's integers, and
+what is learned is kept in the layout onnxruntime fuses:
+
+* a multiplier per weight scale (per output channel): the integers do not change, so the pair-safe
+  AVX2 bound of :mod:`ocrquant.quantization.saturation` and any 7-bit grid still hold;
+* every Conv / Gemm bias, written back as int32 on the grid ``input scale x new weight scale``.
+
+Activation scales and zero points are not touched: onnxruntime's fusions require some of them to be
+equal (Concat, Resize, MaxPool pass their input's scale on), and they are what calibration decided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+
+from ocrquant.errors import OcrQuantError
+
+Tensor = torch.Tensor
+OpFn = Callable[[list[Any], dict[str, Any]], Tensor]
+
+#: ONNX op type -> torch implementation (inputs in ONNX order, attributes as a dict)
+OPS: dict[str, OpFn] = {}
+
+
+def op(*names: str) -> Callable[[OpFn], OpFn]:
+    def deco(fn: OpFn) -> OpFn:
+        for n in names:
+            OPS[n] = fn
+        return fn
+
+    return deco
+
+
+def attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _pads(a: dict[str, Any]) -> tuple[int, int]:
+    p = list(a.get("pads", [0, 0, 0, 0]))
+    if p[0] != p[2] or p[1] != p[3]:
+        raise OcrQuantError(f"asymmetric padding {p} is not supported by the torch interpreter")
+    return p[0], p[1]
+
+
+@op("Conv")
+def _conv(i: list[Any], a: dict[str, Any]) -> Tensor:
+    bias = i[2] if len(i) > 2 else None
+    return F.conv2d(i[0], i[1], bias, a.get("strides", 1), _pads(a), a.get("dilations", 1), a.get("group", 1))
+
+
+@op("ConvTranspose")
+def _conv_transpose(i: list[Any], a: dict[str, Any]) -> Tensor:
+    bias = i[2] if len(i) > 2 else None
+    return F.conv_transpose2d(
+        i[0], i[1], bias, a.get("strides", 1), _pads(a), 0, a.get("group", 1), a.get("dilations", 1)
+    )
+
+
+@op("BatchNormalization")
+def _batch_norm(i: list[Any], a: dict[str, Any]) -> Tensor:
+    return F.batch_norm(i[0], i[3], i[4], i[1], i[2], training=False, eps=a.get("epsilon", 1e-5))
+
+
+@op("Gemm")
+def _gemm(i: list[Any], a: dict[str, Any]) -> Tensor:
+    x = i[0].t() if a.get("transA", 0) else i[0]
+    w = i[1].t() if a.get("transB", 0) else i[1]
+    out = a.get("alpha", 1.0) * (x @ w)
+    return out + a.get("beta", 1.0) * i[2] if len(i) > 2 and i[2] is not None else out
+
+
+@op("MaxPool")
+def _max_pool(i: list[Any], a: dict[str, Any]) -> Tensor:
+    return F.max_pool2d(i[0], a["kernel_shape"], a.get("strides", a["kernel_shape"]), _pads(a))
+
+
+@op("AveragePool")
+def _avg_pool(i: list[Any], a: dict[str, Any]) -> Tensor:
+    return F.avg_pool2d(
+        i[0],
+        a["kernel_shape"],
+        a.get("strides", a["kernel_shape"]),
+        _pads(a),
+        count_include_pad=bool(a.get("count_include_pad", 0)),
+    )
+
+
+@op("Resize")
+def _resize(i: list[Any], a: dict[str, Any]) -> Tensor:
+    if a.get("mode", b"nearest") != b"nearest":
+        raise OcrQuantError(f"Resize mode {a.get('mode')} is not supported by the torch interpreter")
+    if len(i) > 3 and i[3] is not None and i[3].numel():
+        return F.interpolate(i[0], size=[int(v) for v in i[3].tolist()[2:]], mode="nearest")
+    sc = [float(v) for v in i[2].tolist()]
+    return F.interpolate(i[0], scale_factor=(sc[2], sc[3]), mode="nearest")
+
+
+@op("Reshape")
+def _reshape(i: list[Any], a: dict[str, Any]) -> Tensor:
+    shape = [int(v) for v in i[1].tolist()]
+    shape = [i[0].shape[k] if v == 0 else v for k, v in enumerate(shape)]
+    return i[0].reshape(shape)
+
+
+@op("Squeeze", "Unsqueeze")
+def _squeeze(i: list[Any], a: dict[str, Any]) -> Tensor:
+    axes = [int(v) for v in (i[1].tolist() if len(i) > 1 else a["axes"])]
+    x = i[0]
+    if a["_op"] == "Squeeze":
+        return x.squeeze(tuple(ax % x.ndim for ax in axes))
+    for ax in sorted(ax % (x.ndim + len(axes)) for ax in axes):
+        x = x.unsqueeze(ax)
+    return x
+
+
+@op("Slice")
+def _slice(i: list[Any], a: dict[str, Any]) -> Tensor:
+    starts, ends = i[1].tolist(), i[2].tolist()
+    axes = i[3].tolist() if len(i) > 3 and i[3] is not None else list(range(len(starts)))
+    steps = i[4].tolist() if len(i) > 4 and i[4] is not None else [1] * len(starts)
+    index = [slice(None)] * i[0].ndim
+    for s, e, ax, st in zip(starts, ends, axes, steps, strict=True):
+        index[ax] = slice(int(s), int(min(e, 2**62)), int(st))
+    return i[0][tuple(index)]
+
+
+@op("Split")
+def _split(i: list[Any], a: dict[str, Any]) -> tuple[Tensor, ...]:
+    axis = a.get("axis", 0)
+    sizes = i[1].tolist() if len(i) > 1 and i[1] is not None else a.get("split")
+    if sizes is None:
+        sizes = i[0].shape[axis] // a["_outputs"]
+    return torch.split(i[0], sizes, dim=axis)
+
+
+OPS.update(
+    {
+        "Add": lambda i, a: i[0] + i[1],
+        "Sub": lambda i, a: i[0] - i[1],
+        "Mul": lambda i, a: i[0] * i[1],
+        "Div": lambda i, a: i[0] / i[1],
+        "Pow": lambda i, a: torch.pow(i[0], i[1]),
+        "Sqrt": lambda i, a: torch.sqrt(i[0]),
+        "Erf": lambda i, a: torch.erf(i[0]),
+        "Tanh": lambda i, a: torch.tanh(i[0]),
+        "Relu": lambda i, a: torch.relu(i[0]),
+        "Sigmoid": lambda i, a: torch.sigmoid(i[0]),
+        "HardSigmoid": lambda i, a: torch.clamp(a.get("alpha", 0.2) * i[0] + a.get("beta", 0.5), 0, 1),
+        "HardSwish": lambda i, a: F.hardswish(i[0]),
+        "Clip": lambda i, a: torch.clamp(
+            i[0],
+            i[1] if len(i) > 1 and i[1] is not None else a.get("min"),
+            i[2] if len(i) > 2 and i[2] is not None else a.get("max"),
+        ),
+        "Softmax": lambda i, a: torch.softmax(i[0], dim=a.get("axis", -1)),
+        "GlobalAveragePool": lambda i, a: i[0].mean(dim=tuple(range(2, i[0].ndim)), keepdim=True),
+        "ReduceMean": lambda i, a: i[0].mean(
+            dim=tuple(a.get("axes", range(i[0].ndim))), keepdim=bool(a.get("keepdims", 1))
+        ),
+        "MatMul": lambda i, a: torch.matmul(i[0], i[1]),
+        "Concat": lambda i, a: torch.cat(list(i), dim=a["axis"]),
+        "Transpose": lambda i, a: (
+            i[0].permute(*a["perm"]) if "perm" in a else i[0].permute(*reversed(range(i[0].ndim)))
+        ),
+        "Flatten": lambda i, a: i[0].reshape(int(np.prod(i[0].shape[: a.get("axis", 1)])), -1),
+        "Shape": lambda i, a: torch.tensor(list(i[0].shape), dtype=torch.int64),
+        "Gather": lambda i, a: torch.index_select(i[0], a.get("axis", 0), i[1].long().reshape(-1)).reshape(
+            i[0].shape[: a.get("axis", 0)] + i[1].shape + i[0].shape[a.get("axis", 0) + 1 :]
+        ),
+        "Identity": lambda i, a: i[0],
+        "Cast": lambda i, a: i[0],
+    }
+)
+
+
+def _fake_quant(x: Tensor, scale: float, zero: float, lo: int, hi: int) -> Tensor:
+    """Quantize -> dequantize with a straight-through gradient inside the range, zero outside it."""
+    clipped = torch.clamp(x, (lo - zero) * scale, (hi - zero) * scale)
+    q = (torch.clamp(torch.round(x / scale) + zero, lo, hi) - zero) * scale
+    return clipped + (q - clipped).detach()
+
+
+class QDQModule(torch.nn.Module):
+    """Interpret a QDQ model; learn per-channel weight-scale multipliers and biases (see module doc)."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        super().__init__()
+        self.model = model
+        graph = model.graph
+        self.consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        for n in graph.node:
+            if n.op_type == "Constant":
+                self.consts[n.output[0]] = numpy_helper.to_array(attributes(n)["value"])
+        self.nodes = [n for n in graph.node if n.op_type != "Constant"]
+        unknown = sorted({n.op_type for n in self.nodes} - set(OPS) - {"QuantizeLinear", "DequantizeLinear"})
+        if unknown:
+            raise OcrQuantError(f"the torch interpreter has no implementation of {', '.join(unknown)}")
+        producer = {o: n for n in self.nodes for o in n.output}
+        readers: dict[str, list[onnx.NodeProto]] = {}
+        for n in self.nodes:
+            for name in n.input:
+                readers.setdefault(name, []).append(n)
+        self.input_name = graph.input[0].name
+        self.output_name = graph.output[0].name
+        # Weight DQ outputs: (integers, zero point, scale, axis, scale initializer name)
+        self.weights: dict[str, tuple[Tensor, Tensor, Tensor, int, str]] = {}
+        self.log_alpha = torch.nn.ParameterDict()
+        self._alpha_key: dict[str, str] = {}
+        for n in self.nodes:
+            rd = readers.get(n.output[0], [])
+            if (
+                n.op_type == "DequantizeLinear"
+                and n.input[0] in self.consts
+                and self.consts[n.input[0]].ndim >= 2
+                and rd
+                and all(r.op_type in ("Conv", "Gemm", "MatMul") and r.input[1] == n.output[0] for r in rd)
+            ):
+                q = self.consts[n.input[0]].astype(np.float32)
+                s = self.consts[n.input[1]].astype(np.float32)
+                zp = self.consts[n.input[2]].astype(np.float32) if len(n.input) > 2 else np.zeros_like(s)
+                self.weights[n.output[0]] = (
+                    torch.from_numpy(q),
+                    torch.from_numpy(zp),
+                    torch.from_numpy(s),
+                    attributes(n).get("axis", 1),
+                    n.input[1],
+                )
+                key = f"w{len(self._alpha_key)}"
+                self._alpha_key[n.output[0]] = key
+                self.log_alpha[key] = torch.nn.Parameter(torch.zeros(s.shape))
+        # Biases: float initializers, or int32 initializers behind a DequantizeLinear (onnxruntime's layout)
+        self.bias = torch.nn.ParameterDict()
+        self._bias_key: dict[str, str] = {}
+        self._bias_int: dict[str, tuple[str, str, str, str]] = {}  # DQ out -> (ints, scale, in scale, weight)
+        for n in self.nodes:
+            if n.op_type not in ("Conv", "Gemm") or len(n.input) < 3 or not n.input[2]:
+                continue
+            name, p = n.input[2], producer.get(n.input[2])
+            if name in self.consts:
+                value = self.consts[name].astype(np.float32)
+            elif p is not None and p.op_type == "DequantizeLinear" and p.input[0] in self.consts:
+                zp = self.consts[p.input[2]] if len(p.input) > 2 else 0
+                value = ((self.consts[p.input[0]].astype(np.float64) - zp) * self.consts[p.input[1]]).astype(
+                    np.float32
+                )
+                x_q = producer.get(producer[n.input[0]].input[0]) if n.input[0] in producer else None
+                if x_q is None or x_q.op_type != "QuantizeLinear" or n.input[1] not in self.weights:
+                    continue
+                self._bias_int[name] = (p.input[0], p.input[1], x_q.input[1], n.input[1])
+            else:
+                continue
+            key = f"b{len(self._bias_key)}"
+            self._bias_key[name] = key
+            self.bias[key] = torch.nn.Parameter(torch.from_numpy(value))
+        self._const_t = {k: torch.from_numpy(np.array(v)) for k, v in self.consts.items()}
+
+    def weight_scale(self, name: str) -> Tensor:
+        _, _, s, _, _ = self.weights[name]
+        return s * torch.exp(self.log_alpha[self._alpha_key[name]])
+
+    def _weight(self, name: str) -> Tensor:
+        q, zp, _, axis, _ = self.weights[name]
+        scale = self.weight_scale(name)
+        if scale.ndim:
+            shape = [1] * q.ndim
+            shape[axis] = -1
+            return (q - zp.reshape(shape)) * scale.reshape(shape)
+        return (q - zp) * scale
+
+    def forward(self, x: Tensor, until: str | None = None) -> Tensor:
+        """The graph output for input ``x`` (or the tensor ``until``, as soon as it is computed)."""
+        env: dict[str, Any] = {self.input_name: x}
+        pending_q: dict[str, tuple[Tensor, float, float, int, int]] = {}
+
+        def value(name: str) -> Any:
+            if not name:
+                return None
+            if name in env:
+                return env[name]
+            if name in self.weights:
+                return self._weight(name)
+            if name in self._bias_key:
+                return self.bias[self._bias_key[name]]
+            if name in self._const_t:
+                return self._const_t[name]
+            raise OcrQuantError(f"torch interpreter: tensor '{name}' has no producer")
+
+        for node in self.nodes:
+            out = node.output[0]
+            if node.op_type == "QuantizeLinear":
+                zp = self.consts[node.input[2]]
+                lo, hi = (-128, 127) if zp.dtype == np.int8 else (0, 255)
+                pending_q[out] = (value(node.input[0]), float(self.consts[node.input[1]]), float(zp), lo, hi)
+                continue
+            if node.op_type == "DequantizeLinear":
+                if out in self.weights or out in self._bias_key:
+                    continue
+                if node.input[0] in pending_q:
+                    env[out] = _fake_quant(*pending_q[node.input[0]])
+                else:
+                    zp = self.consts[node.input[2]].astype(np.float32) if len(node.input) > 2 else 0.0
+                    const = (self.consts[node.input[0]].astype(np.float32) - zp) * self.consts[node.input[1]]
+                    env[out] = torch.from_numpy(np.asarray(const, dtype=np.float32))
+            else:
+                attrs = attributes(node) | {"_op": node.op_type, "_outputs": len(node.output)}
+                result = OPS[node.op_type]([value(i) for i in node.input], attrs)
+                if isinstance(result, (tuple, list)):
+                    env.update(zip(node.output, result, strict=False))
+                else:
+                    env[out] = result
+            if until is not None and until in env:
+                return env[until]
+        return env[self.output_name if until is None else until]
+
+    def export(self) -> onnx.ModelProto:
+        """A copy of the model with the learned weight scales and biases written in."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        inits = {i.name: i for i in model.graph.initializer}
+        with torch.no_grad():
+            for name, (_, _, _, _, scale_name) in self.weights.items():
+                new = self.weight_scale(name).numpy().astype(np.float32)
+                inits[scale_name].CopyFrom(numpy_helper.from_array(new, scale_name))
+            for name, key in self._bias_key.items():
+                b = self.bias[key].numpy().astype(np.float64)
+                if name in self._bias_int:
+                    ints, scale_name, x_scale, w_dq = self._bias_int[name]
+                    grid = (
+                        float(self.consts[x_scale]) * self.weight_scale(w_dq).numpy().astype(np.float64)
+                    ).astype(np.float32)
+                    q = np.clip(np.round(b / grid), np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(
+                        np.int32
+                    )
+                    inits[ints].CopyFrom(numpy_helper.from_array(q, ints))
+                    inits[scale_name].CopyFrom(numpy_helper.from_array(grid, scale_name))
+                else:
+                    inits[name].CopyFrom(numpy_helper.from_array(b.astype(np.float32), name))
+        return model

@@ -1,0 +1,190 @@
+"""Output distillation (algorithms/distill.py) and the torch interpreter it learns through
+(quantization/torch_qdq.py): the interpreter against onnxruntime, the algorithm on the real cls model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from ocrquant.data import sample_root
+from ocrquant.errors import OcrQuantError
+from ocrquant.quantization import QuantConfig, quantize
+from ocrquant.quantization.saturation import worst_pair_sum
+from tests.conftest import sample_cls_inputs
+
+torch = pytest.importorskip("torch")
+
+from ocrquant.quantization.algorithms.distill import output_head  # noqa: E402
+from ocrquant.quantization.torch_qdq import QDQModule  # noqa: E402
+
+
+def _exact_session(model: onnx.ModelProto) -> ort.InferenceSession:
+    """onnxruntime with graph optimisations off: Q/DQ run as written (no fused integer kernels)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def crops() -> list[np.ndarray]:
+    return sample_cls_inputs(16)
+
+
+@pytest.fixture(scope="module")
+def cls_qdq(cls_model, tmp_path_factory):
+    """The real cls model quantized on the sample crops: (float model, plain QDQ, distilled QDQ, report)."""
+    tmp = tmp_path_factory.mktemp("distill")
+    out = {}
+    for name, algos in (("plain", []), ("distilled", ["distill"])):
+        cfg = QuantConfig(
+            method="min_max",
+            calib_size=32,
+            batch_size=8,
+            cache_dir=tmp,
+            algorithms=["hs_cle", "hs_floor", "weight_width", *algos],
+            algorithm_options={"distill": {"epochs": 1, "min_steps": 40}},
+            progress=False,
+        )
+        out[name] = (
+            tmp / f"cls.{name}.onnx",
+            quantize(cls_model, "cls", sample_root() / "rec", tmp / f"cls.{name}.onnx", cfg),
+        )
+    return cls_model, out["plain"][0], out["distilled"][0], out["distilled"][1].algorithms["distill"]
+
+
+def test_interpreter_matches_onnxruntime_on_the_real_qdq_model(cls_qdq, crops):
+    """Same fake-quantized arithmetic as onnxruntime's reference Q/DQ: equal up to rare one-step
+    rounding ties (float summation order differs)."""
+    _, plain, _, _ = cls_qdq
+    model = onnx.load(str(plain))
+    sess = _exact_session(model)
+    net = QDQModule(model)
+    with torch.no_grad():
+        for x in crops[:6]:
+            ref = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+            got = net(torch.from_numpy(x)).numpy()
+            assert got.shape == ref.shape
+            assert np.abs(got - ref).max() < 1e-2, np.abs(got - ref).max()
+
+
+def test_export_without_learning_rewrites_the_same_model(cls_qdq):
+    """Zero multipliers and unchanged biases write back the integers and scales they were read from."""
+    _, plain, _, _ = cls_qdq
+    model = onnx.load(str(plain))
+    before = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    after = {i.name: numpy_helper.to_array(i) for i in QDQModule(model).export().graph.initializer}
+    assert before.keys() == after.keys()
+    for name, value in before.items():
+        if value.dtype == np.int32:  # re-quantized biases: the same integers
+            assert np.array_equal(value, after[name]), name
+        else:
+            np.testing.assert_allclose(after[name], value, rtol=1e-6, err_msg=name)
+
+
+def test_distill_brings_the_output_closer_and_keeps_the_integers(cls_qdq, crops):
+    float_model, plain, distilled, report = cls_qdq
+    assert report["loss"] == "Softmax" and report["weight_scales"] == 63 and report["biases"] == 63
+    assert report["kept"] and report["calib_loss_after"] < report["calib_loss_before"]
+    inits = {m: {i.name: i for i in onnx.load(str(m)).graph.initializer} for m in (plain, distilled)}
+    int8 = [n for n, i in inits[plain].items() if i.data_type == TensorProto.INT8 and len(i.dims) >= 2]
+    assert len(int8) == 63
+    for name in int8:  # the weight integers are what calibration chose; only their scales moved
+        a, b = (numpy_helper.to_array(inits[m][name]) for m in (plain, distilled))
+        assert np.array_equal(a, b), name
+        if a.ndim == 4 and a.shape[1] > 1:
+            assert worst_pair_sum(b, "Conv") == worst_pair_sum(a, "Conv")
+    # onnxruntime's fused kernels run the distilled model; on the calibration crops its softmax is
+    # closer to the float model's than the plain INT8 model's is
+    sessions = {
+        m: ort.InferenceSession(str(m), providers=["CPUExecutionProvider"])
+        for m in (float_model, plain, distilled)
+    }
+    name = sessions[float_model].get_inputs()[0].name
+    err = {
+        m: float(
+            np.mean(
+                [
+                    (
+                        (sessions[m].run(None, {name: x})[0] - sessions[float_model].run(None, {name: x})[0])
+                        ** 2
+                    ).mean()
+                    for x in crops
+                ]
+            )
+        )
+        for m in (plain, distilled)
+    }
+    assert err[distilled] < err[plain], err
+
+
+def test_output_head_looks_through_layout_ops():
+    """The opset-11 Softmax export (Flatten -> Softmax -> Reshape) still gets the softmax loss."""
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"]),
+        helper.make_node("Softmax", ["f"], ["s"], axis=1),
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Reshape", ["s", "shape"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+    )
+    kind, tensor, attrs = output_head(helper.make_model(graph, ir_version=8))
+    assert (kind, tensor, attrs["axis"]) == ("Softmax", "f", 1)
+
+
+def test_interpreter_ops_match_onnxruntime():
+    """The ops rec and det add (MatMul, Transpose, Split, Slice, Resize, LayerNorm pieces) on a small
+    float graph, against onnxruntime."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((6, 6)).astype(np.float32), "w")
+    consts = [
+        numpy_helper.from_array(np.array([3, 3], np.int64), "split"),
+        numpy_helper.from_array(np.array([1], np.int64), "s0"),
+        numpy_helper.from_array(np.array([5], np.int64), "s1"),
+        numpy_helper.from_array(np.array([2], np.int64), "ax"),
+        numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+        numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+    ]
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["t", "w"], ["m"]),
+        helper.make_node("ReduceMean", ["m"], ["mu"], axes=[-1], keepdims=1),
+        helper.make_node("Sub", ["m", "mu"], ["c"]),
+        helper.make_node("Pow", ["c", "two"], ["c2"]),
+        helper.make_node("Sqrt", ["c2"], ["r"]),
+        helper.make_node("Split", ["r", "split"], ["a", "b"], axis=3),
+        helper.make_node("Mul", ["a", "b"], ["ab"]),
+        helper.make_node("Slice", ["ab", "s0", "s1", "ax"], ["sl"]),
+        helper.make_node("Resize", ["sl", "", "scales"], ["up"], mode="nearest"),
+        helper.make_node("HardSwish", ["up"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w, *consts],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
+    x = rng.standard_normal((1, 2, 6, 8)).astype(np.float32)
+    ref = _exact_session(model).run(None, {"x": x})[0]
+    with torch.no_grad():
+        got = QDQModule(model)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_op_is_named():
+    graph = helper.make_graph(
+        [helper.make_node("Einsum", ["x", "x"], ["y"], equation="ij,ij->ij")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])],
+    )
+    with pytest.raises(OcrQuantError, match="Einsum"):
+        QDQModule(helper.make_model(graph))
