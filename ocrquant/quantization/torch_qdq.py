@@ -65,8 +65,9 @@ def _conv(i: list[Any], a: dict[str, Any]) -> Tensor:
 @op("ConvTranspose")
 def _conv_transpose(i: list[Any], a: dict[str, Any]) -> Tensor:
     bias = i[2] if len(i) > 2 else None
+    out_pad = tuple(a.get("output_padding", (0, 0)))
     return F.conv_transpose2d(
-        i[0], i[1], bias, a.get("strides", 1), _pads(a), 0, a.get("group", 1), a.get("dilations", 1)
+        i[0], i[1], bias, a.get("strides", 1), _pads(a), out_pad, a.get("group", 1), a.get("dilations", 1)
     )
 
 
@@ -118,8 +119,15 @@ def _reshape(i: list[Any], a: dict[str, Any]) -> Tensor:
 
 @op("Squeeze", "Unsqueeze")
 def _squeeze(i: list[Any], a: dict[str, Any]) -> Tensor:
-    axes = [int(v) for v in (i[1].tolist() if len(i) > 1 else a["axes"])]
     x = i[0]
+    if len(i) > 1 and i[1] is not None:
+        axes = [int(v) for v in i[1].tolist()]
+    elif "axes" in a:
+        axes = list(a["axes"])
+    elif a["_op"] == "Squeeze":
+        axes = [d for d, n in enumerate(x.shape) if n == 1]  # no axes: every dimension of size 1
+    else:
+        raise OcrQuantError("Unsqueeze without axes")
     if a["_op"] == "Squeeze":
         return x.squeeze(tuple(ax % x.ndim for ax in axes))
     for ax in sorted(ax % (x.ndim + len(axes)) for ax in axes):
@@ -134,6 +142,8 @@ def _slice(i: list[Any], a: dict[str, Any]) -> Tensor:
     steps = i[4].tolist() if len(i) > 4 and i[4] is not None else [1] * len(starts)
     index = [slice(None)] * i[0].ndim
     for s, e, ax, st in zip(starts, ends, axes, steps, strict=True):
+        if st < 1:
+            raise OcrQuantError(f"Slice with step {st} is not supported by the torch interpreter")
         index[ax] = slice(int(s), int(min(e, 2**62)), int(st))
     return i[0][tuple(index)]
 
