@@ -41,3 +41,20 @@ def sample_cls_inputs(n: int) -> list:
     ds = open_dataset(sample_root() / "rec", "cls")
     task = get_task_class("cls")()
     return [task.preprocess([load_image(s)]).inputs for s in ds.samples[:n]]
+
+
+def quantize_cls_variants(
+    model: Path, out_dir: Path, variants: dict[str, list[str]], **config: object
+) -> dict:
+    """Quantize ``model`` (cls) on the embedded sample crops once per variant, ``{name: algorithm list}``,
+    with min_max ranges and the shared calibration cache in ``out_dir``: ``{name: (QuantResult, path)}``.
+    Why: the algorithm tests compare a model with and without one algorithm, everything else equal."""
+    from ocrquant.data import sample_root
+    from ocrquant.quantization import QuantConfig, quantize
+
+    results = {}
+    for name, algos in variants.items():
+        cfg = QuantConfig(method="min_max", cache_dir=out_dir, algorithms=algos, progress=False, **config)
+        path = out_dir / f"cls.{name}.onnx"
+        results[name] = (quantize(model, "cls", sample_root() / "rec", path, cfg), path)
+    return results

@@ -12,8 +12,6 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ocrquant.data import sample_root
-from ocrquant.quantization import QuantConfig, quantize
 from ocrquant.quantization.algorithms.adaround import choose_rounding, conv_patches
 from ocrquant.quantization.saturation import (
     PAIR_LIMIT,
@@ -21,7 +19,7 @@ from ocrquant.quantization.saturation import (
     reduction_major,
     worst_pair_sum,
 )
-from tests.conftest import sample_cls_inputs
+from tests.conftest import quantize_cls_variants, sample_cls_inputs
 
 
 @pytest.mark.parametrize(
@@ -164,19 +162,15 @@ def test_adaround_on_the_real_cls_model(cls_model, tmp_path):
     """On the calibration crops the rounding was chosen for: weights move off nearest, the
     fused-kernel model stays pair-safe, and its logits are no further from the float model's."""
 
-    results = {}
-    for name, algos in (("nearest", []), ("adaround", ["adaround"])):
-        cfg = QuantConfig(
-            method="min_max",
-            calib_size=24,
-            batch_size=8,
-            cache_dir=tmp_path,
-            algorithms=["hs_cle", "hs_floor", "weight_width", *algos],
-            algorithm_options={"adaround": {"max_batches": 2, "fields_per_batch": 512}},
-            progress=False,
-        )
-        out = tmp_path / f"cls.{name}.onnx"
-        results[name] = (quantize(cls_model, "cls", sample_root() / "rec", out, cfg), out)
+    defaults = ["hs_cle", "hs_floor", "weight_width"]
+    results = quantize_cls_variants(
+        cls_model,
+        tmp_path,
+        {"nearest": defaults, "adaround": [*defaults, "adaround"]},
+        calib_size=24,
+        batch_size=8,
+        algorithm_options={"adaround": {"max_batches": 2, "fields_per_batch": 512}},
+    )
     report = results["adaround"][0].algorithms["adaround"]
     assert report["layers"] > 20 and report["changed_weights"] > 100
     assert all(r["sqnr_after_db"] >= r["sqnr_before_db"] for r in report["per_layer"].values())

@@ -9,11 +9,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ocrquant.data import sample_root
 from ocrquant.errors import OcrQuantError
-from ocrquant.quantization import QuantConfig, quantize
 from ocrquant.quantization.saturation import worst_pair_sum
-from tests.conftest import sample_cls_inputs
+from tests.conftest import quantize_cls_variants, sample_cls_inputs
 
 torch = pytest.importorskip("torch")
 
@@ -36,23 +34,16 @@ def crops() -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def cls_qdq(cls_model, tmp_path_factory):
     """The real cls model quantized on the sample crops: (float model, plain QDQ, distilled QDQ, report)."""
-    tmp = tmp_path_factory.mktemp("distill")
-    out = {}
-    for name, algos in (("plain", []), ("distilled", ["distill"])):
-        cfg = QuantConfig(
-            method="min_max",
-            calib_size=32,
-            batch_size=8,
-            cache_dir=tmp,
-            algorithms=["hs_cle", "hs_floor", "weight_width", *algos],
-            algorithm_options={"distill": {"epochs": 1, "min_steps": 40}},
-            progress=False,
-        )
-        out[name] = (
-            tmp / f"cls.{name}.onnx",
-            quantize(cls_model, "cls", sample_root() / "rec", tmp / f"cls.{name}.onnx", cfg),
-        )
-    return cls_model, out["plain"][0], out["distilled"][0], out["distilled"][1].algorithms["distill"]
+    defaults = ["hs_cle", "hs_floor", "weight_width"]
+    out = quantize_cls_variants(
+        cls_model,
+        tmp_path_factory.mktemp("distill"),
+        {"plain": defaults, "distilled": [*defaults, "distill"]},
+        calib_size=32,
+        batch_size=8,
+        algorithm_options={"distill": {"epochs": 1, "min_steps": 40}},
+    )
+    return cls_model, out["plain"][1], out["distilled"][1], out["distilled"][0].algorithms["distill"]
 
 
 def test_interpreter_matches_onnxruntime_on_the_real_qdq_model(cls_qdq, crops):

@@ -23,7 +23,7 @@ from ocrquant.quantization.calibration import (
 )
 from ocrquant.quantization.graph import float_tensors
 from ocrquant.quantization.targets import compute_scale_zp, is_pow2
-from tests.conftest import sample_cls_inputs
+from tests.conftest import quantize_cls_variants, sample_cls_inputs
 
 
 def stats_of(x: np.ndarray, bins: int = 2048) -> TensorStats:
@@ -516,19 +516,11 @@ def _mean_shift(float_model: Path, int8_model: Path, inputs: list[np.ndarray]) -
 def test_bias_correction_removes_the_mean_shift(prepared, cls_model, cls_inputs, tmp_path):
     """What bias correction promises: the per-channel mean of each Conv output, INT8 vs float, on the
     calibration crops, moves closer (layer by layer, so upstream corrections are not counted twice)."""
-    shifts = {}
-    for name, algos in (("plain", []), ("corrected", ["bias_correction"])):
-        cfg = QuantConfig(
-            method="min_max",
-            calib_size=96,
-            batch_size=4,
-            cache_dir=tmp_path,
-            algorithms=algos,
-            progress=False,
-        )
-        out = tmp_path / f"cls.{name}.onnx"
-        result = quantize(cls_model, "cls", sample_root() / "rec", out, cfg)
-        shifts[name] = _mean_shift(prepared, out, cls_inputs)
+    results = quantize_cls_variants(
+        cls_model, tmp_path, {"plain": [], "corrected": ["bias_correction"]}, calib_size=96, batch_size=4
+    )
+    shifts = {name: _mean_shift(prepared, path, cls_inputs) for name, (_, path) in results.items()}
+    result = results["corrected"][0]
     qm = onnx.load(str(tmp_path / "cls.corrected.onnx"))
     with_bias = sum(n.op_type == "Conv" and len(n.input) == 3 for n in qm.graph.node)
     assert result.algorithms["bias_correction"]["corrected"] == with_bias  # ReLU-fused convs too

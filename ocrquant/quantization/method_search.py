@@ -170,7 +170,6 @@ def quantize_auto(
             )
             chosen["all_algorithms"] = _validate(chosen["file"])
         base_scores = chosen.get("all_algorithms", chosen)
-        baseline = base_scores[key]
         # The held-out figure the choice does not rank by (labels when ranking by fidelity, fidelity
         # when ranking by labels): it may not fall either.
         other = "val_metric" if key == "val_fidelity" else "val_fidelity"
@@ -196,10 +195,10 @@ def quantize_auto(
                  **scores, "file": str(cand)}
             )  # fmt: skip
             rows[-1]["vs_without_ci95"] = _margin(rows[-1], chosen)
-            log.info("auto: + %s -> validation %s (without: %s %.4f)", extra, scores, key, baseline)
-            rows[-1]["kept"] = scores[key] > baseline and scores[other] >= base_scores[other]
+            log.info("auto: + %s -> validation %s (without: %s %.4f)", extra, scores, key, base_scores[key])
+            rows[-1]["kept"] = scores[key] > base_scores[key] and scores[other] >= base_scores[other]
             if rows[-1]["kept"]:
-                names, chosen, baseline, base_scores = names + [extra], rows[-1], scores[key], scores
+                names, chosen, base_scores = names + [extra], rows[-1], scores
         with atomic_path(output) as tmp:
             shutil.copyfile(chosen["file"], tmp)
         side = read_sidecar(chosen["file"])

@@ -149,9 +149,23 @@ class Distill(Algorithm):
         learn_scales = getattr(ctx.profile, "scale_constraint", "none") == "none"
         params = [*(net.log_alpha.parameters() if learn_scales else ()), *net.bias.parameters()]
         opt = torch.optim.Adam(params, lr=self.lr)
-        n_steps = sum(1 for _ in self._inputs(ctx))
+
+        def target(x: np.ndarray) -> Any:
+            return torch.from_numpy(reference.run([f_logit], {in_name: x})[0])
+
+        def step_losses() -> list[float]:
+            with torch.no_grad():
+                return [
+                    float(loss_fn(net(torch.from_numpy(x), until=q_logit), target(x), attrs))
+                    for x in self._inputs(ctx)
+                ]
+
+        # the loss before learning, and from the same pass the number of steps in an epoch
+        first = step_losses()
+        n_steps = len(first)
         if n_steps == 0:
             raise OcrQuantError("distill: no calibration batches")
+        before = float(np.mean(first))
         # at least ``min_steps`` updates: 200 word crops make 25 steps of 8, too few to move anything
         epochs = max(self.epochs, math.ceil(self.min_steps / n_steps))
         total = n_steps * epochs
@@ -168,21 +182,6 @@ class Distill(Algorithm):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         history = []
 
-        def target(x: np.ndarray) -> Any:
-            return torch.from_numpy(reference.run([f_logit], {in_name: x})[0])
-
-        def mean_loss() -> float:
-            with torch.no_grad():
-                return float(
-                    np.mean(
-                        [
-                            float(loss_fn(net(torch.from_numpy(x), until=q_logit), target(x), attrs))
-                            for x in self._inputs(ctx)
-                        ]
-                    )
-                )
-
-        before = mean_loss()
         with tqdm(total=total, desc="distill", unit="step", disable=not ctx.progress, leave=False) as bar:
             for _epoch in range(epochs):
                 losses = []
@@ -197,7 +196,7 @@ class Distill(Algorithm):
                     bar.update(1)
                 history.append(float(np.mean(losses)))
                 bar.set_postfix(loss=f"{history[-1]:.5f}")
-        after = mean_loss()
+        after = float(np.mean(step_losses()))
         kept = after < before  # never hand back a model further from the float one on its own data
         if kept:
             with atomic_path(ctx.qdq_path) as tmp:
