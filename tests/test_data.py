@@ -219,6 +219,31 @@ def test_calibration_subset(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
         sample_calibration(ds, 0)
 
 
+def test_extended_calibration_keeps_the_pick_first_and_never_takes_held_out_images(tmp_path: Path) -> None:
+    """A cls set reads each crop twice (upright, turned): holding out a crop holds out both turns."""
+    from ocrquant.data.calibration import extend_calibration, image_id
+    from ocrquant.data.types import Dataset
+
+    samples = [
+        Sample(key=f"{i}@{turn}", image_path=tmp_path / f"{i}.png", target=turn // 180, rotate180=turn == 180)
+        for i in range(30)
+        for turn in (0, 180)
+    ]
+    ds = Dataset(root=tmp_path, task="cls", format="test", samples=samples)
+    pick = sample_calibration(ds, 6, seed=0)
+    holdout = {image_id(s) for s in samples[:20]}  # crops 0-9, both turns
+    more = extend_calibration(ds, pick, 25, seed=0, holdout=holdout)
+    assert more[: len(pick)] == pick and len(more) == 25
+    extra = more[len(pick) :]
+    assert not {image_id(s) for s in extra} & holdout
+    assert not {s.key for s in extra} & {s.key for s in pick}
+    assert extra == extend_calibration(ds, pick, 25, seed=0, holdout=holdout)[len(pick) :]  # seeded
+    # asking for more than there is returns what there is
+    everything = extend_calibration(ds, pick, 1000, holdout=holdout)
+    assert len(everything) == len(pick) + sum(image_id(s) not in holdout for s in samples if s not in pick)
+    assert extend_calibration(ds, pick, 3) == pick  # never fewer than the pick
+
+
 # ------------------------------------------------------------------------------------------ synth
 
 

@@ -79,6 +79,8 @@ def test_distill_brings_the_output_closer_and_keeps_the_integers(cls_qdq, crops)
     float_model, plain, distilled, report = cls_qdq
     assert report["loss"] == "Softmax" and report["weight_scales"] == 63 and report["biases"] == 63
     assert report["kept"] and report["calib_loss_after"] < report["calib_loss_before"]
+    # it learns from the whole sample (96 crops and turns), not only the 32 that set the ranges
+    assert report["samples"] == 96 and report["activation_scales"] == 0
     inits = {m: {i.name: i for i in onnx.load(str(m)).graph.initializer} for m in (plain, distilled)}
     int8 = [n for n, i in inits[plain].items() if i.data_type == TensorProto.INT8 and len(i.dims) >= 2]
     assert len(int8) == 63
@@ -87,8 +89,9 @@ def test_distill_brings_the_output_closer_and_keeps_the_integers(cls_qdq, crops)
         assert np.array_equal(a, b), name
         if a.ndim == 4 and a.shape[1] > 1:
             assert worst_pair_sum(b, "Conv") == worst_pair_sum(a, "Conv")
-    # onnxruntime's fused kernels run the distilled model; on the calibration crops its softmax is
-    # closer to the float model's than the plain INT8 model's is
+    # onnxruntime's fused kernels run the distilled model; on the crops it learned from (all 96) its
+    # softmax is closer to the float model's than the plain INT8 model's is
+    learned = sample_cls_inputs(96)
     sessions = {
         m: ort.InferenceSession(str(m), providers=["CPUExecutionProvider"])
         for m in (float_model, plain, distilled)
@@ -102,13 +105,35 @@ def test_distill_brings_the_output_closer_and_keeps_the_integers(cls_qdq, crops)
                         (sessions[m].run(None, {name: x})[0] - sessions[float_model].run(None, {name: x})[0])
                         ** 2
                     ).mean()
-                    for x in crops
+                    for x in learned
                 ]
             )
         )
         for m in (plain, distilled)
     }
     assert err[distilled] < err[plain], err
+
+
+def test_learned_activation_scales_keep_equal_scales_equal(cls_qdq):
+    """With ``learn_activations``, scale initializers of equal value share one multiplier (onnxruntime's
+    fusions need Concat / MaxPool / Reshape to keep their input's scale), and the int32 biases move to
+    the grid of the new input scale."""
+    _, plain, _, _ = cls_qdq
+    model = onnx.load(str(plain))
+    net = QDQModule(model, learn_activations=True)
+    assert net.log_beta and set(net._act_key.values()) == set(net.log_beta.keys())
+    with torch.no_grad():
+        for k, p in enumerate(net.log_beta.values()):
+            p.fill_(0.01 * (k % 7 - 3))
+    before = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    after = {i.name: numpy_helper.to_array(i) for i in net.export().graph.initializer}
+    names = list(net._act_key)
+    for a in names:
+        assert np.isclose(after[a], before[a] * np.exp(float(net.log_beta[net._act_key[a]]))), a
+        for b in names:
+            if before[a] == before[b]:
+                assert after[a] == after[b], (a, b)
+    assert any(not np.array_equal(before[n], after[n]) for n in before if before[n].dtype == np.int32)
 
 
 def test_output_head_looks_through_layout_ops():

@@ -573,6 +573,8 @@ def test_auto_method_picks_the_best_candidate_and_validates_bias_correction(cls_
             and distill["val_metric"] >= baseline["val_metric"]
         )
         assert ("distill" in search["chosen"]["algorithms"]) == rises == distill["kept"]
+    # the held-out crops (24 samples, both turns of up to 24 crops) are withheld from anything that learns
+    assert 0 < side["settings"]["holdout_images"] <= 24
     assert not list(tmp_path.glob("cls.auto.*.onnx"))  # candidates never written beside the output
     assert side["output"] == str(out) and rows == search["candidates"]
     # every other candidate carries the held-out interval of its difference to the pick

@@ -64,6 +64,7 @@ import onnx
 from onnx import numpy_helper
 
 from ocrquant.data import Dataset, Sample, load_image, open_dataset, sample_calibration
+from ocrquant.data.calibration import image_id
 from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import atomic_path, read_sidecar, write_json_atomic
 
@@ -105,10 +106,6 @@ class ValidationSplit:
         }
 
 
-def _image_id(sample: Sample) -> str:
-    return str(Path(sample.image_path).resolve())
-
-
 def split_validation(
     calib: Dataset,
     calib_size: int,
@@ -129,10 +126,10 @@ def split_validation(
     if not calib.samples:
         raise OcrQuantError(f"calibration set has no {calib.task} samples", calib.root)
     picked = sample_calibration(calib, min(calib_size, len(calib.samples)), seed)
-    used = {_image_id(s) for s in picked}
+    used = {image_id(s) for s in picked}
     source = "explicit" if val_data is not None else "calibration-holdout"
     pool_set = val_data if val_data is not None else calib
-    pool = [s for s in pool_set.samples if _image_id(s) not in used]
+    pool = [s for s in pool_set.samples if image_id(s) not in used]
     if val_data is not None and len(pool) < len(val_data.samples):
         log.warning(
             "validation: dropped %d samples of %s whose image is also a calibration image",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterable
+from pathlib import Path
 
 from ocrquant.data.types import Dataset, Sample
 from ocrquant.errors import OcrQuantError
@@ -36,3 +38,24 @@ def sample_calibration(dataset: Dataset, n: int, seed: int = 0) -> list[Sample]:
         return list(dataset.samples)
     picked = sorted(random.Random(seed).sample(range(total), n))
     return [dataset.samples[i] for i in picked]
+
+
+def image_id(sample: Sample) -> str:
+    """The file a sample reads: a cls set holds each crop twice (upright and turned), and a split that
+    keeps one turn of a crop out of training must keep the other out too."""
+    return str(Path(sample.image_path).resolve())
+
+
+def extend_calibration(
+    dataset: Dataset, picked: list[Sample], n: int, seed: int = 0, holdout: Iterable[str] = ()
+) -> list[Sample]:
+    """``picked`` followed by up to ``n - len(picked)`` more samples of ``dataset`` (a seeded random
+    order): samples not picked whose image is not in ``holdout`` (image ids, see :func:`image_id`).
+
+    Why: an algorithm that learns thousands of parameters (``distill``) needs more inputs than range
+    calibration does, while the held-out images that judge it must stay unseen.
+    """
+    picked_keys, held = {s.key for s in picked}, set(holdout)
+    rest = [s for s in dataset.samples if s.key not in picked_keys and image_id(s) not in held]
+    random.Random(seed).shuffle(rest)
+    return [*picked, *rest[: max(0, n - len(picked))]]

@@ -49,6 +49,8 @@ class QuantConfig:
     cache_dir: Path | None = None  # calibration cache; None: $OCRQUANT_HOME/calib
     use_cache: bool = True
     task_options: dict[str, Any] = field(default_factory=dict)
+    # image ids (ocrquant.data.calibration.image_id) no algorithm may learn from: auto's held-out images
+    holdout: list[str] = field(default_factory=list)
     fuse_hardswish: bool | None = None  # None: the target's layout choice (ort-cpu keeps it decomposed)
     bins: int = 2048
     progress: bool = True

@@ -74,6 +74,7 @@ def quantize_auto(
     """
     from ocrquant.analysis.sensitivity import split_validation
     from ocrquant.api import build_task, infer_task
+    from ocrquant.data.calibration import image_id
     from ocrquant.evaluation import evaluate
     from ocrquant.evaluation.evaluate import fidelity_samples
     from ocrquant.evaluation.significance import paired_delta_interval
@@ -96,6 +97,8 @@ def quantize_auto(
     calib_size = calib_size_leaving_validation(config.calib_size, len(calib.samples), n_val)
     split = split_validation(calib, calib_size, config.seed, n_val)
     val_set = Dataset(calib.root, calib.task, calib.format, split.validation)
+    # algorithms that learn from more than the calibration pick (distill) must not see these
+    holdout = sorted({image_id(s) for s in split.validation})
     task = build_task(task_name, resolved)
     output = Path(output)
     rows: list[dict[str, Any]] = []
@@ -142,6 +145,7 @@ def quantize_auto(
                 method=method,
                 method_options=dict(options),
                 calib_size=calib_size,
+                holdout=holdout,
                 algorithms=search_names,
                 extra_algorithms=[],
             )
@@ -158,7 +162,11 @@ def quantize_auto(
                 row["vs_chosen_ci95"] = _margin(row, chosen)
         _warn_unresolved(rows, chosen, key, len(split.validation))
         final_cfg = replace(
-            config, method=chosen["method"], method_options=chosen["options"], calib_size=calib_size
+            config,
+            method=chosen["method"],
+            method_options=chosen["options"],
+            calib_size=calib_size,
+            holdout=holdout,
         )
         if search_names != names:
             quantize(

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from ocrquant.data import Dataset, Sample, load_image, open_dataset, sample_calibration
+from ocrquant.data.calibration import extend_calibration
 from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import atomic_path, sha256_file, sidecar_path, write_json_atomic
 from ocrquant.quantization.algorithms import AlgorithmContext, create_algorithm
@@ -141,7 +142,14 @@ def quantize(
         model = onnx.load(str(prepared))
         ensure_node_names(model)  # algorithms and the plan address nodes by name
         ctx = AlgorithmContext(
-            model=model, profile=profile, batches=batches, work_dir=work, progress=cfg.progress
+            model=model,
+            profile=profile,
+            batches=batches,
+            work_dir=work,
+            progress=cfg.progress,
+            learning_batches=lambda n: calibration_batches(
+                task, extend_calibration(dataset, samples, n, cfg.seed, cfg.holdout), batch_size
+            ),
         )
         for algo in (a for a in algorithms if a.stage == "float"):
             reports[algo.name] = algo.apply(ctx)
@@ -218,6 +226,7 @@ def quantize(
                 "algorithm_options": cfg.algorithm_options,
                 "dtype_overrides": cfg.dtype_overrides,
                 "calib_size": len(samples),
+                "holdout_images": len(cfg.holdout),
                 "batch_size": batch_size,
                 "seed": cfg.seed,
                 "bins": cfg.bins,

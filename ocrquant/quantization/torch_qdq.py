@@ -12,8 +12,10 @@ what is learned is kept in the layout onnxruntime fuses:
   AVX2 bound of :mod:`ocrquant.quantization.saturation` and any 7-bit grid still hold;
 * every Conv / Gemm bias, written back as int32 on the grid ``input scale x new weight scale``.
 
-Activation scales and zero points are not touched: onnxruntime's fusions require some of them to be
-equal (Concat, Resize, MaxPool pass their input's scale on), and they are what calibration decided.
+* optionally (``learn_activations``), a multiplier per activation scale. onnxruntime's fusions need
+  some activation scales to stay equal (Concat, Resize, MaxPool pass their input's scale on), so
+  scale initializers of equal value share one multiplier: what was equal stays equal. Zero points
+  and integer ranges do not change.
 """
 
 from __future__ import annotations
@@ -197,17 +199,19 @@ OPS.update(
 )
 
 
-def _fake_quant(x: Tensor, scale: float, zero: float, lo: int, hi: int) -> Tensor:
-    """Quantize -> dequantize with a straight-through gradient inside the range, zero outside it."""
-    clipped = torch.clamp(x, (lo - zero) * scale, (hi - zero) * scale)
-    q = (torch.clamp(torch.round(x / scale) + zero, lo, hi) - zero) * scale
-    return clipped + (q - clipped).detach()
+def _fake_quant(x: Tensor, scale: Tensor, zero: float, lo: int, hi: int) -> Tensor:
+    """Quantize -> dequantize. The gradient passes straight through the rounding (so it is 1 for ``x``
+    inside the range and 0 outside), and reaches ``scale`` as in LSQ (Esser et al. 2020): a wider step
+    trades clipping error for rounding error, and the output loss decides the balance."""
+    v = x / scale
+    r = torch.round(v).detach() + (v - v.detach())  # forward: exactly round(v); backward: identity
+    return (torch.clamp(r + zero, lo, hi) - zero) * scale
 
 
 class QDQModule(torch.nn.Module):
     """Interpret a QDQ model; learn per-channel weight-scale multipliers and biases (see module doc)."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, learn_activations: bool = False) -> None:
         super().__init__()
         self.model = model
         graph = model.graph
@@ -252,6 +256,25 @@ class QDQModule(torch.nn.Module):
                 key = f"w{len(self._alpha_key)}"
                 self._alpha_key[n.output[0]] = key
                 self.log_alpha[key] = torch.nn.Parameter(torch.zeros(s.shape))
+        # Activation scales: (Q or DQ of a computed tensor) scale initializer -> shared multiplier
+        self.log_beta = torch.nn.ParameterDict()
+        self._act_key: dict[str, str] = {}
+        if learn_activations:
+            initializers = {i.name for i in graph.initializer}  # export rewrites initializers only
+            by_value: dict[bytes, str] = {}
+            for n in self.nodes:
+                if (
+                    n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                    and n.input[0] not in self.consts
+                    and n.input[1] in initializers
+                    and self.consts[n.input[1]].size == 1
+                ):
+                    key = by_value.setdefault(
+                        self.consts[n.input[1]].astype(np.float32).tobytes(), f"a{len(by_value)}"
+                    )
+                    self._act_key[n.input[1]] = key
+                    if key not in self.log_beta:
+                        self.log_beta[key] = torch.nn.Parameter(torch.zeros(()))
         # Biases: float initializers, or int32 initializers behind a DequantizeLinear (onnxruntime's layout)
         self.bias = torch.nn.ParameterDict()
         self._bias_key: dict[str, str] = {}
@@ -278,6 +301,11 @@ class QDQModule(torch.nn.Module):
             self.bias[key] = torch.nn.Parameter(torch.from_numpy(value))
         self._const_t = {k: torch.from_numpy(np.array(v)) for k, v in self.consts.items()}
 
+    def activation_scale(self, name: str) -> Tensor:
+        """The scale initializer ``name`` of an activation Q/DQ, times its learned multiplier."""
+        s = self._const_t[name].float()
+        return s * torch.exp(self.log_beta[self._act_key[name]]) if name in self._act_key else s
+
     def weight_scale(self, name: str) -> Tensor:
         _, _, s, _, _ = self.weights[name]
         return s * torch.exp(self.log_alpha[self._alpha_key[name]])
@@ -294,7 +322,7 @@ class QDQModule(torch.nn.Module):
     def forward(self, x: Tensor, until: str | None = None) -> Tensor:
         """The graph output for input ``x`` (or the tensor ``until``, as soon as it is computed)."""
         env: dict[str, Any] = {self.input_name: x}
-        pending_q: dict[str, tuple[Tensor, float, float, int, int]] = {}
+        pending_q: dict[str, tuple[Tensor, Tensor, float, int, int]] = {}
 
         def value(name: str) -> Any:
             if not name:
@@ -314,7 +342,13 @@ class QDQModule(torch.nn.Module):
             if node.op_type == "QuantizeLinear":
                 zp = self.consts[node.input[2]]
                 lo, hi = (-128, 127) if zp.dtype == np.int8 else (0, 255)
-                pending_q[out] = (value(node.input[0]), float(self.consts[node.input[1]]), float(zp), lo, hi)
+                pending_q[out] = (
+                    value(node.input[0]),
+                    self.activation_scale(node.input[1]),
+                    float(zp),
+                    lo,
+                    hi,
+                )
                 continue
             if node.op_type == "DequantizeLinear":
                 if out in self.weights or out in self._bias_key:
@@ -337,11 +371,14 @@ class QDQModule(torch.nn.Module):
         return env[self.output_name if until is None else until]
 
     def export(self) -> onnx.ModelProto:
-        """A copy of the model with the learned weight scales and biases written in."""
+        """A copy of the model with the learned weight scales, activation scales and biases written in."""
         model = onnx.ModelProto()
         model.CopyFrom(self.model)
         inits = {i.name: i for i in model.graph.initializer}
         with torch.no_grad():
+            for name in self._act_key:
+                new = self.activation_scale(name).numpy().astype(np.float32).reshape(self.consts[name].shape)
+                inits[name].CopyFrom(numpy_helper.from_array(new, name))
             for name, (_, _, _, _, scale_name) in self.weights.items():
                 new = self.weight_scale(name).numpy().astype(np.float32)
                 inits[scale_name].CopyFrom(numpy_helper.from_array(new, scale_name))
@@ -350,7 +387,8 @@ class QDQModule(torch.nn.Module):
                 if name in self._bias_int:
                     ints, scale_name, x_scale, w_dq = self._bias_int[name]
                     grid = (
-                        float(self.consts[x_scale]) * self.weight_scale(w_dq).numpy().astype(np.float64)
+                        float(self.activation_scale(x_scale))
+                        * self.weight_scale(w_dq).numpy().astype(np.float64)
                     ).astype(np.float32)
                     q = np.clip(np.round(b / grid), np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(
                         np.int32

@@ -42,6 +42,10 @@ class AlgorithmContext:
     extras: dict[str, Any] = field(default_factory=dict)
     # Node names a float-stage algorithm wants kept float (merged into the plan's exclude list).
     keep_float: dict[str, str] = field(default_factory=dict)  # node name -> reason
+    # n -> a factory of batches over n samples: the calibration pick, then more images of the
+    # calibration directory, never the held-out ones (QuantConfig.holdout). For algorithms that learn
+    # many parameters (distill); None: only ``batches`` exist.
+    learning_batches: Callable[[int], Callable[[], Iterable[np.ndarray]]] | None = None
 
 
 class Algorithm(ABC):

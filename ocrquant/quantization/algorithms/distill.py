@@ -10,7 +10,14 @@ torch_qdq`) on the calibration inputs; the float model's outputs are the targets
 needed. Only per-channel weight-scale multipliers and biases are learned (the integers, activation
 ranges and layout stay what calibration chose): a few parameters per channel, which 140 images
 cannot overfit the way free weights could (learning the integers too, +-1 step, measured no better
-on held-out det_train images).
+on held-out det_train images). Learning the activation scales as well (``learn_activations``, LSQ
+style) is an option, off by default: on det and cls it raised neither held-out nor test fidelity
+consistently (docs/quantization-findings.md, session 12).
+
+Data: up to ``data_size`` inputs, the calibration pick first, then more images of the calibration
+directory (never auto's held-out images). Range calibration needs a few hundred inputs; 7912
+learned parameters on cls fit 200 crops' noise (held-out fidelity fell 0.947 -> 0.9405) and follow
+the float model on 2000 (-> 0.9545). det_train has no images to spare (140 calibrate, 60 judge).
 
 The loss follows the model's last activation (registry :data:`LOSSES`): binary cross-entropy
 against the float probabilities after a Sigmoid (det maps), cross-entropy against the float
@@ -110,20 +117,31 @@ class Distill(Algorithm):
         self,
         epochs: int = 3,
         min_steps: int = 150,
+        max_steps: int = 450,
+        data_size: int = 2000,
         lr: float = 1e-4,
         samples_per_step: int = 8,
         max_values_per_step: int = 2_000_000,
         max_batches: int | None = None,
         seed: int = 0,
+        learn_activations: bool = False,
+        activation_lr: float = 1e-3,
     ) -> None:
-        if epochs < 1 or lr <= 0 or samples_per_step < 1:
-            raise OcrQuantError("distill: epochs and samples_per_step must be >= 1 and lr > 0")
-        self.epochs, self.min_steps, self.lr = epochs, min_steps, lr
+        if epochs < 1 or lr <= 0 or samples_per_step < 1 or data_size < 0:
+            raise OcrQuantError("distill: epochs and samples_per_step must be >= 1, lr > 0, data_size >= 0")
+        self.epochs, self.min_steps, self.max_steps, self.lr = epochs, min_steps, max_steps, lr
+        self.data_size = data_size
         self.samples_per_step, self.max_values_per_step = samples_per_step, max_values_per_step
         self.max_batches, self.seed = max_batches, seed
+        self.learn_activations, self.activation_lr = learn_activations, activation_lr
 
     def _inputs(self, ctx: AlgorithmContext) -> Iterator[np.ndarray]:
-        it = ctx.batches()
+        # more inputs than the calibration pick where the calibration directory has them (module doc)
+        it = (
+            ctx.learning_batches(self.data_size)()
+            if self.data_size and ctx.learning_batches
+            else ctx.batches()
+        )
         if self.max_batches is not None:
             it = (x for k, x in zip(range(self.max_batches), it, strict=False))
         return _steps(it, self.samples_per_step, self.max_values_per_step)
@@ -144,30 +162,37 @@ class Distill(Algorithm):
         in_name = reference.get_inputs()[0].name
 
         torch.manual_seed(self.seed)
-        net = QDQModule(qmodel)
-        # a target whose scales are constrained (npu-pow2: powers of two) keeps its weight scales
+        # a target whose scales are constrained (npu-pow2: powers of two) keeps its scales
         learn_scales = getattr(ctx.profile, "scale_constraint", "none") == "none"
+        net = QDQModule(qmodel, learn_activations=learn_scales and self.learn_activations)
         params = [*(net.log_alpha.parameters() if learn_scales else ()), *net.bias.parameters()]
-        opt = torch.optim.Adam(params, lr=self.lr)
+        # an activation range is one number per tensor that calibration may have set 10-30 % off (a
+        # percentile is a guess at the clipping/rounding balance); its multiplier needs a larger step
+        # than the per-channel weight multipliers, which only fine-tune
+        groups = [{"params": params}, {"params": list(net.log_beta.parameters()), "lr": self.activation_lr}]
+        opt = torch.optim.Adam([g for g in groups if g["params"]], lr=self.lr)
 
         def target(x: np.ndarray) -> Any:
             return torch.from_numpy(reference.run([f_logit], {in_name: x})[0])
 
-        def step_losses() -> list[float]:
+        def step_losses() -> list[tuple[float, int]]:
+            """(loss, samples) of each step, without learning."""
             with torch.no_grad():
                 return [
-                    float(loss_fn(net(torch.from_numpy(x), until=q_logit), target(x), attrs))
+                    (float(loss_fn(net(torch.from_numpy(x), until=q_logit), target(x), attrs)), len(x))
                     for x in self._inputs(ctx)
                 ]
 
         # the loss before learning, and from the same pass the number of steps in an epoch
         first = step_losses()
-        n_steps = len(first)
+        n_steps, n_samples = len(first), sum(n for _, n in first)
         if n_steps == 0:
             raise OcrQuantError("distill: no calibration batches")
-        before = float(np.mean(first))
-        # at least ``min_steps`` updates: 200 word crops make 25 steps of 8, too few to move anything
-        epochs = max(self.epochs, math.ceil(self.min_steps / n_steps))
+        before = float(np.mean([loss for loss, _ in first]))
+        # ``epochs`` passes, fewer where that would pass ``max_steps`` (2000 crops: one pass of 250 steps,
+        # minutes of torch on 2 cores), at least ``min_steps`` updates (200 crops make 25 steps of 8, too
+        # few to move anything)
+        epochs = max(1, min(self.epochs, self.max_steps // n_steps), math.ceil(self.min_steps / n_steps))
         total = n_steps * epochs
         warmup = max(1, total // 10)
 
@@ -196,22 +221,28 @@ class Distill(Algorithm):
                     bar.update(1)
                 history.append(float(np.mean(losses)))
                 bar.set_postfix(loss=f"{history[-1]:.5f}")
-        after = float(np.mean(step_losses()))
+        after = float(np.mean([loss for loss, _ in step_losses()]))
         kept = after < before  # never hand back a model further from the float one on its own data
         if kept:
             with atomic_path(ctx.qdq_path) as tmp:
                 onnx.save(net.export(), str(tmp))
         alpha = torch.cat([p.detach().flatten() for p in net.log_alpha.parameters()]).exp()
+        beta = torch.cat([p.detach().flatten() for p in net.log_beta.parameters()] or [torch.ones(0)]).exp()
         return {
             "loss": kind or "mse",
             "weight_scales": len(net.weights) if learn_scales else 0,
+            "activation_scales": len(net.log_beta),
             "biases": len(net.bias),
             "steps": total,
+            "samples": n_samples,
             "calib_loss_before": before,
             "train_loss_per_epoch": history,
             "calib_loss_after": after,
             "kept": kept,
             "scale_multiplier_range": [float(alpha.min()), float(alpha.max())]
             if alpha.numel()
+            else [1.0, 1.0],
+            "activation_multiplier_range": [float(beta.min()), float(beta.max())]
+            if beta.numel()
             else [1.0, 1.0],
         }
