@@ -135,13 +135,15 @@ class Distill(Algorithm):
         self.max_batches, self.seed = max_batches, seed
         self.learn_activations, self.activation_lr = learn_activations, activation_lr
 
-    def _inputs(self, ctx: AlgorithmContext) -> Iterator[np.ndarray]:
-        # more inputs than the calibration pick where the calibration directory has them (module doc)
-        it = (
-            ctx.learning_batches(self.data_size)()
-            if self.data_size and ctx.learning_batches
-            else ctx.batches()
-        )
+    def _batches(self, ctx: AlgorithmContext) -> Callable[[], Iterable[np.ndarray]]:
+        """The batch factory to learn from: more inputs than the calibration pick where the calibration
+        directory has them (module doc). Resolved once: every epoch and loss pass reuses the sample list."""
+        if self.data_size and ctx.learning_batches is not None:
+            return ctx.learning_batches(self.data_size)
+        return ctx.batches
+
+    def _inputs(self, batches: Callable[[], Iterable[np.ndarray]]) -> Iterator[np.ndarray]:
+        it = iter(batches())
         if self.max_batches is not None:
             it = (x for k, x in zip(range(self.max_batches), it, strict=False))
         return _steps(it, self.samples_per_step, self.max_values_per_step)
@@ -171,6 +173,8 @@ class Distill(Algorithm):
         groups = [{"params": params}, {"params": list(net.log_beta.parameters()), "lr": self.activation_lr}]
         opt = torch.optim.Adam([g for g in groups if g["params"]], lr=self.lr)
 
+        batches = self._batches(ctx)
+
         def target(x: np.ndarray) -> Any:
             return torch.from_numpy(reference.run([f_logit], {in_name: x})[0])
 
@@ -179,7 +183,7 @@ class Distill(Algorithm):
             with torch.no_grad():
                 return [
                     (float(loss_fn(net(torch.from_numpy(x), until=q_logit), target(x), attrs)), len(x))
-                    for x in self._inputs(ctx)
+                    for x in self._inputs(batches)
                 ]
 
         # the loss before learning, and from the same pass the number of steps in an epoch
@@ -209,7 +213,7 @@ class Distill(Algorithm):
         with tqdm(total=total, desc="distill", unit="step", disable=not ctx.progress, leave=False) as bar:
             for _epoch in range(epochs):
                 losses = []
-                for x in self._inputs(ctx):
+                for x in self._inputs(batches):
                     t = target(x)
                     loss = loss_fn(net(torch.from_numpy(x), until=q_logit), t, attrs)
                     opt.zero_grad()
