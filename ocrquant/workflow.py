@@ -48,6 +48,9 @@ class RunConfig:
     framework_backend: str | None = None  # "paddle" / "torch": also evaluate the source framework
     backend: str = "onnxruntime"  # or "ncnn": the model converted with pnnx, INT8 written for ncnn
     extra_quant: dict[str, Any] = field(default_factory=dict)
+    #: accuracy budget in points per task (``--max-drop rec=1.0``): the most sensitive blocks stay float
+    #: until INT8 is within it on held-out calibration-side images (never the test set)
+    max_drop: dict[str, float] = field(default_factory=dict)
 
 
 def default_calibration_root() -> Path:
@@ -130,11 +133,22 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
     qcfg = QuantConfig(target=cfg.target, calib_size=cfg.calib_size, **cfg.extra_quant)
     if cfg.method:
         qcfg.method = cfg.method
+    budget = cfg.max_drop.get(task_name, cfg.max_drop.get(task_name.split("-")[0]))
     qkey = {"model": str(model.path), "calib": str(calib_set.root), "config": _plain(qcfg)}
+    if budget is not None:  # absent otherwise, so run directories from before the option still resume
+        qkey["max_drop"] = budget
     key_file = out / "quantize.key.json"
     if not (int8_path.exists() and key_file.exists() and json.loads(key_file.read_text()) == qkey):
         log.info("[%s] quantizing %s (up to %d calibration images)", task_name, model.name, cfg.calib_size)
-        quantize(model.path, task_name, calib_set, int8_path, qcfg)
+        if budget is None:
+            quantize(model.path, task_name, calib_set, int8_path, qcfg)
+        else:
+            from ocrquant.quantization.mixed_precision import quantize_with_budget
+
+            _, search = quantize_with_budget(
+                model.path, task_name, calib_set.root, None, int8_path, qcfg, budget, threads=cfg.threads
+            )
+            log.info("[%s] %s", task_name, search.summary())
         write_json_atomic(key_file, qkey)
     _publish_int8(model, int8_path)
     return Quantized(model, task_obj, int8_path, test_set)
@@ -244,6 +258,7 @@ def run(cfg: RunConfig) -> list[ReportRow]:
         "target": cfg.target,
         "threads": cfg.threads,
         "limit": cfg.limit,
+        "max drop (points)": cfg.max_drop or None,
     }
     write_json_atomic(
         cfg.out_dir / "report.json",

@@ -448,6 +448,22 @@ def test_ort_cpu_layout_every_conv_runs_as_qlinearconv(quantized_cls, tmp_path):
     side = json.loads(out.with_name("cls.int8.quant.json").read_text())
     assert side["settings"]["algorithms"] == ["hs_cle", "hs_floor", "weight_width"]
     assert side["algorithms"]["hs_cle"]["edges"] > 0
+    # MaxPool stays float (onnxruntime's uint8 MaxPool is a scalar loop): DQ -> MaxPool -> Q survives
+    # optimisation, because the Q's scale is the input's raised by 2**-12, with the same zero point
+    opt = onnx.load(str(tmp_path / "opt.onnx"))
+    prod = {o: n for n in opt.graph.node for o in n.output}
+    (pool,) = [n for n in opt.graph.node if n.op_type == "MaxPool"]
+    assert prod[pool.input[0]].op_type == "DequantizeLinear"
+    (node,) = [n for n in onnx.load(str(out)).graph.node if n.op_type == "MaxPool"]
+    src, dst = side["tensors"][_pre_qdq(node.input[0])], side["tensors"][node.output[0]]
+    assert dst["scale"] == pytest.approx(src["scale"] * (1 + 2**-12), rel=1e-6)
+    assert dst["scale"] != src["scale"]
+    assert dst["zero_point"] == src["zero_point"]
+
+
+def _pre_qdq(name: str) -> str:
+    """The float tensor behind a DequantizeLinear output name written by onnxruntime's quantizer."""
+    return name.removesuffix("_DequantizeLinear_Output")
 
 
 def test_vnni_detection_and_pair_safe_weights(tmp_path, quantized_cls):
@@ -646,3 +662,17 @@ def test_an_algorithm_whose_extra_is_missing_says_which(monkeypatch):
     monkeypatch.setattr(ALGORITHMS["distill"], "requires", ("ocrquant_no_such_package",))
     with pytest.raises(OcrQuantError, match="distill.*ocrquant_no_such_package"):
         create_algorithm("distill")
+
+
+def test_algo_option_reaches_the_algorithm_and_misspellings_fail_early() -> None:
+    from ocrquant.cli.quantize import algorithm_options
+    from ocrquant.quantization.algorithms import create_algorithm
+
+    opts = algorithm_options(["adaround.max_reduction=8192", "adaround.seed=3"])
+    assert opts == {"adaround": {"max_reduction": 8192, "seed": 3}}  # JSON values: ints stay ints
+    assert create_algorithm("adaround", **opts["adaround"]).max_reduction == 8192
+    bad_values = [("adaround.nope=1", "bad option"), ("nope.x=1", "unknown algorithm")]
+    bad_values.append(("adaround", "NAME.KEY"))
+    for bad, says in bad_values:
+        with pytest.raises(OcrQuantError, match=says):
+            algorithm_options([bad])

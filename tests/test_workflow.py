@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -33,3 +35,31 @@ def test_run_writes_report_and_resumes(cls_model: Path, tmp_path: Path) -> None:
     assert second.exit_code == 0, second.output
     assert int8.stat().st_mtime_ns == stamp  # the quantize step was found done, not redone
     assert json.loads((out / "report.json").read_text())["rows"][0]["int8_metric"] == row["int8_metric"]
+
+
+def test_run_with_a_budget_searches_on_held_out_images(cls_model: Path, tmp_path: Path) -> None:
+    model = tmp_path / "cls.onnx"
+    shutil.copy(cls_model, model)
+    out = tmp_path / "run"
+    args = ["run", "--task", "cls", "-m", f"cls={model}", "--method", "min_max", "--calib-size", "8",
+            "--latency-inputs", "2", "--limit", "8", "--max-drop", "cls=100", "-o", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["max drop (points)"] == {"cls": 100.0}
+    mixed = json.loads((out / "cls" / "cls.int8.mixed.json").read_text())
+    # any model meets a 100 point budget: the search stops at the all-INT8 base, judged on held-out crops
+    assert mixed["met"] and mixed["chosen"] == [] and mixed["validation"]["source"] == "calibration-holdout"
+    assert "max drop (points): {'cls': 100.0}" in (out / "report.md").read_text()
+
+
+def test_run_rejects_a_budget_it_cannot_read(tmp_path: Path) -> None:
+    for value, says in (("ocr=1", "det, cls or rec"), ("rec=abc", "not a number"), ("-1", ">= 0")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "ocrquant.cli.main", "run", "--task", "rec", "--max-drop", value,
+             "-o", str(tmp_path / "r")],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and says in lines[0], proc.stderr
+        assert not (tmp_path / "r").exists()

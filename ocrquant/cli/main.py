@@ -246,6 +246,23 @@ def _kind_paths(values: list[str] | None, tasks: list[str], option: str) -> dict
     return out
 
 
+def _budgets(values: list[str] | None, tasks: list[str]) -> dict[str, float]:
+    """``--max-drop rec=1.0`` per task, or ``--max-drop 0.5`` for every task of the run."""
+    out: dict[str, float] = {}
+    for value in values or []:
+        name, sep, points = value.rpartition("=")
+        if sep and name not in ("det", "cls", "rec", "det-craft"):
+            raise OcrQuantError(f"--max-drop {value}: the part before '=' must be det, cls or rec")
+        try:
+            budget = float(points)
+        except ValueError:
+            raise OcrQuantError(f"--max-drop {value}: '{points}' is not a number of points") from None
+        if budget < 0:
+            raise OcrQuantError(f"--max-drop {value}: a budget is a drop in points, >= 0")
+        out.update({name: budget} if sep else {t: budget for t in tasks if t != "e2e"})
+    return out
+
+
 @app.command("run")
 def run_cmd(
     task: Annotated[
@@ -284,6 +301,15 @@ def run_cmd(
             "default task det)."
         ),
     ] = "onnxruntime",
+    max_drop: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--max-drop",
+            help="Accuracy budget in points: TASK=POINTS (repeatable) or POINTS for every task. The most "
+            "sensitive blocks stay float until INT8 is within it on held-out calibration-side images; "
+            "the report lists them.",
+        ),
+    ] = None,
 ) -> None:
     """The whole workflow: quantize, evaluate float and INT8, write report.md and report.json.
 
@@ -316,6 +342,7 @@ def run_cmd(
         framework_backend=framework,
         latency_inputs=latency_inputs,
         backend=backend,
+        max_drop=_budgets(max_drop, tasks),
     )
     rows = run(cfg)
     if rows:

@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from ocrquant.cli.common import console
+from ocrquant.errors import OcrQuantError
 from ocrquant.quantization.mixed_precision import DEFAULT_CONFIDENCE
+
+
+def algorithm_options(values: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``--algo-option distill.data_size=500`` -> ``{"distill": {"data_size": 500}}``, checked by
+    building each algorithm once: a misspelt name or option fails before calibration starts."""
+    out: dict[str, dict[str, Any]] = {}
+    for value in values or []:
+        key, sep, text = value.partition("=")
+        name, dot, option = key.partition(".")
+        if not (sep and dot and name and option):
+            raise OcrQuantError(f"--algo-option {value}: write NAME.KEY=VALUE, e.g. distill.data_size=500")
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError:
+            parsed = text
+        out.setdefault(name, {})[option] = parsed
+    from ocrquant.quantization.algorithms import create_algorithm
+
+    for name, options in out.items():  # unknown names and options fail here, before any work
+        create_algorithm(name, **options)
+    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -73,6 +96,14 @@ def quantize_cmd(
             "det: act_cle instead of hs_cle) always run unless --no-default-algos.",
         ),
     ] = None,
+    algo_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--algo-option",
+            help="An algorithm's option, NAME.KEY=VALUE (repeatable; VALUE read as JSON, else text), "
+            "e.g. distill.data_size=500 or adaround.max_reduction=8192.",
+        ),
+    ] = None,
     no_default_algos: Annotated[
         bool, typer.Option("--no-default-algos", help="Do not run the default algorithms.")
     ] = False,
@@ -131,6 +162,7 @@ def quantize_cmd(
         dtype_overrides={t: "int16" for t in int16 or []},
         cache_dir=cache_dir,
         use_cache=not no_cache,
+        algorithm_options=algorithm_options(algo_option),
     )
     if max_drop is not None:
         from ocrquant.quantization.mixed_precision import quantize_with_budget

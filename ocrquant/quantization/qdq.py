@@ -107,6 +107,8 @@ def select_nodes(model: onnx.ModelProto, profile: TargetProfile, exclude: list[s
             reasons[node.name] = f"excluded by '{pattern}'"
         elif node.name in tail:
             reasons[node.name] = "feeds a model output directly (kept float)"
+        elif node.op_type in profile.float_passthrough_ops:
+            reasons[node.name] = f"{node.op_type} runs faster in float than in {profile.name}'s int8 kernel"
         elif node.op_type not in profile.op_types and node.op_type not in profile.boundary_ops:
             reasons[node.name] = f"{node.op_type} not quantized by target {profile.name}"
         else:
@@ -192,6 +194,25 @@ def adjust_ranges(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
             out[node.input[0]] = out[node.output[0]]
         elif node.op_type == "Softmax" and node.output[0] in out:
             out[node.output[0]] = (0.0, 1.0)
+    return out
+
+
+def passthrough_ranges(
+    model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], selected: set[str], ops: tuple[str, ...]
+) -> dict[str, tuple[float, float]]:
+    """The output of a float pass-through op (``TargetProfile.float_passthrough_ops``) takes its
+    input's range times ``1 + PASSTHROUGH_SCALE_NUDGE``: the same grid as far as any 8-bit code can
+    tell (exact requantization, no second calibration of a tensor whose values are the input's), yet
+    a scale the runtime sees as different, so it keeps the fast float op instead of fusing Q/DQ away."""
+    from ocrquant.quantization.targets import PASSTHROUGH_SCALE_NUDGE
+
+    out = dict(ranges)
+    for node in model.graph.node:
+        if node.op_type not in ops or node.name in selected:
+            continue
+        if node.input[0] in out and node.output[0] in out:
+            lo, hi = out[node.input[0]]
+            out[node.output[0]] = (lo * (1 + PASSTHROUGH_SCALE_NUDGE), hi * (1 + PASSTHROUGH_SCALE_NUDGE))
     return out
 
 
@@ -440,6 +461,7 @@ def write_qdq_model(
     selection = select_nodes(model, prof, plan.exclude)
     selected = set(selection.quantize)
     ranges = adjust_ranges(model, plan.ranges, selected)
+    ranges = passthrough_ranges(model, ranges, selected, prof.float_passthrough_ops)
     overrides, planned = build_overrides(model, plan, selected, ranges)
     tensors_range = TensorsData(
         CalibrationMethod.MinMax,
