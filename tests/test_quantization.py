@@ -676,3 +676,27 @@ def test_algo_option_reaches_the_algorithm_and_misspellings_fail_early() -> None
     for bad, says in bad_values:
         with pytest.raises(OcrQuantError, match=says):
             algorithm_options([bad])
+
+
+def test_ort_cpu_quantizes_a_maxpool_only_where_a_conv_feeds_it() -> None:
+    """onnxruntime runs a uint8 MaxPool as its fast NhwcMaxPool next to an NHWC QLinearConv, and as a
+    scalar NCHW loop anywhere else; the ort-cpu layout keeps the second kind float."""
+    from onnx import helper
+
+    from ocrquant.quantization.qdq import select_nodes
+    from ocrquant.quantization.targets import TARGETS
+
+    w = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("MaxPool", ["r"], ["p1"], name="after_conv", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Mul", ["p1", "p1"], ["m"], name="mul"),
+        helper.make_node("MaxPool", ["m"], ["p2"], name="after_mul", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p2", "w"], ["y"], name="conv2"),
+    ]
+    vi = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 4, 8, 8]) for n in ("x", "y")]
+    model = helper.make_model(helper.make_graph(nodes, "g", vi[:1], vi[1:], [w]))
+    selection = select_nodes(model, TARGETS["ort-cpu"], [])
+    assert "after_conv" in selection.quantize and "after_mul" not in selection.quantize
+    assert "runs faster in float" in selection.float_reasons["after_mul"]

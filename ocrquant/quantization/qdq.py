@@ -101,14 +101,15 @@ def matches(node: onnx.NodeProto, patterns: list[str]) -> str | None:
 def select_nodes(model: onnx.ModelProto, profile: TargetProfile, exclude: list[str]) -> NodeSelection:
     quantize, reasons = [], {}
     tail = set() if profile.quantize_graph_outputs else output_tail(model)
+    prod = producers(model)
     for node in model.graph.node:
         pattern = matches(node, exclude)
         if pattern is not None:
             reasons[node.name] = f"excluded by '{pattern}'"
         elif node.name in tail:
             reasons[node.name] = "feeds a model output directly (kept float)"
-        elif node.op_type in profile.float_passthrough_ops:
-            reasons[node.name] = f"{node.op_type} runs faster in float than in {profile.name}'s int8 kernel"
+        elif node.op_type in profile.float_passthrough_ops and not _fed_by_conv(node, prod):
+            reasons[node.name] = f"{node.op_type} after a non-Conv op runs faster in float on {profile.name}"
         elif node.op_type not in profile.op_types and node.op_type not in profile.boundary_ops:
             reasons[node.name] = f"{node.op_type} not quantized by target {profile.name}"
         else:
@@ -117,6 +118,15 @@ def select_nodes(model: onnx.ModelProto, profile: TargetProfile, exclude: list[s
         quantize.remove(name)
         reasons[name] = "between float nodes only: Q/DQ around it would round, with no integer kernel to gain"
     return NodeSelection(quantize, reasons)
+
+
+def _fed_by_conv(node: onnx.NodeProto, prod: dict[str, onnx.NodeProto]) -> bool:
+    """Whether a Conv computes ``node``'s data input, through activations the Conv's requantization
+    absorbs (Relu, Clip): the case where onnxruntime runs a pass-through op in its NHWC integer kernel."""
+    src = prod.get(node.input[0])
+    while src is not None and src.op_type in ("Relu", "Clip"):
+        src = prod.get(src.input[0])
+    return src is not None and src.op_type == "Conv"
 
 
 def float_islands(model: onnx.ModelProto, selected: set[str]) -> list[str]:

@@ -63,10 +63,11 @@ class TargetProfile:
     # neighbours (the Conv before a HardSwish) see a Q on their output and fuse into integer kernels.
     # They compute in float and are counted as float.
     boundary_ops: tuple[str, ...] = ()
-    # Ops that only move values and that this target runs faster in float than in its integer kernel.
-    # They stay float, and the Q after one reuses its input's quantization with the scale raised by
-    # 2**-12 (see :data:`PASSTHROUGH_SCALE_NUDGE`): different enough that the runtime does not fuse
-    # DQ -> op -> Q back into its integer kernel, small enough that requantizing is exact.
+    # Ops that only move values and that this target runs faster in float than in its integer kernel,
+    # except where a Conv feeds them (then the runtime's NHWC kernel takes them: see the ort-cpu
+    # notes). They stay float, and the Q after one reuses its input's quantization with the scale
+    # raised by 2**-12 (:data:`PASSTHROUGH_SCALE_NUDGE`): different enough that the runtime does not
+    # fuse DQ -> op -> Q back into its integer kernel, small enough that requantizing is exact.
     float_passthrough_ops: tuple[str, ...] = ()
     # Model outputs (probability maps, class scores) stay float unless the backend needs integer
     # outputs: postprocessing thresholds them, and 1/255 steps cost accuracy for no speed.
@@ -146,8 +147,8 @@ ACCELERATOR_OPS = (
 # Ops onnxruntime's CPU provider turns into integer kernels when wrapped in Q/DQ (QLinearConv,
 # QLinearMatMul, QLinearAdd/Mul, QLinearGlobalAveragePool, QLinearSigmoid, QLinearConcat, ...) or
 # passes through in int8 (Reshape, Transpose, MaxPool, Resize). HardSwish/HardSigmoid have no integer
-# kernel there: they stay float between a DQ and a Q. MaxPool is left out of the ort-cpu layout (see
-# ORT_CPU_FLOAT_PASSTHROUGH).
+# kernel there: they stay float between a DQ and a Q. A MaxPool no Conv feeds stays float on ort-cpu
+# (see ORT_CPU_FLOAT_PASSTHROUGH).
 ORT_CPU_OPS = ACCELERATOR_OPS + (
     "Reshape",
     "Transpose",
@@ -190,15 +191,16 @@ def register_target(profile: TargetProfile) -> TargetProfile:
 #   measurably helps (host_profile + algorithms/weight_width.py). Versus 7-bit weights on the same
 #   layers, same settings (mse, 200 det_train images): det hmean 0.4129 vs 0.4099 (full test set).
 #   uint8 weights (U8U8 kernels, no saturation) keep accuracy but ran rec at 1.07x only.
-# * **MaxPool** runs in float: ORT drops the Q/DQ around a MaxPool whose input and output share one
-#   quantization and runs it on uint8 with a scalar loop, while float MaxPool is MLAS's vectorised
-#   kernel. One MaxPool between Q/DQ, 1 thread, VNNI Xeon (scratch mp.py, session 13), fused uint8
-#   vs DQ -> float -> Q: 2x2/2 on 64x368x640 86.0 vs 46.9 ms, on 128x184x320 36.1 vs 17.3 ms, 3x3/1 on
-#   512x46x80 82.6 vs 10.0 ms, and cls's 200x3x12 0.021 vs 0.015 ms (cls model 1.70 -> 1.57 ms).
+# * **MaxPool** runs in float unless a Conv feeds it. ORT drops the Q/DQ around a MaxPool whose input
+#   and output share one quantization and runs it on uint8. Next to an NHWC QLinearConv that is the
+#   fast NhwcMaxPool; anywhere else it is the NCHW uint8 MaxPool, a scalar loop, while float MaxPool is
+#   MLAS's vectorised kernel. Session 13, VNNI Xeon, median model call, interleaved:
+#   - PP-OCRv3 cls (MaxPool after HardSwish's Mul), 1 thread: 1.61 -> 1.46 ms with it float;
+#   - CRAFT (MaxPool after Conv+ReLU), 2 threads, 512x896: 690 ms fused (NhwcMaxPool) vs 836 ms float;
+#   - one MaxPool alone between Q/DQ, 1 thread, uint8 vs DQ -> float -> Q: 2x2/2 on 64x368x640
+#     86.0 vs 46.9 ms, 3x3/1 on 512x46x80 82.6 vs 10.0 ms.
 ORT_CPU_FLOAT_PASSTHROUGH = ("MaxPool",)
-ORT_CPU_LAYOUT_OPS = tuple(
-    op for op in ORT_CPU_OPS if op != "ConvTranspose" and op not in ORT_CPU_FLOAT_PASSTHROUGH
-)
+ORT_CPU_LAYOUT_OPS = tuple(op for op in ORT_CPU_OPS if op != "ConvTranspose")
 #: relative scale raise for the Q after a float pass-through op: a code q (|q - zp| <= 255) comes back
 #: as round(q / (1 + 2**-12)) = q, so the requantization is exact, while the scales differ in float32
 PASSTHROUGH_SCALE_NUDGE = 2.0**-12
