@@ -1,8 +1,9 @@
 """FP32 vs INT8 model-call latency of the three PP-OCRv3 models on real ICDAR2015 test inputs.
 
-Run: python benchmarks/int8_latency.py --int8-dir DIR   (DIR holds det.int8.onnx, rec.int8.onnx,
-cls.int8.onnx made by `ocrquant quantize`). FP32 and INT8 are interleaved on the same inputs
-(det 544x960, rec 48x320 batch 1, cls 48x192), 2 threads, spinning off; prints the speed-up.
+Run: python benchmarks/int8_latency.py --int8-dir DIR [--tasks rec,cls]   (DIR holds det.int8.onnx,
+rec.int8.onnx, cls.int8.onnx made by `ocrquant quantize`, or those of --tasks). FP32 and INT8 are
+interleaved on the same inputs (det 544x960, rec 48x320 batch 1, cls 48x192), 2 threads, spinning
+off; prints the speed-up.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ def main() -> None:
     )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tasks", default="det,rec,cls", help="comma list: the models DIR holds")
     args = ap.parse_args()
     for task, name, folder, n in CASES:
+        if task not in args.tasks.split(","):
+            continue
         model = resolve_model(name)
         inputs = preprocessed_inputs(build_task(task, model), open_dataset(args.shared / folder, task), n)
         lat = interleaved_latency(

@@ -39,6 +39,17 @@ from ocrquant.fileio import atomic_path
 from ocrquant.quantization.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
 from ocrquant.quantization.calibration.stats import _session, augment_model
 
+
+def _fused_session(model: onnx.ModelProto) -> Any:
+    """onnxruntime with every graph optimisation: the fused integer kernels the model ships to."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
 #: the last op's type -> (loss on the pre-activation of the quantized model, float pre-activation)
 LOSSES: dict[str, Callable[..., Any]] = {}
 
@@ -186,12 +197,26 @@ class Distill(Algorithm):
                     for x in self._inputs(batches)
                 ]
 
-        # the loss before learning, and from the same pass the number of steps in an epoch
+        def shipped_loss(model: onnx.ModelProto) -> float:
+            """The loss of ``model`` as onnxruntime runs it (fused kernels), on the same steps."""
+            sess = _fused_session(augment_model(model, [q_logit]))
+            name = sess.get_inputs()[0].name
+            return float(
+                np.mean(
+                    [
+                        float(loss_fn(torch.from_numpy(sess.run([q_logit], {name: x})[0]), target(x), attrs))
+                        for x in self._inputs(batches)
+                    ]
+                )
+            )
+
+        # the number of steps and samples in an epoch
         first = step_losses()
         n_steps, n_samples = len(first), sum(n for _, n in first)
         if n_steps == 0:
             raise OcrQuantError("distill: no calibration batches")
-        before = float(np.mean([loss for loss, _ in first]))
+        learned_before = float(np.mean([loss for loss, _ in first]))
+        before = shipped_loss(qmodel)
         # ``epochs`` passes, fewer where that would pass ``max_steps`` (2000 crops: one pass of 250 steps,
         # minutes of torch on 2 cores), at least ``min_steps`` updates (200 crops make 25 steps of 8, too
         # few to move anything)
@@ -224,11 +249,18 @@ class Distill(Algorithm):
                     bar.update(1)
                 history.append(float(np.mean(losses)))
                 bar.set_postfix(loss=f"{history[-1]:.5f}")
-        after = float(np.mean([loss for loss, _ in step_losses()]))
-        kept = after < before  # never hand back a model further from the float one on its own data
+        learned_after = float(np.mean([loss for loss, _ in step_losses()]))
+        # Never hand back a model further from the float one on its own data, judged on what ships:
+        # the exported model in onnxruntime, not the interpreter that learned it. The two part ways on
+        # small data: cls on 96 crops, 156 steps, interpreter loss 5.0e-4 -> 0.8e-4 while the exported
+        # model rose to 6.1e-4 (a one-step rounding flip in the first conv, where the int32 bias grid
+        # differs from the learned float bias, cascades through a model fitted to those 96 crops).
+        exported = net.export()
+        after = shipped_loss(exported)
+        kept = after < before
         if kept:
             with atomic_path(ctx.qdq_path) as tmp:
-                onnx.save(net.export(), str(tmp))
+                onnx.save(exported, str(tmp))
         alpha = torch.cat([p.detach().flatten() for p in net.log_alpha.parameters()]).exp()
         beta = torch.cat([p.detach().flatten() for p in net.log_beta.parameters()] or [torch.ones(0)]).exp()
         return {
@@ -238,9 +270,10 @@ class Distill(Algorithm):
             "biases": len(net.bias),
             "steps": total,
             "samples": n_samples,
-            "calib_loss_before": before,
+            "calib_loss_before": before,  # onnxruntime, the model as calibrated
             "train_loss_per_epoch": history,
-            "calib_loss_after": after,
+            "calib_loss_after": after,  # onnxruntime, the exported model
+            "interpreter_loss": [learned_before, learned_after],  # what the torch interpreter saw
             "kept": kept,
             "scale_multiplier_range": [float(alpha.min()), float(alpha.max())]
             if alpha.numel()
