@@ -543,6 +543,20 @@ def test_bias_correction_removes_the_mean_shift(prepared, cls_model, cls_inputs,
     assert shifts["corrected"] < 0.7 * shifts["plain"]
 
 
+def test_auto_warns_when_the_held_out_drop_passes_a_point(caplog):
+    """``auto`` never floats a layer; past a one-point held-out drop it names the option that does."""
+    from ocrquant.quantization.method_search import _warn_drop
+
+    with caplog.at_level("WARNING", logger="ocrquant"):
+        _warn_drop(0.9, 2000, "acc")
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="ocrquant"):
+        _warn_drop(1.4, 2000, "acc")
+    (record,) = caplog.records
+    assert "1.40 points below FP32 on 2000 held-out images" in record.getMessage()
+    assert "--max-drop" in record.getMessage()
+
+
 def test_auto_method_picks_the_best_candidate_and_validates_bias_correction(cls_model, tmp_path):
     """``auto`` compares the range methods on held-out calibration-side crops by fidelity to the
     float model, then keeps the profile's validated algorithm (bias correction) only if it raises
