@@ -63,6 +63,33 @@ def test_interpreter_matches_onnxruntime_on_the_real_qdq_model(cls_qdq, crops):
             assert np.abs(got - ref).max() < 1e-2, np.abs(got - ref).max()
 
 
+def test_interpreter_reads_the_dequantize_scale_of_a_rescaling_edge():
+    """A Q and a DQ on one edge may carry different scales (an edge that absorbed a Mul by a positive
+    constant): the interpreter dequantizes with the DQ's own scale and zero point, as onnxruntime does."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])
+    inits = [
+        numpy_helper.from_array(np.array(0.05, np.float32), "s_q"),
+        numpy_helper.from_array(np.array(0.05 / 6, np.float32), "s_dq"),
+        numpy_helper.from_array(np.array(7, np.uint8), "zp"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s_q", "zp"], ["xq"], name="q"),
+        helper.make_node("DequantizeLinear", ["xq", "s_dq", "zp"], ["xd"], name="dq"),
+        helper.make_node("Relu", ["xd"], ["y"], name="relu"),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)]
+    )
+    onnx.checker.check_model(model)
+    v = np.random.default_rng(0).normal(0, 3, (1, 2, 3, 3)).astype(np.float32)
+    ref = _exact_session(model).run(None, {"x": v})[0]
+    with torch.no_grad():
+        got = QDQModule(model)(torch.from_numpy(v)).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(ref, np.maximum(v, 0), atol=0.1)  # the edge really rescaled
+
+
 def test_export_without_learning_rewrites_the_same_model(cls_qdq):
     """Zero multipliers and unchanged biases write back the integers and scales they were read from."""
     _, plain, _, _ = cls_qdq

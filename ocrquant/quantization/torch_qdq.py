@@ -199,13 +199,28 @@ OPS.update(
 )
 
 
-def _fake_quant(x: Tensor, scale: Tensor, zero: float, lo: int, hi: int) -> Tensor:
+def _fake_quant(
+    x: Tensor,
+    scale: Tensor,
+    zero: float,
+    lo: int,
+    hi: int,
+    out_scale: Tensor | None = None,
+    out_zero: float | None = None,
+) -> Tensor:
     """Quantize -> dequantize. The gradient passes straight through the rounding (so it is 1 for ``x``
     inside the range and 0 outside), and reaches ``scale`` as in LSQ (Esser et al. 2020): a wider step
-    trades clipping error for rounding error, and the output loss decides the balance."""
+    trades clipping error for rounding error, and the output loss decides the balance.
+
+    ``out_scale`` / ``out_zero``: the DequantizeLinear's own, where they differ from the Quantize's (a
+    legal QDQ edge that rescales, e.g. a Mul by a positive constant folded into the edge); default the
+    Quantize's."""
     v = x / scale
     r = torch.round(v).detach() + (v - v.detach())  # forward: exactly round(v); backward: identity
-    return (torch.clamp(r + zero, lo, hi) - zero) * scale
+    q = torch.clamp(r + zero, lo, hi)
+    if out_scale is None:
+        return (q - zero) * scale
+    return (q - (zero if out_zero is None else out_zero)) * out_scale
 
 
 class QDQModule(torch.nn.Module):
@@ -354,7 +369,11 @@ class QDQModule(torch.nn.Module):
                 if out in self.weights or out in self._bias_key:
                     continue
                 if node.input[0] in pending_q:
-                    env[out] = _fake_quant(*pending_q[node.input[0]])
+                    # the DQ's own scale and zero point: the Q's unless the edge rescales
+                    zp_dq = float(self.consts[node.input[2]]) if len(node.input) > 2 else 0.0
+                    env[out] = _fake_quant(
+                        *pending_q[node.input[0]], self.activation_scale(node.input[1]), zp_dq
+                    )
                 else:
                     zp = self.consts[node.input[2]].astype(np.float32) if len(node.input) > 2 else 0.0
                     const = (self.consts[node.input[0]].astype(np.float32) - zp) * self.consts[node.input[1]]
