@@ -207,8 +207,8 @@ def quantize_auto(
             rows[-1]["kept"] = scores[key] > base_scores[key] and scores[other] >= base_scores[other]
             if rows[-1]["kept"]:
                 names, chosen, base_scores = names + [extra], rows[-1], scores
-        final_scores = base_scores  # the held-out figures of the model written
-        held_out_drop = round(100 * (reference.primary - final_scores["val_metric"]), 4)
+        # base_scores: the held-out figures of the model written
+        held_out_drop = round(100 * (reference.primary - base_scores["val_metric"]), 4)
         _warn_drop(held_out_drop, len(split.validation), primary)
         with atomic_path(output) as tmp:
             shutil.copyfile(chosen["file"], tmp)
@@ -222,7 +222,7 @@ def quantize_auto(
                 "calib_size": calib_size,
                 "criterion": key,
                 "float_metric": round(reference.primary, 6),
-                "chosen_metric": final_scores["val_metric"],
+                "chosen_metric": base_scores["val_metric"],
                 "drop_points": held_out_drop,  # the written model's label-metric drop on these images
             },  # fmt: skip
             "candidates": [{k: v for k, v in r.items() if k != "file"} for r in rows],

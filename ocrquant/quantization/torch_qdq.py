@@ -200,27 +200,17 @@ OPS.update(
 
 
 def _fake_quant(
-    x: Tensor,
-    scale: Tensor,
-    zero: float,
-    lo: int,
-    hi: int,
-    out_scale: Tensor | None = None,
-    out_zero: float | None = None,
+    x: Tensor, scale: Tensor, zero: float, lo: int, hi: int, out_scale: Tensor, out_zero: float
 ) -> Tensor:
     """Quantize -> dequantize. The gradient passes straight through the rounding (so it is 1 for ``x``
     inside the range and 0 outside), and reaches ``scale`` as in LSQ (Esser et al. 2020): a wider step
     trades clipping error for rounding error, and the output loss decides the balance.
 
-    ``out_scale`` / ``out_zero``: the DequantizeLinear's own, where they differ from the Quantize's (a
-    legal QDQ edge that rescales, e.g. a Mul by a positive constant folded into the edge); default the
-    Quantize's."""
+    ``out_scale`` / ``out_zero``: the DequantizeLinear's own. They are the Quantize's on almost every
+    edge; a legal QDQ edge may rescale (a Mul by a positive constant folded into it)."""
     v = x / scale
     r = torch.round(v).detach() + (v - v.detach())  # forward: exactly round(v); backward: identity
-    q = torch.clamp(r + zero, lo, hi)
-    if out_scale is None:
-        return (q - zero) * scale
-    return (q - (zero if out_zero is None else out_zero)) * out_scale
+    return (torch.clamp(r + zero, lo, hi) - out_zero) * out_scale
 
 
 class QDQModule(torch.nn.Module):

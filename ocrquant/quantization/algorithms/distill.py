@@ -39,17 +39,6 @@ from ocrquant.fileio import atomic_path
 from ocrquant.quantization.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
 from ocrquant.quantization.calibration.stats import _session, augment_model
 
-
-def _fused_session(model: onnx.ModelProto) -> Any:
-    """onnxruntime with every graph optimisation: the fused integer kernels the model ships to."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
 #: the last op's type -> (loss on the pre-activation of the quantized model, float pre-activation)
 LOSSES: dict[str, Callable[..., Any]] = {}
 
@@ -189,34 +178,26 @@ class Distill(Algorithm):
         def target(x: np.ndarray) -> Any:
             return torch.from_numpy(reference.run([f_logit], {in_name: x})[0])
 
-        def step_losses() -> list[tuple[float, int]]:
-            """(loss, samples) of each step, without learning."""
-            with torch.no_grad():
-                return [
-                    (float(loss_fn(net(torch.from_numpy(x), until=q_logit), target(x), attrs)), len(x))
-                    for x in self._inputs(batches)
-                ]
+        def measure(model: onnx.ModelProto) -> tuple[float, float, int, int]:
+            """One pass over the steps, without learning: the mean loss of ``model`` as onnxruntime runs
+            it (fused kernels, what ships), the mean loss of the interpreter, steps and samples."""
+            from onnxruntime import GraphOptimizationLevel
 
-        def shipped_loss(model: onnx.ModelProto) -> float:
-            """The loss of ``model`` as onnxruntime runs it (fused kernels), on the same steps."""
-            sess = _fused_session(augment_model(model, [q_logit]))
+            sess = _session(augment_model(model, [q_logit]), level=GraphOptimizationLevel.ORT_ENABLE_ALL)
             name = sess.get_inputs()[0].name
-            return float(
-                np.mean(
-                    [
-                        float(loss_fn(torch.from_numpy(sess.run([q_logit], {name: x})[0]), target(x), attrs))
-                        for x in self._inputs(batches)
-                    ]
-                )
-            )
+            shipped, learned, samples = [], [], 0
+            with torch.no_grad():
+                for x in self._inputs(batches):
+                    t = target(x)
+                    z = torch.from_numpy(sess.run([q_logit], {name: x})[0])
+                    shipped.append(float(loss_fn(z, t, attrs)))
+                    learned.append(float(loss_fn(net(torch.from_numpy(x), until=q_logit), t, attrs)))
+                    samples += len(x)
+            return float(np.mean(shipped or [0.0])), float(np.mean(learned or [0.0])), len(shipped), samples
 
-        # the number of steps and samples in an epoch
-        first = step_losses()
-        n_steps, n_samples = len(first), sum(n for _, n in first)
+        before, learned_before, n_steps, n_samples = measure(qmodel)
         if n_steps == 0:
             raise OcrQuantError("distill: no calibration batches")
-        learned_before = float(np.mean([loss for loss, _ in first]))
-        before = shipped_loss(qmodel)
         # ``epochs`` passes, fewer where that would pass ``max_steps`` (2000 crops: one pass of 250 steps,
         # minutes of torch on 2 cores), at least ``min_steps`` updates (200 crops make 25 steps of 8, too
         # few to move anything)
@@ -249,14 +230,13 @@ class Distill(Algorithm):
                     bar.update(1)
                 history.append(float(np.mean(losses)))
                 bar.set_postfix(loss=f"{history[-1]:.5f}")
-        learned_after = float(np.mean([loss for loss, _ in step_losses()]))
         # Never hand back a model further from the float one on its own data, judged on what ships:
         # the exported model in onnxruntime, not the interpreter that learned it. The two part ways on
         # small data: cls on 96 crops, 156 steps, interpreter loss 5.0e-4 -> 0.8e-4 while the exported
         # model rose to 6.1e-4 (a one-step rounding flip in the first conv, where the int32 bias grid
         # differs from the learned float bias, cascades through a model fitted to those 96 crops).
         exported = net.export()
-        after = shipped_loss(exported)
+        after, learned_after, _, _ = measure(exported)
         kept = after < before
         if kept:
             with atomic_path(ctx.qdq_path) as tmp:

@@ -93,10 +93,17 @@ def augment_model(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto
     return aug
 
 
-def _session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+def _session(
+    model: onnx.ModelProto,
+    threads: int = 0,
+    level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+) -> ort.InferenceSession:
+    """A session on ``model`` (saved to a temporary file, so models past protobuf's 2 GB limit load).
+    ``level``: basic keeps every tensor a float model computes; ORT_ENABLE_ALL runs a QDQ model as it
+    ships, in the fused integer kernels."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.graph_optimization_level = level
     if threads:
         so.intra_op_num_threads = threads
     with tempfile.TemporaryDirectory(prefix="ocrquant-calib-") as tmp:
