@@ -51,6 +51,10 @@ class RunConfig:
     #: accuracy budget in points per task (``--max-drop rec=1.0``): the most sensitive blocks stay float
     #: until INT8 is within it on held-out calibration-side images (never the test set)
     max_drop: dict[str, float] = field(default_factory=dict)
+    #: without a budget: keep every layer INT8 even when ``auto`` measures more than a point lost on
+    #: 1000+ held-out images (by default the most sensitive blocks then stay float, see
+    #: :func:`ocrquant.quantization.mixed_precision.escalate_to_budget`)
+    keep_all_int8: bool = False
 
 
 def default_calibration_root() -> Path:
@@ -137,17 +141,23 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
     qkey = {"model": str(model.path), "calib": str(calib_set.root), "config": _plain(qcfg)}
     if budget is not None:  # absent otherwise, so run directories from before the option still resume
         qkey["max_drop"] = budget
+    if cfg.keep_all_int8:
+        qkey["keep_all_int8"] = True
     key_file = out / "quantize.key.json"
     if not (int8_path.exists() and key_file.exists() and json.loads(key_file.read_text()) == qkey):
         log.info("[%s] quantizing %s (up to %d calibration images)", task_name, model.name, cfg.calib_size)
-        if budget is None:
-            quantize(model.path, task_name, calib_set, int8_path, qcfg)
-        else:
-            from ocrquant.quantization.mixed_precision import quantize_with_budget
+        from ocrquant.quantization.mixed_precision import escalate_to_budget, quantize_with_budget
 
+        if budget is None:
+            result = quantize(model.path, task_name, calib_set, int8_path, qcfg)
+            _, search = escalate_to_budget(
+                model.path, task_name, calib_set.root, result, qcfg, not cfg.keep_all_int8, cfg.threads
+            )
+        else:
             _, search = quantize_with_budget(
                 model.path, task_name, calib_set.root, None, int8_path, qcfg, budget, threads=cfg.threads
             )
+        if search is not None:
             log.info("[%s] %s", task_name, search.summary())
         write_json_atomic(key_file, qkey)
     _publish_int8(model, int8_path)

@@ -544,17 +544,46 @@ def test_bias_correction_removes_the_mean_shift(prepared, cls_model, cls_inputs,
 
 
 def test_auto_warns_when_the_held_out_drop_passes_a_point(caplog):
-    """``auto`` never floats a layer; past a one-point held-out drop it names the option that does."""
+    """``auto`` never floats a layer itself; past a one-point held-out drop on too few images for the
+    budget search to act alone, it names the option that does."""
     from ocrquant.quantization.method_search import _warn_drop
 
     with caplog.at_level("WARNING", logger="ocrquant"):
-        _warn_drop(0.9, 2000, "acc")
+        _warn_drop(0.9, 300, "acc")
+        _warn_drop(1.4, 2000, "acc")  # enough images: the budget search runs next (escalate_to_budget)
     assert not caplog.records
     with caplog.at_level("WARNING", logger="ocrquant"):
-        _warn_drop(1.4, 2000, "acc")
+        _warn_drop(1.4, 300, "acc")
     (record,) = caplog.records
-    assert "1.40 points below FP32 on 2000 held-out images" in record.getMessage()
+    assert "1.40 points below FP32 on 300 held-out images" in record.getMessage()
     assert "--max-drop" in record.getMessage()
+
+
+def test_the_budget_search_follows_auto_only_past_a_point_on_enough_images(tmp_path, caplog):
+    """The rule that turns on the budget search after ``auto``, read from the sidecar ``auto`` wrote:
+    more than one point lost on at least 1000 held-out images. Below either, or for a model that was
+    not chosen by ``auto`` (no method search), the model passes through; ``--keep-all-int8`` warns."""
+    from ocrquant.quantization.config import QuantResult
+    from ocrquant.quantization.mixed_precision import escalate_to_budget, needs_budget
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    side = tmp_path / "m.quant.json"
+    cases = [((1.4, 2000), 1.4), ((1.4, 999), None), ((1.0, 4000), None), ((0.2, 4000), None)]
+    for (drop, size), expected in cases:
+        side.write_text(json.dumps({"method_search": {"validation": {"drop_points": drop, "size": size}}}))
+        assert needs_budget(model) == expected, (drop, size)
+    side.write_text(json.dumps({"settings": {"method": "mse"}}))
+    assert needs_budget(model) is None
+    side.write_text(json.dumps({"method_search": {"validation": {"drop_points": 1.4, "size": 2000}}}))
+    result = QuantResult(
+        output=model, sidecar=side, task="rec", target="ort-cpu", method="auto", num_calibration_images=200,
+        node_counts={}, float_nodes={}, timings={}, algorithms={}, cache_hit=False,
+    )  # fmt: skip
+    with caplog.at_level("WARNING", logger="ocrquant"):
+        same, search = escalate_to_budget(model, "rec", tmp_path, result, QuantConfig(), enabled=False)
+    assert same is result and search is None
+    assert "kept all-INT8 as asked" in caplog.records[-1].getMessage()
 
 
 def test_auto_method_picks_the_best_candidate_and_validates_bias_correction(cls_model, tmp_path):
@@ -719,3 +748,116 @@ def test_ort_cpu_quantizes_a_maxpool_only_where_a_conv_feeds_it() -> None:
     selection = select_nodes(model, TARGETS["ort-cpu"], [])
     assert "after_conv" in selection.quantize and "after_mul" not in selection.quantize
     assert "runs faster in float" in selection.float_reasons["after_mul"]
+
+
+def _scalar_mul_model() -> onnx.ModelProto:
+    """Conv -> Relu -> Mul(1/6) -> Conv, plus a Mul(-0.5) and a Mul(0.25) that feeds a graph output:
+    only the first Mul is a pure relabelling of an integer grid."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(5)
+    inits = {
+        "w1": rng.normal(size=(4, 3, 3, 3)),
+        "w2": rng.normal(size=(4, 4, 1, 1)),
+        "sixth": np.array(1 / 6),
+        "neg": np.array(-0.5),
+        "quarter": np.array([0.25]),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+        helper.make_node("Mul", ["r1", "sixth"], ["m1"], name="Div@0"),
+        helper.make_node("Conv", ["m1", "w2"], ["c2"], name="conv2"),
+        helper.make_node("Mul", ["neg", "c2"], ["m2"], name="negative"),
+        helper.make_node("Conv", ["m2", "w2"], ["c3"], name="conv3"),
+        helper.make_node("Mul", ["c3", "quarter"], ["y"], name="to_output"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "scalar_mul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_fold_scalar_mul_removes_only_the_positive_scalar_mul_and_keeps_the_outputs(tmp_path):
+    """ort-cpu's ``fold_scalar_mul``: the Mul by 1/6 and its Q go, the DQs after it read the ReLU's
+    integers with scale s * 1/6; onnxruntime computes the same integers as the unfolded model."""
+    import dataclasses
+
+    import onnxruntime as ort
+
+    from ocrquant.quantization.qdq import QuantPlan, apply_qdq_passes, write_qdq_model
+    from ocrquant.quantization.targets import get_target
+
+    model = _scalar_mul_model()
+    x = np.random.default_rng(6).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    inner = ["c1", "r1", "m1", "c2", "m2", "c3"]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(
+        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in inner]
+    )
+    found = ort.InferenceSession(probe.SerializeToString()).run(inner, {"x": x})
+    values = dict(zip(inner, found, strict=True))
+    ranges = {n: (min(float(v.min()), 0.0), float(v.max()) * 1.01) for n, v in values.items()}
+    y = ref.run(None, {"x": x})[0]
+    ranges["x"], ranges["y"] = (float(x.min()), float(x.max())), (float(y.min()), float(y.max()))
+    assert ranges["m1"] == pytest.approx(tuple(v / 6 for v in ranges["r1"]), rel=1e-6)  # as calibrated
+    profile = get_target("ort-cpu")
+    assert "fold_scalar_mul" in profile.qdq_passes
+    outs = {}
+    for name, passes in (("fold", profile.qdq_passes), ("plain", ())):
+        plan = QuantPlan(profile=dataclasses.replace(profile, qdq_passes=passes), ranges=dict(ranges))
+        path = tmp_path / f"{name}.onnx"
+        body = write_qdq_model(model, plan, path)
+        apply_qdq_passes(path, plan.profile, body)
+        outs[name] = (onnx.load(str(path)), body)
+    folded, body = outs["fold"]
+    mul_names = {n.name for n in folded.graph.node if n.op_type == "Mul"}
+    assert "Div@0" not in mul_names and {"negative", "to_output"} <= mul_names
+    assert not any(n.op_type == "QuantizeLinear" and n.input[0] == "m1" for n in folded.graph.node)
+    record = body["graph_passes"]["fold_scalar_mul"]
+    assert record["count"] == 1 and record["rewrites"]["m1"]["grid_of"] == "r1"
+    t = body["tensors"]
+    assert t["m1"]["scale"] == pytest.approx(t["r1"]["scale"] / 6, rel=1e-6)
+    assert t["m1"]["zero_point"] == t["r1"]["zero_point"]
+    assert body["node_counts"]["Mul"]["quantized"] == 3
+    assert "graph_passes" not in outs["plain"][1]
+    # The fold removed a requantization that was the identity: onnxruntime computes the same numbers
+    run = {
+        k: ort.InferenceSession(str(tmp_path / f"{k}.onnx"), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x}
+        )[0]
+        for k in ("fold", "plain")
+    }
+    np.testing.assert_array_equal(run["fold"], run["plain"])
+    # A Mul whose output range is not its input's times c (here 3 % wider) keeps its requantization
+    plan = QuantPlan(profile=profile, ranges={**ranges, "m1": (0.0, ranges["m1"][1] * 1.03)})
+    body = write_qdq_model(model, plan, tmp_path / "wide.onnx")
+    apply_qdq_passes(tmp_path / "wide.onnx", profile, body)
+    assert body["graph_passes"]["fold_scalar_mul"]["count"] == 0
+    assert np.abs(run["fold"] - y).max() < 0.05 * np.abs(y).max()
+    # and the integer simulator reads the rescaled DequantizeLinear the same way
+    from ocrquant.analysis.simulate import Simulator
+
+    sim = Simulator(tmp_path / "fold.onnx").run({"x": x})["y"]
+    np.testing.assert_allclose(sim, run["fold"], rtol=0, atol=2 * t["c3"]["scale"] * 0.25 + 1e-6)
+
+
+def test_default_cls_model_folds_its_hardswish_divisions(quantized_cls):
+    """PP-OCRv3 cls: the 9 Paddle-form HardSwishes end in a Mul by 1/6; ort-cpu removes each (with its
+    QLinearMul kernel) and the sidecar says so."""
+    out, _ = quantized_cls
+    side = json.loads(out.with_name("cls.int8.quant.json").read_text())
+    rewrites = side["graph_passes"]["fold_scalar_mul"]["rewrites"]
+    assert len(rewrites) == 9 and all(r["factor"] == pytest.approx(1 / 6) for r in rewrites.values())
+    names = {n.name for n in onnx.load(str(out)).graph.node}
+    assert not names & {r["node"] for r in rewrites.values()}
+    for tensor, r in rewrites.items():
+        entry, src = side["tensors"][tensor], side["tensors"][r["grid_of"]]
+        assert entry["scale"] == pytest.approx(src["scale"] / 6, rel=1e-5)
+        assert entry["zero_point"] == src["zero_point"]

@@ -230,7 +230,7 @@ def test_float_variant_equals_the_pipelines_exclude(cls_setup, granularity, coun
     edited = builder.save(tmp / f"edited_{granularity}.onnx", float_layers=layers)
     nodes = builder.float_nodes(layers)
     assert (len(nodes) > len(layers)) == (granularity == "block")
-    cfg_x = dataclasses.replace(cfg, exclude=nodes)
+    cfg_x = dataclasses.replace(cfg, exclude=nodes, graph_passes=False)  # the pair's plain Q/DQ layout
     excluded = quantize(pair.float_model, "cls", ds, tmp / f"excluded_{granularity}.onnx", cfg_x)
     assert all(excluded.float_nodes[n]["reason"].startswith("excluded") for n in layers)
     qdq = [
@@ -373,3 +373,16 @@ def test_float_reference_for_a_model_without_reshape_or_transpose(tmp_path):
     assert len(builder.layers) >= 30  # the det convs, each with its activation block
     variant = builder.build(float_layers=builder.layers[:1])
     assert sum(n.op_type == "QuantizeLinear" for n in variant.graph.node) > 0
+
+
+def test_the_pair_keeps_the_plain_qdq_layout_and_the_shipped_model_is_folded(cls_setup):
+    """The analysis edits the pair's Q/DQ nodes, so its models skip the target's graph rewrites (a Mul
+    folded into a scale cannot be given back to a float block); the pipeline's own output has them."""
+    pair, builder, validator, _, _, tmp = cls_setup
+    side = json.loads(Path(pair.quantized.output).with_suffix(".quant.json").read_text())
+    assert "graph_passes" not in side
+    assert any(n.op_type == "Mul" and n.name.startswith("Div@") for n in builder.base.graph.node)
+    # every block floated: the float model again
+    everything = builder.save(tmp / "all_float.onnx", float_layers=list(builder.layers))
+    x = validator.items[0][1].inputs
+    assert np.abs(_run(everything, x) - _run(validator.float_model_path, x)).max() < 1e-4

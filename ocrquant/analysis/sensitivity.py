@@ -747,7 +747,9 @@ def quantize_pair(
     from ocrquant.quantization import QuantConfig, quantize
     from ocrquant.zoo.resolve import resolve_model
 
-    cfg = config or QuantConfig()
+    # the plain Q/DQ layout: VariantBuilder edits these models' Q/DQ nodes, and a graph rewrite (a Mul
+    # folded into a DequantizeLinear's scale) would leave nothing to give a float block back
+    cfg = dataclasses.replace(config or QuantConfig(), graph_passes=False)
     work_dir.mkdir(parents=True, exist_ok=True)
     base = quantize(model, task, calib, work_dir / "int8.onnx", cfg)
     qmodel = onnx.load(str(base.output))

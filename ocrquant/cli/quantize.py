@@ -142,6 +142,15 @@ def quantize_cmd(
             "plus z x its paired bootstrap standard error is within the budget (0.5: the drop alone).",
         ),
     ] = DEFAULT_CONFIDENCE,
+    keep_all_int8: Annotated[
+        bool,
+        typer.Option(
+            "--keep-all-int8",
+            help="With --method auto: keep every quantizable layer INT8 even when the model loses more "
+            "than a point on 1000+ held-out images (by default the most sensitive blocks then stay float "
+            "until it is within a point).",
+        ),
+    ] = False,
 ) -> None:
     """Quantize a float model to INT8 (QDQ) with calibrated ranges; print what was quantized."""
     from ocrquant.quantization import QuantConfig, quantize
@@ -180,7 +189,14 @@ def quantize_cmd(
         )
         console.print(search.summary())
     else:
+        from ocrquant.quantization.mixed_precision import escalate_to_budget
+
         result = quantize(model, task, calib_data, output, config)
+        result, search = escalate_to_budget(
+            model, result.task, calib_data, result, config, enabled=not keep_all_int8
+        )
+        if search is not None:
+            console.print(search.summary())
     table = Table(
         title=f"{result.task} | {result.target} | {result.method} | "
         f"{result.num_calibration_images} calibration images"

@@ -54,6 +54,9 @@ class QuantConfig:
     fuse_hardswish: bool | None = None  # None: the target's layout choice (ort-cpu keeps it decomposed)
     bins: int = 2048
     progress: bool = True
+    # the target's graph rewrites on the final model (TargetProfile.qdq_passes); off where a tool edits
+    # the written model's Q/DQ nodes afterwards (sensitivity variants, the budget search's pair)
+    graph_passes: bool = True
 
 
 @dataclass

@@ -75,6 +75,17 @@ def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {o: n for n in model.graph.node for o in n.output if o}
 
 
+def remove_nodes(model: onnx.ModelProto, dead: set[int]) -> None:
+    """Delete the nodes whose ``id()`` is in ``dead``, then the initializers no remaining node reads."""
+    keep = [n for n in model.graph.node if id(n) not in dead]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    used = {i for n in keep for i in n.input}
+    live = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(live)
+
+
 def get_attr(node: onnx.NodeProto, name: str, default=None):
     for a in node.attribute:
         if a.name == name:

@@ -232,20 +232,27 @@ def quantize_auto(
     return result, side["method_search"]["candidates"]
 
 
-#: held-out drop (points) past which ``auto`` points the user at ``--max-drop``
+#: held-out drop (points) past which an ``auto`` model is not shipped as it is: with at least
+#: :data:`BUDGET_MIN_IMAGES` held-out images the budget search keeps its most sensitive blocks float
+#: (:func:`ocrquant.quantization.mixed_precision.escalate_to_budget`); with fewer, ``auto`` says so.
 DROP_WARNING_POINTS = 1.0
+#: held-out images the budget search needs to act on its own: below that one image is worth several
+#: tenths of a point and the search would chase single images (300 rec crops: a set that met 0.3 pt
+#: lost 2.2 on the test set, mixed_precision's module doc)
+BUDGET_MIN_IMAGES = 1000
 
 
 def _warn_drop(drop_points: float, size: int, metric: str) -> None:
-    """Say so when the written model loses more than :data:`DROP_WARNING_POINTS` on the held-out images.
-    ``auto`` only sets ranges and accuracy algorithms, every quantizable layer stays INT8; where that
-    costs more than a point (PP-OCRv3 rec: 1.4 pt on 2000 held-out rec_train crops, 1.06 on the test
-    set), the budget search keeps the few layers float that cause it at little speed cost (rec: 7
-    blocks, 1.88x instead of 2.03x FP32 speed; docs/quantization-findings.md, session 14)."""
-    if drop_points > DROP_WARNING_POINTS:
+    """Say so when the written model loses more than :data:`DROP_WARNING_POINTS` on too few held-out
+    images for the budget search to run by itself. ``auto`` only sets ranges and accuracy algorithms,
+    every quantizable layer stays INT8; where that costs more than a point (PP-OCRv3 rec: 1.4 pt on
+    2000 held-out rec_train crops, 1.06 on the test set), the budget search keeps the few layers float
+    that cause it at little speed cost (rec: 7 blocks, 1.88x instead of 2.03x FP32 speed;
+    docs/quantization-findings.md, session 14)."""
+    if drop_points > DROP_WARNING_POINTS and size < BUDGET_MIN_IMAGES:
         log.warning(
-            "auto: the INT8 model's %s is %.2f points below FP32 on %d held-out images; "
-            "--max-drop POINTS keeps the most sensitive blocks float until it is within POINTS",
+            "auto: the INT8 model's %s is %.2f points below FP32 on %d held-out images, too few to "
+            "search for layers to keep float by default; --max-drop POINTS does it",
             metric,
             drop_points,
             size,

@@ -611,3 +611,65 @@ def quantize_with_budget(
     )
     report.save(report_path or output.with_name(output.stem + ".mixed.json"))
     return result, report
+
+
+def needs_budget(output: str | Path) -> float | None:
+    """The held-out drop (points) of an ``auto``-written model when it calls for the budget search
+    (more than ``DROP_WARNING_POINTS`` on at least ``BUDGET_MIN_IMAGES`` held-out images), else None."""
+    from ocrquant.fileio import read_sidecar
+    from ocrquant.quantization.method_search import BUDGET_MIN_IMAGES, DROP_WARNING_POINTS
+
+    validation = read_sidecar(output).get("method_search", {}).get("validation", {})
+    drop, size = validation.get("drop_points"), validation.get("size", 0)
+    if drop is None or drop <= DROP_WARNING_POINTS or size < BUDGET_MIN_IMAGES:
+        return None
+    return float(drop)
+
+
+def escalate_to_budget(
+    model_path: str | Path,
+    task: str,
+    calib_dataset: str | Path,
+    result: QuantResult,
+    config: QuantConfig,
+    enabled: bool = True,
+    threads: int = 2,
+    progress: bool = True,
+) -> tuple[QuantResult, SearchReport | None]:
+    """After ``auto``: if its model lost more than a point on enough held-out images (:func:`needs_budget`),
+    rewrite ``result.output`` with the fewest sensitive blocks kept float that bring it within a point,
+    with the range method and algorithms ``auto`` chose. Why by default: every quantizable layer in INT8
+    is the goal, but a model measured to lose more than a point is not one to ship; PP-OCRv3 rec loses
+    1.4 held-out points all-INT8 and 0.25 with 7 of 49 blocks float, at 1.88x instead of 2.03x FP32
+    speed (docs/quantization-findings.md, session 14). Other models pass through untouched, and
+    ``enabled=False`` (``--keep-all-int8``) only warns."""
+    from ocrquant.analysis.sensitivity import pinned_config
+    from ocrquant.quantization.method_search import DROP_WARNING_POINTS
+
+    drop = needs_budget(result.output)
+    if drop is None:
+        return result, None
+    if not enabled:
+        log.warning(
+            "auto: the INT8 model is %.2f points below FP32 on its held-out images; kept all-INT8 as asked "
+            "(without --keep-all-int8 the most sensitive blocks would stay float)",
+            drop,
+        )
+        return result, None
+    log.warning(
+        "auto: the INT8 model is %.2f points below FP32 on its held-out images; searching for the most "
+        "sensitive blocks to keep float until it is within %.1f (--keep-all-int8 skips this)",
+        drop,
+        DROP_WARNING_POINTS,
+    )
+    return quantize_with_budget(
+        model_path,
+        task,
+        calib_dataset,
+        None,
+        result.output,
+        pinned_config(config, result.output),
+        DROP_WARNING_POINTS,
+        threads=threads,
+        progress=progress,
+    )

@@ -31,7 +31,7 @@ from ocrquant.quantization.calibration import (
 from ocrquant.quantization.config import QuantConfig, QuantResult, resolve_method
 from ocrquant.quantization.graph import float_tensors, is_quantized, load_model
 from ocrquant.quantization.prepare import prepare_model
-from ocrquant.quantization.qdq import QuantPlan, ensure_node_names, write_qdq_model
+from ocrquant.quantization.qdq import QuantPlan, apply_qdq_passes, ensure_node_names, write_qdq_model
 from ocrquant.quantization.targets import cpu_has_vnni, get_target, host_profile
 from ocrquant.tasks import Task
 
@@ -201,6 +201,8 @@ def quantize(
         ctx.qdq_path = staged
         for algo in (a for a in algorithms if a.stage == "qdq"):
             reports[algo.name] = algo.apply(ctx)
+        if cfg.graph_passes:
+            apply_qdq_passes(staged, plan.profile, body)
         with atomic_path(output) as out_tmp:
             shutil.copyfile(staged, out_tmp)
         timings["write_s"] = time.perf_counter() - t

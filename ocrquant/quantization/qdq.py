@@ -31,8 +31,10 @@ from ocrquant.quantization.graph import (
     initializers,
     is_quantized,
     producers,
+    remove_nodes,
     weight_axis,
 )
+from ocrquant.quantization.qdq_passes import QDQ_PASSES
 from ocrquant.quantization.saturation import PAIR_LAYOUT_OPS, pair_safe_scale
 from ocrquant.quantization.targets import QTYPES, TargetProfile, compute_scale_zp
 
@@ -261,13 +263,7 @@ def drop_qdq_pairs(qmodel: onnx.ModelProto, tensors: set[str]) -> None:
                 reader.input[:] = [node.input[0] if i == dq.output[0] else i for i in reader.input]
             dead.add(id(dq))
         dead.add(id(node))
-    keep = [n for n in qmodel.graph.node if id(n) not in dead]
-    del qmodel.graph.node[:]
-    qmodel.graph.node.extend(keep)
-    used = {i for n in keep for i in n.input}
-    live = [t for t in qmodel.graph.initializer if t.name in used]
-    del qmodel.graph.initializer[:]
-    qmodel.graph.initializer.extend(live)
+    remove_nodes(qmodel, dead)
 
 
 def _qtype(dtype: str):
@@ -532,6 +528,34 @@ def write_qdq_model(
     body = describe_qdq_model(qmodel, model, selection, ranges, plan.observed, prof.boundary_ops)
     _check_applied(planned, body["tensors"])
     return body
+
+
+def apply_qdq_passes(path: str | Path, profile: TargetProfile, body: dict[str, Any]) -> None:
+    """Run the profile's graph rewrites (``TargetProfile.qdq_passes``) on the written model at ``path``
+    (atomically) and record them in the sidecar ``body``. The pipeline calls this last, after the
+    algorithms that measure the written model (bias correction): they and the analysis tools that edit
+    a pipeline model's Q/DQ nodes (sensitivity, the budget search) see the plain QDQ layout, and the
+    rewrite, exact by its plan, only changes what ships."""
+    passes = [QDQ_PASSES[name] for name in profile.qdq_passes]
+    if not passes:
+        return
+    qmodel = onnx.load(str(path))
+    body["graph_passes"] = {p.name: _record_pass(p.rewrite(qmodel), body["tensors"]) for p in passes}
+    with atomic_path(path) as tmp:
+        onnx.save(qmodel, str(tmp))
+
+
+def _record_pass(record: dict[str, dict[str, Any]], tensors: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A pass's rewrites for the sidecar. A tensor folded into another's integer grid keeps its
+    ``tensors`` entry, with the scale and zero point its readers' DequantizeLinears use."""
+    for name, entry in record.items():
+        if name in tensors:
+            tensors[name].update(
+                scale=entry["scale"],
+                zero_point=entry["zero_point"],
+                folded={k: entry[k] for k in ("node", "factor", "grid_of")},
+            )
+    return {"count": len(record), "rewrites": record}
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

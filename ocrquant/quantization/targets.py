@@ -91,6 +91,9 @@ class TargetProfile:
     # one. None: weight_dtype everywhere.
     weight_dtype_without_vnni: str | None = None
     narrow_weight_scope: str = "input"
+    # Exact graph rewrites of the final QDQ model (names in quantization/qdq_passes.py QDQ_PASSES), in
+    # order; ort-cpu folds a Mul by a positive constant (HardSwish's /6) into the next DQs' scale.
+    qdq_passes: tuple[str, ...] = ()
 
     def constrain(self, scale: np.ndarray) -> np.ndarray:
         return SCALE_CONSTRAINTS[self.scale_constraint](np.asarray(scale, dtype=np.float32))
@@ -228,6 +231,7 @@ register_target(
         # cls logits (embedded sample) it lowered SQNR 28.0 -> 24.9 dB; so it is validated per model.
         validated_algorithms=("bias_correction", "distill"),
         weight_dtype_without_vnni="int8p",
+        qdq_passes=("fold_scalar_mul",),
     )
 )
 register_target(

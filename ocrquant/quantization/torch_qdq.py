@@ -295,10 +295,12 @@ class QDQModule(torch.nn.Module):
                 value = ((self.consts[p.input[0]].astype(np.float64) - zp) * self.consts[p.input[1]]).astype(
                     np.float32
                 )
-                x_q = producer.get(producer[n.input[0]].input[0]) if n.input[0] in producer else None
-                if x_q is None or x_q.op_type != "QuantizeLinear" or n.input[1] not in self.weights:
+                # the bias grid is the input scale the Conv reads: its DequantizeLinear's, which a
+                # legal edge may hold different from the Quantize's (a folded Mul by a constant)
+                x_dq = producer.get(n.input[0])
+                if x_dq is None or x_dq.op_type != "DequantizeLinear" or n.input[1] not in self.weights:
                     continue
-                self._bias_int[name] = (p.input[0], p.input[1], x_q.input[1], n.input[1])
+                self._bias_int[name] = (p.input[0], p.input[1], x_dq.input[1], n.input[1])
             else:
                 continue
             key = f"b{len(self._bias_key)}"
