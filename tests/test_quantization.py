@@ -561,18 +561,26 @@ def test_auto_warns_when_the_held_out_drop_passes_a_point(caplog):
 
 def test_the_budget_search_follows_auto_only_past_a_point_on_enough_images(tmp_path, caplog):
     """The rule that turns on the budget search after ``auto``, read from the sidecar ``auto`` wrote:
-    more than one point lost on at least 1000 held-out images. Below either, or for a model that was
-    not chosen by ``auto`` (no method search), the model passes through; ``--keep-all-int8`` warns."""
+    a one-sided 90 % bound of the held-out drop past one point, on at least 1000 held-out images.
+    Otherwise, or for a model not chosen by ``auto`` (no method search), the model passes through;
+    ``--keep-all-int8`` warns."""
     from ocrquant.quantization.config import QuantResult
     from ocrquant.quantization.mixed_precision import escalate_to_budget, needs_budget
 
     model = tmp_path / "m.onnx"
     model.write_bytes(b"")
     side = tmp_path / "m.quant.json"
-    cases = [((1.4, 2000), 1.4), ((1.4, 999), None), ((1.0, 4000), None), ((0.2, 4000), None)]
-    for (drop, size), expected in cases:
-        side.write_text(json.dumps({"method_search": {"validation": {"drop_points": drop, "size": size}}}))
-        assert needs_budget(model) == expected, (drop, size)
+    # (drop, its 90 % upper bound, held-out images) -> what needs_budget says
+    cases = [
+        ((0.95, 1.5, 2000), 0.95),  # under a point, but not shown to be: search
+        ((1.4, 2.0, 999), None),  # too few images to search on
+        ((0.5, 0.9, 4000), None),
+        ((-0.2, 0.3, 4000), None),
+    ]
+    for (drop, bound, size), expected in cases:
+        validation = {"drop_points": drop, "drop_bound_points": bound, "size": size}
+        side.write_text(json.dumps({"method_search": {"validation": validation}}))
+        assert needs_budget(model) == expected, (drop, bound, size)
     side.write_text(json.dumps({"settings": {"method": "mse"}}))
     assert needs_budget(model) is None
     side.write_text(json.dumps({"method_search": {"validation": {"drop_points": 1.4, "size": 2000}}}))
