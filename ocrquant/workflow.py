@@ -51,7 +51,7 @@ class RunConfig:
     #: accuracy budget in points per task (``--max-drop rec=1.0``): the most sensitive blocks stay float
     #: until INT8 is within it on held-out calibration-side images (never the test set)
     max_drop: dict[str, float] = field(default_factory=dict)
-    #: without a budget: keep every layer INT8 even when ``auto`` measures more than a point lost on
+    #: without a budget: keep every layer INT8 even when ``auto``'s model may lose more than a point on
     #: 1000+ held-out images (by default the most sensitive blocks then stay float, see
     #: :func:`ocrquant.quantization.mixed_precision.escalate_to_budget`)
     keep_all_int8: bool = False

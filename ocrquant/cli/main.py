@@ -326,8 +326,8 @@ def run_cmd(
         bool,
         typer.Option(
             "--keep-all-int8",
-            help="Keep every quantizable layer INT8 even when auto measures more than a point lost on "
-            "1000+ held-out images (by default the most sensitive blocks then stay float).",
+            help="Keep every quantizable layer INT8 even when auto's model may lose more than a point "
+            "(90 % bound, 1000+ held-out images; by default the most sensitive blocks then stay float).",
         ),
     ] = False,
 ) -> None:

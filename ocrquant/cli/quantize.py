@@ -146,9 +146,9 @@ def quantize_cmd(
         bool,
         typer.Option(
             "--keep-all-int8",
-            help="With --method auto: keep every quantizable layer INT8 even when the model loses more "
-            "than a point on 1000+ held-out images (by default the most sensitive blocks then stay float "
-            "until it is within a point).",
+            help="With --method auto: keep every quantizable layer INT8 even when the model may lose more "
+            "than a point (90 % bound, 1000+ held-out images; by default the most sensitive blocks then "
+            "stay float until it is within a point).",
         ),
     ] = False,
 ) -> None:
