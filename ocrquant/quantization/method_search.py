@@ -260,10 +260,10 @@ def _drop_bound(metric: Any, float_samples: list, int8_samples: list) -> float |
 def _warn_drop(drop_points: float, size: int, metric: str) -> None:
     """Say so when the written model loses more than :data:`DROP_WARNING_POINTS` on too few held-out
     images for the budget search to run by itself. ``auto`` only sets ranges and accuracy algorithms,
-    every quantizable layer stays INT8; where that costs more than a point (PP-OCRv3 rec: 1.4 pt on
-    2000 held-out rec_train crops, 1.06 on the test set), the budget search keeps the few layers float
-    that cause it at little speed cost (rec: 7 blocks, 1.88x instead of 2.03x FP32 speed;
-    docs/quantization-findings.md, session 14)."""
+    every quantizable layer stays INT8; where that costs more than a point (PP-OCRv3 rec: 0.95 pt on
+    2000 held-out rec_train crops, 90 % bound 1.55, 1.06 on the test set), the budget search keeps the
+    few layers float that cause it at little speed cost (rec: 7 blocks, 1.88x instead of 2.03x FP32
+    speed; docs/quantization-findings.md, sessions 14-15)."""
     if drop_points > DROP_WARNING_POINTS and size < BUDGET_MIN_IMAGES:
         log.warning(
             "auto: the INT8 model's %s is %.2f points below FP32 on %d held-out images, too few to "

@@ -535,7 +535,7 @@ def apply_qdq_passes(path: str | Path, profile: TargetProfile, body: dict[str, A
     (atomically) and record them in the sidecar ``body``. The pipeline calls this last, after the
     algorithms that measure the written model (bias correction): they and the analysis tools that edit
     a pipeline model's Q/DQ nodes (sensitivity, the budget search) see the plain QDQ layout, and the
-    rewrite, exact by its plan, only changes what ships."""
+    rewrite, exact where it applies (same integers), only changes what ships."""
     passes = [QDQ_PASSES[name] for name in profile.qdq_passes]
     if not passes:
         return
