@@ -200,6 +200,29 @@ def test_compare_modes_and_from_dump(models, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_compare_reads_a_channel_padded_model_like_the_plain_one(models, tmp_path):
+    """ort-cpu's ``align_channels`` widens channel groups (here conv1 -> dw, 8 -> 16 channels): both
+    comparison modes and the dump route report the same figures as on the unpadded model, comparing
+    the real channels only and feeding isolated mode's float tensors with zero channels added."""
+    from ocrquant.quantization.qdq_passes import rewrite_align_channels
+
+    fp, qp = models
+    padded = onnx.load(str(qp))
+    assert [r["padded_to"] for r in rewrite_align_channels(padded).values()] == [16]
+    onnx.save(padded, str(tmp_path / "padded.onnx"))
+    xs = _inputs(2)
+    plain = compare_models(fp, qp, xs, mode="both", progress=False)
+    wide = compare_models(fp, tmp_path / "padded.onnx", xs, mode="both", progress=False)
+    rows = {(r.mode, r.float_name): r for r in wide.rows}
+    assert len(rows) == len(plain.rows) and ("isolated", "dw.out") in rows
+    for r in plain.rows:
+        assert rows[(r.mode, r.float_name)].snr_db == pytest.approx(r.snr_db, rel=1e-6)
+        assert rows[(r.mode, r.float_name)].numel == r.numel
+    dump_pair(fp, tmp_path / "padded.onnx", xs, tmp_path / "d", progress=False)
+    from_dump = {r.float_name: r for r in compare_from_dump(tmp_path / "d").rows}
+    assert from_dump["dw.out"].snr_db == pytest.approx(rows[("cumulative", "dw.out")].snr_db, rel=1e-6)
+
+
 def test_error_stats_formulas():
     s = ErrorStats()
     x = np.array([3.0, 4.0])

@@ -4,6 +4,7 @@ real cls model with real crops, target constraints, refusals and the calibration
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -525,8 +526,8 @@ def _mean_shift(float_model: Path, int8_model: Path, inputs: list[np.ndarray]) -
         seen = {t: [np.maximum(o[t], 0) if t in after_relu else o[t] for o in outs] for t in names}
         return {t: np.mean([v.mean(axis=(0, 2, 3)) for v in seen[t]], axis=0) for t in names}
 
-    f, q = means(fm, set()), means(qm, relu)
-    return float(np.mean([np.abs(q[t] - f[t]).mean() for t in names]))
+    f, q = means(fm, set()), means(qm, relu)  # INT8 channel groups may be padded (align_channels)
+    return float(np.mean([np.abs(q[t][: len(f[t])] - f[t]).mean() for t in names]))
 
 
 def test_bias_correction_removes_the_mean_shift(prepared, cls_model, cls_inputs, tmp_path):
@@ -869,3 +870,113 @@ def test_default_cls_model_folds_its_hardswish_divisions(quantized_cls):
         entry, src = side["tensors"][tensor], side["tensors"][r["grid_of"]]
         assert entry["scale"] == pytest.approx(src["scale"] / 6, rel=1e-5)
         assert entry["zero_point"] == src["zero_point"]
+
+
+def _channel_model() -> onnx.ModelProto:
+    """A MobileNetV3 block with widths MLAS's fast int8 kernels refuse: Conv 3->24, ReLU, depthwise
+    24, an SE gate (GAP, 24->6->24, HardSigmoid, Mul), Conv 24->16, then Conv 16->12 into a graph
+    output (a group that must stay as it is)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(8)
+    inits = {
+        "w1": rng.normal(0, 0.3, (24, 3, 3, 3)),
+        "b1": rng.normal(0, 0.1, 24),
+        "wd": rng.normal(0, 0.3, (24, 1, 3, 3)),
+        "bd": rng.normal(0, 0.1, 24),
+        "ws1": rng.normal(0, 0.3, (6, 24, 1, 1)),
+        "ws2": rng.normal(0, 0.3, (24, 6, 1, 1)),
+        "bs2": rng.normal(0, 0.1, 24),
+        "wp": rng.normal(0, 0.3, (16, 24, 1, 1)),
+        "wo": rng.normal(0, 0.3, (12, 16, 1, 1)),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "wd", "bd"], ["dw"], name="dw", group=24, pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["dw"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["gap"], name="gap"),
+        helper.make_node("Conv", ["gap", "ws1"], ["s1"], name="se1"),
+        helper.make_node("Relu", ["s1"], ["s1r"], name="se_relu"),
+        helper.make_node("Conv", ["s1r", "ws2", "bs2"], ["s2"], name="se2"),
+        helper.make_node("HardSigmoid", ["s2"], ["gate"], name="gate", alpha=1 / 6, beta=0.5),
+        helper.make_node("Mul", ["r2", "gate"], ["se"], name="se_mul"),
+        helper.make_node("Conv", ["se", "wp"], ["p"], name="project"),
+        helper.make_node("Conv", ["p", "wo"], ["y"], name="out"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "channels",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 20])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12, 12, 20])],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _fused_convs(path: Path) -> Counter:
+    """Conv / QLinearConv counts in onnxruntime's optimised graph of ``path``."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(path.with_suffix(".opt.onnx"))
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+    return Counter({k: ops[k] for k in ("Conv", "QLinearConv")})
+
+
+def test_align_channels_pads_groups_exactly_and_keeps_every_conv_fused(tmp_path):
+    """ort-cpu's ``align_channels``: the 24- and 6-channel groups grow to 32 and 16 with zero channels,
+    the group that reaches the graph output keeps its 12; onnxruntime computes the same outputs (both
+    optimisation levels) and still fuses every Conv into QLinearConv (it checks bias scale = input
+    scale x filter scale, which the padded channels keep)."""
+    import dataclasses
+
+    import onnxruntime as ort
+
+    from ocrquant.quantization.qdq import QuantPlan, apply_qdq_passes, write_qdq_model
+    from ocrquant.quantization.targets import get_target
+
+    model = _channel_model()
+    rng = np.random.default_rng(9)
+    xs = [rng.normal(size=(1, 3, 12, 20)).astype(np.float32) for _ in range(3)]
+    inner = [o for n in model.graph.node for o in n.output]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(
+        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in ["x", *inner]]
+    )
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    runs = [dict(zip(["x", *inner], sess.run(None, {"x": x}), strict=True)) for x in xs]
+    ranges = {
+        n: (min(min(float(r[n].min()) for r in runs), 0.0), max(float(r[n].max()) for r in runs))
+        for n in ["x", *inner]
+    }
+    profile = get_target("ort-cpu")
+    assert "align_channels" in profile.qdq_passes
+    paths, bodies = {}, {}
+    for name, passes in (("aligned", ("align_channels",)), ("plain", ())):
+        plan = QuantPlan(profile=dataclasses.replace(profile, qdq_passes=passes), ranges=dict(ranges))
+        paths[name] = tmp_path / f"{name}.onnx"
+        bodies[name] = write_qdq_model(model, plan, paths[name])
+        apply_qdq_passes(paths[name], plan.profile, bodies[name])
+    record = bodies["aligned"]["graph_passes"]["align_channels"]
+    widths = sorted((r["channels"], r["padded_to"]) for r in record["rewrites"].values())
+    assert widths == [(6, 16), (24, 32)]
+    aligned = onnx.load(str(paths["aligned"]))
+    inits = {i.name: numpy_helper.to_array(i) for i in aligned.graph.initializer}
+    dw = next(n for n in aligned.graph.node if n.name == "dw")
+    assert next(a.i for a in dw.attribute if a.name == "group") == 32
+    shapes = sorted(v.shape for k, v in inits.items() if v.ndim == 4)
+    assert (32, 1, 3, 3) in shapes and (12, 16, 1, 1) in shapes and (16, 32, 1, 1) in shapes
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = level
+        cpu = ["CPUExecutionProvider"]
+        run = {k: ort.InferenceSession(str(p), so, providers=cpu) for k, p in paths.items()}
+        for x in xs:
+            got = {k: sess.run(None, {"x": x})[0] for k, sess in run.items()}
+            np.testing.assert_array_equal(got["aligned"], got["plain"])
+    assert _fused_convs(paths["aligned"]) == _fused_convs(paths["plain"]) == Counter(QLinearConv=6)

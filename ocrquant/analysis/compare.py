@@ -52,6 +52,39 @@ ISO_SUFFIX = "__float"
 log = logging.getLogger("ocrquant")
 
 
+def fit_channels(x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+    """``y`` as a counterpart of float tensor ``x``: itself when the shapes agree, its first channels
+    when it only has more of them (the ort-cpu ``align_channels`` pass pads channel groups with zero
+    channels at the end), None when it is another tensor."""
+    if x.shape == y.shape:
+        return y
+    others = x.shape[:1] + x.shape[2:] == y.shape[:1] + y.shape[2:]
+    if x.ndim == y.ndim >= 2 and y.shape[1] > x.shape[1] and others:
+        return y[:, : x.shape[1]]
+    return None
+
+
+def channel_widths(model: onnx.ModelProto) -> dict[str, int]:
+    """Axis-1 size of every tensor shape inference can size (to pad float values fed to a model whose
+    channel groups ``align_channels`` widened)."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    widths = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else []
+        if len(dims) >= 2 and dims[1].HasField("dim_value"):
+            widths[vi.name] = int(dims[1].dim_value)
+    return widths
+
+
+def _widen(value: np.ndarray, width: int | None) -> np.ndarray:
+    """Pad ``value`` with zero channels (axis 1) up to ``width``."""
+    if width is None or value.ndim < 2 or value.shape[1] >= width:
+        return value
+    pads = [(0, 0)] * value.ndim
+    pads[1] = (0, width - value.shape[1])
+    return np.pad(value, pads)
+
+
 class ErrorStats:
     """Running sums from which cosine, SNR and abs errors are computed at the end (float64)."""
 
@@ -61,10 +94,12 @@ class ErrorStats:
         self.n = 0
 
     def update(self, x: np.ndarray, y: np.ndarray) -> None:
-        if x.shape != y.shape:
+        fitted = fit_channels(x, y)
+        if fitted is None:
             raise OcrQuantError(
                 f"shape mismatch between float {list(x.shape)} and INT8 {list(y.shape)} tensor"
             )
+        y = fitted
         x = np.asarray(x, dtype=np.float64).ravel()
         y = np.asarray(y, dtype=np.float64).ravel()
         e = x - y
@@ -274,6 +309,7 @@ def compare_models(
             chunk_size,
             threads,
             f"compare ({md})" if progress else None,
+            channel_widths(q_model) if extra_names else {},
         )
         rows.extend(_rows(match, stats, md))
         shape_mismatch += [m.float_name for m in match.matches if m.float_name not in stats]
@@ -287,8 +323,9 @@ def compare_models(
     return CompareResult(str(float_path), str(quant_path), len(inputs), modes, rows, match.unmatched)
 
 
-def _accumulate(f_model, f_types, q_model, match, inputs, iso_inputs, chunk_size, threads, desc):
-    """Run both models chunk by chunk (bounded memory) and sum the error statistics."""
+def _accumulate(f_model, f_types, q_model, match, inputs, iso_inputs, chunk_size, threads, desc, widths):
+    """Run both models chunk by chunk (bounded memory) and sum the error statistics. ``widths``: the
+    INT8 model's channel counts of the float tensors fed to it in isolated mode."""
     q_types = tensor_elem_types(q_model)
     stats = {m.float_name: ErrorStats() for m in match.matches}
     pairs = match.matches
@@ -298,7 +335,10 @@ def _accumulate(f_model, f_types, q_model, match, inputs, iso_inputs, chunk_size
     if iso_inputs:
         fs = analysis_session(with_outputs(f_model, iso_inputs, f_types).SerializeToString(), threads)
         iso_feeds = [
-            {f"{n}{ISO_SUFFIX}": a for n, a in zip(iso_inputs, fs.run(iso_inputs, feeds), strict=True)}
+            {
+                f"{n}{ISO_SUFFIX}": _widen(a, widths.get(n))
+                for n, a in zip(iso_inputs, fs.run(iso_inputs, feeds), strict=True)
+            }
             for feeds in as_feeds(fs, inputs)
         ]
     bar = tqdm(total=len(chunks) * len(inputs), desc=desc, disable=desc is None, unit="run")
@@ -314,8 +354,8 @@ def _accumulate(f_model, f_types, q_model, match, inputs, iso_inputs, chunk_size
                 q_feeds.update(iso_feeds[k])
             q_out = dict(zip(q_names, qs.run(q_names, q_feeds), strict=True))
             for m in chunk:
-                f_val, q_val = f_out[m.float_name], q_out[m.quant_name]
-                if f_val.shape != q_val.shape:  # same name, different tensor (a rewrite reused it)
+                f_val, q_val = f_out[m.float_name], fit_channels(f_out[m.float_name], q_out[m.quant_name])
+                if q_val is None:  # same name, different tensor (a rewrite reused it)
                     stats.pop(m.float_name, None)
                     continue
                 if m.float_name in stats:

@@ -549,7 +549,7 @@ def _record_pass(record: dict[str, dict[str, Any]], tensors: dict[str, dict[str,
     """A pass's rewrites for the sidecar. A tensor folded into another's integer grid keeps its
     ``tensors`` entry, with the scale and zero point its readers' DequantizeLinears use."""
     for name, entry in record.items():
-        if name in tensors:
+        if name in tensors and "grid_of" in entry:
             tensors[name].update(
                 scale=entry["scale"],
                 zero_point=entry["zero_point"],
