@@ -762,7 +762,7 @@ def test_ort_cpu_quantizes_a_maxpool_only_where_a_conv_feeds_it() -> None:
 def _scalar_mul_model() -> onnx.ModelProto:
     """Conv -> Relu -> Mul(1/6) -> Conv, plus a Mul(-0.5) and a Mul(0.25) that feeds a graph output:
     only the first Mul is a pure relabelling of an integer grid."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     rng = np.random.default_rng(5)
     inits = {
@@ -781,11 +781,18 @@ def _scalar_mul_model() -> onnx.ModelProto:
         helper.make_node("Conv", ["m2", "w2"], ["c3"], name="conv3"),
         helper.make_node("Mul", ["c3", "quarter"], ["y"], name="to_output"),
     ]
+    return _xy_model("scalar_mul", nodes, inits, [1, 3, 8, 8], [1, 4, 8, 8])
+
+
+def _xy_model(name: str, nodes: list, inits: dict, x_shape: list[int], y_shape: list[int]) -> onnx.ModelProto:
+    """An opset-13 float model from ``nodes`` reading ``x`` and writing ``y``, constants as float32."""
+    from onnx import TensorProto, helper
+
     graph = helper.make_graph(
         nodes,
-        "scalar_mul",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
         [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -876,7 +883,7 @@ def _channel_model() -> onnx.ModelProto:
     """A MobileNetV3 block with widths MLAS's fast int8 kernels refuse: Conv 3->24, ReLU, depthwise
     24, an SE gate (GAP, 24->6->24, HardSigmoid, Mul), Conv 24->16, then Conv 16->12 into a graph
     output (a group that must stay as it is)."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     rng = np.random.default_rng(8)
     inits = {
@@ -904,14 +911,7 @@ def _channel_model() -> onnx.ModelProto:
         helper.make_node("Conv", ["se", "wp"], ["p"], name="project"),
         helper.make_node("Conv", ["p", "wo"], ["y"], name="out"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "channels",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 20])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12, 12, 20])],
-        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    return _xy_model("channels", nodes, inits, [1, 3, 12, 20], [1, 12, 12, 20])
 
 
 def _fused_convs(path: Path) -> Counter:

@@ -214,7 +214,8 @@ register_target(
         name="ort-cpu",
         description="onnxruntime CPU: uint8 asymmetric activations, per-channel symmetric int8 weights "
         "(the combination ORT's x86 QLinearConv fusion takes), HardSwish decomposed into integer "
-        "Add/Mul, HS-CLE scale migration; QDQ laid out for ORT's QLinear* fusions",
+        "Add/Mul, HS-CLE scale migration; QDQ laid out for ORT's QLinear* fusions, depthwise channel "
+        "groups padded to the widths MLAS's fused int8 kernels take",
         op_types=ORT_CPU_LAYOUT_OPS,
         activation_dtype="uint8",
         activation_symmetric=False,
