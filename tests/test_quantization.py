@@ -981,3 +981,30 @@ def test_align_channels_pads_groups_exactly_and_keeps_every_conv_fused(tmp_path)
             got = {k: sess.run(None, {"x": x})[0] for k, sess in run.items()}
             np.testing.assert_array_equal(got["aligned"], got["plain"])
     assert _fused_convs(paths["aligned"]) == _fused_convs(paths["plain"]) == Counter(QLinearConv=6)
+
+
+def test_align_channels_leaves_a_blocked_group_and_says_why(caplog):
+    """A depthwise group that a graph output reads cannot grow: the pass leaves it, and warns with
+    the reason (the slow kernel path stays). The pass works on float Convs as well."""
+    import logging
+
+    import onnxruntime as ort
+
+    from ocrquant.quantization.qdq_passes import rewrite_align_channels
+
+    model = _channel_model()
+    x = np.random.default_rng(3).normal(size=(1, 3, 12, 20)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )
+    padded = onnx.ModelProto()
+    padded.CopyFrom(model)
+    assert [r["padded_to"] for r in rewrite_align_channels(padded).values()] == [32]
+    got = ort.InferenceSession(padded.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)
+    model.graph.output.append(onnx.helper.make_tensor_value_info("dw", onnx.TensorProto.FLOAT, None))
+    with caplog.at_level(logging.WARNING, logger="ocrquant"):
+        assert rewrite_align_channels(model) == {}
+    assert "24-channel group of depthwise dw left as it is (a graph output)" in caplog.text

@@ -9,6 +9,7 @@ goes to the sidecar.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ class QDQPass:
 
 
 QDQ_PASSES: dict[str, QDQPass] = {}
+log = logging.getLogger("ocrquant")
 
 
 def register_qdq_pass(p: QDQPass) -> QDQPass:
@@ -274,7 +276,11 @@ class ChannelGroup:
     writers: list[_ConvWeights] = field(default_factory=list)
     readers: list[_ConvWeights] = field(default_factory=list)
     depthwise: list[_ConvWeights] = field(default_factory=list)
-    blocked: bool = False
+    blocked_by: set[str] = field(default_factory=set)  # what keeps the group as it is
+
+    @property
+    def blocked(self) -> bool:
+        return bool(self.blocked_by)
 
     @property
     def convs(self) -> list[_ConvWeights]:
@@ -301,7 +307,8 @@ def channel_groups(qmodel: onnx.ModelProto) -> list[ChannelGroup]:
     inits = initializers(qmodel)
     prod, cons = producers(qmodel), consumers(qmodel)
     union = _Groups()
-    blocked = {i.name for i in qmodel.graph.input} | {o.name for o in qmodel.graph.output}
+    blocked: dict[str, str] = {i.name: "a graph input" for i in qmodel.graph.input}
+    blocked.update({o.name: "a graph output" for o in qmodel.graph.output})
     convs: list[tuple[_ConvWeights, str, str]] = []
 
     def shared(node: onnx.NodeProto) -> bool:
@@ -317,17 +324,23 @@ def channel_groups(qmodel: onnx.ModelProto) -> list[ChannelGroup]:
         data_in = [i for i in node.input if i and not _is_constant(i, inits, prod)]
         outs = [o for o in node.output if o]
         w = _conv_weights(node, inits, prod) if node.op_type == "Conv" else None
-        if w is not None and len(w.shape) == 4 and len(data_in) == len(outs) == 1 and not shared(node):
-            if w.depthwise:
-                union.union(data_in[0], outs[0])
-            if w.depthwise or w.group == 1:
+        reason = f"{node.op_type} {node.name}".strip()
+        if w is not None and len(w.shape) == 4 and len(data_in) == len(outs) == 1:
+            if shared(node):
+                reason += " (weights shared with another node)"
+            elif w.depthwise or w.group == 1:
+                if w.depthwise:
+                    union.union(data_in[0], outs[0])
                 convs.append((w, data_in[0], outs[0]))
                 continue
+            else:
+                reason += " (grouped)"
         elif node.op_type != "Conv" and _channelwise(node, inits, prod):
             for name in data_in:
                 union.union(name, outs[0])
             continue
-        blocked.update(data_in + outs)
+        for name in data_in + outs:
+            blocked.setdefault(name, reason)
 
     groups: dict[str, ChannelGroup] = {}
 
@@ -337,7 +350,8 @@ def channel_groups(qmodel: onnx.ModelProto) -> list[ChannelGroup]:
     for name in list(union.parent) + [n for w in convs for n in w[1:]] + list(blocked):
         g = group(name)
         g.tensors.add(name)
-        g.blocked |= name in blocked
+        if name in blocked:
+            g.blocked_by.add(blocked[name])
     for w, x_name, y_name in convs:
         if w.depthwise:
             group(y_name).depthwise.append(w)
@@ -362,12 +376,18 @@ def rewrite_align_channels(qmodel: onnx.ModelProto, align: int = CHANNEL_ALIGN) 
     record: dict[str, dict[str, Any]] = {}
     retyped: set[str] = set()
     for g in channel_groups(qmodel):
-        if g.blocked or len(g.channels) != 1 or not g.depthwise:
+        if not g.depthwise or all(c % align == 0 for c in g.channels):
+            continue
+        if g.blocked or len(g.channels) != 1:
+            why = sorted(g.blocked_by) or [f"Convs disagree on its width: {sorted(g.channels)}"]
+            log.warning(
+                "align_channels: the %s-channel group of depthwise %s left as it is (%s): onnxruntime "
+                "runs it on its slower integer path",
+                "/".join(map(str, sorted(g.channels))), g.depthwise[0].node.name, "; ".join(why[:3]),
+            )  # fmt: skip
             continue
         (width,) = g.channels
         size = -(-width // align) * align
-        if size == width:
-            continue
         for w in g.writers + g.depthwise:
             _pad_source(inits, w.weight, width, size)
             if w.bias is not None:
