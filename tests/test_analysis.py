@@ -280,3 +280,5 @@ def test_profile_times_nodes_and_counts_macs(models):
     assert sum(n.share for n in result.nodes) == pytest.approx(1.0, rel=1e-6)
     q = profile_model(qp, _inputs(2), runs=2, optimization="disable")
     assert 0 < q.qdq_share < 1 and q.total_macs == result.total_macs
+    # the 8-channel depthwise conv is named as the slow-path kernel it is; the float model gets no hint
+    assert result.hints == [] and len(q.hints) == 1 and "(8; e.g. dw)" in q.hints[0]

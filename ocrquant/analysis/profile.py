@@ -54,6 +54,7 @@ class ProfileResult:
     total_macs: int
     total_params: int
     settings: dict = field(default_factory=dict)
+    hints: list[str] = field(default_factory=list)  # why some kernels may be slow
 
 
 def layer_costs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> dict[str, tuple[int, int]]:
@@ -179,4 +180,26 @@ def profile_model(
         sum(c[0] for c in unique.values()),
         sum(c[1] for c in unique.values()),
         {"optimization": optimization, "threads": threads, "warmup": warmup},
+        kernel_hints(model),
     )
+
+
+def kernel_hints(model: onnx.ModelProto) -> list[str]:
+    """What in a quantized graph keeps onnxruntime's CPU kernels off their fast path (the profile's
+    times show the cost, not the cause; these are the causes measured on the zoo models)."""
+    from ocrquant.quantization.graph import is_quantized
+    from ocrquant.quantization.qdq_passes import CHANNEL_ALIGN, slow_depthwise
+
+    if not is_quantized(model):
+        return []
+    hints = []
+    slow = slow_depthwise(model)
+    if slow:
+        widths = sorted({c for _, c in slow})
+        hints.append(
+            f"{len(slow)} depthwise Conv(s) with channel counts that are not multiples of {CHANNEL_ALIGN} "
+            f"({', '.join(map(str, widths))}; e.g. {slow[0][0]}): onnxruntime's x86 int8 Conv runs them on "
+            "its generic path, several times slower (PP-OCRv3 cls: 6x FP32's time); ocrquant's ort-cpu "
+            "target pads such channel groups (align_channels)"
+        )
+    return hints

@@ -364,6 +364,8 @@ def profile_cmd(
         for op, count, ms, share in res.by_op:
             ops.add_row(op, str(count), f"{ms:.3f}", f"{share:.1%}")
         console.print(ops)
+        for hint in res.hints:
+            console.print(f"note ({Path(res.model).name}): {hint}")
     if len(results) == 2:
         a, b = results
         console.print(

@@ -363,6 +363,18 @@ def channel_groups(qmodel: onnx.ModelProto) -> list[ChannelGroup]:
     return list(groups.values())
 
 
+def slow_depthwise(qmodel: onnx.ModelProto, align: int = CHANNEL_ALIGN) -> list[tuple[str, int]]:
+    """(node, channels) of every depthwise Conv whose channel count is not a multiple of ``align``:
+    in a quantized model onnxruntime's x86 CPU provider runs those on its slower integer path."""
+    inits, prod = initializers(qmodel), producers(qmodel)
+    out = []
+    for node in qmodel.graph.node:
+        w = _conv_weights(node, inits, prod) if node.op_type == "Conv" else None
+        if w is not None and w.depthwise and w.group % align:
+            out.append((node.name or node.output[0], w.group))
+    return out
+
+
 def rewrite_align_channels(qmodel: onnx.ModelProto, align: int = CHANNEL_ALIGN) -> dict[str, dict[str, Any]]:
     """Pad every channel group that a depthwise Conv runs in, whose width is not a multiple of
     ``align`` and that only Convs and channel-wise ops touch (see the comment above); returns one
