@@ -1008,3 +1008,16 @@ def test_align_channels_leaves_a_blocked_group_and_says_why(caplog):
     with caplog.at_level(logging.WARNING, logger="ocrquant"):
         assert rewrite_align_channels(model) == {}
     assert "24-channel group of depthwise dw left as it is (a graph output)" in caplog.text
+
+
+def test_keep_learned_judges_by_the_output_loss_unless_the_labels_resolve_a_fall():
+    """det's rule for distill: the mean held-out output loss must fall; the label metric vetoes only a
+    fall its paired 95 % interval resolves (60 images cannot resolve one box)."""
+    from ocrquant.quantization.method_search import keep_learned
+
+    lower, higher = np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 3.0])
+    assert keep_learned(lower, higher, {"low": -0.02, "high": 0.01})
+    assert keep_learned(lower, higher, None)
+    assert not keep_learned(higher, lower, {"low": -0.02, "high": 0.01})
+    assert not keep_learned(lower, lower, {"low": 0.0, "high": 0.0})
+    assert not keep_learned(lower, higher, {"low": -0.03, "high": -0.001})

@@ -53,6 +53,9 @@ class Algorithm(ABC):
     stage: ClassVar[str]
     #: optional packages the algorithm imports (an extra of the project); checked before any work
     requires: ClassVar[tuple[str, ...]] = ()
+    #: the algorithm fits the model to the float model's output (distill): ``auto`` judges it on the
+    #: held-out output loss where the task's own agreement figure is coarse (det)
+    learns_output: ClassVar[bool] = False
 
     @classmethod
     def missing(cls) -> list[str]:

@@ -91,6 +91,40 @@ def output_head(model: onnx.ModelProto) -> tuple[str, str, dict[str, Any]]:
     return "", out, {}
 
 
+def output_losses(
+    float_model: onnx.ModelProto, model: onnx.ModelProto, inputs: list[np.ndarray]
+) -> np.ndarray:
+    """Per-input loss of ``model``'s output against ``float_model``'s, the loss ``distill`` learns on,
+    with ``model`` run as it ships (onnxruntime, every optimisation).
+
+    Why: on images ``distill`` did not learn from, this says whether what it learned carries over. It
+    counts every output value and needs no labels; det's held-out box figures (60 images, one box
+    ~0.4 pt) cannot resolve the change (docs/quantization-findings.md, session 17).
+    """
+    import torch
+    from onnxruntime import GraphOptimizationLevel
+
+    kind, q_logit, attrs = output_head(model)
+    _, f_logit, _ = output_head(float_model)
+    loss_fn = LOSSES.get(kind, _mse_loss)
+    reference = _session(augment_model(float_model, [f_logit]))
+    shipped = _session(augment_model(model, [q_logit]), level=GraphOptimizationLevel.ORT_ENABLE_ALL)
+    f_in, q_in = reference.get_inputs()[0].name, shipped.get_inputs()[0].name
+    with torch.no_grad():
+        return np.array(
+            [
+                float(
+                    loss_fn(
+                        torch.from_numpy(shipped.run([q_logit], {q_in: x})[0]),
+                        torch.from_numpy(reference.run([f_logit], {f_in: x})[0]),
+                        attrs,
+                    )
+                )
+                for x in inputs
+            ]
+        )
+
+
 def _steps(batches: Iterable[np.ndarray], per_step: int, max_values: int) -> Iterator[np.ndarray]:
     """Consecutive same-shape batches joined until ``per_step`` samples or ``max_values`` input values
     (a det image is one step: its backward pass holds every activation of a 960-pixel map)."""
@@ -112,6 +146,7 @@ class Distill(Algorithm):
     """Learn weight-scale multipliers and biases against the float model's output (needs torch)."""
 
     requires = ("torch",)
+    learns_output = True
 
     def __init__(
         self,
