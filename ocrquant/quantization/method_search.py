@@ -201,7 +201,8 @@ def quantize_auto(
         # Algorithms that help some models and hurt others: kept where the held-out criterion rises
         # and the other held-out figure does not fall. The criterion alone admitted noise: on rec,
         # distill raised fidelity by 3 crops in 2000 while label accuracy fell 0.55 pt, and the test
-        # set lost 0.48 pt with it (docs/quantization-findings.md, session 11).
+        # set lost 0.48 pt with it (docs/quantization-findings.md, session 11). det's learning
+        # algorithms are judged by their held-out output loss instead (keep_learned, below).
         profile = get_target(config.target)
         extras = [a for a in profile.validated_algorithms if a not in names and config.algorithms is None]
         for extra in extras:
@@ -266,8 +267,9 @@ def keep_learned(loss_with: Any, loss_without: Any, metric_ci: dict[str, float] 
     """Keep an algorithm that fits the float output (distill) when its mean held-out output loss (per
     image, :func:`~ocrquant.quantization.algorithms.distill.output_losses`) is below the model's without
     it, unless the held-out label metric resolves a fall (its paired 95 % interval of with - without
-    lies below zero). Why not the box figures alone: on det they read 60-image noise (module doc of
-    ``distill``; docs/quantization-findings.md, session 17)."""
+    lies below zero). Why not the box figures alone: on det they read 60-image noise, while the dense,
+    label-free output loss agreed with test fidelity over three calibration draws
+    (docs/quantization-findings.md, session 17)."""
     falls = float(np.mean(loss_with)) < float(np.mean(loss_without))
     return falls and not (metric_ci is not None and metric_ci["high"] < 0)
 
