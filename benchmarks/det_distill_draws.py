@@ -33,12 +33,12 @@ from ocrquant.analysis.sensitivity import split_validation
 from ocrquant.api import build_task, eval_model
 from ocrquant.data import Dataset, open_dataset
 from ocrquant.data.calibration import image_id
-from ocrquant.data.types import load_image
 from ocrquant.errors import run_script
 from ocrquant.evaluation import evaluate
-from ocrquant.evaluation.evaluate import EvalResult, fidelity
+from ocrquant.evaluation.evaluate import EvalResult, fidelity, preprocessed_inputs
 from ocrquant.evaluation.significance import paired_delta_interval
 from ocrquant.fileio import write_json_atomic
+from ocrquant.quantization.algorithms.distill import float_logits, output_losses
 from ocrquant.quantization.config import QuantConfig
 from ocrquant.quantization.pipeline import quantize
 from ocrquant.runtime import RuntimeOptions, create_runner
@@ -57,29 +57,6 @@ def cached_eval(path: Path, run: Any) -> EvalResult:
     return res
 
 
-def output_losses(model: str | Path, inputs: list[np.ndarray], targets: list[Any]) -> np.ndarray:
-    """Per-input loss of ``model``'s output logits against the float targets, as ``distill`` scores
-    what it ships (onnxruntime, every optimisation)."""
-    import torch
-    from onnxruntime import GraphOptimizationLevel
-
-    from ocrquant.quantization.algorithms.distill import LOSSES, output_head
-    from ocrquant.quantization.calibration.stats import _session, augment_model
-
-    kind, logit, attrs = output_head(onnx.load(str(model)))
-    sess = _session(
-        augment_model(onnx.load(str(model)), [logit]), level=GraphOptimizationLevel.ORT_ENABLE_ALL
-    )
-    name = sess.get_inputs()[0].name
-    with torch.no_grad():
-        return np.array(
-            [
-                float(LOSSES[kind](torch.from_numpy(sess.run([logit], {name: x})[0]), t, attrs))
-                for x, t in zip(inputs, targets, strict=True)
-            ]
-        )
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="ppocrv3-det", help="float det model (zoo name or .onnx)")
@@ -91,11 +68,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
-    import torch
-
-    from ocrquant.quantization.algorithms.distill import output_head
-    from ocrquant.quantization.calibration.stats import _session, augment_model
-
     resolved = resolve_model(args.model)
     task = build_task("det", resolved)
     calib = open_dataset(args.calib, "det")
@@ -106,18 +78,15 @@ def main() -> None:
             args.out / "fp32.test.json",
             lambda: eval_model(resolved.path, args.test, task="det", runtime=OPTS, progress=True),
         )
-    _, f_logit, _ = output_head(onnx.load(resolved.path))
-    reference = _session(augment_model(onnx.load(resolved.path), [f_logit]))
+    float_model = onnx.load(resolved.path)
 
     rows = []
     for seed in args.seeds:
         split = split_validation(calib, args.calib_size, seed, args.val_size)
         holdout = sorted({image_id(s) for s in split.validation})
         val = Dataset(calib.root, calib.task, calib.format, split.validation)
-        inputs = [task.preprocess([load_image(s)]).inputs for s in split.validation]
-        targets = [
-            torch.from_numpy(reference.run([f_logit], {reference.get_inputs()[0].name: x})[0]) for x in inputs
-        ]
+        inputs = preprocessed_inputs(task, val, len(val.samples))
+        targets = float_logits(float_model, inputs)
 
         def held_out(path: Path, val: Dataset = val) -> EvalResult:
             runner = create_runner(path, "onnxruntime", OPTS)
@@ -138,7 +107,7 @@ def main() -> None:
                 )
                 quantize(resolved.path, "det", calib, model, cfg)
             q_val = cached_eval(args.out / f"seed{seed}.{variant}.val.json", lambda m=model: held_out(m))
-            losses[variant] = output_losses(model, inputs, targets)
+            losses[variant] = output_losses(onnx.load(str(model)), inputs, targets)
             row = {
                 "seed": seed,
                 "variant": variant,

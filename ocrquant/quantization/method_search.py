@@ -134,18 +134,19 @@ def quantize_auto(
             "val_metric": round(res.primary, 6),
         }
 
-    held_out_inputs: list[Any] = []
+    held_out: dict[str, list[Any]] = {}  # held-out inputs and the float model's outputs, made once
 
     def held_out_loss(model_file: str | Path) -> Any:
         """Per-image output loss of ``model_file`` against the float model on the held-out images."""
         import onnx
 
         from ocrquant.evaluation.evaluate import preprocessed_inputs
-        from ocrquant.quantization.algorithms.distill import output_losses
+        from ocrquant.quantization.algorithms.distill import float_logits, output_losses
 
-        if not held_out_inputs:
-            held_out_inputs.extend(preprocessed_inputs(task, val_set, len(val_set.samples)))
-        return output_losses(onnx.load(resolved.path), onnx.load(str(model_file)), held_out_inputs)
+        if not held_out:
+            held_out["inputs"] = preprocessed_inputs(task, val_set, len(val_set.samples))
+            held_out["targets"] = float_logits(onnx.load(resolved.path), held_out["inputs"])
+        return output_losses(onnx.load(str(model_file)), held_out["inputs"], held_out["targets"])
 
     def _margin(row: dict[str, Any], against: dict[str, Any]) -> dict[str, float] | None:
         """Held-out bootstrap interval of ``row - against`` on the criterion (what the choice rests on)."""

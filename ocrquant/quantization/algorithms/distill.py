@@ -91,11 +91,18 @@ def output_head(model: onnx.ModelProto) -> tuple[str, str, dict[str, Any]]:
     return "", out, {}
 
 
-def output_losses(
-    float_model: onnx.ModelProto, model: onnx.ModelProto, inputs: list[np.ndarray]
-) -> np.ndarray:
-    """Per-input loss of ``model``'s output against ``float_model``'s, the loss ``distill`` learns on,
-    with ``model`` run as it ships (onnxruntime, every optimisation).
+def float_logits(float_model: onnx.ModelProto, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """The float model's output before its last activation, per input: what :func:`output_losses`
+    scores against (computed once, shared by every model compared on the same inputs)."""
+    _, f_logit, _ = output_head(float_model)
+    reference = _session(augment_model(float_model, [f_logit]))
+    name = reference.get_inputs()[0].name
+    return [reference.run([f_logit], {name: x})[0] for x in inputs]
+
+
+def output_losses(model: onnx.ModelProto, inputs: list[np.ndarray], targets: list[np.ndarray]) -> np.ndarray:
+    """Per-input loss of ``model``'s output against the float targets (:func:`float_logits`), the loss
+    ``distill`` learns on, with ``model`` run as it ships (onnxruntime, every optimisation).
 
     Why: on images ``distill`` did not learn from, this says whether what it learned carries over. It
     counts every output value and needs no labels; det's held-out box figures (60 images, one box
@@ -105,22 +112,18 @@ def output_losses(
     from onnxruntime import GraphOptimizationLevel
 
     kind, q_logit, attrs = output_head(model)
-    _, f_logit, _ = output_head(float_model)
     loss_fn = LOSSES.get(kind, _mse_loss)
-    reference = _session(augment_model(float_model, [f_logit]))
     shipped = _session(augment_model(model, [q_logit]), level=GraphOptimizationLevel.ORT_ENABLE_ALL)
-    f_in, q_in = reference.get_inputs()[0].name, shipped.get_inputs()[0].name
+    name = shipped.get_inputs()[0].name
     with torch.no_grad():
         return np.array(
             [
                 float(
                     loss_fn(
-                        torch.from_numpy(shipped.run([q_logit], {q_in: x})[0]),
-                        torch.from_numpy(reference.run([f_logit], {f_in: x})[0]),
-                        attrs,
+                        torch.from_numpy(shipped.run([q_logit], {name: x})[0]), torch.from_numpy(t), attrs
                     )
                 )
-                for x in inputs
+                for x, t in zip(inputs, targets, strict=True)
             ]
         )
 
