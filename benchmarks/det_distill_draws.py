@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 
 from ocrquant.analysis.sensitivity import split_validation
-from ocrquant.api import build_task, eval_model
+from ocrquant.api import build_task, eval_model, infer_task
 from ocrquant.data import Dataset, open_dataset
 from ocrquant.data.calibration import image_id
 from ocrquant.errors import run_script
@@ -69,9 +69,9 @@ def main() -> None:
     args = ap.parse_args()
 
     resolved = resolve_model(args.model)
-    task = build_task("det", resolved)
+    task = build_task(infer_task(resolved, "det"), resolved)  # a zoo model of another task: one line
     calib = open_dataset(args.calib, "det")
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)  # after the checks: bad input leaves no folder
     fp32_test = None
     if args.test:
         fp32_test = cached_eval(
