@@ -22,11 +22,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ocrquant.api import build_task, check_model_input
+from ocrquant.api import build_task
 from ocrquant.data import open_dataset
 from ocrquant.errors import OcrQuantError, run_script
 from ocrquant.evaluation.evaluate import preprocessed_inputs
 from ocrquant.runtime import RuntimeOptions, create_runner
+from ocrquant.tasks.base import Task
 from ocrquant.tasks.det import DetConfig, box_score_fast, db_postprocess, get_mini_boxes
 from ocrquant.zoo.resolve import resolve_model
 
@@ -34,9 +35,9 @@ BANDS = [(0.3, 0.5), (0.5, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 1.01)]
 THRESHOLDS = [0.6, 0.58, 0.56, 0.54, 0.52, 0.5]
 
 
-def prob_maps(model: Path, inputs: list[np.ndarray], threads: int) -> list[np.ndarray]:
+def prob_maps(task: Task, model: Path, inputs: list[np.ndarray], threads: int) -> list[np.ndarray]:
     runner = create_runner(model, "onnxruntime", RuntimeOptions(threads=threads, spinning=False))
-    check_model_input(runner, model)
+    task.check_model(runner, model)
     name = runner.input_names[0]
     maps = []
     for x in inputs:
@@ -81,8 +82,8 @@ def main() -> None:
     step = max(1, len(dataset.samples) // max(args.images, 1))
     dataset.samples = dataset.samples[::step][: args.images]
     inputs = preprocessed_inputs(task, dataset, len(dataset.samples))
-    fmaps = prob_maps(Path(resolved.path), inputs, args.threads)
-    qmaps = prob_maps(args.int8, inputs, args.threads)
+    fmaps = prob_maps(task, Path(resolved.path), inputs, args.threads)
+    qmaps = prob_maps(task, args.int8, inputs, args.threads)
     pairs = np.array(
         [p for f, q in zip(fmaps, qmaps, strict=True) for p in candidate_scores(f, q, task.config)],
         dtype=float,

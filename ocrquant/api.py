@@ -53,7 +53,6 @@ def eval_model(
     task_obj = build_task(task_name, resolved, task_options)
     dataset = open_dataset(Path(data), task_name, data_format)
     runner = create_runner(resolved.path_for(backend), backend, runtime)
-    check_model_input(runner, resolved.path)
     return evaluate(
         task_obj,
         runner,
@@ -65,14 +64,3 @@ def eval_model(
         progress=progress,
         extra_settings={"backend": backend, "model_path": str(resolved.path_for(backend))},
     )
-
-
-def check_model_input(runner: Any, path: Path) -> None:
-    """OCR models here take one NCHW image tensor; anything else is the wrong model for the task."""
-    session = getattr(runner, "session", None)
-    if session is None:
-        return
-    inputs = session.get_inputs()
-    if len(inputs) != 1 or len(inputs[0].shape) != 4:
-        shapes = ", ".join(f"{i.name}{list(i.shape)}" for i in inputs)
-        raise OcrQuantError(f"expected one image input of rank 4 (N, C, H, W), model has: {shapes}", path)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ocrquant.api import build_task, check_model_input
+from ocrquant.api import build_task
 from ocrquant.data import open_dataset, sample_root
 from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation import EvalResult, evaluate
@@ -84,7 +84,6 @@ def _eval_cached(
     task_obj: Any, model: Path, name: str, dataset: Any, out: Path, cfg: RunConfig
 ) -> EvalResult:
     runner = create_runner(model, "onnxruntime", RuntimeOptions(threads=cfg.threads))
-    check_model_input(runner, model)
     result = evaluate(
         task_obj,
         runner,

@@ -115,6 +115,16 @@ def test_cli_wrong_input_rank(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(("model", "task"), [("ppocrv3-rec", "det"), ("ppocrv3-det", "rec")])
+def test_cli_model_file_of_another_task(model: str, task: str) -> None:
+    """A bare .onnx of another task (no zoo name to tell): refused from its declared output shape
+    before any image runs, instead of an onnxruntime broadcast error from inside the graph."""
+    path = str(zoo_model_path(model))
+    proc = run_cli("eval", "--task", task, "-m", path, "-d", str(sample_root() / task))
+    _one_line_error(proc, path)
+    assert f"is this a {task} model?" in proc.stderr
+
+
 def test_cli_corrupt_model(tmp_path: Path) -> None:
     path = tmp_path / "broken.onnx"
     path.write_bytes(np.random.default_rng(0).bytes(300))

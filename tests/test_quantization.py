@@ -266,6 +266,15 @@ def test_already_quantized_model_is_refused(quantized_cls):
     assert not (tmp / "again.onnx").exists()
 
 
+def test_model_of_another_task_is_refused_before_calibration(cls_model, tmp_path):
+    """A cls model given as det: one error naming the file and the shapes, not an onnxruntime failure
+    inside calibration, and no output."""
+    with pytest.raises(OcrQuantError, match=r"output has shape \?x2, a det model's is N x 1 x H x W") as err:
+        quantize(cls_model, "det", sample_root() / "det", tmp_path / "o.onnx", QuantConfig(progress=False))
+    assert str(cls_model) in str(err.value)
+    assert not (tmp_path / "o.onnx").exists()
+
+
 def test_npu_pow2_scales_are_powers_of_two(cls_model, quantized_cls):
     _, tmp = quantized_cls
     out = tmp / "cls.npu.onnx"

@@ -6,6 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
+from ocrquant.errors import OcrQuantError
+from ocrquant.tasks.base import get_task_class
 from ocrquant.tasks.cls import ClsConfig, ClsTask
 from ocrquant.tasks.det import DetConfig, DetTask, boxes_from_bitmap, det_resize, normalize_det
 from ocrquant.tasks.rec import RecTask, ctc_greedy_decode, load_charset
@@ -150,3 +152,30 @@ def test_cls_preprocess_and_labels() -> None:
         [np.array([[0.2, 0.8], [0.9, 0.1]], np.float32)], task.preprocess([image, image])
     )
     assert [p["label"] for p in preds] == ["180", "0"] and preds[0]["score"] == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize(
+    ("task", "shape", "fits"),
+    [
+        ("det", [None, 1, "h", "w"], True),
+        ("det", ["n", 1, 640, 640], True),
+        ("det", [None, None, 6625], False),  # a rec model
+        ("det", [None, 2], False),  # a cls model
+        ("det", [None, 3, None, None], False),  # three maps, not DB's one
+        ("rec", [None, None, 6625], True),
+        ("rec", [None, 1, None, None], False),
+        ("cls", [None, 2], True),
+        ("cls", [None, None, 6625], False),
+        ("det-craft", ["b", "h", "w", 2], True),
+        ("det-craft", [None, None, 6625], False),
+        ("rec", None, True),  # nothing declared: nothing to refuse
+    ],
+)
+def test_declared_output_shape_check(task: str, shape: list | None, fits: bool) -> None:
+    """Each task refuses a model whose declared output cannot be its own, naming the file."""
+    t = get_task_class(task)()
+    if fits:
+        t.check_output_shape(shape, "m.onnx")
+    else:
+        with pytest.raises(OcrQuantError, match=f"m.onnx.*is this a {task} model"):
+            t.check_output_shape(shape, "m.onnx")

@@ -175,6 +175,7 @@ def evaluate(
     samples = dataset.samples[:limit] if limit else dataset.samples
     if not samples:
         raise OcrQuantError("dataset has no samples", dataset.root)
+    task.check_model(runner, (extra_settings or {}).get("model_path") or model_name or "model")
     metric_probe = task.new_metric()
     settings = {
         "task": task.name,

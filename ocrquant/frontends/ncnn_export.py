@@ -49,6 +49,7 @@ from onnx import numpy_helper
 
 from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import atomic_path, sha256_file, write_json_atomic
+from ocrquant.onnx_shapes import declared_dims
 
 log = logging.getLogger("ocrquant")
 
@@ -282,13 +283,6 @@ def verification_input(shape: list[int]) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(x[None], (n, c, h, w)), dtype=np.float32)
 
 
-def _onnx_dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
-    return [
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-        for d in vi.type.tensor_type.shape.dim
-    ]
-
-
 # ------------------------------------------------------------------------------------------ pnnx
 
 
@@ -446,7 +440,7 @@ def convert_onnx(
     graph_inputs = [i for i in model.graph.input if i.name not in inits]
     if len(graph_inputs) != 1:
         raise OcrQuantError(f"ncnn conversion expects one model input, found {len(graph_inputs)}", onnx_path)
-    probe, probe2, verify, dynamic = _input_shapes(_onnx_dims(graph_inputs[0]))
+    probe, probe2, verify, dynamic = _input_shapes(declared_dims(graph_inputs[0], None))
     fixes = {name: fix(model) for name, fix in ONNX_FIXES.items()}
     x = verification_input(verify)
     ref_in, ref_out, ref = _ort_outputs(onnx_path, x)
@@ -488,7 +482,7 @@ def convert_torch_checkpoint(
     spec = resolve_arch(arch)
     net = _export_module(load_network(spec, checkpoint), spec)
     ref_model = onnx.load(str(onnx_reference), load_external_data=False)
-    probe, probe2, verify, dynamic = _input_shapes(_onnx_dims(ref_model.graph.input[0]))
+    probe, probe2, verify, dynamic = _input_shapes(declared_dims(ref_model.graph.input[0], None))
     x = verification_input(verify)
     ref_in, ref_out, ref = _ort_outputs(onnx_reference, x)
     with tempfile.TemporaryDirectory(prefix="ocrquant-pnnx-") as tmp:

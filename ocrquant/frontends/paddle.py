@@ -24,6 +24,7 @@ from onnx import shape_inference
 
 from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import atomic_path
+from ocrquant.onnx_shapes import declared_dims
 from ocrquant.runtime.paddle import paddle_model_files
 
 if TYPE_CHECKING:
@@ -144,13 +145,6 @@ def export_onnx(program: Path, params: Path, opset: int) -> onnx.ModelProto:
     return onnx.load_from_string(data)
 
 
-def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
-    return [
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-        for d in value.type.tensor_type.shape.dim
-    ]
-
-
 def fix_input_shape(
     model: onnx.ModelProto, shape: tuple[int, int, int, int], source: Path
 ) -> onnx.ModelProto:
@@ -164,7 +158,7 @@ def fix_input_shape(
             f"--input-shape needs a model with one input, it has {len(model.graph.input)}", source
         )
     graph_input = model.graph.input[0]
-    current = _dims(graph_input)
+    current = declared_dims(graph_input)
     if len(current) != len(shape):
         raise OcrQuantError(
             f"--input-shape has {len(shape)} dims, the model input has {len(current)}", source
@@ -186,7 +180,7 @@ def fix_input_shape(
                 f"fixing the input shape failed: {_native_error(lines, 'no model produced')}", source
             )
         fixed = onnx.load(str(dst))
-    if _dims(fixed.graph.input[0]) != list(shape):
+    if declared_dims(fixed.graph.input[0]) != list(shape):
         raise OcrQuantError(f"fixing the input shape to {list(shape)} did not take", source)
     _static_output_shapes(fixed)
     return fixed
@@ -208,7 +202,7 @@ def _static_output_shapes(model: onnx.ModelProto) -> None:
     except Exception:  # inference is a nicety here; the model itself is already valid
         return
     for out, new in zip(model.graph.output, inferred.graph.output, strict=True):
-        dims = _dims(new)
+        dims = declared_dims(new)
         if dims and all(isinstance(d, int) and d > 0 for d in dims):
             out.type.tensor_type.shape.CopyFrom(new.type.tensor_type.shape)
 
@@ -217,7 +211,7 @@ def guess_task(model: onnx.ModelProto) -> str | None:
     """det maps N x 1 x H x W, cls gives N x classes, CTC rec gives N x T x classes."""
     if len(model.graph.output) != 1:
         return None
-    dims = _dims(model.graph.output[0])
+    dims = declared_dims(model.graph.output[0])
     if len(dims) == 4 and dims[1] == 1:
         return "det"
     return {2: "cls", 3: "rec"}.get(len(dims))
@@ -225,7 +219,7 @@ def guess_task(model: onnx.ModelProto) -> str | None:
 
 def _check_rec_classes(model: onnx.ModelProto, characters: str, source: Path) -> None:
     """A CTC head has blank + dictionary (+ space) classes; any other count means the wrong dictionary."""
-    dims = _dims(model.graph.output[0])
+    dims = declared_dims(model.graph.output[0])
     n = len(characters.splitlines())
     if len(dims) == 3 and isinstance(dims[2], int) and dims[2] > 0 and dims[2] not in (n + 1, n + 2):
         raise OcrQuantError(
@@ -331,8 +325,8 @@ def convert_paddle(
         output=Path(output),
         source=program,
         opset=max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0),
-        inputs={i.name: _dims(i) for i in model.graph.input},
-        outputs={o.name: _dims(o) for o in model.graph.output},
+        inputs={i.name: declared_dims(i) for i in model.graph.input},
+        outputs={o.name: declared_dims(o) for o in model.graph.output},
         task=task,
     )
     with atomic_path(output) as tmp:

@@ -36,6 +36,7 @@ import numpy as np
 
 from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import atomic_path, sha256_file
+from ocrquant.onnx_shapes import declared_dims
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -388,11 +389,6 @@ class TorchConvertResult:
         return rows
 
 
-def _dims(value_info: Any) -> list[int | str]:
-    dims = value_info.type.tensor_type.shape.dim
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
-
-
 def _finish_onnx(onnx_path: Path, props: dict[str, str]) -> tuple[int, dict[str, list], dict[str, list]]:
     """Record provenance in the ONNX metadata; return (opset, input shapes, output shapes)."""
     import onnx
@@ -406,8 +402,8 @@ def _finish_onnx(onnx_path: Path, props: dict[str, str]) -> tuple[int, dict[str,
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     return (
         opset,
-        {i.name: _dims(i) for i in model.graph.input},
-        {o.name: _dims(o) for o in model.graph.output},
+        {i.name: declared_dims(i) for i in model.graph.input},
+        {o.name: declared_dims(o) for o in model.graph.output},
     )
 
 

@@ -67,7 +67,7 @@ def load_stage(
     task_options: dict[str, Any] | None = None,
 ) -> StageModel:
     """Resolve, load and wrap one stage's model with its task."""
-    from ocrquant.api import build_task, check_model_input
+    from ocrquant.api import build_task
 
     if stage not in STAGES:
         raise OcrQuantError(f"unknown pipeline stage '{stage}' (known: {', '.join(STAGES)})")
@@ -76,7 +76,7 @@ def load_stage(
     # A framework-native backend (e.g. paddle) loads the model's source file rather than the ONNX one.
     path = resolved.path_for(backend) if hasattr(resolved, "path_for") else resolved.path
     runner = create_runner(path, backend, runtime)
-    check_model_input(runner, path)
+    task.check_model(runner, path)
     label = precision if str(spec) in ZOO else "as given"
     return StageModel(stage, resolved.name, path, label, task, runner)
 

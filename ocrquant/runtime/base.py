@@ -47,6 +47,15 @@ class Runner(ABC):
     @abstractmethod
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
+    def input_shapes(self) -> list[list[int | str | None]] | None:
+        """The inputs' shapes as the model declares them (a name or None for a free size); None where
+        the backend does not say. Lets a task refuse the wrong model before running it."""
+        return None
+
+    def output_shapes(self) -> list[list[int | str | None]] | None:
+        """The outputs' declared shapes, as :meth:`input_shapes`."""
+        return None
+
     def end_profiling(self) -> str | None:
         """Stop profiling and return the trace file, where the backend supports it."""
         return None

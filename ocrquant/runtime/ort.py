@@ -60,5 +60,11 @@ class OrtRunner(Runner):
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(None, feeds)
 
+    def input_shapes(self) -> list[list[int | str | None]] | None:
+        return [list(i.shape) for i in self.session.get_inputs()]
+
+    def output_shapes(self) -> list[list[int | str | None]] | None:
+        return [list(o.shape) for o in self.session.get_outputs()]
+
     def end_profiling(self) -> str | None:
         return self.session.end_profiling()

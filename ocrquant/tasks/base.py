@@ -8,7 +8,7 @@ serves (PaddleOCR's for det/cls/rec), because a metric is only comparable when t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -31,6 +31,9 @@ class Task(ABC):
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    #: the first output's shape as this family's models declare it (None: any size), and how to say it
+    output_layout: ClassVar[tuple[int | None, ...] | None] = None
+    output_layout_text: ClassVar[str] = ""
 
     def __init__(self, config: Any | None = None, model_metadata: dict[str, str] | None = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -56,6 +59,39 @@ class Task(ABC):
     def batchable(self) -> bool:
         """Whether images of different sizes may share a batch."""
         return True
+
+    def check_model(self, runner: Any, source: object) -> None:
+        """Refuse a loaded model this task cannot drive (one NCHW image input; :meth:`check_output_shape`),
+        from what ``runner`` says the model declares."""
+        inputs = runner.input_shapes()
+        if inputs is not None and (len(inputs) != 1 or len(inputs[0]) != 4):
+            shapes = ", ".join(str(list(i)) for i in inputs)
+            raise OcrQuantError(
+                f"expected one image input of rank 4 (N, C, H, W), model has: {shapes}", source
+            )
+        outputs = runner.output_shapes()
+        self.check_output_shape(outputs[0] if outputs else None, source)
+
+    def check_output_shape(self, shape: Sequence[int | str | None] | None, source: object) -> None:
+        """Refuse a model whose declared first output cannot be this task's, before anything runs it.
+
+        Why: a model of another task (a rec file passed with ``--task det``) otherwise fails deep inside
+        the runtime, with a broadcast or concat error naming one of its nodes, or worse runs and gives a
+        meaningless metric. Only what the model declares is compared: the rank, and each size both sides
+        fix. ``shape`` None (nothing declared) passes."""
+        if self.output_layout is None or shape is None:
+            return
+        declared = [d if isinstance(d, int) and d > 0 else None for d in shape]
+        fits = len(declared) == len(self.output_layout) and all(
+            a is None or b is None or a == b for a, b in zip(declared, self.output_layout, strict=True)
+        )
+        if not fits:
+            text = "x".join("?" if d is None else str(d) for d in declared) or "a scalar"
+            raise OcrQuantError(
+                f"model output has shape {text}, a {self.name} model's is {self.output_layout_text}: "
+                f"is this a {self.name} model?",
+                source,
+            )
 
 
 TASKS: dict[str, type[Task]] = {}

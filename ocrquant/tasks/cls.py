@@ -42,6 +42,8 @@ class ClsTask(Task):
     """0/180 direction classifier (PP-OCR mobile cls models)."""
 
     Config = ClsConfig
+    output_layout = (None, None)
+    output_layout_text = "N x classes"
 
     def preprocess(self, images: list[np.ndarray]) -> Batch:
         _, h, w = self.config.image_shape

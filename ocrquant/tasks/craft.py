@@ -172,6 +172,8 @@ class CraftTask(Task):
     """CRAFT text detection (character region + affinity score maps)."""
 
     Config = CraftConfig
+    output_layout = (None, None, None, 2)
+    output_layout_text = "N x H x W x 2 (region, affinity)"
 
     def preprocess(self, images: list[np.ndarray]) -> Batch:
         arrays, metas = [], []

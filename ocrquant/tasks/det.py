@@ -234,6 +234,8 @@ class DetTask(Task):
     """DB text detection (PP-OCR det models)."""
 
     Config = DetConfig
+    output_layout = (None, 1, None, None)
+    output_layout_text = "N x 1 x H x W (a probability map)"
 
     def preprocess(self, images: list[np.ndarray]) -> Batch:
         arrays, metas = [], []
@@ -250,7 +252,7 @@ class DetTask(Task):
 
     def postprocess(self, outputs: list[np.ndarray], batch: Batch) -> list[dict[str, Any]]:
         maps = outputs[0]
-        if maps.ndim != 4:
+        if maps.ndim != 4 or maps.shape[1] != 1:
             raise OcrQuantError(f"det model output should be N x 1 x H x W, got shape {list(maps.shape)}")
         return [
             db_postprocess(maps[i, 0], m["src_h"], m["src_w"], self.config) for i, m in enumerate(batch.metas)

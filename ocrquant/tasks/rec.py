@@ -63,6 +63,8 @@ class RecTask(Task):
     """CTC text recogniser (PP-OCR rec models)."""
 
     Config = RecConfig
+    output_layout = (None, None, None)
+    output_layout_text = "N x T x classes"
 
     def __init__(self, config: RecConfig | None = None, model_metadata: dict[str, str] | None = None) -> None:
         super().__init__(config, model_metadata)

@@ -10,13 +10,7 @@ import numpy as np
 import onnx
 
 from ocrquant.errors import OcrQuantError
-
-
-def _dims(value_info: onnx.ValueInfoProto) -> list[Any]:
-    return [
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-        for d in value_info.type.tensor_type.shape.dim
-    ]
+from ocrquant.onnx_shapes import declared_dims
 
 
 def model_info(path: Path) -> dict[str, Any]:
@@ -35,8 +29,10 @@ def model_info(path: Path) -> dict[str, Any]:
         "size_mb": round(path.stat().st_size / 2**20, 3),
         "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
-        "inputs": [{"name": i.name, "shape": _dims(i)} for i in model.graph.input if i.name not in inits],
-        "outputs": [{"name": o.name, "shape": _dims(o)} for o in model.graph.output],
+        "inputs": [
+            {"name": i.name, "shape": declared_dims(i)} for i in model.graph.input if i.name not in inits
+        ],
+        "outputs": [{"name": o.name, "shape": declared_dims(o)} for o in model.graph.output],
         "parameters": params,
         "nodes": len(model.graph.node),
         "op_histogram": dict(ops.most_common()),

@@ -1,0 +1,23 @@
+"""Shapes as an ONNX model declares them (one reader for every stage that needs them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import onnx
+
+
+def declared_dims(value_info: onnx.ValueInfoProto, unknown: Any = "?") -> list[Any]:
+    """Each dimension of ``value_info``: its fixed size, else its symbolic name, else ``unknown``."""
+    return [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or unknown)
+        for d in value_info.type.tensor_type.shape.dim
+    ]
+
+
+def declared_output_shape(model: onnx.ModelProto) -> list[Any] | None:
+    """The first graph output's declared dimensions; None where the model declares no shape for it."""
+    if not model.graph.output:
+        return None
+    out = model.graph.output[0]
+    return declared_dims(out) if out.type.tensor_type.HasField("shape") else None
