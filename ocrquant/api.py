@@ -13,12 +13,15 @@ from ocrquant.zoo.resolve import ResolvedModel, resolve_model
 
 
 def build_task(task_name: str, model: ResolvedModel, options: dict[str, Any] | None = None) -> Task:
-    """The task object for ``model``: config from ``options``, model metadata (rec dictionary) attached."""
+    """The task object for ``model``: config from ``options``, model metadata (rec dictionary) attached.
+    A model whose declared output cannot be this task's is refused here, before any command runs it."""
     cls = get_task_class(task_name)
     opts = dict(options or {})
     if task_name == "rec" and not opts.get("char_dict") and "char_dict" in model.extra_files:
         opts["char_dict"] = str(model.extra_files["char_dict"])
-    return cls(make_config(cls.Config, opts), model.metadata)
+    task = cls(make_config(cls.Config, opts), model.metadata)
+    task.check_output_shape(model.output_shape, model.path)
+    return task
 
 
 def infer_task(model: ResolvedModel, task: str | None) -> str:

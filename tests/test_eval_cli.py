@@ -104,8 +104,10 @@ def test_cli_missing_model(tmp_path: Path) -> None:
 
 def test_cli_wrong_input_rank(tmp_path: Path) -> None:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
-    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8])  # a rec-shaped output
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    graph = helper.make_graph([helper.make_node("Unsqueeze", ["x", "axes"], ["y"])], "g", [x], [y], [axes])
+    model = helper.make_model(graph)
     model.opset_import[0].version = 13
     model.ir_version = 8
     path = tmp_path / "flat.onnx"

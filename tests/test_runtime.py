@@ -19,6 +19,7 @@ from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.runtime.bench import make_inputs, run_bench
 from ocrquant.runtime.openvino import fold_constant_qdq
 from ocrquant.runtime.tensorrt import NO_GPU, cuda_device_count
+from tests.conftest import zoo_model_path
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +176,9 @@ def test_bench_rejects_bad_input(tmp_path: Path) -> None:
         run_bench([bad], "cls", progress=False)
     with pytest.raises(OcrQuantError, match="unknown backend"):
         run_bench([_tiny_model(tmp_path / "t.onnx")], "cls", backends=["nope"], progress=False)
+    # a model of another task: refused by name (zoo) or by its declared output (a bare file)
+    rec_file = zoo_model_path("ppocrv3-rec")
+    with pytest.raises(OcrQuantError, match="is a rec model, not det"):
+        run_bench(["ppocrv3-rec"], "det", progress=False)
+    with pytest.raises(OcrQuantError, match="is this a det model"):
+        run_bench([rec_file], "det", progress=False)

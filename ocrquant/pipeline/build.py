@@ -17,7 +17,7 @@ from ocrquant.pipeline.core import STAGES, OcrPipeline, PipelineConfig, StageMod
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.zoo.fetch import cache_home
 from ocrquant.zoo.registry import ZOO
-from ocrquant.zoo.resolve import ResolvedModel, read_metadata, resolve_model
+from ocrquant.zoo.resolve import ResolvedModel, read_header, resolve_model
 
 PRECISIONS = ("fp32", "int8")
 DEFAULT_MODELS = {"det": "ppocrv3-det", "cls": "ppocrv3-cls", "rec": "ppocrv3-rec"}
@@ -51,10 +51,10 @@ def resolve_stage_model(spec: str | Path, stage: str, precision: str = "fp32") -
             f"(or pass an INT8 .onnx path to --{stage})",
             path,
         )
-    metadata = read_metadata(path)
+    metadata, output_shape = read_header(path)
     if stage == "rec" and "character" not in metadata:
         metadata = {**resolve_model(spec_str).metadata, **metadata}
-    return ResolvedModel(path, f"{spec_str}-int8", stage, "onnx", metadata)
+    return ResolvedModel(path, f"{spec_str}-int8", stage, "onnx", metadata, output_shape=output_shape)
 
 
 def load_stage(

@@ -19,7 +19,6 @@ from ocrquant.data import Dataset, Sample, load_image, open_dataset, sample_cali
 from ocrquant.data.calibration import extend_calibration
 from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import atomic_path, sha256_file, sidecar_path, write_json_atomic
-from ocrquant.onnx_shapes import declared_output_shape
 from ocrquant.quantization.algorithms import AlgorithmContext, create_algorithm
 from ocrquant.quantization.calibration import (
     QSpec,
@@ -96,10 +95,8 @@ def quantize(
     fuse_hardswish = profile.fuse_hardswish if cfg.fuse_hardswish is None else cfg.fuse_hardswish
     resolved = resolve_model(model_path)
     task_name = infer_task(resolved, task_name)
-    float_model = load_model(resolved.path)
-    task = build_task(task_name, resolved, cfg.task_options)
-    task.check_output_shape(declared_output_shape(float_model), resolved.path)
-    if is_quantized(float_model):
+    task = build_task(task_name, resolved, cfg.task_options)  # refuses another task's model
+    if is_quantized(load_model(resolved.path)):
         raise OcrQuantError(
             "model is already quantized (has QuantizeLinear/DequantizeLinear or QLinear* "
             "nodes); pass the float model",

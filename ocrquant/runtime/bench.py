@@ -87,13 +87,16 @@ class BenchResult:
                 "rows": [asdict(r) for r in self.rows]}
 
 
-def describe_model(model: str | Path) -> BenchModel:
-    """Resolve a zoo name or path; label, INT8-or-float, size on disk (with external data files)."""
+def describe_model(model: str | Path, task_name: str) -> BenchModel:
+    """Resolve a zoo name or path; label, INT8-or-float, size on disk (with external data files). A
+    model of another task than ``task_name`` is refused (it would fail inside the runtime)."""
     import onnx
 
+    from ocrquant.api import build_task, infer_task
     from ocrquant.zoo.resolve import resolve_model
 
     resolved = resolve_model(model)
+    build_task(infer_task(resolved, task_name), resolved)
     path = resolved.path
     if not path.is_file():
         raise OcrQuantError("model file not found", path)
@@ -242,7 +245,7 @@ def run_bench(
             raise OcrQuantError(f"no shape among {shapes} for {task_name} (known: "
                                 f"{', '.join(s for s, _ in TASK_SHAPES[task_name])})")
     data = data or default_data(task_name)
-    bms = [describe_model(m) for m in models]
+    bms = [describe_model(m, task_name) for m in models]
     labels = [b.label for b in bms]
     if len(set(labels)) != len(labels):  # two files with one name: disambiguate by path
         for b in bms:

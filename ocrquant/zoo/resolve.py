@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 
 from ocrquant.errors import OcrQuantError
+from ocrquant.onnx_shapes import declared_output_shape
 from ocrquant.zoo.fetch import fetch, get_entry
 from ocrquant.zoo.registry import ZOO
 
@@ -21,6 +23,8 @@ class ResolvedModel:
     metadata: dict[str, str] = field(default_factory=dict)
     extra_files: dict[str, Path] = field(default_factory=dict)
     source_path: Path | None = None  # the framework file a converted zoo model came from (.pdmodel, .pth)
+    # the first output's declared dims (ocrquant.onnx_shapes); lets build_task refuse another task's model
+    output_shape: list[Any] | None = None
 
     def path_for(self, backend: str) -> Path:
         """The file ``backend`` loads: the source file for a framework-native backend (``paddle`` runs
@@ -36,13 +40,19 @@ class ResolvedModel:
         return self.source_path
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    """ONNX metadata_props as a dict (PP-OCR rec keeps its dictionary under ``character``)."""
+def read_header(path: Path) -> tuple[dict[str, str], list[Any] | None]:
+    """ONNX metadata_props as a dict (PP-OCR rec keeps its dictionary under ``character``), and the
+    first output's declared dims, from one parse of the file."""
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:
         raise OcrQuantError("not a readable ONNX model", path) from None
-    return {p.key: p.value for p in model.metadata_props}
+    return {p.key: p.value for p in model.metadata_props}, declared_output_shape(model)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """ONNX metadata_props as a dict."""
+    return read_header(path)[0]
 
 
 def resolve_model(spec: str | Path) -> ResolvedModel:
@@ -57,15 +67,17 @@ def resolve_model(spec: str | Path) -> ResolvedModel:
             from ocrquant.frontends import convert_zoo_entry
 
             source, path = path, convert_zoo_entry(entry, path)
+        metadata, output_shape = read_header(path)
         return ResolvedModel(
-            path, entry.name, entry.task, entry.framework, read_metadata(path), extras, source_path=source
+            path, entry.name, entry.task, entry.framework, metadata, extras, source, output_shape
         )
     path = Path(spec_str)
     if not path.exists():
         raise OcrQuantError(f"no such model file, and not a zoo name (zoo: {', '.join(sorted(ZOO))})", path)
     if path.suffix.lower() != ".onnx":
         raise OcrQuantError("expected an .onnx file (convert other formats with `ocrquant convert`)", path)
-    return ResolvedModel(path, path.stem, sidecar_task(path), "onnx", read_metadata(path))
+    metadata, output_shape = read_header(path)
+    return ResolvedModel(path, path.stem, sidecar_task(path), "onnx", metadata, output_shape=output_shape)
 
 
 def sidecar_task(path: Path) -> str | None:
