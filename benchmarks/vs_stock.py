@@ -12,7 +12,8 @@ interleaved (``interleaved_latency``: FP32 and all INT8 models of one task in tu
 prints one table plus, per task, "ocrquant's drop <= best stock drop?" and "ocrquant INT8 faster than FP32?".
 
 Calibration is always the *training* split (det_train for det, rec_train for rec and for cls derived from
-it), never the test split. The stock quantizers and NNCF get the same N images (``--calib-size``, seed 0).
+it), never the test split. The stock quantizers and NNCF get the same N images (``--calib-size``, draw
+``--seed``, default 0; ``--variants`` builds only the rows named).
 ocrquant gets what a user gives ``ocrquant quantize``: the calibration directory and the default
 ``QuantConfig`` (200 images calibrate; ``--method auto`` scores its candidates on other images of that
 directory: rec/cls up to 2000 crops, det 60 images, so det calibrates on 140). Stock tools have no such
@@ -256,11 +257,19 @@ def nncf_quantize(fp32: Path, out: Path, arrays: list[np.ndarray]) -> None:
 # ------------------------------------------------------------------------------------------ driver
 
 
+def wanted(args: argparse.Namespace, variant: str) -> bool:
+    """Whether ``--variants`` (empty: all) asks for this row."""
+    return not args.variants or variant in args.variants
+
+
 def build_models(task_name: str, job: Job, args: argparse.Namespace, out_dir: Path) -> list[Row]:
     fp32 = Path(resolve_model(job.model).path)
     calib_set = open_dataset(args.shared / job.calib, task_name)
-    samples = sample_calibration(calib_set, args.calib_size or job.calib_size, seed=0)
-    print(f"[{task_name}] calibration: {len(samples)} samples of {calib_set.root} (seed 0)", flush=True)
+    samples = sample_calibration(calib_set, args.calib_size or job.calib_size, seed=args.seed)
+    print(
+        f"[{task_name}] calibration: {len(samples)} samples of {calib_set.root} (seed {args.seed})",
+        flush=True,
+    )
     rows = [Row("fp32", "FP32", fp32, size_mb=fp32.stat().st_size / 1e6)]
     fixed: list[np.ndarray] | None = None
     natural: list[np.ndarray] | None = None
@@ -278,6 +287,8 @@ def build_models(task_name: str, job: Job, args: argparse.Namespace, out_dir: Pa
                 note=f"fixed {job.fixed_hw[0]}x{job.fixed_hw[1]} calib inputs",
                 extra={"prep_failures": failures},
             )
+            if not wanted(args, row.variant):
+                continue
             rows.append(row)
             if out.exists():
                 continue
@@ -293,8 +304,9 @@ def build_models(task_name: str, job: Job, args: argparse.Namespace, out_dir: Pa
 
     out = out_dir / "nncf-mixed.onnx"
     row = Row("nncf-mixed", "NNCF MIXED", out, prep="opset13", note="inference-size calib inputs")
-    rows.append(row)
-    if not out.exists():
+    if wanted(args, row.variant):
+        rows.append(row)
+    if wanted(args, row.variant) and not out.exists():
         t = time.perf_counter()
         try:
             natural = natural if natural is not None else natural_inputs(task_name, job, samples)
@@ -314,11 +326,12 @@ def build_models(task_name: str, job: Job, args: argparse.Namespace, out_dir: Pa
 
     out = out_dir / "ocrquant.onnx"
     row = Row("ocrquant", "ocrquant default", out, prep="ocrquant", note="calib dir, default config")
-    rows.append(row)
-    if not out.exists():
+    if wanted(args, row.variant):
+        rows.append(row)
+    if wanted(args, row.variant) and not out.exists():
         t = time.perf_counter()
         try:
-            quantize(job.model, task_name, calib_set, out, QuantConfig(progress=False))
+            quantize(job.model, task_name, calib_set, out, QuantConfig(seed=args.seed, progress=False))
             print(f"[{task_name}] ocrquant: {time.perf_counter() - t:.0f} s", flush=True)
         except Exception as exc:  # noqa: BLE001
             row.error = f"{type(exc).__name__}: {exc}"[:300]
@@ -436,6 +449,18 @@ def main() -> None:
         type=int,
         default=0,
         help="stock and NNCF calibration images (0: 100 det, 200 rec/cls)",
+    )
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="calibration draw: the stock/NNCF sample and ocrquant's QuantConfig.seed (its split and pick)",
+    )
+    ap.add_argument(
+        "--variants",
+        type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
+        default=[],
+        help="only these rows besides FP32, e.g. ort-entropy-u8,ocrquant (default: all)",
     )
     ap.add_argument("--limit", type=int, default=None, help="first N test samples only (quick runs)")
     ap.add_argument("--out", type=Path, default=Path("runs/vs-stock"), help="models, evaluations, results")

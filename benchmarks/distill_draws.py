@@ -1,22 +1,27 @@
-"""Does ``distill`` help det? The same recipe with and without it, over several calibration draws.
+"""Does ``distill`` help? The same recipe with and without it, over several calibration draws.
 
 det's 60 held-out det_train images cannot tell two INT8 variants apart (a box is worth 0.4 pt of
-hmean there), and one draw of the test set cannot either (standard error 0.5 pt). So this script
-repeats the comparison over calibration draws (``--seed``), and for each draw reports three figures
-of each model:
+hmean there), and one draw of the test set cannot either (standard error 0.5 pt; cls 0.4). So this
+script repeats the comparison over calibration draws (``--seeds``), and for each draw reports three
+figures of each model:
 
-- held-out (the 60 det_train images ``auto`` would hold out for that seed): hmean, fidelity, and the
-  output loss distill learns on (binary cross-entropy of the INT8 map's logits against the float
-  map, per image): dense and label-free, the direct test of whether what was learned carries over;
-- test (``--test``, the full det_test): hmean, its paired 95 % interval against FP32, fidelity.
+- held-out (the images ``auto`` would hold out for that seed: det 60, cls 2000): the task metric,
+  fidelity, and the output loss distill learns on (det: binary cross-entropy of the INT8 map's logits
+  against the float map; cls: cross-entropy against the float class distribution; per input): dense
+  and label-free, the direct test of whether what was learned carries over;
+- test (``--test``): the metric, its paired 95 % interval against FP32, fidelity.
 
-Recipe: ``auto``'s det pick (percentile 99.99, 140 images) plus bias correction, then the same plus
-``distill``; the held-out images are withheld from both (``QuantConfig.holdout``), as in ``auto``.
-Models and evaluations are written under ``--out`` and reused when present, so an interrupted run
-resumes. About 25 minutes per draw on 2 cores (distill: 420 steps).
+Recipe: ``auto``'s pick for the task's shipped model (det: percentile 99.99, 140 images; cls:
+percentile 99.999, 200 crops) plus bias correction, then the same plus ``distill``; the held-out images
+are withheld from both (``QuantConfig.holdout``), as in ``auto``. Models and evaluations are written
+under ``--out`` and reused when present, so an interrupted run resumes. About 25 minutes per det draw
+on 2 cores (distill: 420 steps), 4 per cls draw.
 
-  python benchmarks/det_distill_draws.py --seeds 0 1 2 --out runs/det-distill-draws \\
+  python benchmarks/distill_draws.py --seeds 0 1 2 --out runs/det-distill-draws \\
       --calib ../shared/data/icdar2015/det_train --test ../shared/data/icdar2015/det_test
+  python benchmarks/distill_draws.py --task cls --model ppocrv3-cls --seeds 0 1 2 \\
+      --out runs/cls-distill-draws --calib ../shared/data/icdar2015/rec_train \\
+      --test ../shared/data/icdar2015/rec_test
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.zoo.resolve import resolve_model
 
 VARIANTS = {"base": ["bias_correction"], "distill": ["bias_correction", "distill"]}
+#: task -> (percentile auto picked for the shipped model, calibration inputs, held-out inputs)
+RECIPES = {"det": (99.99, 140, 60), "cls": (99.999, 200, 2000)}
 OPTS = RuntimeOptions(threads=2, spinning=False)
 
 
@@ -59,30 +66,33 @@ def cached_eval(path: Path, run: Any) -> EvalResult:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="ppocrv3-det", help="float det model (zoo name or .onnx)")
-    ap.add_argument("--calib", type=Path, required=True, help="det calibration directory (det_train)")
-    ap.add_argument("--test", type=Path, help="det test directory; omitted: held-out figures only")
+    ap.add_argument("--task", default="det", choices=sorted(RECIPES))
+    ap.add_argument("--model", default="ppocrv3-det", help="float model (zoo name or .onnx)")
+    ap.add_argument("--calib", type=Path, required=True, help="calibration directory (det_train, rec_train)")
+    ap.add_argument("--test", type=Path, help="test directory; omitted: held-out figures only")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--calib-size", type=int, default=140)
-    ap.add_argument("--val-size", type=int, default=60)
+    ap.add_argument("--calib-size", type=int, default=None, help="default: the task's recipe")
+    ap.add_argument("--val-size", type=int, default=None, help="default: the task's recipe")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    percentile, calib_size, val_size = RECIPES[args.task]
+    calib_size, val_size = args.calib_size or calib_size, args.val_size or val_size
 
     resolved = resolve_model(args.model)
-    task = build_task(infer_task(resolved, "det"), resolved)  # a zoo model of another task: one line
-    calib = open_dataset(args.calib, "det")
+    task = build_task(infer_task(resolved, args.task), resolved)  # another task's model: one line
+    calib = open_dataset(args.calib, task.name)
     args.out.mkdir(parents=True, exist_ok=True)  # after the checks: bad input leaves no folder
     fp32_test = None
     if args.test:
         fp32_test = cached_eval(
             args.out / "fp32.test.json",
-            lambda: eval_model(resolved.path, args.test, task="det", runtime=OPTS, progress=True),
+            lambda: eval_model(resolved.path, args.test, task=task.name, runtime=OPTS, progress=True),
         )
     float_model = onnx.load(resolved.path)
 
     rows = []
     for seed in args.seeds:
-        split = split_validation(calib, args.calib_size, seed, args.val_size)
+        split = split_validation(calib, calib_size, seed, val_size)
         holdout = sorted({image_id(s) for s in split.validation})
         val = Dataset(calib.root, calib.task, calib.format, split.validation)
         inputs = preprocessed_inputs(task, val, len(val.samples))
@@ -93,58 +103,59 @@ def main() -> None:
             return evaluate(task, runner, val, model_name=path.stem, progress=False)
 
         fp32_val = cached_eval(args.out / f"seed{seed}.fp32.val.json", lambda: held_out(Path(resolved.path)))
+        key = fp32_val.settings["primary_metric"]
         losses: dict[str, np.ndarray] = {}
         for variant, algos in VARIANTS.items():
             model = args.out / f"seed{seed}.{variant}.onnx"
             if not model.exists():
                 cfg = QuantConfig(
                     method="percentile",
-                    method_options={"percentile": 99.99},
-                    calib_size=args.calib_size,
+                    method_options={"percentile": percentile},
+                    calib_size=calib_size,
                     seed=seed,
                     extra_algorithms=algos,
                     holdout=holdout,
                 )
-                quantize(resolved.path, "det", calib, model, cfg)
+                quantize(resolved.path, task.name, calib, model, cfg)
             q_val = cached_eval(args.out / f"seed{seed}.{variant}.val.json", lambda m=model: held_out(m))
             losses[variant] = output_losses(onnx.load(str(model)), inputs, targets)
             row = {
                 "seed": seed,
                 "variant": variant,
-                "val_hmean": q_val.primary,
+                "val_metric": q_val.primary,
                 "val_fp32": fp32_val.primary,
-                "val_fidelity": fidelity(task, q_val, fp32_val)["hmean"],
+                "val_fidelity": fidelity(task, q_val, fp32_val)[key],
                 "val_loss": float(losses[variant].mean()),
             }
             if fp32_test is not None:
                 q_test = cached_eval(
                     args.out / f"seed{seed}.{variant}.test.json",
-                    lambda m=model: eval_model(m, args.test, task="det", runtime=OPTS, progress=True),
+                    lambda m=model: eval_model(m, args.test, task=task.name, runtime=OPTS, progress=True),
                 )
                 iv = paired_delta_interval(task.new_metric(), fp32_test.samples, q_test.samples)
                 row |= {
-                    "test_hmean": q_test.primary,
+                    "test_metric": q_test.primary,
                     "test_delta_pt": 100 * (q_test.primary - fp32_test.primary),
                     "test_ci95_pt": [100 * iv["low"], 100 * iv["high"]] if iv else None,
-                    "test_fidelity": fidelity(task, q_test, fp32_test)["hmean"],
+                    "test_fidelity": fidelity(task, q_test, fp32_test)[key],
                 }
             rows.append(row)
         fewer = int((losses["distill"] < losses["base"]).sum())
-        rows[-1]["val_loss_lower_on_images"] = f"{fewer}/{len(inputs)}"
+        rows[-1]["val_loss_lower_on_inputs"] = f"{fewer}/{len(inputs)}"
 
     print(
-        "| draw | variant | held-out hmean (FP32) | held-out fidelity | held-out output loss "
-        "| test hmean | delta pt (95 %) | test fidelity |"
+        f"| draw | variant | held-out {key} (FP32) | held-out fidelity | held-out output loss "
+        f"| test {key} | delta pt (95 %) | test fidelity |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         test = "| |"
-        if "test_hmean" in r:
+        if "test_metric" in r:
             lo, hi = r["test_ci95_pt"] or (float("nan"), float("nan"))
-            test = f"{r['test_hmean']:.4f} | {r['test_delta_pt']:+.2f} ({lo:+.2f}..{hi:+.2f})"
+            test = f"{r['test_metric']:.4f} | {r['test_delta_pt']:+.2f} ({lo:+.2f}..{hi:+.2f})"
             test += f" | {r['test_fidelity']:.4f}"
         print(
-            f"| {r['seed']} | {r['variant']} | {r['val_hmean']:.4f} ({r['val_fp32']:.4f}) "
+            f"| {r['seed']} | {r['variant']} | {r['val_metric']:.4f} ({r['val_fp32']:.4f}) "
             f"| {r['val_fidelity']:.4f} | {r['val_loss']:.6f} | {test} |"
         )
     for variant in VARIANTS:
