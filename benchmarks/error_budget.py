@@ -132,7 +132,7 @@ def main() -> None:
         f"\n{task.name} {resolved.name}, {len(val.samples)} held-out samples of {calib.root}, "
         f"FP32 {metric} {fp32.primary:.4f}; {args.method} {options}, algorithms +{algos}"
     )
-    print(f"| variant | {metric} | delta pt | fidelity to FP32 | changed vs FP32 |")
+    print(f"| variant | {metric} | delta pt | fidelity to FP32 | 1 - fidelity |")
     print("|---|---|---|---|---|")
     for name, value, fid in rows:
         print(f"| {name} | {value:.4f} | {100 * (value - fp32.primary):+.2f} | {fid:.4f} | {1 - fid:.2%} |")
