@@ -157,7 +157,7 @@ def test_convert_user_factory_with_torchscript_and_cli(torch, tmp_path: Path) ->
 
     from ocrquant.cli.main import app
     from ocrquant.frontends.torch import convert_torch
-    from ocrquant.zoo.resolve import read_metadata
+    from ocrquant.zoo.resolve import read_header
 
     torch.manual_seed(0)
     torch.save(tiny_net().state_dict(), tmp_path / "tiny.pth")
@@ -168,7 +168,7 @@ def test_convert_user_factory_with_torchscript_and_cli(torch, tmp_path: Path) ->
     assert res.max_abs_diff is not None and res.max_abs_diff < 1e-5 and len(res.verified_on) == 2
     assert res.torchscript_mode in ("script", "trace") and res.torchscript_max_abs_diff == 0.0
     assert res.inputs == {"input": ["batch", 3, "height", "width"]} and res.opset == 17
-    meta = read_metadata(res.output)
+    meta, _ = read_header(res.output)
     assert meta["source_framework"] == "torch" and len(meta["source_sha256"]) == 64
 
     out = tmp_path / "cli.onnx"

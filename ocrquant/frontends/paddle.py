@@ -26,11 +26,13 @@ from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import atomic_path
 from ocrquant.onnx_shapes import declared_dims
 from ocrquant.runtime.paddle import paddle_model_files
+from ocrquant.tasks.base import get_task_class, layout_fits
 
 if TYPE_CHECKING:
     from ocrquant.zoo.registry import ZooEntry
 
 EXTRA = "paddle"
+PADDLE_TASKS = ("det", "cls", "rec")  # the PP-OCR model families, in the order guess_task tries them
 DEFAULT_TOLERANCE = 1e-3  # max abs diff on probabilities (sigmoid/softmax); float32 reorderings give ~1e-5
 
 
@@ -208,13 +210,16 @@ def _static_output_shapes(model: onnx.ModelProto) -> None:
 
 
 def guess_task(model: onnx.ModelProto) -> str | None:
-    """det maps N x 1 x H x W, cls gives N x classes, CTC rec gives N x T x classes."""
+    """The first of det, cls, rec whose output layout the model's one output declares (det maps
+    N x 1 x H x W, cls gives N x classes, CTC rec gives N x T x classes: ``Task.output_layout``)."""
     if len(model.graph.output) != 1:
         return None
     dims = declared_dims(model.graph.output[0])
-    if len(dims) == 4 and dims[1] == 1:
-        return "det"
-    return {2: "cls", 3: "rec"}.get(len(dims))
+    for name in PADDLE_TASKS:
+        layout = get_task_class(name).output_layout
+        if layout is not None and layout_fits(layout, dims, fixed_declared=True):
+            return name
+    return None
 
 
 def _check_rec_classes(model: onnx.ModelProto, characters: str, source: Path) -> None:

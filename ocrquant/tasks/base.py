@@ -65,7 +65,7 @@ class Task(ABC):
         from what ``runner`` says the model declares."""
         inputs = runner.input_shapes()
         if inputs is not None and (len(inputs) != 1 or len(inputs[0]) != 4):
-            shapes = ", ".join(str(list(i)) for i in inputs)
+            shapes = ", ".join(f"{n}{list(i)}" for n, i in zip(runner.input_names, inputs, strict=True))
             raise OcrQuantError(
                 f"expected one image input of rank 4 (N, C, H, W), model has: {shapes}", source
             )
@@ -81,17 +81,26 @@ class Task(ABC):
         fix. ``shape`` None (nothing declared) passes."""
         if self.output_layout is None or shape is None:
             return
-        declared = [d if isinstance(d, int) and d > 0 else None for d in shape]
-        fits = len(declared) == len(self.output_layout) and all(
-            a is None or b is None or a == b for a, b in zip(declared, self.output_layout, strict=True)
-        )
-        if not fits:
-            text = "x".join("?" if d is None else str(d) for d in declared) or "a scalar"
+        if not layout_fits(self.output_layout, shape):
+            text = "x".join(str(d) if isinstance(d, int) and d > 0 else "?" for d in shape) or "a scalar"
             raise OcrQuantError(
                 f"model output has shape {text}, a {self.name} model's is {self.output_layout_text}: "
                 f"is this a {self.name} model?",
                 source,
             )
+
+
+def layout_fits(
+    layout: Sequence[int | None], shape: Sequence[int | str | None], *, fixed_declared: bool = False
+) -> bool:
+    """Whether a declared ``shape`` (ints, names or None) can be ``layout`` (None: any size): same rank,
+    and no size both fix differently. ``fixed_declared``: each size the layout fixes must also be
+    declared, as positive evidence (guessing a model's task) rather than the absence of a conflict."""
+    declared = [d if isinstance(d, int) and d > 0 else None for d in shape]
+    return len(declared) == len(layout) and all(
+        want is None or (got == want if fixed_declared else got in (None, want))
+        for got, want in zip(declared, layout, strict=True)
+    )
 
 
 TASKS: dict[str, type[Task]] = {}

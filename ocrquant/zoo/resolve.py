@@ -50,11 +50,6 @@ def read_header(path: Path) -> tuple[dict[str, str], list[Any] | None]:
     return {p.key: p.value for p in model.metadata_props}, declared_output_shape(model)
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    """ONNX metadata_props as a dict."""
-    return read_header(path)[0]
-
-
 def resolve_model(spec: str | Path) -> ResolvedModel:
     """A zoo name is fetched (and converted, for framework models); a path must be an ONNX file."""
     spec_str = str(spec)
