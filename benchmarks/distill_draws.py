@@ -27,9 +27,7 @@ on 2 cores (distill: 420 steps), 4 per cls draw.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -40,7 +38,7 @@ from ocrquant.data import Dataset, open_dataset
 from ocrquant.data.calibration import image_id
 from ocrquant.errors import run_script
 from ocrquant.evaluation import evaluate
-from ocrquant.evaluation.evaluate import EvalResult, fidelity, preprocessed_inputs
+from ocrquant.evaluation.evaluate import EvalResult, cached_result, fidelity, preprocessed_inputs
 from ocrquant.evaluation.significance import paired_delta_interval
 from ocrquant.fileio import write_json_atomic
 from ocrquant.quantization.algorithms.distill import float_logits, output_losses
@@ -53,15 +51,6 @@ VARIANTS = {"base": ["bias_correction"], "distill": ["bias_correction", "distill
 #: task -> (percentile auto picked for the shipped model, calibration inputs, held-out inputs)
 RECIPES = {"det": (99.99, 140, 60), "cls": (99.999, 200, 2000)}
 OPTS = RuntimeOptions(threads=2, spinning=False)
-
-
-def cached_eval(path: Path, run: Any) -> EvalResult:
-    """An evaluation read back from ``path``, or run and written there (atomically)."""
-    if path.exists():
-        return EvalResult(**json.loads(path.read_text()))
-    res = run()
-    write_json_atomic(path, res.to_json())
-    return res
 
 
 def main() -> None:
@@ -84,7 +73,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)  # after the checks: bad input leaves no folder
     fp32_test = None
     if args.test:
-        fp32_test = cached_eval(
+        fp32_test = cached_result(
             args.out / "fp32.test.json",
             lambda: eval_model(resolved.path, args.test, task=task.name, runtime=OPTS, progress=True),
         )
@@ -102,7 +91,9 @@ def main() -> None:
             runner = create_runner(path, "onnxruntime", OPTS)
             return evaluate(task, runner, val, model_name=path.stem, progress=False)
 
-        fp32_val = cached_eval(args.out / f"seed{seed}.fp32.val.json", lambda: held_out(Path(resolved.path)))
+        fp32_val = cached_result(
+            args.out / f"seed{seed}.fp32.val.json", lambda: held_out(Path(resolved.path))
+        )
         key = fp32_val.settings["primary_metric"]
         losses: dict[str, np.ndarray] = {}
         for variant, algos in VARIANTS.items():
@@ -117,7 +108,7 @@ def main() -> None:
                     holdout=holdout,
                 )
                 quantize(resolved.path, task.name, calib, model, cfg)
-            q_val = cached_eval(args.out / f"seed{seed}.{variant}.val.json", lambda m=model: held_out(m))
+            q_val = cached_result(args.out / f"seed{seed}.{variant}.val.json", lambda m=model: held_out(m))
             losses[variant] = output_losses(onnx.load(str(model)), inputs, targets)
             row = {
                 "seed": seed,
@@ -128,7 +119,7 @@ def main() -> None:
                 "val_loss": float(losses[variant].mean()),
             }
             if fp32_test is not None:
-                q_test = cached_eval(
+                q_test = cached_result(
                     args.out / f"seed{seed}.{variant}.test.json",
                     lambda m=model: eval_model(m, args.test, task=task.name, runtime=OPTS, progress=True),
                 )

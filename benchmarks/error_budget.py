@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +34,7 @@ from ocrquant.data import Dataset, open_dataset
 from ocrquant.data.calibration import image_id
 from ocrquant.errors import run_script
 from ocrquant.evaluation import evaluate
-from ocrquant.evaluation.evaluate import EvalResult, fidelity
-from ocrquant.fileio import write_json_atomic
+from ocrquant.evaluation.evaluate import EvalResult, cached_result, fidelity
 from ocrquant.quantization import targets
 from ocrquant.quantization.config import QuantConfig
 from ocrquant.quantization.pipeline import quantize
@@ -102,14 +100,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)  # after the checks: bad input leaves no folder
 
     def held_out(path: Path, name: str) -> EvalResult:
-        cached = args.out / f"{name}.val.json"
-        if cached.exists():
-            return EvalResult(**json.loads(cached.read_text()))
-        res = evaluate(task, create_runner(path, "onnxruntime", OPTS), val, model_name=name, progress=True)
-        write_json_atomic(cached, res.to_json())
-        return res
+        runner = create_runner(path, "onnxruntime", OPTS)
+        return evaluate(task, runner, val, model_name=name, progress=True)
 
-    fp32 = held_out(Path(resolved.path), "fp32")
+    fp32 = cached_result(args.out / "fp32.val.json", lambda: held_out(Path(resolved.path), "fp32"))
     rows = []
     for name in VARIANTS:
         model = args.out / f"{name}.onnx"
@@ -124,7 +118,7 @@ def main() -> None:
                 holdout=sorted({image_id(s) for s in split.validation}),
             )
             quantize(resolved.path, task.name, calib, model, cfg)
-        res = held_out(model, name)
+        res = cached_result(args.out / f"{name}.val.json", lambda m=model, n=name: held_out(m, n))
         rows.append((name, res.primary, fidelity(task, res, fp32)[fp32.settings["primary_metric"]]))
 
     metric = fp32.settings["primary_metric"]

@@ -16,7 +16,6 @@ Rows print in the order given; "vs first" is the row minus the first row.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ocrquant.errors import OcrQuantError, run_script
@@ -27,10 +26,7 @@ from ocrquant.tasks.base import get_task_class
 
 def load(path: Path) -> EvalResult:
     """A saved evaluation with per-sample figures, or a one-line error naming the file."""
-    try:
-        result = EvalResult(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError) as exc:
-        raise OcrQuantError(f"not a readable evaluation JSON ({type(exc).__name__})", path) from None
+    result = EvalResult.read(path)
     if not result.samples:
         raise OcrQuantError("the evaluation holds no per-sample figures to pair", path)
     return result

@@ -473,6 +473,10 @@ def main() -> None:
     unknown = [t for t in tasks if t not in JOBS]
     if unknown:
         ap.error(f"unknown task(s) {unknown}; choose from {list(JOBS)}")
+    rows = [f"ort-{m}-{a}" for m in STOCK_METHODS for a in STOCK_ACTS] + ["nncf-mixed", "ocrquant"]
+    unknown = [v for v in args.variants if v not in rows]
+    if unknown:
+        ap.error(f"unknown variant(s) {unknown}; choose from {rows}")
     results: dict[str, list[Row]] = {}
     for task_name in tasks:
         job, out_dir = JOBS[task_name], args.out / task_name

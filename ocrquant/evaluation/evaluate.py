@@ -47,6 +47,24 @@ class EvalResult:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def read(cls, path: Path) -> EvalResult:
+        """A result saved with :meth:`to_json`, or a one-line error naming the file."""
+        try:
+            return cls(**json.loads(Path(path).read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise OcrQuantError(f"not a readable evaluation JSON ({type(exc).__name__})", path) from None
+
+
+def cached_result(path: Path, run: Callable[[], EvalResult]) -> EvalResult:
+    """The evaluation saved at ``path``, or ``run()`` written there atomically: lets a script that
+    compares many models over draws resume without evaluating anything twice."""
+    if path.exists():
+        return EvalResult.read(path)
+    result = run()
+    write_json_atomic(path, result.to_json())
+    return result
+
 
 @dataclass
 class _Prepared:
