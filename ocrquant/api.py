@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,11 @@ def build_task(task_name: str, model: ResolvedModel, options: dict[str, Any] | N
     """The task object for ``model``: config from ``options``, model metadata (rec dictionary) attached.
     A model whose declared output cannot be this task's is refused here, before any command runs it."""
     cls = get_task_class(task_name)
-    opts = dict(options or {})
+    # the model's own preset first (only the keys this task knows: an INT8 sidecar of another version
+    # may record more), then the caller's options, which win key by key
+    known = {f.name for f in fields(cls.Config)}
+    opts = {k: v for k, v in model.preset.items() if k in known}
+    opts.update({k: v for k, v in (options or {}).items() if v is not None})
     if task_name == "rec" and not opts.get("char_dict") and "char_dict" in model.extra_files:
         opts["char_dict"] = str(model.extra_files["char_dict"])
     task = cls(make_config(cls.Config, opts), model.metadata)

@@ -29,6 +29,11 @@ class DetConfig:
 
     limit_side_len: int = 960
     limit_type: str = "max"  # "max" | "min" | "resize_long"
+    # cap on the longer side after the limit rule (0: none); "min" alone would feed a 4000 px photo whole
+    max_side_len: int = 0
+    # NormalizeImage: PP-OCRv3/v4 use ImageNet's, rapidocr 3.10 feeds PP-OCRv6 with 0.5 / 0.5
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     input_shape: tuple[int, int] | None = None  # fixed (H, W), e.g. (512, 896): plain resize, no ratio kept
     thresh: float = 0.3
     box_thresh: float = 0.6
@@ -54,15 +59,19 @@ def det_resize(image: np.ndarray, cfg: DetConfig) -> tuple[np.ndarray, float, fl
             ratio = cfg.limit_side_len / max(h, w)
         else:
             raise OcrQuantError(f"unknown limit_type '{cfg.limit_type}' (max, min, resize_long)")
+        if cfg.max_side_len and max(h, w) * ratio > cfg.max_side_len:
+            ratio = cfg.max_side_len / max(h, w)
         rh = max(int(round(int(h * ratio) / 32) * 32), 32)
         rw = max(int(round(int(w * ratio) / 32) * 32), 32)
     resized = cv2.resize(image, (int(rw), int(rh)))
     return resized, rh / float(h), rw / float(w)
 
 
-def normalize_det(image: np.ndarray) -> np.ndarray:
-    """``NormalizeImage`` (scale 1/255, ImageNet mean/std on BGR as is) then HWC -> CHW."""
-    out = (image.astype(np.float32) * (1.0 / 255.0) - IMAGENET_MEAN) / IMAGENET_STD
+def normalize_det(
+    image: np.ndarray, mean: np.ndarray = IMAGENET_MEAN, std: np.ndarray = IMAGENET_STD
+) -> np.ndarray:
+    """``NormalizeImage`` (scale 1/255, mean/std on the BGR channels as they are) then HWC -> CHW."""
+    out = (image.astype(np.float32) * (1.0 / 255.0) - mean) / std
     return out.transpose(2, 0, 1)
 
 
@@ -239,9 +248,11 @@ class DetTask(Task):
 
     def preprocess(self, images: list[np.ndarray]) -> Batch:
         arrays, metas = [], []
+        mean = np.asarray(self.config.mean, dtype=np.float32)
+        std = np.asarray(self.config.std, dtype=np.float32)
         for image in images:
             resized, ratio_h, ratio_w = det_resize(image, self.config)
-            arrays.append(normalize_det(resized))
+            arrays.append(normalize_det(resized, mean, std))
             metas.append(
                 {"src_h": image.shape[0], "src_w": image.shape[1], "ratio_h": ratio_h, "ratio_w": ratio_w}
             )

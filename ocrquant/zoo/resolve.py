@@ -11,7 +11,7 @@ import onnx
 from ocrquant.errors import OcrQuantError
 from ocrquant.onnx_shapes import declared_output_shape
 from ocrquant.zoo.fetch import fetch, get_entry
-from ocrquant.zoo.registry import ZOO
+from ocrquant.zoo.registry import ZOO, ZooEntry
 
 
 @dataclass
@@ -25,6 +25,8 @@ class ResolvedModel:
     source_path: Path | None = None  # the framework file a converted zoo model came from (.pdmodel, .pth)
     # the first output's declared dims (ocrquant.onnx_shapes); lets build_task refuse another task's model
     output_shape: list[Any] | None = None
+    # task settings the model was published (or quantized) with; build_task starts from these
+    preset: dict[str, Any] = field(default_factory=dict)
 
     def path_for(self, backend: str) -> Path:
         """The file ``backend`` loads: the source file for a framework-native backend (``paddle`` runs
@@ -64,7 +66,15 @@ def resolve_model(spec: str | Path) -> ResolvedModel:
             source, path = path, convert_zoo_entry(entry, path)
         metadata, output_shape = read_header(path)
         return ResolvedModel(
-            path, entry.name, entry.task, entry.framework, metadata, extras, source, output_shape
+            path,
+            entry.name,
+            entry.task,
+            entry.framework,
+            metadata,
+            extras,
+            source,
+            output_shape,
+            dict(entry.preset),
         )
     path = Path(spec_str)
     if not path.exists():
@@ -72,16 +82,40 @@ def resolve_model(spec: str | Path) -> ResolvedModel:
     if path.suffix.lower() != ".onnx":
         raise OcrQuantError("expected an .onnx file (convert other formats with `ocrquant convert`)", path)
     metadata, output_shape = read_header(path)
-    return ResolvedModel(path, path.stem, sidecar_task(path), "onnx", metadata, output_shape=output_shape)
+    task, preset = file_task_and_preset(path)
+    return ResolvedModel(path, path.stem, task, "onnx", metadata, output_shape=output_shape, preset=preset)
 
 
-def sidecar_task(path: Path) -> str | None:
-    """The task recorded in a quantized model's ``<stem>.quant.json`` sidecar, so that an INT8 model
-    ocrquant wrote needs no ``--task``; None when there is no readable sidecar."""
+def file_task_and_preset(path: Path) -> tuple[str | None, dict[str, Any]]:
+    """What a bare ``.onnx`` file says of its task and settings, so that it runs as it was meant to
+    with no flags: an INT8 model ocrquant wrote records both in its ``<stem>.quant.json`` sidecar; a
+    file whose bytes are a zoo model's (rapidocr's ``PP-OCRv6_det_small.onnx`` copied out of its wheel)
+    gets that entry's. (None, {}) otherwise."""
     from ocrquant.fileio import read_sidecar
 
     try:
-        task = read_sidecar(path).get("task")
+        side = read_sidecar(path)
     except (OSError, ValueError, AttributeError):
+        side = {}
+    task = side.get("task") if isinstance(side, dict) else None
+    if isinstance(task, str):
+        config = (side.get("settings") or {}).get("task_config")
+        return task, dict(config) if isinstance(config, dict) else {}
+    entry = zoo_entry_of_file(path)
+    return (entry.task, dict(entry.preset)) if entry else (None, {})
+
+
+def zoo_entry_of_file(path: Path) -> ZooEntry | None:
+    """The zoo entry whose model file has exactly these bytes (size compared first, so an unrelated
+    file is not hashed)."""
+    from ocrquant.fileio import sha256_file
+
+    known = [e for e in ZOO.values() if e.model_sha256]
+    try:
+        size = path.stat().st_size
+    except OSError:
         return None
-    return task if isinstance(task, str) else None
+    if not any(e.model_size == size for e in known):
+        return None
+    digest = sha256_file(path)
+    return next((e for e in known if e.model_sha256 == digest), None)

