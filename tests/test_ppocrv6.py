@@ -133,3 +133,26 @@ def test_v6_rec_readings_equal_rapidocr_on_500_test_crops(icdar: Path) -> None:
         ours = task.postprocess(runner.run({runner.input_names[0]: batch.inputs}), batch)[0]
         assert ours["text"] == ref.txts[0], sample.image_path
         assert ours["score"] == pytest.approx(ref.scores[0], abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"), [("ppocrv6-small-rec", (2, 3, 48, 352)), ("ppocrv6-small-det", (1, 3, 96, 160))]
+)
+def test_torch_interpreter_runs_v6_as_onnxruntime_does(name: str, shape: tuple, tmp_path: Path) -> None:
+    """distill and the analysis run models through ocrquant's torch interpreter; v6 rec's stem MaxPool
+    (2x2, stride 1, auto_pad SAME_UPPER) pads one side only, and a symmetric pad made a Concat fail."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    torch = pytest.importorskip("torch")
+    from ocrquant.quantization.prepare import prepare_model
+    from ocrquant.quantization.torch_qdq import QDQModule
+
+    prepared = tmp_path / "prepared.onnx"
+    prepare_model(zoo_model_path(name), prepared, fuse_hardswish=False)
+    model = onnx.load(str(prepared))
+    x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
+    want = ort.InferenceSession(str(prepared)).run(None, {model.graph.input[0].name: x})[0]
+    with torch.no_grad():
+        got = QDQModule(model)(torch.from_numpy(x)).numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-4)

@@ -20,6 +20,7 @@ what is learned is kept in the layout onnxruntime fuses:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -58,10 +59,39 @@ def _pads(a: dict[str, Any]) -> tuple[int, int]:
     return p[0], p[1]
 
 
+def _window_pads(x: Tensor, a: dict[str, Any], kernel: list[int]) -> list[int]:
+    """ONNX pads [top, left, bottom, right] of a windowed op, ``auto_pad`` resolved as onnxruntime does:
+    SAME_* pads so that out = ceil(in / stride), the odd pixel at the end (UPPER) or the start (LOWER).
+    PP-OCRv6 rec's stem MaxPool is 2x2, stride 1, SAME_UPPER: one pixel on the right and bottom only."""
+    auto = a.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        return [0, 0, 0, 0] if auto == "VALID" else list(a.get("pads", [0, 0, 0, 0]))
+    strides = a.get("strides", [1] * len(kernel))
+    dilations = a.get("dilations", [1] * len(kernel))
+    begin, end = [], []
+    for size, k, s, d in zip(x.shape[2:], kernel, strides, dilations, strict=True):
+        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        small, big = total // 2, total - total // 2
+        begin.append(small if auto == "SAME_UPPER" else big)
+        end.append(big if auto == "SAME_UPPER" else small)
+    return begin + end
+
+
+def _padded(x: Tensor, a: dict[str, Any], kernel: list[int], fill: float) -> tuple[Tensor, tuple[int, int]]:
+    """The input and the symmetric padding to give torch: asymmetric pads are applied here with ``fill``
+    (0 for a convolution, -inf for a max pool), since torch's ops take one pad per dimension."""
+    top, left, bottom, right = _window_pads(x, a, kernel)
+    if top == bottom and left == right:
+        return x, (top, left)
+    return F.pad(x, (left, right, top, bottom), value=fill), (0, 0)
+
+
 @op("Conv")
 def _conv(i: list[Any], a: dict[str, Any]) -> Tensor:
     bias = i[2] if len(i) > 2 else None
-    return F.conv2d(i[0], i[1], bias, a.get("strides", 1), _pads(a), a.get("dilations", 1), a.get("group", 1))
+    x, pads = _padded(i[0], a, list(i[1].shape[2:]), 0.0)
+    return F.conv2d(x, i[1], bias, a.get("strides", 1), pads, a.get("dilations", 1), a.get("group", 1))
 
 
 @op("ConvTranspose")
@@ -88,16 +118,22 @@ def _gemm(i: list[Any], a: dict[str, Any]) -> Tensor:
 
 @op("MaxPool")
 def _max_pool(i: list[Any], a: dict[str, Any]) -> Tensor:
-    return F.max_pool2d(i[0], a["kernel_shape"], a.get("strides", a["kernel_shape"]), _pads(a))
+    x, pads = _padded(i[0], a, a["kernel_shape"], float("-inf"))
+    strides = a.get("strides", a["kernel_shape"])
+    return F.max_pool2d(x, a["kernel_shape"], strides, pads, ceil_mode=bool(a.get("ceil_mode", 0)))
 
 
 @op("AveragePool")
 def _avg_pool(i: list[Any], a: dict[str, Any]) -> Tensor:
+    top, left, bottom, right = _window_pads(i[0], a, a["kernel_shape"])
+    if top != bottom or left != right:
+        raise OcrQuantError("AveragePool with asymmetric padding is not supported by the torch interpreter")
     return F.avg_pool2d(
         i[0],
         a["kernel_shape"],
         a.get("strides", a["kernel_shape"]),
-        _pads(a),
+        (top, left),
+        ceil_mode=bool(a.get("ceil_mode", 0)),
         count_include_pad=bool(a.get("count_include_pad", 0)),
     )
 
