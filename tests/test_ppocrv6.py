@@ -156,3 +156,34 @@ def test_torch_interpreter_runs_v6_as_onnxruntime_does(name: str, shape: tuple, 
         got = QDQModule(model)(torch.from_numpy(x)).numpy()
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_v6_rec_int8_keeps_readings_on_held_out_train_crops(icdar: Path, tmp_path: Path) -> None:
+    """Quantize v6 small rec on 64 rec_train crops (MSE ranges, the ort-cpu defaults) and score it
+    against the FP32 model on 300 other rec_train crops: every Conv and MatMul is INT8 and the readings
+    mostly agree. The bound is loose for 300 crops and 64 calibration crops; the full-size figures are
+    `benchmarks/ppocrv6.py`'s."""
+    from ocrquant.data.types import Dataset
+    from ocrquant.evaluation import evaluate
+    from ocrquant.evaluation.evaluate import fidelity
+    from ocrquant.quantization import QuantConfig, quantize
+
+    train = open_dataset(icdar / "rec_train", "rec")
+    calib = Dataset(train.root, "rec", train.format, train.samples[:64])
+    held = Dataset(train.root, "rec", train.format, train.samples[-300:])
+    model = resolve_model("ppocrv6-small-rec")
+    out = tmp_path / "rec.int8.onnx"
+    cfg = QuantConfig(method="mse", calib_size=64, cache_dir=tmp_path / "cache", progress=False)
+    result = quantize(model.path, "rec", calib, out, cfg)
+    for op in ("Conv", "MatMul"):
+        assert result.node_counts[op]["float"] == 0, result.float_nodes
+        assert result.node_counts[op]["quantized"] > 0
+    task = build_task("rec", model)
+    opts = RuntimeOptions(threads=2)
+    ref = evaluate(task, create_runner(model.path, "onnxruntime", opts), held, progress=False)
+    int8 = evaluate(task, create_runner(out, "onnxruntime", opts), held, progress=False)
+    agreement = fidelity(task, int8, ref)["acc"]
+    assert agreement > 0.85, agreement
+    assert abs(int8.metrics["acc"] - ref.metrics["acc"]) < 0.05

@@ -231,7 +231,7 @@ register_target(
         task_algorithms={"det": ("act_cle", "hs_floor", "weight_width")},
         # Sequential bias correction: PP-OCRv3 rec full test 0.5888 -> 0.5980 (fp32 0.6086), but on
         # cls logits (embedded sample) it lowered SQNR 28.0 -> 24.9 dB; so it is validated per model.
-        validated_algorithms=("bias_correction", "distill"),
+        validated_algorithms=("adaround", "bias_correction", "distill"),
         weight_dtype_without_vnni="int8p",
         # align_channels (session 16, `ocrquant bench --rounds 30`, 2 threads): cls 1.02x -> 1.18x FP32 at
         # batch 1, 0.92x -> 1.32x at batch 8

@@ -39,7 +39,8 @@ from ocrquant.runtime.timing import interleaved_runs
 
 # (label, N, C, H, W) per task: the sizes each task really runs at
 TASK_SHAPES: dict[str, list[tuple[str, tuple[int, int, int, int]]]] = {
-    "det": [("544x960", (1, 3, 544, 960)), ("512x896", (1, 3, 512, 896))],
+    # 736x1312: a 1280x720 image under PP-OCRv6's preset (short side to 736)
+    "det": [("544x960", (1, 3, 544, 960)), ("512x896", (1, 3, 512, 896)), ("736x1312", (1, 3, 736, 1312))],
     "rec": [("48x320 b1", (1, 3, 48, 320)), ("48x320 b8", (8, 3, 48, 320))],
     "cls": [("48x192 b1", (1, 3, 48, 192)), ("48x192 b8", (8, 3, 48, 192))],
 }
