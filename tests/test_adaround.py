@@ -12,7 +12,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from ocrquant.data import sample_root
+from ocrquant.errors import OcrQuantError
+from ocrquant.quantization import QuantConfig, quantize
 from ocrquant.quantization.algorithms.adaround import choose_rounding, conv_patches
+from ocrquant.quantization.config import QdqStart
 from ocrquant.quantization.saturation import (
     PAIR_LIMIT,
     from_reduction_major,
@@ -182,3 +186,51 @@ def test_adaround_on_the_real_cls_model(cls_model, tmp_path):
     inputs = sample_cls_inputs(24)
     errors = {k: _logit_error(cls_model, v[1], inputs) for k, v in results.items()}
     assert errors["adaround"] <= errors["nearest"] * 1.02, errors
+
+
+def test_a_run_continued_from_a_saved_qdq_model_writes_the_same_model(cls_model, tmp_path):
+    """``auto`` tries bias correction on top of the AdaRound model it chose by continuing from that
+    model's pre-pass file (QuantConfig.qdq_start) instead of running AdaRound again: the result must be
+    the model a run of both algorithms from scratch writes."""
+    defaults = ["hs_cle", "hs_floor", "weight_width"]
+    common = {
+        "method": "min_max", "cache_dir": tmp_path, "progress": False, "calib_size": 16,
+        "algorithm_options": {"adaround": {"max_batches": 1, "fields_per_batch": 256}},
+    }  # fmt: skip
+    data = sample_root() / "rec"
+    both = tmp_path / "both.onnx"
+    quantize(
+        cls_model,
+        "cls",
+        data,
+        both,
+        QuantConfig(algorithms=[*defaults, "adaround", "bias_correction"], **common),
+    )
+    first, prepass = tmp_path / "ada.onnx", tmp_path / "ada.prepass.onnx"
+    ada = quantize(
+        cls_model,
+        "cls",
+        data,
+        first,
+        QuantConfig(algorithms=[*defaults, "adaround"], save_prepass=prepass, **common),
+    )
+    start = QdqStart(prepass, ("adaround",), ada.algorithms)
+    continued = tmp_path / "continued.onnx"
+    result = quantize(
+        cls_model, "cls", data, continued,
+        QuantConfig(algorithms=[*defaults, "adaround", "bias_correction"], qdq_start=start, **common),
+    )  # fmt: skip
+    assert result.algorithms["adaround"] == ada.algorithms["adaround"]
+    want = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(both)).graph.initializer}
+    got = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(continued)).graph.initializer}
+    assert want.keys() == got.keys()
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    with pytest.raises(OcrQuantError, match="cannot continue"):
+        quantize(
+            cls_model,
+            "cls",
+            data,
+            tmp_path / "x.onnx",
+            QuantConfig(algorithms=[*defaults, "bias_correction"], qdq_start=start, **common),
+        )

@@ -25,6 +25,22 @@ def resolve_method(config: QuantConfig, task: str) -> tuple[str, dict[str, Any]]
     return config.method, dict(config.method_options or {})
 
 
+@dataclass(frozen=True)
+class QdqStart:
+    """A QDQ model a run of the same settings already wrote, with the qdq-stage algorithms ``applied``
+    (in order, before the target's graph passes) and their ``reports``.
+
+    Why: ``auto`` tries each validated algorithm on top of the model it has chosen so far. A trial that
+    re-ran every earlier qdq-stage algorithm repeated minutes of work per trial (PP-OCRv6 small rec:
+    AdaRound 6 min, then again under bias correction's and distill's trials); continuing from the
+    chosen model's file gives the same model, since qdq-stage algorithms talk only through that file.
+    """
+
+    path: Path
+    applied: tuple[str, ...]
+    reports: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class QuantConfig:
     """Everything that decides the quantized model (recorded in the sidecar).
@@ -57,6 +73,10 @@ class QuantConfig:
     # the target's graph rewrites on the final model (TargetProfile.qdq_passes); off where a tool edits
     # the written model's Q/DQ nodes afterwards (sensitivity variants, the budget search's pair)
     graph_passes: bool = True
+    # continue from this QDQ model (its qdq-stage algorithms are not run again), and where to keep this
+    # run's QDQ model before the graph passes, for a later run to continue from (method_search)
+    qdq_start: QdqStart | None = None
+    save_prepass: Path | None = None
 
 
 @dataclass

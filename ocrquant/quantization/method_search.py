@@ -29,7 +29,7 @@ from ocrquant.data import Dataset, open_dataset
 from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation.evaluate import EvalResult
 from ocrquant.fileio import atomic_path, read_sidecar, write_json_atomic
-from ocrquant.quantization.config import QuantConfig, QuantResult
+from ocrquant.quantization.config import QdqStart, QuantConfig, QuantResult
 
 log = logging.getLogger("ocrquant")
 
@@ -166,6 +166,7 @@ def quantize_auto(
                 holdout=holdout,
                 algorithms=search_names,
                 extra_algorithms=[],
+                save_prepass=prepass(cand),
             )
             quantize(resolved.path, task_name, calib, cand, cfg)
             scores = _validate(cand)
@@ -192,7 +193,9 @@ def quantize_auto(
                 task_name,
                 calib,
                 chosen["file"],
-                replace(final_cfg, algorithms=names, extra_algorithms=[]),
+                replace(
+                    final_cfg, algorithms=names, extra_algorithms=[], save_prepass=prepass(chosen["file"])
+                ),
             )
             chosen["all_algorithms"] = _validate(chosen["file"])
         base_scores = chosen.get("all_algorithms", chosen)
@@ -214,7 +217,14 @@ def quantize_auto(
                              "skipped": f"needs {', '.join(missing)}"})  # fmt: skip
                 continue
             cand = scratch / f"{output.stem}.{_tag(chosen['method'], chosen['options'])}-{extra}.onnx"
-            trial = replace(final_cfg, algorithms=names + [extra], extra_algorithms=[])
+            # continue from the chosen model's file: its qdq-stage algorithms are not run again
+            trial = replace(
+                final_cfg,
+                algorithms=names + [extra],
+                extra_algorithms=[],
+                qdq_start=qdq_start(chosen["file"], names),
+                save_prepass=prepass(cand),
+            )
             quantize(resolved.path, task_name, calib, cand, trial)
             scores = _validate(cand)
             rows.append(
@@ -262,6 +272,21 @@ def quantize_auto(
         write_json_atomic(sidecar_path(output), side)
     result = quantize_result_from_sidecar(output, side, final_cfg)
     return result, side["method_search"]["candidates"]
+
+
+def prepass(model_file: str | Path) -> Path:
+    """Where ``auto`` keeps a candidate's QDQ model before the target's graph passes."""
+    path = Path(model_file)
+    return path.with_name(path.stem + ".prepass.onnx")
+
+
+def qdq_start(model_file: str | Path, names: list[str]) -> QdqStart:
+    """Continue from ``model_file`` (written by ``auto`` with the algorithms ``names``): its pre-pass
+    QDQ model, the qdq-stage algorithms in it, and their reports from its sidecar."""
+    from ocrquant.quantization.algorithms.base import ALGORITHMS
+
+    applied = tuple(n for n in names if ALGORITHMS[n].stage == "qdq")
+    return QdqStart(prepass(model_file), applied, dict(read_sidecar(model_file).get("algorithms", {})))
 
 
 def keep_learned(loss_with: Any, loss_without: Any, metric_ci: dict[str, float] | None) -> bool:

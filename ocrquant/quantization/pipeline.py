@@ -199,8 +199,22 @@ def quantize(
         staged = work / "quantized.onnx"
         body = write_qdq_model(ctx.model, ctx.plan, staged)
         ctx.qdq_path = staged
-        for algo in (a for a in algorithms if a.stage == "qdq"):
+        qdq_algorithms = [a for a in algorithms if a.stage == "qdq"]
+        if cfg.qdq_start is not None:
+            start = cfg.qdq_start
+            if tuple(a.name for a in qdq_algorithms[: len(start.applied)]) != start.applied:
+                raise OcrQuantError(
+                    f"cannot continue from a model with {list(start.applied)} applied: this run's "
+                    f"qdq-stage algorithms are {[a.name for a in qdq_algorithms]}",
+                    start.path,
+                )
+            shutil.copyfile(start.path, staged)
+            reports.update({n: start.reports.get(n) for n in start.applied})
+            qdq_algorithms = qdq_algorithms[len(start.applied) :]
+        for algo in qdq_algorithms:
             reports[algo.name] = algo.apply(ctx)
+        if cfg.save_prepass is not None:
+            shutil.copyfile(staged, cfg.save_prepass)
         if cfg.graph_passes:
             apply_qdq_passes(staged, plan.profile, body)
         with atomic_path(output) as out_tmp:
