@@ -208,7 +208,8 @@ def quantize_auto(
         # set lost 0.48 pt with it (docs/quantization-findings.md, session 11). det's learning
         # algorithms are judged by their held-out output loss instead (keep_learned, below).
         profile = get_target(config.target)
-        extras = [a for a in profile.validated_algorithms if a not in names and config.algorithms is None]
+        validated = profile.task_validated_algorithms.get(task_name, profile.validated_algorithms)
+        extras = [a for a in validated if a not in names and config.algorithms is None]
         for extra in extras:
             if missing := ALGORITHMS[extra].missing():
                 # an optional algorithm whose extra is not installed: said, recorded, not fatal

@@ -86,6 +86,8 @@ class TargetProfile:
     # Algorithms whose effect differs between models, so ``--method auto`` applies each one only where
     # it raises the metric on the held-out calibration-side images (never the test set).
     validated_algorithms: tuple[str, ...] = ()
+    # per-task replacements of ``validated_algorithms``, where an algorithm costs too much on that task
+    task_validated_algorithms: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Weight type on a host CPU without VNNI (see :func:`host_profile`), for the weighted ops in
     # ``narrow_weight_scope``: "input" = the ops reading a model input, "dense" = every non-depthwise
     # one. None: weight_dtype everywhere.
@@ -232,6 +234,11 @@ register_target(
         # Sequential bias correction: PP-OCRv3 rec full test 0.5888 -> 0.5980 (fp32 0.6086), but on
         # cls logits (embedded sample) it lowered SQNR 28.0 -> 24.9 dB; so it is validated per model.
         validated_algorithms=("adaround", "bias_correction", "distill"),
+        # AdaRound collects each layer's input products over every calibration image, one layer at a
+        # time: on PP-OCRv6 small det (736x1312 inputs, 140 images) that measured ~4 min per layer of
+        # 83 on 2 cores, hours in all (and on PP-OCRv3 det it raised test fidelity 0.8971 -> 0.9176 but
+        # not hmean, 0.4192 -> 0.4162: docs/quantization-findings.md). rec/cls layers take seconds.
+        task_validated_algorithms={"det": ("bias_correction", "distill")},
         weight_dtype_without_vnni="int8p",
         # align_channels (session 16, `ocrquant bench --rounds 30`, 2 threads): cls 1.02x -> 1.18x FP32 at
         # batch 1, 0.92x -> 1.32x at batch 8
