@@ -95,20 +95,25 @@ def _point_set(box: object) -> tuple:
     return tuple(sorted(map(tuple, np.asarray(box).astype(int).tolist())))
 
 
+def _ours(stage: str, data: Path, n: int):  # noqa: ANN202
+    """ocrquant's own run of the v6 model of ``stage``, one image at a time, over the first ``n`` of
+    ``data``: (image, prediction) pairs."""
+    model = resolve_model(f"ppocrv6-small-{stage}")
+    task = build_task(stage, model)
+    runner = create_runner(model.path, "onnxruntime", RuntimeOptions(threads=2))
+    for sample in open_dataset(data, stage).samples[:n]:
+        image = load_image(sample)
+        batch = task.preprocess([image])
+        yield sample, image, task.postprocess(runner.run({runner.input_names[0]: batch.inputs}), batch)[0]
+
+
 @pytest.mark.shared
 @pytest.mark.slow
 def test_v6_det_boxes_equal_rapidocr_on_50_test_images(icdar: Path) -> None:
     reference = _rapidocr()._load_det_model()
-    model = resolve_model("ppocrv6-small-det")
-    task = build_task("det", model)
-    runner = create_runner(model.path, "onnxruntime", RuntimeOptions(threads=2))
-    samples = open_dataset(icdar / "det_test", "det").samples[:50]
     total = 0
-    for sample in samples:
-        image = load_image(sample)
+    for sample, image, ours in _ours("det", icdar / "det_test", 50):
         ref = reference(image)
-        batch = task.preprocess([image])
-        ours = task.postprocess(runner.run({runner.input_names[0]: batch.inputs}), batch)[0]
         want = sorted(_point_set(b) for b in (ref.boxes if ref.boxes is not None else []))
         got = sorted(_point_set(b) for b in ours["polygons"])
         assert got == want, sample.image_path
@@ -122,15 +127,8 @@ def test_v6_rec_readings_equal_rapidocr_on_500_test_crops(icdar: Path) -> None:
     from rapidocr.ch_ppocr_rec import TextRecInput
 
     reference = _rapidocr()._load_rec_model()
-    model = resolve_model("ppocrv6-small-rec")
-    task = build_task("rec", model)
-    runner = create_runner(model.path, "onnxruntime", RuntimeOptions(threads=2))
-    samples = open_dataset(icdar / "rec_test", "rec").samples[:500]
-    for sample in samples:
-        image = load_image(sample)
+    for sample, image, ours in _ours("rec", icdar / "rec_test", 500):
         ref = reference(TextRecInput(img=[image]))
-        batch = task.preprocess([image])
-        ours = task.postprocess(runner.run({runner.input_names[0]: batch.inputs}), batch)[0]
         assert ours["text"] == ref.txts[0], sample.image_path
         assert ours["score"] == pytest.approx(ref.scores[0], abs=1e-4)
 
