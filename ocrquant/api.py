@@ -10,6 +10,7 @@ from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation import EvalResult, evaluate
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.tasks import Task, get_task_class, make_config
+from ocrquant.zoo.registry import ZOO
 from ocrquant.zoo.resolve import ResolvedModel, resolve_model
 
 
@@ -31,8 +32,10 @@ def build_task(task_name: str, model: ResolvedModel, options: dict[str, Any] | N
 
 def infer_task(model: ResolvedModel, task: str | None) -> str:
     if task:
-        if model.task and model.task != task:
+        if model.task and model.task != task and model.name in ZOO:
             raise OcrQuantError(f"zoo model {model.name} is a {model.task} model, not {task}")
+        # a file's recorded or recognised task is a default: an explicit --task wins, and the task's
+        # check of the declared output refuses a model that cannot be it
         return task
     if model.task:
         return model.task

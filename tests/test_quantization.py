@@ -606,9 +606,9 @@ def test_the_budget_search_follows_auto_only_past_a_point_on_enough_images(tmp_p
 
 def test_auto_method_picks_the_best_candidate_and_validates_bias_correction(cls_model, tmp_path):
     """``auto`` compares the range methods on held-out calibration-side crops by fidelity to the
-    float model, then keeps the profile's validated algorithm (bias correction) only if it raises
-    that held-out fidelity without lowering held-out accuracy; then output distillation the same way
-    (recorded as skipped without torch)."""
+    float model, then tries the profile's validated algorithms in turn (AdaRound, bias correction,
+    output distillation; distill recorded as skipped without torch), each kept only if it raises that
+    held-out fidelity without lowering held-out accuracy."""
     import importlib.util
 
     from ocrquant.quantization.method_search import quantize_auto
@@ -619,6 +619,7 @@ def test_auto_method_picks_the_best_candidate_and_validates_bias_correction(cls_
         batch_size=4,
         cache_dir=tmp_path / "cache",
         algorithm_options={
+            "adaround": {"max_batches": 1, "fields_per_batch": 256},
             "bias_correction": {"max_batches": 2, "group_size": 8},
             "distill": {"epochs": 1, "min_steps": 4},
         },
@@ -628,28 +629,26 @@ def test_auto_method_picks_the_best_candidate_and_validates_bias_correction(cls_
     _, rows = quantize_auto(cls_model, "cls", sample_root() / "rec", out, cfg, val_size=24)
     side = json.loads(out.with_name("cls.auto.quant.json").read_text())
     search = side["method_search"]
-    methods, (trial, distill) = search["candidates"][:4], search["candidates"][4:]
-    assert len(rows) == 6 and trial["algorithm"] == "bias_correction" and distill["algorithm"] == "distill"
+    methods, trials = search["candidates"][:4], search["candidates"][4:]
+    assert len(rows) == 7 and [t["algorithm"] for t in trials] == ["adaround", "bias_correction", "distill"]
     assert search["validation"]["criterion"] == "val_fidelity"
     assert all(
         0.0 <= r["val_fidelity"] <= 1.0 and 0.0 <= r["val_metric"] <= 1.0 for r in rows if "skipped" not in r
     )
     best = max(methods, key=lambda r: r["val_fidelity"])
-    assert (trial["method"], trial["options"]) == (best["method"], best["options"])
-    base = best.get("all_algorithms", best)
-    kept = trial["val_fidelity"] > base["val_fidelity"] and trial["val_metric"] >= base["val_metric"]
-    assert trial["kept"] == kept
-    assert ("bias_correction" in side["settings"]["algorithms"]) == kept
-    assert ("bias_correction" in search["chosen"]["algorithms"]) == kept
-    if importlib.util.find_spec("torch") is None:
-        assert distill["skipped"] == "needs torch" and "distill" not in side["settings"]["algorithms"]
-    else:
-        baseline = trial if kept else base
-        rises = (
-            distill["val_fidelity"] > baseline["val_fidelity"]
-            and distill["val_metric"] >= baseline["val_metric"]
-        )
-        assert ("distill" in search["chosen"]["algorithms"]) == rises == distill["kept"]
+    baseline = best.get("all_algorithms", best)
+    for trial in trials:  # each on the model kept so far; kept where fidelity rises and labels do not fall
+        if "skipped" in trial:
+            assert trial["algorithm"] == "distill" and importlib.util.find_spec("torch") is None
+            assert trial["skipped"] == "needs torch" and "distill" not in side["settings"]["algorithms"]
+            continue
+        assert (trial["method"], trial["options"]) == (best["method"], best["options"])
+        rises = trial["val_fidelity"] > baseline["val_fidelity"]
+        kept = rises and trial["val_metric"] >= baseline["val_metric"]
+        assert trial["kept"] == kept
+        assert (trial["algorithm"] in side["settings"]["algorithms"]) == kept
+        assert (trial["algorithm"] in search["chosen"]["algorithms"]) == kept
+        baseline = trial if kept else baseline
     # the held-out crops (24 samples, both turns of up to 24 crops) are withheld from anything that learns
     assert 0 < side["settings"]["holdout_images"] <= 24
     # the held-out label metric of the model written, and its drop from FP32 on the same images
