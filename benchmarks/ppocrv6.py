@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -31,8 +30,10 @@ from ocrquant.errors import OcrQuantError, run_script
 from ocrquant.evaluation.evaluate import EvalResult, cached_result
 from ocrquant.evaluation.significance import paired_delta_interval
 from ocrquant.fileio import read_sidecar
+from ocrquant.quantization.targets import cpu_has_vnni
+from ocrquant.report.table import machine_description
 from ocrquant.runtime import RuntimeOptions
-from ocrquant.runtime.bench import _cpu_name, run_bench
+from ocrquant.runtime.bench import run_bench
 from ocrquant.zoo.resolve import resolve_model
 
 MODELS = {"det": "ppocrv6-small-det", "rec": "ppocrv6-small-rec"}
@@ -40,17 +41,6 @@ CALIB = {"det": "det_train", "rec": "rec_train"}
 TEST = {"det": "det_test", "rec": "rec_test"}
 SHOWN = {"det": ("precision", "recall", "hmean"), "rec": ("acc", "norm_edit_sim")}
 BENCH_SHAPES = {"det": ["736x1312"], "rec": ["48x320 b1", "48x320 b8"]}
-
-
-def host_isa() -> str:
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = set(next((line for line in f if line.startswith("flags")), "").split())
-    except OSError:
-        pass
-    found = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return ", ".join(found) or "unknown"
 
 
 def quantized(task: str, shared: Path, out: Path) -> tuple[Path, float | None]:
@@ -104,7 +94,7 @@ def main() -> None:
     for folder in {*CALIB.values(), *TEST.values()}:
         open_dataset(args.shared / folder, "det" if folder.startswith("det") else "rec")  # fails early
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"host: {_cpu_name()} | {host_isa()} | {os.cpu_count()} cores")
+    print(f"host: {machine_description()} | VNNI/AMX int8 dot product: {cpu_has_vnni()}")
     int8_paths: dict[str, Path] = {}
     for task in args.tasks:
         path, seconds = quantized(task, args.shared, args.out)

@@ -97,7 +97,7 @@ def file_task_and_preset(path: Path) -> tuple[str | None, dict[str, Any]]:
         side = read_sidecar(path)
     except (OSError, ValueError, AttributeError):
         side = {}
-    task = side.get("task") if isinstance(side, dict) else None
+    task = side.get("task")
     if isinstance(task, str):
         config = (side.get("settings") or {}).get("task_config")
         return task, dict(config) if isinstance(config, dict) else {}
