@@ -9,7 +9,7 @@ label-free operating-point match; it needs no ground truth, so run it on calibra
 
   python benchmarks/det_box_scores.py --int8 det.int8.onnx --data ../shared/data/icdar2015/det_train
 
-Session 10 (docs/quantization-findings.md) ran it on today's default det model and every second of
+A run (docs/quantization-findings.md) on today's default det model and every second of
 the 200 det_train images.
 """
 

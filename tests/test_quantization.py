@@ -667,9 +667,11 @@ def test_auto_method_picks_the_best_candidate_and_validates_bias_correction(cls_
 
 
 def test_weightless_nodes_between_float_nodes_stay_float(tmp_path):
-    """PP-OCR det's head (ConvTranspose -> bias Add -> Sigmoid) and a LayerNorm's variance (ReduceMean ->
-    eps Add -> Sqrt): the target runs the neighbours in float, so Q/DQ around the Add would only round
-    the map's logits / the variance to 8 bits. A residual Add between two Convs stays quantized."""
+    """PP-OCRv6 det's head (ConvTranspose -> bias Add -> Relu -> ConvTranspose, the Add and Relu reading
+    each other) and a LayerNorm's variance (ReduceMean -> eps Add -> Sqrt): the target runs the
+    neighbours in float, so Q/DQ around them would only round the map's logits / the variance to 8
+    bits. The bias Add before the output Sigmoid is part of the output tail. A residual Add between
+    two Convs stays quantized."""
     from onnx import TensorProto, helper
 
     from ocrquant.quantization.qdq import QuantPlan, write_qdq_model
@@ -681,6 +683,9 @@ def test_weightless_nodes_between_float_nodes_stay_float(tmp_path):
         "w2": rng.normal(size=(4, 4, 1, 1)),
         "wt": rng.normal(size=(4, 1, 2, 2)),
         "bt": rng.normal(size=(1, 1, 1, 1)),
+        "wt2": rng.normal(size=(4, 2, 2, 2)),
+        "bt2": rng.normal(size=(1, 2, 1, 1)),
+        "wt3": rng.normal(size=(2, 1, 2, 2)),
         "eps": np.array([1e-5]),
     }
     nodes = [
@@ -693,6 +698,10 @@ def test_weightless_nodes_between_float_nodes_stay_float(tmp_path):
         helper.make_node("ReduceMean", ["res"], ["var"], name="mean", axes=[1]),
         helper.make_node("Add", ["var", "eps"], ["var_eps"], name="eps_add"),
         helper.make_node("Sqrt", ["var_eps"], ["std"], name="sqrt"),
+        helper.make_node("ConvTranspose", ["res", "wt2"], ["ct2"], name="convT2", strides=[2, 2]),
+        helper.make_node("Add", ["ct2", "bt2"], ["ct2b"], name="bias2_add"),
+        helper.make_node("Relu", ["ct2b"], ["ct2r"], name="relu2"),
+        helper.make_node("ConvTranspose", ["ct2r", "wt3"], ["up"], name="convT3", strides=[2, 2]),
     ]
     graph = helper.make_graph(
         nodes,
@@ -701,22 +710,26 @@ def test_weightless_nodes_between_float_nodes_stay_float(tmp_path):
         [
             helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 1, 16, 16]),
             helper.make_tensor_value_info("std", TensorProto.FLOAT, [1, 1, 8, 8]),
+            helper.make_tensor_value_info("up", TensorProto.FLOAT, [1, 1, 32, 32]),
         ],
         [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    names = ("x", "c1", "c2", "res", "ct", "logit", "var", "var_eps")
+    names = ("x", "c1", "c2", "res", "ct", "logit", "var", "var_eps", "ct2", "ct2b", "ct2r")
     plan = QuantPlan(profile=get_target("ort-cpu"), ranges={t: (-8.0, 8.0) for t in names})
     out = tmp_path / "head.int8.onnx"
     body = write_qdq_model(model, plan, out)
     assert {n for n, f in body["float_nodes"].items() if f["reason"].startswith("between float")} == {
-        "bias_add",
         "eps_add",
+        "bias2_add",
+        "relu2",
     }
+    assert body["float_nodes"]["bias_add"]["reason"].startswith("feeds a model output")
     q = onnx.load(str(out))
     quantized = {n.input[0] for n in q.graph.node if n.op_type == "QuantizeLinear"}
-    assert {"c1", "c2", "res"} <= quantized and not quantized & {"ct", "logit", "var", "var_eps"}
-    assert body["node_counts"]["Add"] == {"quantized": 1, "float": 2}
+    assert {"c1", "c2", "res"} <= quantized
+    assert not quantized & {"ct", "logit", "var", "var_eps", "ct2", "ct2b", "ct2r"}
+    assert body["node_counts"]["Add"] == {"quantized": 1, "float": 3}
 
 
 def test_an_algorithm_whose_extra_is_missing_says_which(monkeypatch):

@@ -643,7 +643,7 @@ def escalate_to_budget(
     bring it within a point, with the range method and algorithms ``auto`` chose. Why by default: every
     quantizable layer in INT8 is the goal, but a model that may lose more than a point is not one to
     ship; PP-OCRv3 rec loses 0.95 held-out points all-INT8 (1.06 on the test set) and 0.25 with 7 of 49
-    blocks float, at 1.88x instead of 2.03x FP32 speed (docs/quantization-findings.md, sessions 14-15).
+    blocks float, at 1.88x instead of 2.03x FP32 speed (docs/quantization-findings.md).
     Other models pass through untouched, and ``enabled=False`` (``--keep-all-int8``) only warns."""
     from ocrquant.analysis.sensitivity import pinned_config
     from ocrquant.quantization.method_search import DROP_WARNING_POINTS

@@ -138,7 +138,9 @@ def quantize(
         work = Path(tmp)
         t = time.perf_counter()
         prepared = work / "prepared.onnx"
-        prep_report = prepare_model(resolved.path, prepared, fuse_hardswish=fuse_hardswish)
+        prep_report = prepare_model(
+            resolved.path, prepared, fuse_hardswish=fuse_hardswish, rewrites=profile.prepare_rewrites
+        )
         model = onnx.load(str(prepared))
         ensure_node_names(model)  # algorithms and the plan address nodes by name
         ctx = AlgorithmContext(

@@ -46,6 +46,7 @@ from ocrquant.quantization.graph import (
     op_histogram,
     producers,
 )
+from ocrquant.quantization.rewrites import apply_rewrites
 
 log = logging.getLogger("ocrquant")
 
@@ -69,8 +70,10 @@ def prepare_model(
     *,
     opset: int = 13,
     fuse_hardswish: bool = True,
+    rewrites: tuple[str, ...] = (),
 ) -> PrepareReport:
-    """Write the prepared float model of ``src`` to ``dst`` (atomically) and say what changed."""
+    """Write the prepared float model of ``src`` to ``dst`` (atomically) and say what changed.
+    ``rewrites`` names the target's exact layout rewrites (:mod:`ocrquant.quantization.rewrites`)."""
     src, dst = Path(src), Path(dst)
     model = load_model(src)
     if is_quantized(model):
@@ -102,7 +105,7 @@ def prepare_model(
             ) from None
         model = onnx.load(str(folded))
 
-    fused = {}
+    fused = apply_rewrites(model, rewrites)  # first: affine folding would take GELU's 0.5 into a Conv
     n_affine = fold_scalar_affine(model)
     if n_affine:
         fused["scalar affine -> Conv"] = n_affine

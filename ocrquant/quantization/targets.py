@@ -79,6 +79,9 @@ class TargetProfile:
     # without one runs it in float between a DQ and a Q, where the decomposed Add/Clip/Mul chain would
     # run in integer kernels instead.
     fuse_hardswish: bool = True
+    # Exact float rewrites preparation applies for this target's kernels, by name
+    # (quantization/rewrites.py PREPARE_REWRITES), each with its measured reason there.
+    prepare_rewrites: tuple[str, ...] = ()
     # Algorithms this target's models get by default (see QuantConfig.algorithms), and per-task
     # replacements of that list where a task measured differently.
     default_algorithms: tuple[str, ...] = ()
@@ -200,11 +203,15 @@ def register_target(profile: TargetProfile) -> TargetProfile:
 # * **MaxPool** runs in float unless a Conv feeds it. ORT drops the Q/DQ around a MaxPool whose input
 #   and output share one quantization and runs it on uint8. Next to an NHWC QLinearConv that is the
 #   fast NhwcMaxPool; anywhere else it is the NCHW uint8 MaxPool, a scalar loop, while float MaxPool is
-#   MLAS's vectorised kernel. Session 13, VNNI Xeon, median model call, interleaved:
+#   MLAS's vectorised kernel. VNNI Xeon host, median model call, interleaved:
 #   - PP-OCRv3 cls (MaxPool after HardSwish's Mul), 1 thread: 1.61 -> 1.46 ms with it float;
 #   - CRAFT (MaxPool after Conv+ReLU), 2 threads, 512x896: 690 ms fused (NhwcMaxPool) vs 836 ms float;
 #   - one MaxPool alone between Q/DQ, 1 thread, uint8 vs DQ -> float -> Q: 2x2/2 on 64x368x640
 #     86.0 vs 46.9 ms, 3x3/1 on 512x46x80 82.6 vs 10.0 ms.
+# * PP-OCRv6's GELU (exported as Div/Erf/Add/Mul/Mul) fused into com.microsoft.Gelu, its SE
+#   squeeze (ReduceMean over H, W) as GlobalAveragePool, nearest Resizes by 4/8 as chains of 2s:
+#   exact rewrites, each measured in quantization/rewrites.py (``benchmarks/layout_ops.py``).
+#   Gelu has no integer kernel, so it runs in float between a DQ and a Q (boundary op).
 ORT_CPU_FLOAT_PASSTHROUGH = ("MaxPool",)
 ORT_CPU_LAYOUT_OPS = tuple(op for op in ORT_CPU_OPS if op != "ConvTranspose")
 #: relative scale raise for the Q after a float pass-through op: a code q (|q - zp| <= 255) comes back
@@ -216,15 +223,16 @@ register_target(
         name="ort-cpu",
         description="onnxruntime CPU: uint8 asymmetric activations, per-channel symmetric int8 weights "
         "(the combination ORT's x86 QLinearConv fusion takes), HardSwish decomposed into integer "
-        "Add/Mul, HS-CLE scale migration; QDQ laid out for ORT's QLinear* fusions, depthwise channel "
-        "groups padded to the widths MLAS's fused int8 kernels take",
+        "Add/Mul, GELU fused into one float Gelu, HS-CLE scale migration; QDQ laid out for ORT's "
+        "QLinear* fusions, depthwise channel groups padded to the widths MLAS's fused int8 kernels take",
         op_types=ORT_CPU_LAYOUT_OPS,
         activation_dtype="uint8",
         activation_symmetric=False,
         per_channel=True,
-        boundary_ops=("HardSwish", "HardSigmoid"),
+        boundary_ops=("HardSwish", "HardSigmoid", "Gelu"),
         float_passthrough_ops=ORT_CPU_FLOAT_PASSTHROUGH,
         fuse_hardswish=False,
+        prepare_rewrites=("gelu", "resize_x2", "reducemean_gap"),
         default_algorithms=("hs_cle", "hs_floor", "weight_width"),
         # det: HS-CLE's gate convs run at full image resolution there; measured first 100 det_test
         # images hmean 0.4266 with vs 0.4232 without (noise level), det kernel time +20% with it.
@@ -240,7 +248,7 @@ register_target(
         # not hmean, 0.4192 -> 0.4162: docs/quantization-findings.md). rec/cls layers take seconds.
         task_validated_algorithms={"det": ("bias_correction", "distill")},
         weight_dtype_without_vnni="int8p",
-        # align_channels (session 16, `ocrquant bench --rounds 30`, 2 threads): cls 1.02x -> 1.18x FP32 at
+        # align_channels (`ocrquant bench --rounds 30`, 2 threads): cls 1.02x -> 1.18x FP32 at
         # batch 1, 0.92x -> 1.32x at batch 8
         qdq_passes=("fold_scalar_mul", "align_channels"),
     )

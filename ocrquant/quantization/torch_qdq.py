@@ -204,6 +204,7 @@ OPS.update(
         "Pow": lambda i, a: torch.pow(i[0], i[1]),
         "Sqrt": lambda i, a: torch.sqrt(i[0]),
         "Erf": lambda i, a: torch.erf(i[0]),
+        "Gelu": lambda i, a: F.gelu(i[0]),
         "Tanh": lambda i, a: torch.tanh(i[0]),
         "Relu": lambda i, a: torch.relu(i[0]),
         "Sigmoid": lambda i, a: torch.sigmoid(i[0]),

@@ -1,0 +1,122 @@
+"""The target's prepare rewrites (quantization/rewrites.py) compute the same function as the patterns
+they replace, and touch nothing else."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from ocrquant.quantization.rewrites import PREPARE_REWRITES, apply_rewrites
+
+
+def _model(nodes, inits, in_shape, out_shape, opset=13):
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+def _ops(model: onnx.ModelProto) -> Counter:
+    return Counter(n.op_type for n in model.graph.node)
+
+
+def _gelu_graph(scale_op: str, extra_reader: bool = False):
+    k = math.sqrt(2) if scale_op == "Div" else 1 / math.sqrt(2)
+    nodes = [
+        helper.make_node(scale_op, ["x", "k"], ["a"], name="scale"),
+        helper.make_node("Erf", ["a"], ["e"], name="erf"),
+        helper.make_node("Add", ["e", "one"], ["p"], name="add"),
+        helper.make_node("Mul", ["x", "p"], ["m"], name="mul"),
+        helper.make_node("Mul", ["m", "half"], ["g"], name="half"),
+    ]
+    if extra_reader:  # the Erf output is also read elsewhere: the chain is not a pure GELU
+        nodes.append(helper.make_node("Add", ["g", "e"], ["y"], name="other"))
+    else:
+        nodes.append(helper.make_node("Relu", ["g"], ["y"], name="relu"))
+    return _model(nodes, {"k": k, "one": 1.0, "half": 0.5}, [2, 8, 4, 4], [2, 8, 4, 4])
+
+
+@pytest.mark.parametrize("scale_op", ["Div", "Mul"])
+def test_gelu_becomes_one_node_with_the_same_values(scale_op):
+    model = _gelu_graph(scale_op)
+    x = np.random.default_rng(0).normal(scale=3, size=(2, 8, 4, 4)).astype(np.float32)
+    before = _run(model, x)
+    assert apply_rewrites(model, ("gelu",)) == {"gelu": 1}
+    assert _ops(model) == Counter({"Gelu": 1, "Relu": 1})
+    assert [i.name for i in model.graph.initializer] == []  # the pattern's constants went with it
+    np.testing.assert_allclose(_run(model, x), before, atol=1e-5)
+
+
+def test_gelu_with_a_shared_intermediate_is_left_alone():
+    model = _gelu_graph("Div", extra_reader=True)
+    assert apply_rewrites(model, ("gelu",)) == {}
+    assert _ops(model)["Erf"] == 1
+
+
+def _resize_graph(factor: float, mode: str = "nearest"):
+    attrs = {"mode": mode, "coordinate_transformation_mode": "asymmetric"}
+    if mode == "nearest":
+        attrs["nearest_mode"] = "floor"
+    node = helper.make_node("Resize", ["x", "roi", "scales"], ["y"], name="up", **attrs)
+    side = int(5 * factor)
+    return _model(
+        [node], {"roi": [], "scales": [1, 1, factor, factor]}, [1, 3, 5, 7], [1, 3, side, int(7 * factor)]
+    )
+
+
+@pytest.mark.parametrize("factor,steps", [(8.0, 3), (4.0, 2)])
+def test_nearest_resize_by_4_or_8_becomes_a_chain_of_2s_with_equal_output(factor, steps):
+    model = _resize_graph(factor)
+    x = np.random.default_rng(1).normal(size=(1, 3, 5, 7)).astype(np.float32)
+    before = _run(model, x)
+    assert apply_rewrites(model, ("resize_x2",)) == {"resize_x2": 1}
+    assert _ops(model) == Counter({"Resize": steps})
+    np.testing.assert_array_equal(_run(model, x), before)
+
+
+@pytest.mark.parametrize("factor,mode", [(2.0, "nearest"), (4.0, "linear")])
+def test_other_resizes_are_untouched(factor, mode):
+    model = _resize_graph(factor, mode)
+    assert apply_rewrites(model, ("resize_x2",)) == {}
+    assert _ops(model) == Counter({"Resize": 1})
+
+
+@pytest.mark.parametrize(
+    "axes,expected", [([2, 3], "GlobalAveragePool"), ([-1, -2], "GlobalAveragePool"), ([1], "ReduceMean")]
+)
+def test_spatial_reducemean_becomes_global_average_pool(axes, expected):
+    out_shape = [1, 1, 6, 5] if axes == [1] else [1, 4, 1, 1]
+    model = _model(
+        [helper.make_node("ReduceMean", ["x"], ["y"], name="rm", axes=axes, keepdims=1)],
+        {},
+        [1, 4, 6, 5],
+        out_shape,
+    )
+    x = np.random.default_rng(2).normal(size=(1, 4, 6, 5)).astype(np.float32)
+    before = _run(model, x)
+    apply_rewrites(model, ("reducemean_gap",))
+    assert _ops(model) == Counter({expected: 1})
+    np.testing.assert_allclose(_run(model, x), before, atol=1e-6)
+
+
+def test_unknown_rewrite_names_the_known_ones():
+    with pytest.raises(KeyError, match="gelu"):
+        apply_rewrites(_resize_graph(2.0), ("no_such_rewrite",))
+    assert {"gelu", "resize_x2", "reducemean_gap"} <= set(PREPARE_REWRITES)
