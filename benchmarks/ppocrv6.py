@@ -2,13 +2,14 @@
 
 What it does, in order (every step's result is saved under ``--out`` and reused when run again):
 
-1. ``ocrquant quantize`` with its defaults on ``ppocrv6-small-det`` (calibrated on det_train) and
-   ``ppocrv6-small-rec`` (rec_train), timed; the recipe it picked is read from the sidecar.
-2. FP32 and INT8 on the test sets (det_test 500 images, rec_test 2077 crops) with the models' own
-   presets; each delta with its paired 95 % bootstrap interval.
+1. ``ocrquant quantize`` with its defaults on ``ppocrv6-small-det`` (calibrated on det_train),
+   ``ppocrv6-cls`` and ``ppocrv6-small-rec`` (rec_train), timed; the recipe it picked is read from
+   the sidecar.
+2. FP32 and INT8 on the test sets (det_test 500 images, rec_test 2077 crops, cls on those crops at
+   0 and 180 degrees) with the models' own presets; each delta with its paired 95 % bootstrap interval.
 3. ``ocrquant bench`` of FP32 and INT8 interleaved in one loop (onnxruntime, 2 threads, spinning off):
    det at 736x1312 (a 1280x720 image under the v6 preset), rec at 48x320, batch 1 and 8.
-4. The det -> cls -> rec chain on det_test (no lexicon), FP32 and INT8 (``--no-e2e`` skips it).
+4. The det -> cls -> rec chain on det_test (no lexicon), all FP32 and all INT8 (``--no-e2e`` skips it).
 
   python benchmarks/ppocrv6.py [--shared ../shared/data/icdar2015] [--out runs/ppocrv6]
 
@@ -28,7 +29,7 @@ from ocrquant.api import build_task, eval_model
 from ocrquant.data import open_dataset
 from ocrquant.errors import OcrQuantError, run_script
 from ocrquant.evaluation.evaluate import EvalResult, cached_result
-from ocrquant.evaluation.significance import paired_delta_interval
+from ocrquant.evaluation.significance import paired_delta_interval, paired_mean_interval
 from ocrquant.fileio import read_sidecar
 from ocrquant.quantization.targets import cpu_has_vnni
 from ocrquant.report.table import machine_description
@@ -36,11 +37,11 @@ from ocrquant.runtime import RuntimeOptions
 from ocrquant.runtime.bench import run_bench
 from ocrquant.zoo.resolve import resolve_model
 
-MODELS = {"det": "ppocrv6-small-det", "rec": "ppocrv6-small-rec"}
-CALIB = {"det": "det_train", "rec": "rec_train"}
-TEST = {"det": "det_test", "rec": "rec_test"}
-SHOWN = {"det": ("precision", "recall", "hmean"), "rec": ("acc", "norm_edit_sim")}
-BENCH_SHAPES = {"det": ["736x1312"], "rec": ["48x320 b1", "48x320 b8"]}
+MODELS = {"det": "ppocrv6-small-det", "cls": "ppocrv6-cls", "rec": "ppocrv6-small-rec"}
+CALIB = {"det": "det_train", "cls": "rec_train", "rec": "rec_train"}
+TEST = {"det": "det_test", "cls": "rec_test", "rec": "rec_test"}
+SHOWN = {"det": ("precision", "recall", "hmean"), "cls": ("acc",), "rec": ("acc", "norm_edit_sim")}
+BENCH_SHAPES = {"det": ["736x1312"], "cls": ["48x192 b1"], "rec": ["48x320 b1", "48x320 b8"]}
 
 
 def quantized(task: str, shared: Path, out: Path) -> tuple[Path, float | None]:
@@ -75,8 +76,11 @@ def accuracy_rows(task: str, fp32: EvalResult, int8: EvalResult) -> list[str]:
     for name in SHOWN[task]:
         a, b = fp32.metrics[name], int8.metrics[name]
         interval = ""
-        if ci and name == fp32.settings.get("primary_metric", name):
-            interval = f"  95% [{100 * ci['low']:+.2f}, {100 * ci['high']:+.2f}]"
+        ci_name = ci if name == fp32.settings.get("primary_metric", name) else None
+        if name == "norm_edit_sim":
+            ci_name = paired_mean_interval(fp32.samples, int8.samples, name)
+        if ci_name:
+            interval = f"  95% [{100 * ci_name['low']:+.2f}, {100 * ci_name['high']:+.2f}]"
         rows.append(f"  {name:14} {a:.4f} -> {b:.4f}  {100 * (b - a):+.2f} pt{interval}")
     return rows
 
@@ -87,7 +91,7 @@ def main() -> None:
         "--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/icdar2015"
     )
     ap.add_argument("--out", type=Path, default=Path("runs/ppocrv6"))
-    ap.add_argument("--tasks", nargs="+", default=["rec", "det"], choices=sorted(MODELS))
+    ap.add_argument("--tasks", nargs="+", default=["rec", "cls", "det"], choices=sorted(MODELS))
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--no-e2e", action="store_true", help="skip the det -> cls -> rec chain")
     args = ap.parse_args()
@@ -122,12 +126,10 @@ def main() -> None:
         from ocrquant.pipeline.evaluate import eval_e2e
 
         print("\nend to end on det_test (no lexicon), ppocrv6-small det + ppocrv6-cls + rec:")
-        for label, det, rec in (
-            ("fp32", MODELS["det"], MODELS["rec"]),
-            ("det+rec int8", int8_paths["det"], int8_paths["rec"]),
-        ):
+        for label, chain in (("fp32", MODELS), ("int8", int8_paths)):
             res = eval_e2e(
-                args.shared / "det_test", det=det, cls="ppocrv6-cls", rec=rec, lexicon="none",
+                args.shared / "det_test", det=chain["det"], cls=chain["cls"], rec=chain["rec"],
+                lexicon="none",
                 output=args.out / f"e2e.{label.replace('+', '-').replace(' ', '-')}.json",
                 runtime=RuntimeOptions(threads=2), progress=False,
             )  # fmt: skip

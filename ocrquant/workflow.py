@@ -21,11 +21,12 @@ from ocrquant.fileio import read_sidecar, write_json_atomic, write_text_atomic
 from ocrquant.report import ReportRow, render_markdown
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.runtime.timing import interleaved_latency
+from ocrquant.zoo.registry import DEFAULT_CHAIN
 from ocrquant.zoo.resolve import ResolvedModel, resolve_model
 
 log = logging.getLogger("ocrquant")
 
-DEFAULT_MODELS = {"det": "ppocrv3-det", "cls": "ppocrv3-cls", "rec": "ppocrv3-rec"}
+DEFAULT_MODELS = DEFAULT_CHAIN
 #: which kind of labelled set each task reads (cls is derived from a recognition set)
 DATA_KIND = {"det": "det", "cls": "rec", "rec": "rec"}
 

@@ -223,7 +223,16 @@ def test_run_with_ncnn_backend_writes_the_report(tmp_path: Path) -> None:
     from ocrquant.workflow import RunConfig, run
 
     _pnnx_or_skip()
-    rows = run(RunConfig(tasks=["det"], backend="ncnn", limit=3, latency_inputs=2, out_dir=tmp_path))
+    rows = run(
+        RunConfig(
+            tasks=["det"],
+            models={"det": "ppocrv3-det"},
+            backend="ncnn",
+            limit=3,
+            latency_inputs=2,
+            out_dir=tmp_path,
+        )
+    )
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["settings"]["backend"] == "ncnn" and len(rows) == len(report["rows"]) == 1
     row = rows[0]

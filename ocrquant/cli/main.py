@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ocrquant.cli.common import STATE, console, err_console, parse_shape, setup_logging
 from ocrquant.errors import OcrQuantError, one_line
+from ocrquant.zoo.registry import DEFAULT_CHAIN
 
 app = typer.Typer(
     help="OCR models from training framework to fast, accurate INT8, proven with OCR metrics.",
@@ -210,15 +211,15 @@ def _eval_e2e(
         if not sep or stage not in ("det", "cls", "rec"):
             raise OcrQuantError(f"--model {value}: with --task e2e write det=M, cls=M (or cls=none), rec=M")
         specs[stage] = spec
-    cls_spec = specs.get("cls", "ppocrv3-cls")
+    cls_spec = specs.get("cls", DEFAULT_CHAIN["cls"])
     from ocrquant.pipeline.evaluate import default_vocab_dir
 
     lexicon = "all" if default_vocab_dir(data) else None  # lexicon figures where ICDAR's lexicons are present
     result = eval_e2e(
         data,
-        det=specs.get("det", "ppocrv3-det"),
+        det=specs.get("det", DEFAULT_CHAIN["det"]),
         cls=None if cls_spec == "none" else cls_spec,
-        rec=specs.get("rec", "ppocrv3-rec"),
+        rec=specs.get("rec", DEFAULT_CHAIN["rec"]),
         lexicon=lexicon,
         data_format=data_format,
         limit=limit,

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from ocrquant.cli.common import console
+from ocrquant.zoo.registry import DEFAULT_CHAIN
 
 log = logging.getLogger("ocrquant")
 
@@ -63,9 +64,9 @@ def _build(
 
 def ocr_cmd(
     source: Annotated[Path, typer.Argument(help="An image, or a folder of images (read in name order).")],
-    det: DetOpt = "ppocrv3-det",
-    cls: ClsOpt = "ppocrv3-cls",
-    rec: RecOpt = "ppocrv3-rec",
+    det: DetOpt = DEFAULT_CHAIN["det"],
+    cls: ClsOpt = DEFAULT_CHAIN["cls"],
+    rec: RecOpt = DEFAULT_CHAIN["rec"],
     precision: PrecisionOpt = "fp32",
     draw: Annotated[
         Path | None,
@@ -119,9 +120,9 @@ def e2e_cmd(
     data: Annotated[
         Path, typer.Option("--data", "-d", help="Det dataset with transcriptions (ICDAR2015 layout).")
     ],
-    det: DetOpt = "ppocrv3-det",
-    cls: ClsOpt = "ppocrv3-cls",
-    rec: RecOpt = "ppocrv3-rec",
+    det: DetOpt = DEFAULT_CHAIN["det"],
+    cls: ClsOpt = DEFAULT_CHAIN["cls"],
+    rec: RecOpt = DEFAULT_CHAIN["rec"],
     precision: PrecisionOpt = "fp32",
     lexicon: Annotated[
         str,

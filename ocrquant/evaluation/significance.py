@@ -76,3 +76,29 @@ def paired_stats_interval(
         "resamples": resamples,
         "samples": n,
     }
+
+
+def paired_mean_interval(
+    float_samples: list[dict[str, Any]],
+    int8_samples: list[dict[str, Any]],
+    figure: str,
+    resamples: int = RESAMPLES,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float] | None:
+    """The same paired bootstrap for a figure that is the mean of one per-sample value (rec's 1-NED,
+    ``figures["norm_edit_sim"]``): interval of ``mean(int8) - mean(float)``; None when the samples do
+    not carry ``figure``."""
+    fs = {s["key"]: s["figures"].get(figure) for s in float_samples}
+    qs = {s["key"]: s["figures"].get(figure) for s in int8_samples}
+    keys = [k for k in fs if k in qs and fs[k] is not None and qs[k] is not None]
+    if not keys:
+        return None
+    diff = np.array([float(qs[k]) - float(fs[k]) for k in keys])
+    rng = np.random.default_rng(seed)
+    n = len(diff)
+    means = np.array([diff[rng.integers(0, n, n)].mean() for _ in range(resamples)])
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return {"low": float(low), "high": float(high), "se": float(means.std()), "level": level,
+            "resamples": resamples, "samples": n}  # fmt: skip

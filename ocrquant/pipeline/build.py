@@ -16,11 +16,11 @@ from ocrquant.errors import OcrQuantError
 from ocrquant.pipeline.core import STAGES, OcrPipeline, PipelineConfig, StageModel
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.zoo.fetch import cache_home
-from ocrquant.zoo.registry import ZOO
+from ocrquant.zoo.registry import DEFAULT_CHAIN, ZOO
 from ocrquant.zoo.resolve import ResolvedModel, read_header, resolve_model
 
 PRECISIONS = ("fp32", "int8")
-DEFAULT_MODELS = {"det": "ppocrv3-det", "cls": "ppocrv3-cls", "rec": "ppocrv3-rec"}
+DEFAULT_MODELS = DEFAULT_CHAIN
 #: values of a ``--cls`` option that mean "no direction classifier"
 NO_MODEL = frozenset({"", "none", "off"})
 

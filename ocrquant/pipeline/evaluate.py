@@ -24,6 +24,7 @@ from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation.evaluate import PartialLog, progress_bar
 from ocrquant.metrics.e2e import LEXICON_FILES, E2EMetric, Lexicon, load_lexicon
 from ocrquant.pipeline.core import STAGES, OcrPipeline, PipelineConfig, StageModel
+from ocrquant.zoo.registry import DEFAULT_CHAIN
 
 log = logging.getLogger("ocrquant")
 
@@ -222,9 +223,9 @@ def _summarise(
 def eval_e2e(
     data: str | Path,
     *,
-    det: str | Path = "ppocrv3-det",
-    cls: str | Path | None = "ppocrv3-cls",
-    rec: str | Path = "ppocrv3-rec",
+    det: str | Path = DEFAULT_CHAIN["det"],
+    cls: str | Path | None = DEFAULT_CHAIN["cls"],
+    rec: str | Path = DEFAULT_CHAIN["rec"],
     precision: str = "fp32",
     lexicon: str | Sequence[str] | None = None,
     vocab_dir: str | Path | None = None,

@@ -218,3 +218,4 @@ def reducemean_to_global_pool(model: onnx.ModelProto) -> int:
         del node.attribute[:]
         count += 1
     return count
+

@@ -1,6 +1,6 @@
 """Model zoo: named, pinned, hash-checked OCR models."""
 
 from ocrquant.zoo.fetch import cache_home, fetch, get_entry
-from ocrquant.zoo.registry import ZOO, ZooEntry
+from ocrquant.zoo.registry import DEFAULT_CHAIN, ZOO, ZooEntry
 
-__all__ = ["ZOO", "ZooEntry", "cache_home", "fetch", "get_entry"]
+__all__ = ["DEFAULT_CHAIN", "ZOO", "ZooEntry", "cache_home", "fetch", "get_entry"]

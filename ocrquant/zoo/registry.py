@@ -204,3 +204,7 @@ ZOO: dict[str, ZooEntry] = {
         ),
     ]
 }
+
+#: The OCR chain every command defaults to: the models users deploy today (rapidocr 3.10's
+#: PP-OCRv6 small det and rec, with the v2.0 direction classifier it ships beside them).
+DEFAULT_CHAIN: dict[str, str] = {"det": "ppocrv6-small-det", "cls": "ppocrv6-cls", "rec": "ppocrv6-small-rec"}
