@@ -79,6 +79,22 @@ def test_greedy_search_reports_an_unreachable_budget():
     assert [s.action for s in steps] == ["base", "feasibility"]  # given up after one evaluation
 
 
+def test_greedy_search_within_a_layer_cap_tries_only_the_top_of_the_ranking():
+    """The automatic escalation after ``auto`` keeps at most a share of the blocks float
+    (``max_layers``): the budget needs three float layers, two are allowed, so the search says it is
+    unmet after scoring the top two together, and never floats the third."""
+    calls: list[frozenset[str]] = []
+    penalties = {"A": 0.01, "B": 0.01, "C": 0.01}
+    chosen, steps, met = greedy_search(["A", "B", "C"], _metric(penalties, calls), 0.80, 0.5, max_layers=2)
+    assert not met and chosen == ["A", "B"]
+    assert [s.action for s in steps] == ["base", "feasibility"]
+    assert frozenset({"A", "B", "C"}) not in calls
+    chosen, _, met = greedy_search(
+        ["A", "B", "C"], _metric(penalties, []), 0.80, 0.5, max_layers=3, walk="bisect"
+    )
+    assert met and set(chosen) == {"A", "B", "C"}
+
+
 def test_greedy_search_with_a_confidence_margin_wants_the_budget_to_hold_beyond_the_noise():
     """A is the big loss, B a small one that makes the drop uncertain (the INT8 model disagrees with
     FP32 on many samples while B is quantized). Floating A alone meets 0.3 pt on the point estimate;

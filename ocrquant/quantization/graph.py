@@ -137,3 +137,21 @@ def clean_opset_imports(model: onnx.ModelProto) -> None:
     keep = [imp for imp in model.opset_import if (imp.domain or "") in used or imp.domain in ("", "ai.onnx")]
     del model.opset_import[:]
     model.opset_import.extend(keep)
+
+
+def single_reader(model: onnx.ModelProto, cons: dict[str, list[onnx.NodeProto]]):
+    """``reader(name)``: the one node reading tensor ``name``, or None when it has several readers or
+    is a graph output (a pattern rewrite may only absorb such a tensor)."""
+    outputs = {o.name for o in model.graph.output}
+
+    def reader(name: str) -> onnx.NodeProto | None:
+        found = cons.get(name, [])
+        return found[0] if len(found) == 1 and name not in outputs else None
+
+    return reader
+
+
+def other_input(node: onnx.NodeProto, name: str) -> str | None:
+    """The input of a two-input ``node`` that is not ``name`` (None if there is no single other)."""
+    rest = [i for i in node.input if i != name]
+    return rest[0] if len(rest) == 1 else None

@@ -44,7 +44,9 @@ from ocrquant.quantization.graph import (
     is_quantized,
     load_model,
     op_histogram,
+    other_input,
     producers,
+    single_reader,
 )
 from ocrquant.quantization.rewrites import apply_rewrites
 
@@ -148,15 +150,7 @@ def fuse_hardswish_patterns(model: onnx.ModelProto) -> int:
     g = model.graph
     inits = initializers(model)
     cons, prod = consumers(model), producers(model)
-    graph_outputs = {o.name for o in g.output}
-
-    def only_consumer(name: str) -> onnx.NodeProto | None:
-        c = cons.get(name, [])
-        return c[0] if len(c) == 1 and name not in graph_outputs else None
-
-    def other_input(node: onnx.NodeProto, name: str) -> str | None:
-        rest = [i for i in node.input if i != name]
-        return rest[0] if len(rest) == 1 else None
+    only_consumer = single_reader(model, cons)
 
     remove: list[onnx.NodeProto] = []
     new_nodes: list[tuple[onnx.NodeProto, onnx.NodeProto]] = []  # (anchor to replace, HardSwish)

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ocrquant.quantization.graph import consumers, initializers, producers
+from ocrquant.quantization.graph import consumers, initializers, other_input, producers, single_reader
 
 MS_DOMAIN = "com.microsoft"
 PrepareRewrite = Callable[[onnx.ModelProto], int]
@@ -94,15 +94,7 @@ def fuse_gelu(model: onnx.ModelProto) -> int:
     either Mul) by one ``com.microsoft.Gelu``; return how many. Every intermediate must have one reader."""
     inits = initializers(model)
     cons, prod = consumers(model), producers(model)
-    outputs = {o.name for o in model.graph.output}
-
-    def single(name: str) -> onnx.NodeProto | None:
-        c = cons.get(name, [])
-        return c[0] if len(c) == 1 and name not in outputs else None
-
-    def other(node: onnx.NodeProto, name: str) -> str | None:
-        rest = [i for i in node.input if i != name]
-        return rest[0] if len(rest) == 1 else None
+    single, other = single_reader(model, cons), other_input
 
     nodes = list(model.graph.node)  # one wrapper per node for the whole pass (see _replace)
     anchors: list[tuple[onnx.NodeProto, list[onnx.NodeProto]]] = []
@@ -218,4 +210,3 @@ def reducemean_to_global_pool(model: onnx.ModelProto) -> int:
         del node.attribute[:]
         count += 1
     return count
-
