@@ -282,3 +282,25 @@ def test_profile_times_nodes_and_counts_macs(models):
     assert 0 < q.qdq_share < 1 and q.total_macs == result.total_macs
     # the 8-channel depthwise conv is named as the slow-path kernel it is; the float model gets no hint
     assert result.hints == [] and len(q.hints) == 1 and "(8; e.g. dw)" in q.hints[0]
+
+
+@pytest.mark.parametrize(
+    "model,task,shape",
+    [
+        ("ppocrv3-rec", "rec", (1, 3, 48, 160)),
+        ("ppocrv3-cls", "cls", (1, 3, 48, 96)),
+        ("ppocrv3-det", "det", (1, 3, 320, 480)),
+    ],
+)
+def test_input_shape_option_fixes_every_task_input(model, task, shape):
+    """``--input-shape N C H W`` of the analysis commands: det takes it as a fixed resize, cls as its
+    fixed input, rec as its height and minimum width (PaddleOCR's rule widens a long crop's input to
+    its aspect ratio). rec said 'unknown option input_shape' before."""
+    from ocrquant.cli.analysis import _inputs
+    from ocrquant.data import sample_root
+
+    _, arrays = _inputs(model, sample_root() / ("det" if task == "det" else "rec"), task, 2, shape)
+    if task == "rec":
+        assert all(a.shape[:3] == shape[:3] and a.shape[3] >= shape[3] for a in arrays)
+    else:
+        assert [a.shape for a in arrays] == [shape, shape]
