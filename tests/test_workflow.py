@@ -63,3 +63,36 @@ def test_run_rejects_a_budget_it_cannot_read(tmp_path: Path) -> None:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and says in lines[0], proc.stderr
         assert not (tmp_path / "r").exists()
+
+
+def test_sigterm_stops_a_quantize_without_leaving_scratch(tmp_path: Path) -> None:
+    """``kill`` (SIGTERM) mid-run: the command unwinds like Ctrl-C, exit code 143, its temporary
+    directories gone and no output written. PP-OCRv6 det's preparation and calibration take seconds,
+    so the signal lands inside them."""
+    import os
+    import signal
+    import time
+
+    from ocrquant.data import sample_root
+    from ocrquant.zoo.resolve import resolve_model
+
+    model = resolve_model("ppocrv6-small-det").path  # fetched before the clock starts
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    out = tmp_path / "det.int8.onnx"
+    cmd = [sys.executable, "-m", "ocrquant.cli.main", "quantize", "-m", str(model), "--task", "det",
+           "--calib-data", str(sample_root() / "det"), "--method", "min_max", "--no-cache",
+           "-o", str(out)]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, "TMPDIR": str(scratch)}, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while not any(scratch.iterdir()) and time.monotonic() < deadline:  # wait until it has scratch
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "terminated" in err and "Traceback" not in err
+    assert not [p for p in scratch.iterdir() if p.name.startswith("ocrquant-")]
+    assert not out.exists()

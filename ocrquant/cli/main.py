@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -413,12 +414,25 @@ def _register_stage_commands() -> None:
 _register_stage_commands()
 
 
+_SIGNALLED: list[int] = []
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (a job scheduler's stop, ``kill``) raised as KeyboardInterrupt, so the command unwinds as
+    on Ctrl-C: every ``with`` block closes, temporary directories (``ocrquant-quant-*``, the budget
+    search's models) are removed and per-image partial results stay for the resume. Without it Python
+    dies on the signal at once and leaves its scratch directories in the temp folder."""
+    _SIGNALLED.append(signum)
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2.
 
     Click keeps its own handling of usage errors (standalone mode); ours covers everything the
     library raises as OcrQuantError.
     """
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         app()
     except OcrQuantError as exc:
@@ -430,6 +444,12 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted (partial results kept; run again to resume)")
         sys.exit(130)
+    except SystemExit as exc:
+        # typer turns the KeyboardInterrupt raised for SIGTERM into exit code 130 on its way out
+        if _SIGNALLED and exc.code == 130:
+            err_console.print("terminated (partial results kept; run again to resume)")
+            sys.exit(143)
+        raise
 
 
 if __name__ == "__main__":
