@@ -356,3 +356,21 @@ def test_det_stats_give_the_metric_hmean():
     ]
     assert DetMetric.primary_from_stats(np.array(rows).sum(0)) == pytest.approx(metric.result()["hmean"])
     assert DetMetric.primary_from_stats(np.zeros(3)) == 0.0
+
+
+def test_paired_mean_interval_of_a_per_sample_figure():
+    """rec's 1-NED interval: the bootstrap of mean(int8) - mean(float) over samples paired by key; a
+    constant shift gives a zero-width interval at the shift, and samples without the figure give None."""
+    from ocrquant.evaluation.significance import paired_mean_interval
+
+    rng = np.random.default_rng(0)
+    values = rng.uniform(0.5, 1.0, 200)
+    fp = [{"key": f"k{i}", "figures": {"norm_edit_sim": float(v)}} for i, v in enumerate(values)]
+    q = [{"key": f"k{i}", "figures": {"norm_edit_sim": float(v) - 0.01}} for i, v in enumerate(values)]
+    ci = paired_mean_interval(fp, q, "norm_edit_sim")
+    assert ci["low"] == pytest.approx(-0.01) and ci["high"] == pytest.approx(-0.01) and ci["samples"] == 200
+    noisy = [{"key": s["key"], "figures": {"norm_edit_sim": s["figures"]["norm_edit_sim"] + d}}
+             for s, d in zip(fp, rng.normal(0, 0.05, 200), strict=True)]  # fmt: skip
+    ci = paired_mean_interval(fp, noisy, "norm_edit_sim")
+    assert ci["low"] < 0 < ci["high"] and ci["resamples"] == 2000
+    assert paired_mean_interval(fp, q, "no_such_figure") is None

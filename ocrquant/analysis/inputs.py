@@ -20,14 +20,27 @@ def load_inputs(
     task_options: dict[str, Any] | None = None,
     data_format: str | None = None,
     progress: bool = False,
+    input_shape: tuple[int, int, int, int] | None = None,
 ) -> tuple[list[str], list[np.ndarray]]:
-    """(sample keys, NCHW float32 arrays with N=1) for the first ``limit`` samples of ``data``."""
+    """(sample keys, NCHW float32 arrays with N=1) for the first ``limit`` samples of ``data``.
+
+    ``input_shape`` (N, C, H, W) fixes the input: det takes (H, W) as a fixed resize, cls and rec
+    (C, H, W) as their input size (rec's width stays a minimum: PaddleOCR widens a long crop's input to
+    its aspect ratio)."""
     from ocrquant.api import build_task, infer_task
     from ocrquant.data import load_image, open_dataset
     from ocrquant.zoo.resolve import resolve_model
 
     resolved = resolve_model(model)
     task_name = infer_task(resolved, task)
+    if input_shape is not None:
+        _, channels, height, width = input_shape
+        fixed = (
+            {"input_shape": (height, width)}
+            if task_name.split("-")[0] == "det"
+            else {"image_shape": (channels, height, width)}
+        )
+        task_options = {**(task_options or {}), **fixed}
     task_obj = build_task(task_name, resolved, task_options)
     dataset = open_dataset(Path(data), task_name, data_format)
     samples = dataset.samples[:limit] if limit is not None else dataset.samples

@@ -45,17 +45,9 @@ def _inputs(model: str, data: Path | None, task: str | None, limit: int | None, 
 
     if data is None:
         raise OcrQuantError("--data DIR is required (a labelled dataset whose images feed the model)")
-    opts = None
-    if shape:
-        from ocrquant.api import infer_task
-        from ocrquant.zoo.resolve import resolve_model
-
-        height, width = parse_shape(shape)
-        kind = infer_task(resolve_model(model), task).split("-")[0]
-        # det takes a fixed (H, W) resize; rec and cls a fixed (C, H, W) input of the given size
-        fixed = {"input_shape": (height, width)}
-        opts = fixed if kind == "det" else {"image_shape": (shape[1], height, width)}
-    return load_inputs(model, data, task, limit, opts, progress=True)
+    parse_shape(shape)  # one line naming the option when it is not four positive numbers
+    fixed = tuple(shape) if shape else None
+    return load_inputs(model, data, task, limit, progress=True, input_shape=fixed)
 
 
 def _model_path(model: str) -> Path:

@@ -66,6 +66,11 @@ def paired_stats_interval(
     n = len(f)
     counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)])
     delta = metric.primary_from_stats(counts @ q) - metric.primary_from_stats(counts @ f)
+    return _interval(delta, level, n)
+
+
+def _interval(delta: np.ndarray, level: float, samples: int) -> dict[str, float]:
+    """The central ``level`` interval and standard error of resampled deltas."""
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(delta, [tail, 100 - tail])
     return {
@@ -73,8 +78,8 @@ def paired_stats_interval(
         "high": float(high),
         "se": float(delta.std()),
         "level": level,
-        "resamples": resamples,
-        "samples": n,
+        "resamples": len(delta),
+        "samples": samples,
     }
 
 
@@ -98,7 +103,4 @@ def paired_mean_interval(
     rng = np.random.default_rng(seed)
     n = len(diff)
     means = np.array([diff[rng.integers(0, n, n)].mean() for _ in range(resamples)])
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return {"low": float(low), "high": float(high), "se": float(means.std()), "level": level,
-            "resamples": resamples, "samples": n}  # fmt: skip
+    return _interval(means, level, n)
