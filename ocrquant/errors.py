@@ -25,11 +25,34 @@ def one_line(exc: BaseException) -> str:
     return f"error: {' '.join(str(exc).split())}"
 
 
+def describe_failure(exc: BaseException) -> str:
+    """The one line a command prints when it fails, whatever failed.
+
+    * :class:`OcrQuantError`: its message (it already names the file).
+    * :class:`OSError` (unwritable folder, disk full, a file where a folder is expected): the path
+      and the system's reason, e.g. ``error: /data/out.json: Permission denied``.
+    * :class:`MemoryError`: what ran out, and the usual cause.
+    * anything else is a defect of ocrquant: its type and message, and how to get the traceback.
+    """
+    if isinstance(exc, OcrQuantError):
+        return one_line(exc)
+    if isinstance(exc, OSError):
+        where = exc.filename if exc.filename is not None else ""
+        other = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+        reason = exc.strerror or str(exc)
+        return one_line(OcrQuantError(reason, f"{where}{other}") if where else OcrQuantError(reason))
+    if isinstance(exc, MemoryError):
+        return one_line(OcrQuantError("out of memory (an image or batch too large for this machine?)"))
+    return one_line(
+        OcrQuantError(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug for the traceback")
+    )
+
+
 def run_script(main: Callable[[], None]) -> None:
     """Run a script's ``main`` the way the CLI runs a command: bad input (an :class:`OcrQuantError`)
     becomes one line on stderr and exit code 2, not a traceback."""
     try:
         main()
-    except OcrQuantError as exc:
-        print(one_line(exc), file=sys.stderr)
+    except (OcrQuantError, OSError) as exc:
+        print(describe_failure(exc), file=sys.stderr)
         sys.exit(2)

@@ -4,9 +4,12 @@ that knows where a quantized model's ``.quant.json`` sidecar lives."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
+import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,13 +17,55 @@ from typing import Any
 
 from ocrquant.errors import OcrQuantError
 
+_PID_TAG = re.compile(r"pid(\d+)-")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _remove_if_orphaned(path: Path) -> None:
+    """Remove ``path`` (a scratch folder or temporary file named with ``pid<N>-``) when process N is
+    gone: ``kill -9`` gives a process no chance to clean up, so the next run does it."""
+    import shutil
+
+    match = _PID_TAG.search(path.name)
+    if match is None or _pid_alive(int(match.group(1))):
+        return
+    with contextlib.suppress(OSError):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def scratch_dir(kind: str) -> tempfile.TemporaryDirectory:
+    """A temporary folder for one step of a command, tagged with this process's id so that a later run
+    can tell it was left behind by a killed process (:func:`sweep_orphans`)."""
+    return tempfile.TemporaryDirectory(prefix=f"ocrquant-{kind}-pid{os.getpid()}-")
+
+
+def sweep_orphans() -> None:
+    """Remove scratch folders of ocrquant processes that no longer exist (run at every command's start;
+    a listing of the temp folder)."""
+    root = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for path in root.glob("ocrquant-*-pid*-*"):
+            _remove_if_orphaned(path)
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds."""
+    """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds.
+    Temporary files a killed process left beside ``target`` are removed first."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.pid*-*.tmp"):
+        _remove_if_orphaned(stale)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.pid{os.getpid()}-", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -76,8 +121,18 @@ def sidecar_path(model: str | Path) -> Path:
     return model.with_name(model.stem + ".quant.json")
 
 
+def write_sidecar(model: str | Path, data: dict[str, Any]) -> Path:
+    """Write ``model``'s sidecar (atomically) with the sha256 of the model file it describes: model and
+    sidecar are two files, so a kill between their renames, or a model replaced later, would pair a
+    model with another model's settings; :func:`read_sidecar` drops a sidecar whose digest differs."""
+    side = sidecar_path(model)
+    write_json_atomic(side, {**data, "model_sha256": sha256_file(model)})
+    return side
+
+
 def read_sidecar(model: str | Path) -> dict[str, Any]:
-    """The model's sidecar as a dict; empty when there is none; a clear error naming it when corrupt."""
+    """The model's sidecar as a dict; empty when there is none or when it describes another version of
+    the model file (warned); a clear error naming it when corrupt."""
     side = sidecar_path(model)
     if not side.exists():
         return {}
@@ -87,4 +142,67 @@ def read_sidecar(model: str | Path) -> dict[str, Any]:
         raise OcrQuantError(f"corrupt quantization sidecar (not JSON: {exc})", side) from None
     if not isinstance(data, dict):
         raise OcrQuantError("corrupt quantization sidecar (not a JSON object)", side)
+    recorded = data.get("model_sha256")
+    if recorded and Path(model).is_file() and recorded != sha256_file(model):
+        logging.getLogger("ocrquant").warning(
+            "ignoring %s: it describes another version of %s (model file changed since)", side, model
+        )
+        return {}
     return data
+
+
+def check_output(target: str | Path, inputs: list[str | Path | None], *, folder: bool = False) -> None:
+    """Refuse, before any work, an output that would destroy an input or cannot be written.
+
+    The one output-path policy of every command: ``target`` (a file, or a ``folder`` the command
+    fills) may not be one of ``inputs`` (same file, through links too), may not lie inside an input
+    folder (a dataset: its ``gt.txt`` would be replaced) and, as a folder, may not contain an input;
+    a file output may not be an existing folder; the nearest existing parent must be a writable
+    folder. Zoo names and other non-paths among ``inputs`` are ignored.
+    """
+    out = Path(target).expanduser()
+    real = Path(os.path.realpath(out))
+    for given in inputs:
+        if given is None or not Path(given).exists():
+            continue
+        src = Path(os.path.realpath(given))
+        if real == src:
+            raise OcrQuantError("output is also an input of this command; choose another path", out)
+        if src.is_dir() and real.is_relative_to(src):
+            raise OcrQuantError(f"output lies inside the input folder {given}; choose a path outside it", out)
+        if folder and src.is_relative_to(real):
+            raise OcrQuantError(f"output folder contains the input {given}; choose another folder", out)
+    if out.exists() and not folder and out.is_dir():
+        raise OcrQuantError("output is a directory; give a file name", out)
+    if out.exists() and folder and not out.is_dir():
+        raise OcrQuantError("output folder is an existing file", out)
+    parent = out if folder and out.exists() else out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OcrQuantError(f"cannot write here: {parent} is a file, not a folder", out)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OcrQuantError(f"cannot write here: no write permission in {parent}", out)
+
+
+MANIFEST_NAME = ".manifest.sha256.json"
+
+
+def write_manifest(folder: str | Path) -> None:
+    """Record the sha256 of every file under ``folder`` (for a cache entry ocrquant built itself)."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
+    write_json_atomic(folder / MANIFEST_NAME, {str(p.relative_to(folder)): sha256_file(p) for p in files})
+
+
+def manifest_intact(folder: str | Path) -> bool:
+    """True when ``folder`` holds exactly the files its manifest records, with the same sha256."""
+    folder = Path(folder)
+    try:
+        recorded = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
+    if not isinstance(recorded, dict) or sorted(recorded) != [str(p.relative_to(folder)) for p in files]:
+        return False
+    return all(recorded[str(p.relative_to(folder))] == sha256_file(p) for p in files)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import onnx
@@ -21,3 +22,14 @@ def declared_output_shape(model: onnx.ModelProto) -> list[Any] | None:
         return None
     out = model.graph.output[0]
     return declared_dims(out) if out.type.tensor_type.HasField("shape") else None
+
+
+def require_graph(model: onnx.ModelProto, path: str | Path) -> onnx.ModelProto:
+    """``model`` if it has a graph with inputs, outputs and nodes, else a one-line error naming
+    ``path``: protobuf parses an empty file, and many text or random files, into a "model" without
+    complaint, which would then fail deep inside a command."""
+    from ocrquant.errors import OcrQuantError
+
+    if not model.graph.input or not model.graph.output or not model.graph.node:
+        raise OcrQuantError("not an ONNX model (no graph, inputs or outputs in it)", path)
+    return model

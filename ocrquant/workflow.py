@@ -16,8 +16,8 @@ from ocrquant.api import build_task
 from ocrquant.data import open_dataset, sample_root
 from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation import EvalResult, evaluate
-from ocrquant.evaluation.evaluate import preprocessed_inputs
-from ocrquant.fileio import read_sidecar, write_json_atomic, write_text_atomic
+from ocrquant.evaluation.evaluate import file_fingerprint, preprocessed_inputs
+from ocrquant.fileio import read_sidecar, sha256_file, write_json_atomic, write_text_atomic
 from ocrquant.report import ReportRow, render_markdown
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.runtime.timing import interleaved_latency
@@ -61,11 +61,15 @@ class RunConfig:
 def default_calibration_root() -> Path:
     """A synthetic calibration set (own seed, never the sample's test images), made once and cached."""
     from ocrquant.data.synth import generate
+    from ocrquant.fileio import manifest_intact, write_manifest
     from ocrquant.zoo.fetch import cache_home
 
     root = cache_home() / "synth-calib-seed7"
-    if not (root / "det").is_dir() or not (root / "rec").is_dir():
+    if not manifest_intact(root):  # a damaged set would otherwise break every later run
+        if root.exists():
+            log.warning("%s: damaged or unverified; generating it again", root)
         generate(root, n_det=12, n_rec=64, seed=7, overwrite=True)
+        write_manifest(root)
     return root
 
 
@@ -138,13 +142,18 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
     if cfg.method:
         qcfg.method = cfg.method
     budget = cfg.max_drop.get(task_name, cfg.max_drop.get(task_name.split("-")[0]))
-    qkey = {"model": str(model.path), "calib": str(calib_set.root), "config": _plain(qcfg)}
+    qkey = {
+        "model": str(model.path),
+        "model_sha256": file_fingerprint(model.path),
+        "calib": str(calib_set.root.resolve()),
+        "config": _plain(qcfg),
+    }
     if budget is not None:  # absent otherwise, so run directories from before the option still resume
         qkey["max_drop"] = budget
     if cfg.keep_all_int8:
         qkey["keep_all_int8"] = True
     key_file = out / "quantize.key.json"
-    if not (int8_path.exists() and key_file.exists() and json.loads(key_file.read_text()) == qkey):
+    if not _quantized_already(int8_path, key_file, qkey):
         log.info("[%s] quantizing %s (up to %d calibration images)", task_name, model.name, cfg.calib_size)
         from ocrquant.quantization.mixed_precision import escalate_to_budget, quantize_with_budget
 
@@ -159,9 +168,26 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
             )
         if search is not None:
             log.info("[%s] %s", task_name, search.summary())
-        write_json_atomic(key_file, qkey)
+        write_json_atomic(key_file, {"key": qkey, "int8_sha256": sha256_file(int8_path)})
     _publish_int8(model, int8_path)
     return Quantized(model, task_obj, int8_path, test_set)
+
+
+def _quantized_already(int8_path: Path, key_file: Path, qkey: dict[str, Any]) -> bool:
+    """True when the run folder holds the INT8 model of exactly this quantize step: same float model
+    bytes, calibration folder and settings, and the INT8 file is the one written then (a model
+    replaced or damaged since is quantized again)."""
+    if not (int8_path.is_file() and key_file.is_file()):
+        return False
+    try:
+        stored = json.loads(key_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(stored, dict) or stored.get("key") != qkey:
+        if key_file.exists():
+            log.info("quantizing again: %s records another model, calibration set or setting", key_file)
+        return False
+    return stored.get("int8_sha256") == sha256_file(int8_path)
 
 
 def _publish_int8(model: ResolvedModel, int8_path: Path) -> None:

@@ -9,8 +9,10 @@ same input slot). Quantizers keep node names, so consumers are matched by node n
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import onnx
 from onnx import NodeProto
 
 from ocrquant.errors import OcrQuantError
+from ocrquant.onnx_shapes import require_graph
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -34,9 +37,10 @@ def load_model(path: str | Path, *, load_weights: bool = True) -> onnx.ModelProt
     if not path.is_file():
         raise OcrQuantError("model file not found", path)
     try:
-        return onnx.load(str(path), load_external_data=load_weights)
+        model = onnx.load(str(path), load_external_data=load_weights)
     except Exception as exc:  # onnx raises DecodeError and others on a corrupt file
         raise OcrQuantError(f"cannot read ONNX model: {str(exc).splitlines()[0][:200]}", path) from None
+    return require_graph(model, path)
 
 
 def safe_tensor_dirname(index: int, name: str) -> str:
@@ -233,3 +237,29 @@ def with_outputs(
         else:
             m.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     return m
+
+
+@contextlib.contextmanager
+def float_reference(float_model: Path, quant_model: Path) -> Iterator[Path]:
+    """The float graph an INT8 model of ocrquant's was made from.
+
+    The quantizer prepares the float model before it inserts Q/DQ (HardSwish fused from
+    Add/Clip/Mul/Div, scalar affines folded into convolutions, the target's layout rewrites), so about
+    half the tensors of the user's float file have no counterpart in the INT8 graph and layer matching
+    refused ocrquant's own cls model. When the INT8 model's sidecar records that preparation, the same
+    preparation of ``float_model`` (in a scratch folder) is the reference; otherwise ``float_model``.
+    """
+    from ocrquant.fileio import read_sidecar, scratch_dir
+    from ocrquant.quantization.prepare import prepare_model
+
+    settings = read_sidecar(quant_model).get("settings") or {}
+    if "fuse_hardswish" not in settings:
+        yield float_model
+        return
+    rewrites = tuple((settings.get("target") or {}).get("prepare_rewrites") or ())
+    with scratch_dir("reference") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        prepare_model(
+            float_model, prepared, fuse_hardswish=bool(settings["fuse_hardswish"]), rewrites=rewrites
+        )
+        yield prepared

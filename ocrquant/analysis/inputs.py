@@ -28,7 +28,7 @@ def load_inputs(
     (C, H, W) as their input size (rec's width stays a minimum: PaddleOCR widens a long crop's input to
     its aspect ratio)."""
     from ocrquant.api import build_task, infer_task
-    from ocrquant.data import load_image, open_dataset
+    from ocrquant.data import open_dataset, readable_images
     from ocrquant.zoo.resolve import resolve_model
 
     resolved = resolve_model(model)
@@ -43,13 +43,12 @@ def load_inputs(
         task_options = {**(task_options or {}), **fixed}
     task_obj = build_task(task_name, resolved, task_options)
     dataset = open_dataset(Path(data), task_name, data_format)
-    samples = dataset.samples[:limit] if limit is not None else dataset.samples
-    if not samples:
-        raise OcrQuantError("no samples to run (empty dataset or --limit 0)", data)
+    samples = dataset.samples[:limit] if limit else dataset.samples
     keys, arrays = [], []
-    for sample in tqdm(samples, desc="preprocess", disable=not progress, unit="img"):
+    bar = tqdm(samples, desc="preprocess", disable=not progress, unit="img")
+    for sample, image in readable_images(bar):
         keys.append(sample.key)
-        arrays.append(
-            np.ascontiguousarray(task_obj.preprocess([load_image(sample)]).inputs, dtype=np.float32)
-        )
+        arrays.append(np.ascontiguousarray(task_obj.preprocess([image]).inputs, dtype=np.float32))
+    if not arrays:
+        raise OcrQuantError("no readable images among the samples", data)
     return keys, arrays

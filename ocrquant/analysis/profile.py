@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import onnx
 import onnxruntime as ort
 
 from ocrquant.analysis.graph import GraphView, load_model
+from ocrquant.fileio import scratch_dir
 
 QDQ_TIME_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 _OPT = {
@@ -133,7 +133,7 @@ def profile_model(
     if threads:
         so.intra_op_num_threads = threads
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir("profile") as tmp:
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(tmp, "ocrquant_profile")
         session = ort.InferenceSession(str(model_path), sess_options=so, providers=["CPUExecutionProvider"])

@@ -53,7 +53,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,10 +62,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ocrquant.data import Dataset, Sample, load_image, open_dataset, sample_calibration
+from ocrquant.data import Dataset, Sample, open_dataset, readable_images, sample_calibration
 from ocrquant.data.calibration import image_id
 from ocrquant.errors import OcrQuantError
-from ocrquant.fileio import atomic_path, read_sidecar, write_json_atomic
+from ocrquant.fileio import atomic_path, read_sidecar, scratch_dir, write_json_atomic
 
 log = logging.getLogger("ocrquant")
 
@@ -572,8 +571,9 @@ class Validator:
         self.use_metric = metric
         self.progress = progress
         self.items = []
-        for s in tqdm(samples, desc="validation images", disable=not progress, leave=False):
-            self.items.append((s, task.preprocess([load_image(s)])))
+        bar = tqdm(samples, desc="validation images", disable=not progress, leave=False)
+        for s, image in readable_images(bar):
+            self.items.append((s, task.preprocess([image])))
         self.snr_count = min(snr_samples, len(self.items))
         self.reference: list[list[np.ndarray]] = []
         self.predictions: list[Any] = []  # the FP32 model's post-processed prediction per image
@@ -967,7 +967,7 @@ def sensitivity(
     calib = open_dataset(Path(calib_data), task_name)
     val = open_dataset(Path(val_data), task_name) if val_data is not None else None
     split = split_validation(calib, cfg.calib_size, cfg.seed, val_size, val_data=val)
-    with tempfile.TemporaryDirectory(prefix="ocrquant-sens-") as tmp:
+    with scratch_dir("sens") as tmp:
         work = Path(work_dir) if work_dir is not None else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         pair = quantize_pair(model, task_name, calib, work, cfg)

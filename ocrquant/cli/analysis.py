@@ -9,20 +9,22 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ocrquant.cli.common import console, parse_shape
+from ocrquant.cli.common import StrictOpt, check_threads, console, guard_outputs, parse_shape
 from ocrquant.errors import OcrQuantError
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Zoo name or path to an .onnx file.")]
 DataOpt = Annotated[Path | None, typer.Option("--data", "-d", help="Labelled dataset directory (inputs).")]
 TaskOpt = Annotated[str | None, typer.Option("--task", help="det, cls or rec (inferred for zoo models).")]
-LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use the first N samples only.")]
+LimitOpt = Annotated[
+    int | None, typer.Option("--limit", help="Use the first N samples only (0: all).", min=0)
+]
 ShapeOpt = Annotated[
     tuple[int, int, int, int] | None,
     typer.Option("--input-shape", help="det: fixed N C H W, e.g. 1 3 512 896 (default: max side 960)."),
 ]
-ThreadsOpt = Annotated[int, typer.Option(help="Runtime threads (0 = all cores).")]
+ThreadsOpt = Annotated[int, typer.Option(help="Runtime threads (0 = all cores).", min=0)]
 ChunkOpt = Annotated[
-    int, typer.Option("--chunk", help="Tensors exposed per model run (0 = from the input size).")
+    int, typer.Option("--chunk", help="Tensors exposed per model run (0 = from the input size).", min=0)
 ]
 
 
@@ -40,9 +42,13 @@ def _shape(text: str | None, option: str) -> list[int] | None:
     return dims
 
 
-def _inputs(model: str, data: Path | None, task: str | None, limit: int | None, shape: tuple | None):
+def _inputs(
+    model: str, data: Path | None, task: str | None, limit: int | None, shape: tuple | None, strict: bool
+):
     from ocrquant.analysis.inputs import load_inputs
+    from ocrquant.data import READ_POLICY
 
+    READ_POLICY.strict = strict
     if data is None:
         raise OcrQuantError("--data DIR is required (a labelled dataset whose images feed the model)")
     parse_shape(shape)  # one line naming the option when it is not four positive numbers
@@ -72,11 +78,14 @@ def dump_cmd(
     input_shape: ShapeOpt = None,
     chunk: ChunkOpt = 0,
     threads: ThreadsOpt = 0,
+    strict: StrictOpt = False,
 ) -> None:
     """Save every intermediate tensor as OUT/{float,quant}/<index>__<name>/batch_<k>.npy (bounded memory)."""
     from ocrquant.analysis.dump import dump_model, dump_pair
 
-    _, arrays = _inputs(model, data, task, limit, input_shape)
+    guard_outputs([model, quant, data], folders=[out])
+    check_threads(threads)
+    _, arrays = _inputs(model, data, task, limit, input_shape, strict)
     path = _model_path(model)
     if quant is None:
         index = dump_model(path, arrays, out, chunk_size=chunk, threads=threads)
@@ -84,7 +93,10 @@ def dump_cmd(
             f"wrote {len(index)} tensors x {len(arrays)} inputs to {out} (index: {out}/tensors.json)"
         )
         return
-    index = dump_pair(path, quant, arrays, out, chunk_size=chunk, threads=threads)
+    from ocrquant.analysis.graph import float_reference
+
+    with float_reference(path, quant) as reference:
+        index = dump_pair(reference, quant, arrays, out, chunk_size=chunk, threads=threads)
     console.print(
         f"wrote {len(index['pairs'])} matched tensor pairs x {len(arrays)} inputs to {out} "
         f"(index: {out}/index.json; {len(index['unmatched'])} float tensors unmatched)"
@@ -107,23 +119,31 @@ def compare_cmd(
     csv: Annotated[Path | None, typer.Option("--csv", help="Write all rows as CSV.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write all rows as JSON.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="PNG of SNR along the network depth.")] = None,
-    top: Annotated[int, typer.Option(help="Rows shown per mode in the terminal.")] = 15,
+    top: Annotated[int, typer.Option(help="Rows shown per mode in the terminal.", min=0)] = 15,
     input_shape: ShapeOpt = None,
     chunk: ChunkOpt = 0,
     threads: ThreadsOpt = 0,
+    strict: StrictOpt = False,
 ) -> None:
     """Layer-wise float vs INT8 error (cosine, SNR, max/mean abs), worst SNR first."""
     from ocrquant.analysis.compare import compare_from_dump, compare_models
 
+    guard_outputs([float_model, quant_model, data, from_dump], files=[csv, json_out, plot])
+    check_threads(threads)
+    if sim and (quant_model is None or from_dump is not None):
+        raise OcrQuantError("--sim needs INT8.onnx and --data (not --from-dump)")
     if from_dump is not None:
         result = compare_from_dump(from_dump)
     else:
         if float_model is None or quant_model is None:
             raise OcrQuantError("give FLOAT.onnx and INT8.onnx, or --from-dump DIR")
-        _, arrays = _inputs(float_model, data, task, limit, input_shape)
-        result = compare_models(
-            _model_path(float_model), quant_model, arrays, mode=mode, chunk_size=chunk, threads=threads
-        )
+        _, arrays = _inputs(float_model, data, task, limit, input_shape, strict)
+        from ocrquant.analysis.graph import float_reference
+
+        with float_reference(_model_path(float_model), quant_model) as reference:
+            result = compare_models(
+                reference, quant_model, arrays, mode=mode, chunk_size=chunk, threads=threads
+            )
     for md in result.modes:
         table = Table(
             title=f"{md}: worst {top} of {len(result.sorted_rows(md))} tensors ({result.samples} inputs)"
@@ -158,9 +178,7 @@ def compare_cmd(
         plot_snr(result, plot)
         console.print(f"wrote {plot}")
     if sim:
-        if quant_model is None or from_dump is not None:
-            raise OcrQuantError("--sim needs INT8.onnx and --data (not --from-dump)")
-        _print_agreement(quant_model, arrays, "half_away", threads)
+        _print_agreement(quant_model, arrays, "half_away", "fixed", threads)
 
 
 def _print_agreement(model: Path, arrays, rounding: str, requant: str, threads: int) -> None:
@@ -239,6 +257,7 @@ def simulate_cmd(
     ] = "fixed",
     input_shape: ShapeOpt = None,
     threads: ThreadsOpt = 0,
+    strict: StrictOpt = False,
 ) -> None:
     """Run a QDQ model as an integer accelerator would (int8 x int8 -> int32, fixed-point requantisation)."""
     import numpy as np
@@ -246,6 +265,8 @@ def simulate_cmd(
     from ocrquant.analysis.binio import read_bin, write_bin
     from ocrquant.analysis.simulate import Simulator
 
+    guard_outputs([model, data, input_bin], files=[output_bin])
+    check_threads(threads)
     sim = Simulator(model, rounding=rounding, requant=requant)
     name = sim.view.input_names[0]
     feeds: dict = {}
@@ -253,6 +274,7 @@ def simulate_cmd(
         if not bin_shape:
             raise OcrQuantError("--input-bin needs --bin-shape N,C,H,W")
         raw = read_bin(input_bin, _shape(bin_shape, "--bin-shape"), bin_dtype)
+        _check_declared_shape(model, list(raw.shape))
         if raw.dtype.kind == "f":
             arrays = [raw.astype("float32")]
         else:  # already quantized: it replaces the output of the input's QuantizeLinear
@@ -269,7 +291,7 @@ def simulate_cmd(
                 f"{params.zero_point.ravel()[0]}): fed after the input QuantizeLinear"
             )
     else:
-        _, arrays = _inputs(str(model), data, task, limit, input_shape)
+        _, arrays = _inputs(str(model), data, task, limit, input_shape, strict)
     if compare:
         _print_agreement(model, arrays, rounding, requant, threads)
         return
@@ -294,6 +316,18 @@ def simulate_cmd(
             console.print(f"wrote {output_bin} (float32, shape {list(outputs[first].shape)})")
 
 
+def _check_declared_shape(model: Path, shape: list[int]) -> None:
+    """Refuse an input whose shape the model's first input does not declare (rank, or a fixed size):
+    the model would fail deep inside a kernel, or run and give an output of the wrong shape."""
+    from ocrquant.analysis.graph import load_model
+    from ocrquant.onnx_shapes import declared_dims
+
+    declared = declared_dims(load_model(model, load_weights=False).graph.input[0], unknown=None)
+    fixed_ok = all(not isinstance(d, int) or d <= 0 or d == s for d, s in zip(declared, shape, strict=False))
+    if len(declared) != len(shape) or not fixed_ok:
+        raise OcrQuantError(f"input of shape {shape}, but the model's input is {declared}", model)
+
+
 def npy2bin_cmd(
     npy: Annotated[Path, typer.Argument(help="Input .npy file.")],
     out: Annotated[Path, typer.Argument(help="Output raw .bin file.")],
@@ -302,6 +336,7 @@ def npy2bin_cmd(
     """Write a .npy tensor as raw little-endian C-order bytes."""
     from ocrquant.analysis.binio import npy2bin
 
+    guard_outputs([npy], files=[out])
     shape, dt = npy2bin(npy, out, dtype)
     console.print(f"wrote {out}: shape {' '.join(map(str, shape))} {dt}")
 
@@ -315,6 +350,7 @@ def bin2npy_cmd(
     """Read a raw tensor (checked against shape x dtype size) into a .npy file."""
     from ocrquant.analysis.binio import bin2npy
 
+    guard_outputs([bin_path], files=[out])
     arr = bin2npy(bin_path, out, _shape(shape, "--shape"), dtype)
     console.print(f"wrote {out}: shape {list(arr.shape)} {arr.dtype}")
 
@@ -325,12 +361,13 @@ def profile_cmd(
     compare: Annotated[Path | None, typer.Option("--compare", help="Also profile this (INT8) model.")] = None,
     task: TaskOpt = None,
     limit: LimitOpt = 4,
-    runs: Annotated[int | None, typer.Option(help="Timed runs (default: one per input).")] = None,
+    runs: Annotated[int | None, typer.Option(help="Timed runs (default: one per input).", min=1)] = None,
     optimization: Annotated[str, typer.Option(help="disable | basic | extended | all.")] = "all",
-    top: Annotated[int, typer.Option(help="Slowest nodes shown.")] = 15,
+    top: Annotated[int, typer.Option(help="Slowest nodes shown.", min=0)] = 15,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full profile as JSON.")] = None,
     input_shape: ShapeOpt = None,
     threads: ThreadsOpt = 0,
+    strict: StrictOpt = False,
 ) -> None:
     """Per-node and per-op-type latency (onnxruntime profiler), MACs and parameters per layer."""
     from dataclasses import asdict
@@ -338,7 +375,9 @@ def profile_cmd(
     from ocrquant.analysis.profile import profile_model
     from ocrquant.fileio import write_json_atomic
 
-    _, arrays = _inputs(model, data, task, limit, input_shape)
+    guard_outputs([model, compare, data], files=[json_out])
+    check_threads(threads)
+    _, arrays = _inputs(model, data, task, limit, input_shape, strict)
     paths = [_model_path(model)] + ([compare] if compare else [])
     results = [profile_model(p, arrays, runs=runs, threads=threads, optimization=optimization) for p in paths]
     for res in results:

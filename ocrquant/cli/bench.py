@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ocrquant.cli.common import console
+from ocrquant.cli.common import check_threads, console, guard_outputs
 
 
 def bench_cmd(
@@ -20,9 +20,11 @@ def bench_cmd(
     data: Annotated[
         Path | None, typer.Option("--data", "-d", help="Images for the inputs (default: embedded sample).")
     ] = None,
-    threads: Annotated[int, typer.Option(help="Runtime threads per session.")] = 2,
-    rounds: Annotated[int, typer.Option(help="Timed rounds (each runs every input of every case).")] = 20,
-    warmup: Annotated[int, typer.Option(help="Untimed warm-up rounds.")] = 2,
+    threads: Annotated[int, typer.Option(help="Runtime threads per session.", min=0)] = 2,
+    rounds: Annotated[
+        int, typer.Option(help="Timed rounds (each runs every input of every case).", min=1)
+    ] = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up rounds.", min=0)] = 2,
     shape: Annotated[
         list[str] | None, typer.Option("--shape", help="Only these task shapes, e.g. '544x960' (repeatable).")
     ] = None,
@@ -35,18 +37,51 @@ def bench_cmd(
     from ocrquant.fileio import write_json_atomic
     from ocrquant.runtime.bench import run_bench
 
-    result = run_bench(model, task, backends=backend, data=data, threads=threads, rounds=rounds,
-                       warmup=warmup, shapes=shape, memory=memory)
-    table = Table(title=f"bench {task} | {result.settings['threads']} threads | {rounds} rounds | "
-                        f"baseline {result.baseline}")
-    for col in ("model", "prec", "backend", "input", "median ms", "p90 ms", "min ms", "img/s", "speed-up",
-                "MB on disk", "peak RSS MB", "session RSS MB"):
+    guard_outputs([*model, data], files=[json_out])
+    check_threads(threads)
+
+    result = run_bench(
+        model,
+        task,
+        backends=backend,
+        data=data,
+        threads=threads,
+        rounds=rounds,
+        warmup=warmup,
+        shapes=shape,
+        memory=memory,
+    )
+    table = Table(
+        title=f"bench {task} | {result.settings['threads']} threads | {rounds} rounds | "
+        f"baseline {result.baseline}"
+    )
+    for col in (
+        "model",
+        "prec",
+        "backend",
+        "input",
+        "median ms",
+        "p90 ms",
+        "min ms",
+        "img/s",
+        "speed-up",
+        "MB on disk",
+        "peak RSS MB",
+        "session RSS MB",
+    ):
         table.add_column(col, justify="left" if col in ("model", "prec", "backend", "input") else "right")
     for r in sorted(result.rows, key=lambda r: (r.shape, r.model, r.backend)):
         table.add_row(
-            r.model, r.precision, r.backend, r.shape,
-            f"{r.median_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.min_ms:.2f}",
-            f"{r.throughput_ips:.1f}", f"{r.speedup_vs_baseline:.2f}x", f"{r.size_mb:.2f}",
+            r.model,
+            r.precision,
+            r.backend,
+            r.shape,
+            f"{r.median_ms:.2f}",
+            f"{r.p90_ms:.2f}",
+            f"{r.min_ms:.2f}",
+            f"{r.throughput_ips:.1f}",
+            f"{r.speedup_vs_baseline:.2f}x",
+            f"{r.size_mb:.2f}",
             "-" if r.rss_peak_mb is None else f"{r.rss_peak_mb:.0f}",
             "-" if r.rss_delta_mb is None else f"{r.rss_delta_mb:.0f}",
         )

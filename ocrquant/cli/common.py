@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 
 # Piped output (logs, CI, README examples) gets a wide table instead of rich's 80-column default.
@@ -32,3 +35,90 @@ def parse_shape(values: tuple[int, ...] | list[int] | None) -> tuple[int, int] |
     if len(values) != 4 or any(v <= 0 for v in values):
         raise OcrQuantError(f"--input-shape wants four positive numbers N C H W, got {list(values)}")
     return values[2], values[3]
+
+
+def guard_outputs(inputs: list[Any], files: list[Path | None] = (), folders: list[Path | None] = ()) -> None:
+    """Apply the output-path policy (:func:`ocrquant.fileio.check_output`) to every output a command
+    will write, before it does any work; ``inputs`` are whatever the user named as input (paths, or zoo
+    names, which are ignored)."""
+    from ocrquant.fileio import check_output
+
+    given = [Path(str(i)) for i in inputs if i is not None and str(i)]
+    for target in files:
+        if target is not None:
+            check_output(target, given)
+    for target in folders:
+        if target is not None:
+            check_output(target, given, folder=True)
+
+
+def _number(text: str, option_hint: str) -> float:
+    import math
+
+    import typer
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise typer.BadParameter(f"'{text}' is not a number") from None
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"'{text}' is not a finite number ({option_hint})")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    """A probability / threshold option: a finite number in [0, 1] (``nan`` passes click's ranges)."""
+    import typer
+
+    value = _number(text, "0 to 1")
+    if not 0.0 <= value <= 1.0:
+        raise typer.BadParameter(f"{value:g} is not between 0 and 1")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """A ratio or scale option: a finite number > 0."""
+    import typer
+
+    value = _number(text, "> 0")
+    if value <= 0:
+        raise typer.BadParameter(f"{value:g} is not > 0")
+    return value
+
+
+def non_negative_number(text: str) -> float:
+    """A budget in points: a finite number >= 0."""
+    import typer
+
+    value = _number(text, ">= 0")
+    if value < 0:
+        raise typer.BadParameter(f"{value:g} is not >= 0")
+    return value
+
+
+def percent(text: str) -> float:
+    """A percentile option: a finite number in (0, 100]."""
+    value = _number(text, "0 to 100")
+    if not 0.0 < value <= 100.0:
+        raise typer.BadParameter(f"{value:g} is not in (0, 100]")
+    return value
+
+
+def check_threads(threads: int) -> None:
+    """The thread count every runtime session gets; see :func:`ocrquant.runtime.base.check_threads`."""
+    from ocrquant.runtime.base import check_threads as check
+
+    check(threads)
+
+
+#: ``--limit``: one meaning everywhere: absent or 0 = every sample, N = the first N, negative refused
+LimitOpt = Annotated[
+    int | None, typer.Option("--limit", help="Use the first N samples only (0: all).", min=0)
+]
+ThreadsOpt = Annotated[
+    int, typer.Option(help="Runtime threads (0 = all cores; at most the CPU count).", min=0)
+]
+StrictOpt = Annotated[
+    bool,
+    typer.Option("--strict", help="Stop at the first unreadable sample instead of skipping and naming it."),
+]

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ocrquant.cli.common import console
+from ocrquant.cli.common import console, guard_outputs
 from ocrquant.errors import OcrQuantError
 
 
@@ -115,6 +115,7 @@ def convert_cmd(
         )
     if input_shape is not None and any(v <= 0 for v in input_shape):
         raise OcrQuantError(f"--input-shape wants four positive numbers N C H W, got {list(input_shape)}")
+    guard_outputs([model_dir, model, params, checkpoint, char_dict], files=[output, torchscript])
     args = ConvertArgs(
         output, model_dir, model, params, input_shape, opset, task, char_dict, tolerance, verify,
         checkpoint=checkpoint, arch=arch, torchscript=torchscript,

@@ -11,8 +11,21 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ocrquant.cli.common import STATE, console, err_console, parse_shape, setup_logging
-from ocrquant.errors import OcrQuantError, one_line
+from ocrquant.cli.common import (
+    STATE,
+    LimitOpt,
+    StrictOpt,
+    ThreadsOpt,
+    check_threads,
+    console,
+    err_console,
+    guard_outputs,
+    parse_shape,
+    positive_number,
+    setup_logging,
+    unit_interval,
+)
+from ocrquant.errors import OcrQuantError, describe_failure, one_line
 from ocrquant.zoo.registry import DEFAULT_CHAIN
 
 app = typer.Typer(
@@ -96,13 +109,14 @@ def models_info(
 @data_app.command("synth")
 def data_synth(
     out: Annotated[Path, typer.Option("--out", help="Output directory (det/ and rec/ inside).")],
-    n_det: Annotated[int, typer.Option(help="Number of scene images.")] = 20,
-    n_rec: Annotated[int, typer.Option(help="Number of word crops.")] = 100,
+    n_det: Annotated[int, typer.Option(help="Number of scene images.", min=0, max=100_000)] = 20,
+    n_rec: Annotated[int, typer.Option(help="Number of word crops.", min=0, max=1_000_000)] = 100,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Generate a small labelled OCR set (ICDAR2015 layout) with a real TrueType font."""
     from ocrquant.data.synth import generate
 
+    guard_outputs([], folders=[out])
     generate(out, n_det=n_det, n_rec=n_rec, seed=seed)
     console.print(f"wrote {out}/det ({n_det} images) and {out}/rec ({n_rec} crops)")
 
@@ -126,30 +140,38 @@ def eval_cmd(
     data_format: Annotated[
         str | None, typer.Option("--format", help="Dataset format (default: detect).")
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="Evaluate the first N samples only.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per model call.")] = 1,
+    limit: LimitOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per model call.", min=1)] = 1,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="result.json (enables resume).")
     ] = None,
-    threads: Annotated[int, typer.Option(help="Runtime threads (0 = all cores).")] = 0,
+    threads: ThreadsOpt = 0,
+    strict: StrictOpt = False,
     backend: Annotated[str, typer.Option(help="Runtime backend.")] = "onnxruntime",
     input_shape: Annotated[
         tuple[int, int, int, int] | None,
         typer.Option("--input-shape", help="det: fixed N C H W, e.g. 1 3 512 896."),
     ] = None,
-    limit_side_len: Annotated[int | None, typer.Option(help="det: resize limit (960).")] = None,
-    box_thresh: Annotated[float | None, typer.Option(help="det: box score threshold (0.6).")] = None,
-    unclip_ratio: Annotated[float | None, typer.Option(help="det: unclip ratio (1.5).")] = None,
+    limit_side_len: Annotated[int | None, typer.Option(help="det: resize limit (960).", min=32)] = None,
+    box_thresh: Annotated[
+        float | None, typer.Option(help="det: box score threshold (0.6).", parser=unit_interval)
+    ] = None,
+    unclip_ratio: Annotated[
+        float | None, typer.Option(help="det: unclip ratio (1.5).", parser=positive_number)
+    ] = None,
     score_mode: Annotated[str | None, typer.Option(help="det: fast | slow.")] = None,
     box_type: Annotated[str | None, typer.Option(help="det: quad | poly.")] = None,
     char_dict: Annotated[Path | None, typer.Option("--char-dict", help="rec: dictionary file.")] = None,
 ) -> None:
     """Evaluate a model on a labelled set with the task's OCR metric."""
     from ocrquant.api import eval_model
+    from ocrquant.data import READ_POLICY
     from ocrquant.runtime import RuntimeOptions
 
     if data is None:
         raise OcrQuantError("--data is required")
+    guard_outputs([*(m.partition("=")[2] or m for m in model or []), data, char_dict], files=[output])
+    READ_POLICY.strict = strict
     if task == "e2e":
         _eval_e2e(model or [], data, data_format, limit, output, threads, backend)
         return
@@ -299,14 +321,14 @@ def run_cmd(
         str | None, typer.Option(help="Calibration method (default: the target's best).")
     ] = None,
     target: Annotated[str, typer.Option(help="Target profile: ort-cpu, tensorrt, npu-pow2.")] = "ort-cpu",
-    calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images.")] = 200,
-    limit: Annotated[int | None, typer.Option(help="Evaluate the first N test samples only.")] = None,
-    threads: Annotated[int, typer.Option(help="Runtime threads for evaluation and latency.")] = 2,
+    calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images.", min=1)] = 200,
+    limit: LimitOpt = None,
+    threads: Annotated[int, typer.Option(help="Runtime threads for evaluation and latency.", min=0)] = 2,
     framework: Annotated[
         str | None, typer.Option("--framework", help="Also evaluate the source framework: paddle or torch.")
     ] = None,
     latency_inputs: Annotated[
-        int, typer.Option("--latency-inputs", help="Test inputs timed (float and INT8 interleaved).")
+        int, typer.Option("--latency-inputs", help="Test inputs timed (float and INT8 interleaved).", min=1)
     ] = 16,
     backend: Annotated[
         str,
@@ -332,6 +354,7 @@ def run_cmd(
             "(90 % bound, 1000+ held-out images; by default the most sensitive blocks then stay float).",
         ),
     ] = False,
+    strict: StrictOpt = False,
 ) -> None:
     """The whole workflow: quantize, evaluate float and INT8, write report.md and report.json.
 
@@ -350,11 +373,18 @@ def run_cmd(
             models[tasks[0]] = value
         else:
             raise OcrQuantError(f"--model {value}: with several tasks write --model TASK=MODEL")
+    data_paths = _kind_paths(data, tasks, "--data")
+    calib_paths = _kind_paths(calib_data, tasks, "--calib-data")
+    guard_outputs([*models.values(), *data_paths.values(), *calib_paths.values()], folders=[out])
+    check_threads(threads)
+    from ocrquant.data import READ_POLICY
+
+    READ_POLICY.strict = strict
     cfg = RunConfig(
         tasks=tasks,
         models=models,
-        data=_kind_paths(data, tasks, "--data"),
-        calib_data=_kind_paths(calib_data, tasks, "--calib-data"),
+        data=data_paths,
+        calib_data=calib_paths,
         out_dir=out,
         method=method,
         target=target,
@@ -427,29 +457,39 @@ def _terminated(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2.
+    """Console entry point, the one error boundary of every command.
 
-    Click keeps its own handling of usage errors (standalone mode); ours covers everything the
-    library raises as OcrQuantError.
+    What the user caused (:class:`OcrQuantError`, a bad option, an OS error on a path they named)
+    becomes one ``error:`` line on stderr and exit code 2; Ctrl-C / SIGTERM exit 130 / 143 with a
+    line saying partial results are kept; anything else is ocrquant's fault and still prints one line
+    (exit 1) instead of a traceback, which ``--debug`` shows.
     """
+    try:  # typer >= 0.24 carries its own click
+        from typer._click import exceptions as click_exc
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_exc
+
+    from ocrquant.fileio import sweep_orphans
+
     signal.signal(signal.SIGTERM, _terminated)
+    sweep_orphans()  # scratch folders of killed runs
     try:
-        app()
-    except OcrQuantError as exc:
-        if STATE["debug"]:
-            raise
-        # plain print: one line whatever the terminal width (rich would wrap it)
-        print(one_line(exc), file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted (partial results kept; run again to resume)")
-        sys.exit(130)
-    except SystemExit as exc:
-        # typer turns the KeyboardInterrupt raised for SIGTERM into exit code 130 on its way out
-        if _SIGNALLED and exc.code == 130:
+        code = app(standalone_mode=False)
+    except (KeyboardInterrupt, typer.Abort):
+        if _SIGNALLED:
             err_console.print("terminated (partial results kept; run again to resume)")
             sys.exit(143)
-        raise
+        err_console.print("interrupted (partial results kept; run again to resume)")
+        sys.exit(130)
+    except click_exc.ClickException as exc:  # usage: unknown option, value out of range, missing argument
+        print(one_line(OcrQuantError(exc.format_message())), file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:
+        if STATE["debug"]:
+            raise
+        print(describe_failure(exc), file=sys.stderr)
+        sys.exit(2 if isinstance(exc, OcrQuantError | OSError | MemoryError) else 1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ocrquant.cli.common import console
+from ocrquant.cli.common import LimitOpt, console, guard_outputs
 from ocrquant.errors import OcrQuantError
 
 ncnn_app = typer.Typer(
@@ -38,6 +38,7 @@ def convert_cmd(
     onnxruntime on a real image at a size pnnx did not see; writes .param, .bin and the name-map .json."""
     from ocrquant.frontends.ncnn_export import convert_onnx, convert_torch_checkpoint, torch_source
 
+    guard_outputs([model], files=[output])
     onnx_path = _model_onnx(model)
     source = torch_source(onnx_path)
     if source is not None:
@@ -86,7 +87,7 @@ def quantize_cmd(
     method: Annotated[
         str, typer.Option(help="Activation range method: percentile (99.99), kl, min_max, mse.")
     ] = "percentile",
-    calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images.")] = 200,
+    calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images.", min=1)] = 200,
     seed: Annotated[int, typer.Option(help="Calibration sampling seed.")] = 0,
     exclude: Annotated[
         list[str] | None, typer.Option("--exclude", help="ncnn layer name to keep float (repeatable).")
@@ -100,6 +101,7 @@ def quantize_cmd(
     from ocrquant.frontends.ncnn_export import ncnn_model_for
     from ocrquant.quantization.ncnn_int8 import quantize_ncnn, quantize_with_table
 
+    guard_outputs([model, calib_data, table], files=[output])
     if model.endswith(".param"):
         float_param = Path(model)
     else:
@@ -159,8 +161,8 @@ def run_cmd(
     method: Annotated[
         str, typer.Option(help="Activation range method: percentile (99.99), kl, min_max, mse.")
     ] = "percentile",
-    calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images.")] = 200,
-    limit: Annotated[int | None, typer.Option(help="Evaluate the first N test samples only.")] = None,
+    calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images.", min=1)] = 200,
+    limit: LimitOpt = None,
     threads: Annotated[int, typer.Option(help="ncnn threads for evaluation and latency.")] = 2,
     latency_images: Annotated[int, typer.Option(help="Test images timed (interleaved float/INT8).")] = 10,
     canvas_size: Annotated[int | None, typer.Option(help="det-craft: canvas size (1280).")] = None,
@@ -180,6 +182,7 @@ def run_cmd(
     from ocrquant.quantization.ncnn_int8 import ncnn_report
     from ocrquant.report import COLUMNS, row_cells
 
+    guard_outputs([model, data, calib_data], folders=[out])
     options = {k: v for k, v in {"canvas_size": canvas_size, "limit_side_len": limit_side_len}.items() if v}
     row = ncnn_report(
         model,

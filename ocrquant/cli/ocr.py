@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ocrquant.cli.common import console
+from ocrquant.cli.common import LimitOpt, StrictOpt, ThreadsOpt, console, guard_outputs, unit_interval
 from ocrquant.zoo.registry import DEFAULT_CHAIN
 
 log = logging.getLogger("ocrquant")
@@ -28,16 +28,30 @@ PrecisionOpt = Annotated[
         ".onnx paths are used as given.",
     ),
 ]
-ThreadsOpt = Annotated[int, typer.Option(help="Runtime threads per model (0 = all cores).")]
 DropOpt = Annotated[
-    float, typer.Option("--drop-score", help="Drop lines whose recognition score is below this.")
+    float,
+    typer.Option(
+        "--drop-score", help="Drop lines whose recognition score is below this.", parser=unit_interval
+    ),
 ]
 ClsThreshOpt = Annotated[
-    float, typer.Option("--cls-thresh", help="Turn a crop 180 degrees when cls says '180' above this score.")
+    float,
+    typer.Option(
+        "--cls-thresh",
+        help="Turn a crop 180 degrees when cls says '180' above this score.",
+        parser=unit_interval,
+    ),
 ]
-RecBatchOpt = Annotated[int, typer.Option("--rec-batch", help="Crops per recognition call (width-sorted).")]
-LimitSideOpt = Annotated[int | None, typer.Option("--limit-side-len", help="det: resize limit (960).")]
-BoxThreshOpt = Annotated[float | None, typer.Option("--box-thresh", help="det: box score threshold (0.6).")]
+RecBatchOpt = Annotated[
+    int, typer.Option("--rec-batch", help="Crops per recognition call (width-sorted).", min=1)
+]
+LimitSideOpt = Annotated[
+    int | None, typer.Option("--limit-side-len", help="det: resize limit (960).", min=32)
+]
+BoxThreshOpt = Annotated[
+    float | None,
+    typer.Option("--box-thresh", help="det: box score threshold (0.6).", parser=unit_interval),
+]
 CharDictOpt = Annotated[Path | None, typer.Option("--char-dict", help="rec: dictionary file.")]
 
 
@@ -89,6 +103,11 @@ def ocr_cmd(
     """Read the text in an image (or every image of a folder): detect, classify direction, recognise."""
     from ocrquant.pipeline.run import ocr_images
 
+    inputs = [source, det, cls, rec, char_dict, font]
+    as_folder = draw is not None and (draw.is_dir() or source.is_dir() or draw.suffix == "")
+    guard_outputs(
+        inputs, files=[json_out, None if as_folder else draw], folders=[draw if as_folder else None]
+    )
     pipeline = _build(
         det, cls, rec, precision, threads, drop_score, cls_thresh, rec_batch, limit_side_len, box_thresh,
         char_dict,
@@ -145,7 +164,7 @@ def e2e_cmd(
     data_format: Annotated[
         str | None, typer.Option("--format", help="Dataset format (default: detect).")
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="Evaluate the first N images only.")] = None,
+    limit: LimitOpt = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="result.json (enables resume).")
     ] = None,
@@ -156,12 +175,16 @@ def e2e_cmd(
     limit_side_len: LimitSideOpt = None,
     box_thresh: BoxThreshOpt = None,
     char_dict: CharDictOpt = None,
+    strict: StrictOpt = False,
 ) -> None:
     """Score the detect -> classify -> recognise chain with the ICDAR2015 end-to-end protocol."""
+    from ocrquant.data import READ_POLICY
     from ocrquant.pipeline import PipelineConfig
     from ocrquant.pipeline.evaluate import eval_e2e
     from ocrquant.runtime import RuntimeOptions
 
+    guard_outputs([data, det, cls, rec, vocab_dir, char_dict], files=[output])
+    READ_POLICY.strict = strict
     lexicons = [x for x in lexicon.split(",") if x.strip()]
     result = eval_e2e(
         data, det=det, cls=cls, rec=rec, precision=precision, lexicon=lexicons,

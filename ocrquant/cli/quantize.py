@@ -9,7 +9,14 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ocrquant.cli.common import console
+from ocrquant.cli.common import (
+    StrictOpt,
+    console,
+    guard_outputs,
+    non_negative_number,
+    percent,
+    unit_interval,
+)
 from ocrquant.errors import OcrQuantError
 from ocrquant.quantization.mixed_precision import DEFAULT_CONFIDENCE
 
@@ -67,15 +74,19 @@ def quantize_cmd(
             "calibration-side images kept) (default: auto)."
         ),
     ] = None,
-    percentile: Annotated[float | None, typer.Option(help="Percentile for --method percentile.")] = None,
+    percentile: Annotated[
+        float | None, typer.Option(help="Percentile for --method percentile (0-100].", parser=percent)
+    ] = None,
     target: Annotated[
         str, typer.Option(help="Deployment target: ort-cpu, tensorrt or npu-pow2.")
     ] = "ort-cpu",
     calib_size: Annotated[
-        int, typer.Option("--calib-size", help="Calibration images (random, seeded).")
+        int, typer.Option("--calib-size", help="Calibration images (random, seeded).", min=1)
     ] = 200,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per calibration run.")] = 8,
-    seed: Annotated[int, typer.Option(help="Seed of the calibration pick.")] = 0,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", help="Images per calibration run.", min=1)
+    ] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the calibration pick.", min=0)] = 0,
     exclude: Annotated[
         list[str] | None,
         typer.Option("--exclude", help="Keep float: node name, op type or glob pattern (repeatable)."),
@@ -121,6 +132,7 @@ def quantize_cmd(
             help="Accuracy budget in points of the task metric: keep the fewest, most sensitive blocks "
             "float until INT8 is within it on validation images (held-out calibration-side images, "
             "or --val-data).",
+            parser=non_negative_number,
         ),
     ] = None,
     val_data: Annotated[
@@ -132,6 +144,7 @@ def quantize_cmd(
             "--val-size",
             help="Validation images for --max-drop (default: 4000 rec/cls crops, 60 det images; one image "
             "is 100/N points, so a small set cannot resolve a budget of a few tenths of a point).",
+            min=1,
         ),
     ] = None,
     confidence: Annotated[
@@ -140,6 +153,7 @@ def quantize_cmd(
             "--confidence",
             help="One-sided level at which --max-drop must hold: a set passes when its validation drop "
             "plus z x its paired bootstrap standard error is within the budget (0.5: the drop alone).",
+            parser=unit_interval,
         ),
     ] = DEFAULT_CONFIDENCE,
     keep_all_int8: Annotated[
@@ -151,9 +165,15 @@ def quantize_cmd(
             "stay float until it is within a point).",
         ),
     ] = False,
+    strict: StrictOpt = False,
 ) -> None:
     """Quantize a float model to INT8 (QDQ) with calibrated ranges; print what was quantized."""
+    from ocrquant.data import READ_POLICY
+    from ocrquant.fileio import sidecar_path
     from ocrquant.quantization import QuantConfig, quantize
+
+    guard_outputs([model, calib_data, val_data, cache_dir], files=[output, sidecar_path(output)])
+    READ_POLICY.strict = strict
 
     # None: the target's per-task defaults (resolved once the task is known), plus --algo
     algorithms: list[str] | None = list(algo or []) if no_default_algos else None

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ocrquant.cli.common import console
+from ocrquant.cli.common import StrictOpt, check_threads, console, guard_outputs
 
 
 def register(app: typer.Typer) -> None:
@@ -39,7 +39,9 @@ def sensitivity_cmd(
             help="Labelled validation set (default: held-out part of --calib-data). Never the test set.",
         ),
     ] = None,
-    val_size: Annotated[int, typer.Option("--val-size", help="Validation images (random, seeded).")] = 300,
+    val_size: Annotated[
+        int, typer.Option("--val-size", help="Validation images (random, seeded).", min=1)
+    ] = 300,
     mode: Annotated[
         str,
         typer.Option(
@@ -86,13 +88,18 @@ def sensitivity_cmd(
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full result as JSON.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG: delta per layer and SNR.")] = None,
-    top: Annotated[int, typer.Option(help="Print the N most sensitive layers (0 = all).")] = 0,
+    top: Annotated[int, typer.Option(help="Print the N most sensitive layers (0 = all).", min=0)] = 0,
+    strict: StrictOpt = False,
 ) -> None:
     """Rank quantized Conv/MatMul/Gemm layers by the task-metric change and output SNR when only that
     layer is float (or only that layer is quantized), with the latency cost of keeping it float."""
     from ocrquant.analysis.sensitivity import sensitivity
+    from ocrquant.data import READ_POLICY
     from ocrquant.quantization import QuantConfig
 
+    guard_outputs([model, calib_data, val_data], files=[json_out, plot], folders=[work_dir])
+    check_threads(threads)
+    READ_POLICY.strict = strict
     config = QuantConfig(target=target, calib_size=calib_size, seed=seed)
     result = sensitivity(
         model,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ocrquant.data.calibration import sample_calibration
 from ocrquant.data.readers import open_dataset
-from ocrquant.data.types import Dataset, DetTarget, Sample, load_image
+from ocrquant.data.types import READ_POLICY, Dataset, DetTarget, Sample, load_image, readable_images
 
 
 def sample_root() -> Path:
@@ -17,9 +17,11 @@ def sample_root() -> Path:
 __all__ = [
     "Dataset",
     "DetTarget",
+    "READ_POLICY",
     "Sample",
     "load_image",
     "open_dataset",
+    "readable_images",
     "sample_calibration",
     "sample_root",
 ]

@@ -112,13 +112,15 @@ def _shorten(line: str, limit: int = 60) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _resolve_image(name: str, bases: list[Path], label_path: Path, line_no: int) -> Path:
-    """The first base folder in which ``name`` exists; a missing image is reported against its label line."""
+def _resolve_image(name: str, bases: list[Path]) -> Path:
+    """The first base folder in which ``name`` exists. A missing image stays a sample (under the first
+    base): loading it fails, and every command skips and names it and counts it as skipped, instead of
+    the set silently shrinking or one missing file refusing the whole set."""
     for base in bases:
         candidate = base / name
         if candidate.is_file():
             return candidate
-    raise OcrQuantError(f"line {line_no}: image '{name}' not found (looked in {bases[0]})", label_path)
+    return bases[0] / name
 
 
 # ---------------------------------------------------------------------------------------- icdar2015-det
@@ -161,6 +163,14 @@ def _icdar_det_read(root: Path, label_file: Path | None) -> list[Sample]:
         if not gt_path.is_file():
             raise OcrQuantError(f"no ground truth file {gt_path.name} in {gt_path.parent}", image)
         samples.append(Sample(key=image.name, image_path=image, target=parse_icdar_det_gt(gt_path)))
+    # ground truth whose image is missing: a sample that fails to load (skipped and named), not a
+    # silently smaller test set
+    stems = {image.stem for image in images}
+    for gt_path in sorted((root / "gt").glob("gt_*.txt"), key=lambda p: natural_key(p.name)):
+        stem = gt_path.stem[3:]
+        if stem not in stems:
+            missing = root / "images" / f"{stem}.jpg"
+            samples.append(Sample(key=missing.name, image_path=missing, target=parse_icdar_det_gt(gt_path)))
     return samples
 
 
@@ -190,7 +200,7 @@ def _icdar_rec_read(root: Path, label_file: Path | None) -> list[Sample]:
         if match is None or last <= first:
             raise OcrQuantError(f"line {line_no}: expected name, \"label\" but got '{_shorten(line)}'", gt)
         name = match.group(1)
-        image = _resolve_image(name, bases, gt, line_no)
+        image = _resolve_image(name, bases)
         samples.append(Sample(key=name, image_path=image, target=line[first + 1 : last]))
     return samples
 
@@ -279,7 +289,7 @@ def _paddle_det_read(root: Path, label_file: Path | None) -> list[Sample]:
                 target.ignore.append(text == IGNORE_TEXT or bool(entry.get("difficult", False)))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise OcrQuantError(f"line {line_no}: bad detection annotation ({exc})", label) from None
-        image = _resolve_image(name, bases, label, line_no)
+        image = _resolve_image(name, bases)
         samples.append(Sample(key=name, image_path=image, target=target))
     return samples
 
@@ -290,7 +300,7 @@ def _paddle_rec_read(root: Path, label_file: Path | None) -> list[Sample]:
     samples = []
     for line_no, line in lines:
         name, text = _split_tab(line, line_no, label)
-        image = _resolve_image(name, bases, label, line_no)
+        image = _resolve_image(name, bases)
         samples.append(Sample(key=name, image_path=image, target=text))
     return samples
 

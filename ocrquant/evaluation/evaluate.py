@@ -13,13 +13,13 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ocrquant.data.types import Dataset, Sample, load_image
+from ocrquant.data.types import READ_POLICY, Dataset, Sample, load_image, readable_images
 from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import write_json_atomic
 from ocrquant.runtime.base import Runner
@@ -85,9 +85,12 @@ def _prepare_chunk(
     for sample in samples:
         try:
             image = load_image(sample)
-            loaded.append((sample, transform(image, sample) if transform else image))
         except OcrQuantError as exc:
+            if READ_POLICY.strict:
+                raise
             errors.append({"key": sample.key, "error": str(exc)})
+            continue
+        loaded.append((sample, transform(image, sample) if transform else image))
     if batch_size > 1:
         loaded.sort(key=lambda pair: task.sort_key(pair[1]))
     prepared = []
@@ -102,8 +105,45 @@ def _chunks(samples: list[Sample], size: int) -> Iterator[list[Sample]]:
         yield samples[i : i + size]
 
 
+def file_fingerprint(path: str | Path) -> str:
+    """sha256 of a model file (of every file under it, for a model folder): a partial log written for
+    another model at the same path (re-quantized with another method, replaced by a copy) must not be
+    resumed. Hashing a 10 MB model takes ~20 ms."""
+    import hashlib
+
+    from ocrquant.fileio import sha256_file
+
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []:
+        h.update(f"{f.relative_to(path)}:{sha256_file(f)}".encode())
+    return h.hexdigest()
+
+
+def resume_key(samples: list[Sample], root: Path) -> dict[str, str]:
+    """What identifies the evaluated data beyond its settings: the data folder resolved (the same
+    relative ``-d`` from another directory is another set) and a digest of its listing (each sample's
+    key, image path, size and modification time, and ground truth), so an edited label or a replaced
+    image starts a fresh run."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for s in samples:
+        try:
+            st = Path(s.image_path).stat()
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        target = json.dumps(asdict(s.target) if is_dataclass(s.target) else s.target, default=str)
+        h.update(f"{s.key}|{s.image_path}|{stamp}|{s.rotate180}|{target}\n".encode())
+    return {"data": str(Path(root).resolve()), "data_listing": h.hexdigest()}
+
+
 class PartialLog:
-    """Append-only JSON-lines log of finished samples; its first line pins the settings it belongs to."""
+    """Append-only JSON-lines log of finished samples; its first line pins the settings it belongs to
+    (model file digest, resolved data and listing included: see :func:`resume_key`)."""
 
     def __init__(self, path: Path | None, settings: dict[str, Any]) -> None:
         self.path = path
@@ -122,7 +162,8 @@ class PartialLog:
                 if self.done:
                     log.info("resuming: %d samples already evaluated in %s", len(self.done), path)
             else:
-                log.warning("ignoring %s: written with other settings", path)
+                old = (_safe_json(lines[0]) or {}).get("settings") if lines else None
+                log.warning("starting afresh, not resuming %s: %s", path, _what_changed(old, settings))
                 path.unlink()
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,13 +192,15 @@ class PartialLog:
 
 def preprocessed_inputs(task: Task, dataset: Dataset, n: int) -> list[np.ndarray]:
     """Batch-1 model inputs of the first ``n`` readable samples (what latency measurements feed)."""
-    inputs = []
-    for sample in dataset.samples[: max(n, 1)]:
-        try:
-            inputs.append(task.preprocess([load_image(sample)]).inputs)
-        except OcrQuantError:
-            continue
-    return inputs
+    return [task.preprocess([image]).inputs for _, image in readable_images(dataset.samples[: max(n, 1)])]
+
+
+def _what_changed(old: Any, new: dict[str, Any]) -> str:
+    """Which settings differ between a partial log and this run, in words."""
+    if not isinstance(old, dict):
+        return "its header is unreadable"
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return f"{', '.join(keys)} changed" if keys else "its header is unreadable"
 
 
 def _safe_json(line: str) -> Any:
@@ -193,12 +236,14 @@ def evaluate(
     samples = dataset.samples[:limit] if limit else dataset.samples
     if not samples:
         raise OcrQuantError("dataset has no samples", dataset.root)
-    task.check_model(runner, (extra_settings or {}).get("model_path") or model_name or "model")
+    model_path = (extra_settings or {}).get("model_path")
+    task.check_model(runner, model_path or model_name or "model")
     metric_probe = task.new_metric()
     settings = {
         "task": task.name,
         "model": model_name,
-        "data": str(dataset.root),
+        **({"model_sha256": file_fingerprint(model_path)} if output and model_path else {}),
+        **(resume_key(samples, dataset.root) if output else {"data": str(dataset.root)}),
         "format": dataset.format,
         "limit": limit,
         "batch_size": batch_size,

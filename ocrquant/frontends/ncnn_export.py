@@ -38,7 +38,6 @@ import json
 import logging
 import shutil
 import subprocess
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ import onnx
 from onnx import numpy_helper
 
 from ocrquant.errors import OcrQuantError
-from ocrquant.fileio import atomic_path, sha256_file, write_json_atomic
+from ocrquant.fileio import atomic_path, scratch_dir, sha256_file, write_json_atomic
 from ocrquant.onnx_shapes import declared_dims
 
 log = logging.getLogger("ocrquant")
@@ -444,7 +443,7 @@ def convert_onnx(
     fixes = {name: fix(model) for name, fix in ONNX_FIXES.items()}
     x = verification_input(verify)
     ref_in, ref_out, ref = _ort_outputs(onnx_path, x)
-    with tempfile.TemporaryDirectory(prefix="ocrquant-pnnx-") as tmp:
+    with scratch_dir("pnnx") as tmp:
         work = Path(tmp)
         src = work / "model.onnx"
         onnx.save(model, str(src))
@@ -485,7 +484,7 @@ def convert_torch_checkpoint(
     probe, probe2, verify, dynamic = _input_shapes(declared_dims(ref_model.graph.input[0], None))
     x = verification_input(verify)
     ref_in, ref_out, ref = _ort_outputs(onnx_reference, x)
-    with tempfile.TemporaryDirectory(prefix="ocrquant-pnnx-") as tmp:
+    with scratch_dir("pnnx") as tmp:
         work = Path(tmp)
         src = work / "model.pt"
         with torch.no_grad():

@@ -23,7 +23,7 @@ import onnx
 from onnx import shape_inference
 
 from ocrquant.errors import OcrQuantError
-from ocrquant.fileio import atomic_path
+from ocrquant.fileio import atomic_path, scratch_dir
 from ocrquant.onnx_shapes import declared_dims
 from ocrquant.runtime.paddle import paddle_model_files
 from ocrquant.tasks.base import get_task_class, layout_fits
@@ -172,7 +172,7 @@ def fix_input_shape(
             )
     from paddle2onnx import paddle2onnx_cpp2py_export as c_p2o
 
-    with tempfile.TemporaryDirectory(prefix="ocrquant-p2o-") as tmp:
+    with scratch_dir("p2o") as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save(model, str(src))
         with _captured_native_output() as lines:

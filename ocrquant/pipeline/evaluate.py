@@ -21,7 +21,7 @@ import numpy as np
 
 from ocrquant.data.types import Dataset, DetTarget, load_image
 from ocrquant.errors import OcrQuantError
-from ocrquant.evaluation.evaluate import PartialLog, progress_bar
+from ocrquant.evaluation.evaluate import PartialLog, file_fingerprint, progress_bar, resume_key
 from ocrquant.metrics.e2e import LEXICON_FILES, E2EMetric, Lexicon, load_lexicon
 from ocrquant.pipeline.core import STAGES, OcrPipeline, PipelineConfig, StageModel
 from ocrquant.zoo.registry import DEFAULT_CHAIN
@@ -143,6 +143,11 @@ def evaluate_e2e(
         **(extra_settings or {}),
     }
     output = Path(output) if output else None
+    if output is not None:  # resume only the same model files on the same data (see resume_key)
+        settings.update(resume_key(samples, dataset.root))
+        settings["model_sha256"] = {
+            name: file_fingerprint(stage["path"]) for name, stage in settings["models"].items()
+        }
     partial = PartialLog(output.with_suffix(".partial.jsonl") if output else None, settings)
     todo = [s for s in samples if s.key not in partial.done]
     t0 = time.perf_counter()

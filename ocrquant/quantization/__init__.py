@@ -4,9 +4,10 @@
 workflow; the pieces (prepare, calibration, targets, QDQ writer, algorithms) are usable alone.
 """
 
+from ocrquant.fileio import sidecar_path
 from ocrquant.quantization.config import QuantConfig, QuantResult
 from ocrquant.quantization.graph import is_quantized
-from ocrquant.quantization.pipeline import quantize, sidecar_path
+from ocrquant.quantization.pipeline import quantize
 from ocrquant.quantization.prepare import max_abs_diff, prepare_model
 from ocrquant.quantization.targets import TARGETS, TargetProfile, get_target
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import numpy as np
 from ocrquant.data import Dataset, open_dataset
 from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation.evaluate import EvalResult
-from ocrquant.fileio import atomic_path, read_sidecar, write_json_atomic
+from ocrquant.fileio import atomic_path, read_sidecar, scratch_dir, write_sidecar
 from ocrquant.quantization.config import QdqStart, QuantConfig, QuantResult
 
 log = logging.getLogger("ocrquant")
@@ -81,7 +80,7 @@ def quantize_auto(
     from ocrquant.evaluation.evaluate import fidelity_samples
     from ocrquant.evaluation.significance import paired_delta_interval
     from ocrquant.quantization.algorithms.base import ALGORITHMS, create_algorithm
-    from ocrquant.quantization.pipeline import algorithm_names, quantize, sidecar_path
+    from ocrquant.quantization.pipeline import algorithm_names, quantize
     from ocrquant.quantization.targets import get_target
     from ocrquant.runtime import RuntimeOptions, create_runner
     from ocrquant.zoo.resolve import resolve_model
@@ -154,8 +153,8 @@ def quantize_auto(
         return None if iv is None else {"low": round(iv["low"], 6), "high": round(iv["high"], 6)}
 
     # Candidates live in a scratch directory: an interrupted search leaves nothing beside the output.
-    with tempfile.TemporaryDirectory(prefix="ocrquant-auto-") as scratch_dir:
-        scratch = Path(scratch_dir)
+    with scratch_dir("auto") as scratch:
+        scratch = Path(scratch)
         for i, (method, options) in enumerate(CANDIDATES):
             cand = scratch / f"{output.stem}.{_tag(method, options)}.onnx"
             cfg = replace(
@@ -270,7 +269,7 @@ def quantize_auto(
             },  # fmt: skip
             "candidates": [{k: v for k, v in r.items() if k != "file"} for r in rows],
         }
-        write_json_atomic(sidecar_path(output), side)
+        write_sidecar(output, side)
     result = quantize_result_from_sidecar(output, side, final_cfg)
     return result, side["method_search"]["candidates"]
 
@@ -358,7 +357,7 @@ def _warn_unresolved(rows: list[dict[str, Any]], chosen: dict[str, Any], key: st
 
 
 def quantize_result_from_sidecar(output: Path, side: dict[str, Any], config: QuantConfig) -> QuantResult:
-    from ocrquant.quantization.pipeline import sidecar_path
+    from ocrquant.fileio import sidecar_path
 
     return QuantResult(
         output=output, sidecar=sidecar_path(output), task=side.get("task", ""), target=config.target,

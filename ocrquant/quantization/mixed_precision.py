@@ -79,7 +79,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -89,7 +88,7 @@ from typing import Any
 import onnx
 
 from ocrquant.errors import OcrQuantError
-from ocrquant.fileio import atomic_path, write_json_atomic
+from ocrquant.fileio import atomic_path, scratch_dir, write_json_atomic
 from ocrquant.quantization.config import QuantConfig, QuantResult
 
 log = logging.getLogger("ocrquant")
@@ -407,9 +406,10 @@ def quantize_with_budget(
     )
     from ocrquant.api import build_task, infer_task
     from ocrquant.data import open_dataset
+    from ocrquant.fileio import sidecar_path
     from ocrquant.quantization.config import resolve_method
     from ocrquant.quantization.method_search import calib_size_leaving_validation
-    from ocrquant.quantization.pipeline import algorithm_names, quantize, sidecar_path
+    from ocrquant.quantization.pipeline import algorithm_names, quantize
     from ocrquant.zoo.resolve import resolve_model
 
     if keep not in KEEP_MODES:
@@ -436,7 +436,7 @@ def quantize_with_budget(
     split = split_validation(calib, cfg.calib_size, cfg.seed, n_val, val_data=val)
     task_obj = build_task(task_name, resolved, cfg.task_options)
 
-    with tempfile.TemporaryDirectory(prefix="ocrquant-mixed-") as tmp:
+    with scratch_dir("mixed") as tmp:
         work = Path(work_dir) if work_dir is not None else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         if pair is None and resolve_method(cfg, task_name)[0] != "auto":  # the algorithms are known now
@@ -666,8 +666,8 @@ def escalate_to_budget(
     import shutil
 
     from ocrquant.analysis.sensitivity import pinned_config
+    from ocrquant.fileio import sidecar_path
     from ocrquant.quantization.method_search import DROP_WARNING_POINTS
-    from ocrquant.quantization.pipeline import sidecar_path
 
     drop = needs_budget(result.output)
     if drop is None:
@@ -689,7 +689,7 @@ def escalate_to_budget(
         DROP_WARNING_POINTS,
     )
     output = Path(result.output)
-    with tempfile.TemporaryDirectory(prefix="ocrquant-escalate-") as tmp:
+    with scratch_dir("escalate") as tmp:
         kept = [Path(tmp) / "all_int8.onnx", Path(tmp) / "all_int8.quant.json"]
         shutil.copyfile(output, kept[0])
         shutil.copyfile(sidecar_path(output), kept[1])

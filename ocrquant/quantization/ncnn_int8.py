@@ -33,7 +33,6 @@ import json
 import logging
 import shlex
 import struct
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ocrquant.errors import OcrQuantError
-from ocrquant.fileio import atomic_path, write_json_atomic, write_text_atomic
+from ocrquant.fileio import atomic_path, scratch_dir, write_json_atomic, write_text_atomic
 from ocrquant.quantization.calibration import CalibrationStats, QSpec, TensorStats, create_calibrator
 
 log = logging.getLogger("ocrquant")
@@ -577,7 +576,7 @@ def sensitivity_fallback(
     name = ref_runner.input_names[0]
     ref = [ref_runner.run({name: x})[0] for x in inputs]
 
-    with tempfile.TemporaryDirectory(prefix="ocrquant-ncnn-fallback-") as tmp:
+    with scratch_dir("ncnn-fallback") as tmp:
         trial = Path(tmp) / "trial.param"
         side = float_model.to_json()
         side["bin"] = trial.with_suffix(".bin").name

@@ -19,7 +19,6 @@ fusion between consecutive INT8 convs removes in the full model: the measure is 
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ocrquant.errors import OcrQuantError
+from ocrquant.fileio import scratch_dir
 from ocrquant.quantization.ncnn_int8 import (
     Int8Table,
     Layer,
@@ -111,7 +111,7 @@ def time_layers(
         return time.perf_counter() - start
 
     out = []
-    with tempfile.TemporaryDirectory(prefix="ocrquant-ncnn-speed-") as tmp:
+    with scratch_dir("ncnn-speed") as tmp:
         for i, name in enumerate(
             tqdm(names, desc="ncnn INT8 vs float per layer", disable=not progress, leave=False)
         ):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -15,10 +14,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ocrquant.data import Dataset, Sample, load_image, open_dataset, sample_calibration
+from ocrquant.data import Dataset, Sample, open_dataset, readable_images, sample_calibration
 from ocrquant.data.calibration import extend_calibration
 from ocrquant.errors import OcrQuantError
-from ocrquant.fileio import atomic_path, sha256_file, sidecar_path, write_json_atomic
+from ocrquant.fileio import atomic_path, scratch_dir, sha256_file, write_sidecar
 from ocrquant.quantization.algorithms import AlgorithmContext, create_algorithm
 from ocrquant.quantization.calibration import (
     QSpec,
@@ -31,7 +30,13 @@ from ocrquant.quantization.calibration import (
 from ocrquant.quantization.config import QuantConfig, QuantResult, resolve_method
 from ocrquant.quantization.graph import float_tensors, is_quantized, load_model
 from ocrquant.quantization.prepare import prepare_model
-from ocrquant.quantization.qdq import QuantPlan, apply_qdq_passes, ensure_node_names, write_qdq_model
+from ocrquant.quantization.qdq import (
+    QuantPlan,
+    apply_qdq_passes,
+    check_names,
+    ensure_node_names,
+    write_qdq_model,
+)
 from ocrquant.quantization.targets import cpu_has_vnni, get_target, host_profile
 from ocrquant.tasks import Task
 
@@ -58,8 +63,8 @@ def calibration_batches(
 
     def gen() -> Iterator[np.ndarray]:
         pending: list[np.ndarray] = []
-        for sample in samples:
-            x = task.preprocess([load_image(sample)]).inputs
+        for _, image in readable_images(samples):
+            x = task.preprocess([image]).inputs
             if pending and (pending[0].shape != x.shape or len(pending) >= batch_size):
                 yield np.concatenate(pending)
                 pending = []
@@ -134,7 +139,7 @@ def quantize(
     batches = calibration_batches(task, samples, batch_size)
     reports: dict[str, Any] = {}
 
-    with tempfile.TemporaryDirectory(prefix="ocrquant-quant-") as tmp:
+    with scratch_dir("quant") as tmp:
         work = Path(tmp)
         t = time.perf_counter()
         prepared = work / "prepared.onnx"
@@ -143,6 +148,7 @@ def quantize(
         )
         model = onnx.load(str(prepared))
         ensure_node_names(model)  # algorithms and the plan address nodes by name
+        check_names(model, list(cfg.exclude), list(cfg.dtype_overrides), resolved.path)
         ctx = AlgorithmContext(
             model=model,
             profile=profile,
@@ -224,9 +230,8 @@ def quantize(
         timings["write_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
 
-    sidecar = sidecar_path(output)
-    write_json_atomic(
-        sidecar,
+    sidecar = write_sidecar(
+        output,
         {
             "model": str(resolved.path),
             "model_name": resolved.name,

@@ -24,7 +24,6 @@ on real inputs (float reassociation from BN folding gives differences around 1e-
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper, version_converter
 
 from ocrquant.errors import OcrQuantError
-from ocrquant.fileio import atomic_path
+from ocrquant.fileio import atomic_path, scratch_dir
 from ocrquant.quantization.graph import (
     clean_opset_imports,
     const_value,
@@ -93,7 +92,7 @@ def prepare_model(
             raise OcrQuantError(f"cannot convert opset {before_opset} -> {opset}: {exc}", src) from None
     model = onnx.shape_inference.infer_shapes(model)
 
-    with tempfile.TemporaryDirectory(prefix="ocrquant-prep-") as tmp:
+    with scratch_dir("prep") as tmp:
         staged, folded = Path(tmp) / "staged.onnx", Path(tmp) / "folded.onnx"
         onnx.save(model, str(staged))
         so = ort.SessionOptions()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import onnx
 from onnx import numpy_helper
 
 from ocrquant.errors import OcrQuantError
-from ocrquant.fileio import atomic_path
+from ocrquant.fileio import atomic_path, scratch_dir
 from ocrquant.quantization.graph import (
     WEIGHTED_OPS,
     consumers,
@@ -98,6 +97,22 @@ def matches(node: onnx.NodeProto, patterns: list[str]) -> str | None:
         ):
             return p
     return None
+
+
+def check_names(model: onnx.ModelProto, exclude: list[str], tensors: list[str], path: object) -> None:
+    """Refuse an ``--exclude`` pattern that matches no node (name or op type) and an ``--int16`` name
+    that is no tensor of the model: silently ignoring a misspelt layer quantizes what the user asked
+    to keep."""
+    from ocrquant.errors import OcrQuantError
+
+    for pattern in exclude:
+        if not any(matches(node, [pattern]) for node in model.graph.node):
+            raise OcrQuantError(f"--exclude '{pattern}' matches no node name or op type of the model", path)
+    names = {t for node in model.graph.node for t in (*node.input, *node.output)}
+    names |= {i.name for i in model.graph.input}
+    for name in tensors:
+        if name not in names:
+            raise OcrQuantError(f"--int16 '{name}' is not a tensor of the model", path)
 
 
 def select_nodes(model: onnx.ModelProto, profile: TargetProfile, exclude: list[str]) -> NodeSelection:
@@ -513,7 +528,7 @@ def write_qdq_model(
     ):
         extra["UseQDQContribOps"] = True
     per_channel = prof.per_channel if plan.per_channel is None else plan.per_channel
-    with tempfile.TemporaryDirectory(prefix="ocrquant-qdq-") as tmp:
+    with scratch_dir("qdq") as tmp:
         staged = Path(tmp) / "float.onnx"
         onnx.save(model, str(staged))
         shaped = load_model_with_shape_infer(staged)

@@ -30,6 +30,25 @@ class RuntimeOptions:
     profile: bool = False
     profile_prefix: str = "ocrquant_profile"
 
+    def __post_init__(self) -> None:
+        check_threads(self.threads)
+
+
+def check_threads(threads: int) -> None:
+    """Refuse a thread count the machine cannot honour: ``--threads 100000`` made onnxruntime create
+    tens of thousands of threads until the kernel killed the process (exit 137, no message).
+    The cap is the CPU count (at least 2, the default of ``run``); ``OCRQUANT_MAX_THREADS`` raises it
+    for oversubscription experiments."""
+    import os
+
+    cap = int(os.environ.get("OCRQUANT_MAX_THREADS") or max(os.cpu_count() or 1, 2))
+    if threads < 0:
+        raise OcrQuantError(f"--threads {threads}: a thread count is >= 0 (0 = all cores)")
+    if threads > cap:
+        raise OcrQuantError(
+            f"--threads {threads}: more than this machine's {cap} CPUs (set OCRQUANT_MAX_THREADS to force)"
+        )
+
 
 class Runner(ABC):
     """A loaded model ready to run: named inputs in, list of outputs out."""

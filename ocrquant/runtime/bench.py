@@ -84,8 +84,12 @@ class BenchResult:
     rows: list[BenchRow] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"task": self.task, "baseline": self.baseline, "settings": self.settings,
-                "rows": [asdict(r) for r in self.rows]}
+        return {
+            "task": self.task,
+            "baseline": self.baseline,
+            "settings": self.settings,
+            "rows": [asdict(r) for r in self.rows],
+        }
 
 
 def describe_model(model: str | Path, task_name: str) -> BenchModel:
@@ -243,8 +247,10 @@ def run_bench(
     if shapes:
         task_shapes = [s for s in task_shapes if s[0] in shapes]
         if not task_shapes:
-            raise OcrQuantError(f"no shape among {shapes} for {task_name} (known: "
-                                f"{', '.join(s for s, _ in TASK_SHAPES[task_name])})")
+            raise OcrQuantError(
+                f"no shape among {shapes} for {task_name} (known: "
+                f"{', '.join(s for s, _ in TASK_SHAPES[task_name])})"
+            )
     data = data or default_data(task_name)
     bms = [describe_model(m, task_name) for m in models]
     labels = [b.label for b in bms]
@@ -277,17 +283,34 @@ def run_bench(
                 rss[(bm.label, backend)] = measure_rss(bm.path, backend, threads, probe_shapes)
 
     base_model, base_backend = bms[0].label, backends[0]
-    result = BenchResult(task_name, f"{base_model} | {base_backend}", _settings(threads, rounds, warmup,
-                                                                                 inputs_per_shape, data))
+    result = BenchResult(
+        task_name,
+        f"{base_model} | {base_backend}",
+        _settings(threads, rounds, warmup, inputs_per_shape, data),
+    )
     for key, (bm, backend, shape_label, shape) in meta.items():
         lt = lat[key]
         base = lat[f"{base_model} | {base_backend} | {shape_label}"]
         mem = rss.get((bm.label, backend), {})
-        result.rows.append(BenchRow(
-            bm.label, bm.precision, backend, shape_label, list(shape), lt.median_ms, lt.p90_ms, lt.min_ms,
-            lt.runs, lt.throughput(shape[0]), bm.size_mb, round(base.median_ms / lt.median_ms, 3),
-            round(base.min_ms / lt.min_ms, 3), mem.get("rss_peak_mb"), mem.get("rss_delta_mb"),
-        ))
+        result.rows.append(
+            BenchRow(
+                bm.label,
+                bm.precision,
+                backend,
+                shape_label,
+                list(shape),
+                lt.median_ms,
+                lt.p90_ms,
+                lt.min_ms,
+                lt.runs,
+                lt.throughput(shape[0]),
+                bm.size_mb,
+                round(base.median_ms / lt.median_ms, 3),
+                round(base.min_ms / lt.min_ms, 3),
+                mem.get("rss_peak_mb"),
+                mem.get("rss_delta_mb"),
+            )
+        )
     return result
 
 
@@ -302,9 +325,17 @@ def _settings(threads: int, rounds: int, warmup: int, inputs_per_shape: int, dat
     except ImportError:
         pass
     return {
-        "threads": threads, "rounds": rounds, "warmup": warmup, "inputs_per_shape": inputs_per_shape,
-        "data": str(data), "spinning": False, "interleaved": True, "versions": versions,
-        "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+        "threads": threads,
+        "rounds": rounds,
+        "warmup": warmup,
+        "inputs_per_shape": inputs_per_shape,
+        "data": str(data),
+        "spinning": False,
+        "interleaved": True,
+        "versions": versions,
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
         "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
     }
 

@@ -47,8 +47,10 @@ log = logging.getLogger("ocrquant")
 # ops that only move data: a per-tensor fake-quantization commutes with them
 _MOVE_OPS = {"Reshape", "Unsqueeze", "Squeeze", "Transpose", "Flatten", "Identity", "Expand"}
 _QRANGE = {
-    onnx.TensorProto.INT8: (-128, 127), onnx.TensorProto.UINT8: (0, 255),
-    onnx.TensorProto.INT16: (-32768, 32767), onnx.TensorProto.UINT16: (0, 65535),
+    onnx.TensorProto.INT8: (-128, 127),
+    onnx.TensorProto.UINT8: (0, 255),
+    onnx.TensorProto.INT16: (-32768, 32767),
+    onnx.TensorProto.UINT16: (0, 65535),
 }
 
 
@@ -166,8 +168,11 @@ class OpenVinoRunner(Runner):
             raise OcrQuantError(f"not a readable ONNX model: {str(exc).strip()[:200]}", model) from None
         self.rewritten = fold_constant_qdq(proto)
         if self.rewritten:
-            log.info("openvino: folded %d constant Q/DQ pairs of %s (see ocrquant.runtime.openvino)",
-                     self.rewritten, model.name)
+            log.info(
+                "openvino: folded %d constant Q/DQ pairs of %s (see ocrquant.runtime.openvino)",
+                self.rewritten,
+                model.name,
+            )
         if _has_qdq(proto) and cpu_has_vnni() is False:
             # measured on an AVX2-only CPU: the first det convolutions differ from onnxruntime by 7.5%
             # with 8-bit weights and match exactly once weights are 7-bit (vpmaddubsw saturates)
@@ -223,7 +228,8 @@ class OpenVinoRunner(Runner):
             lines = [ln for ln in str(exc).splitlines() if ln.strip()]
             raise OcrQuantError(
                 f"openvino cannot compile the model for input shape {[list(s) for s in key]}: "
-                f"{(lines[-1] if lines else type(exc).__name__)[:300]}", self.path
+                f"{(lines[-1] if lines else type(exc).__name__)[:300]}",
+                self.path,
             ) from None
         self.compile_count += 1
         request = compiled.create_infer_request()

@@ -39,6 +39,7 @@ class OrtRunner(Runner):
     def __init__(self, model: Path, options: RuntimeOptions) -> None:
         if not model.is_file():
             raise OcrQuantError("model file not found", model)
+        self.path = model
         try:
             self.session = ort.InferenceSession(
                 str(model), sess_options=session_options(options), providers=["CPUExecutionProvider"]
@@ -58,7 +59,14 @@ class OrtRunner(Runner):
         return self._outputs
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(None, feeds)
+        try:
+            return self.session.run(None, feeds)
+        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+                ort.capi.onnxruntime_pybind11_state.RuntimeException) as exc:  # fmt: skip
+            # almost always an input the model cannot take (a fixed --input-shape, another channel count)
+            shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
+            first = " ".join(str(exc).split())[:240]
+            raise OcrQuantError(f"onnxruntime cannot run the model on {shapes}: {first}", self.path) from None
 
     def input_shapes(self) -> list[list[int | str | None]] | None:
         return [list(i.shape) for i in self.session.get_inputs()]

@@ -29,8 +29,12 @@ class Latency:
     @classmethod
     def from_samples(cls, samples_s: list[float]) -> Latency:
         ms = np.array(samples_s) * 1000.0
-        return cls(round(float(np.median(ms)), 3), round(float(np.percentile(ms, 90)), 3),
-                   round(float(ms.min()), 3), len(ms))
+        return cls(
+            round(float(np.median(ms)), 3),
+            round(float(np.percentile(ms, 90)), 3),
+            round(float(ms.min()), 3),
+            len(ms),
+        )
 
     def throughput(self, batch: int) -> float:
         """Images per second at the median latency (one stream, ``batch`` images per call)."""

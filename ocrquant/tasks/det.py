@@ -44,6 +44,25 @@ class DetConfig:
     use_dilation: bool = False
     min_size: int = 3
 
+    def __post_init__(self) -> None:
+        """Refuse settings the network or the post-processing cannot honour, before any image runs:
+        DB detectors downsample by 32 (a 33x47 input fails deep inside onnxruntime), thresholds are
+        probabilities, the unclip ratio a positive scale."""
+        if self.input_shape is not None:
+            h, w = (int(v) for v in self.input_shape)
+            if h <= 0 or w <= 0 or h % 32 or w % 32:
+                raise OcrQuantError(
+                    f"--input-shape {h}x{w}: det needs positive heights and widths that are multiples of 32"
+                )
+        if self.limit_side_len < 32:
+            raise OcrQuantError(f"--limit-side-len {self.limit_side_len}: at least 32")
+        for name in ("thresh", "box_thresh"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise OcrQuantError(f"--{name.replace('_', '-')} {value}: a probability between 0 and 1")
+        if not self.unclip_ratio > 0:
+            raise OcrQuantError(f"--unclip-ratio {self.unclip_ratio}: must be > 0")
+
 
 def det_resize(image: np.ndarray, cfg: DetConfig) -> tuple[np.ndarray, float, float]:
     """PaddleOCR ``DetResizeForTest``: returns the resized image and (ratio_h, ratio_w)."""

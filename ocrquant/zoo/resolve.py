@@ -9,7 +9,7 @@ from typing import Any
 import onnx
 
 from ocrquant.errors import OcrQuantError
-from ocrquant.onnx_shapes import declared_output_shape
+from ocrquant.onnx_shapes import declared_output_shape, require_graph
 from ocrquant.zoo.fetch import fetch, get_entry
 from ocrquant.zoo.registry import ZOO, ZooEntry
 
@@ -45,10 +45,15 @@ class ResolvedModel:
 def read_header(path: Path) -> tuple[dict[str, str], list[Any] | None]:
     """ONNX metadata_props as a dict (PP-OCR rec keeps its dictionary under ``character``), and the
     first output's declared dims, from one parse of the file."""
+    if path.is_dir():
+        raise OcrQuantError("is a directory, not an .onnx file", path)
+    if path.stat().st_size == 0:
+        raise OcrQuantError("empty file, not an ONNX model", path)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:
         raise OcrQuantError("not a readable ONNX model", path) from None
+    require_graph(model, path)
     return {p.key: p.value for p in model.metadata_props}, declared_output_shape(model)
 
 
@@ -57,6 +62,12 @@ def resolve_model(spec: str | Path) -> ResolvedModel:
     spec_str = str(spec)
     if spec_str in ZOO:
         entry = get_entry(spec_str)
+        if entry.framework != "onnx":
+            from ocrquant.frontends import converted_path, require_frontend
+            from ocrquant.zoo.fetch import model_dir
+
+            if not converted_path(model_dir(entry) / entry.model_file).is_file():
+                require_frontend(entry.framework, f"zoo model {entry.name} (a {entry.framework} model)")
         path = fetch(spec_str)
         extras = {k: path.parent / str(v) for k, v in entry.options.items() if isinstance(v, str)}
         source = None

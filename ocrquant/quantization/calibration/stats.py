@@ -14,7 +14,6 @@ range method never re-runs the model.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from ocrquant.errors import OcrQuantError
+from ocrquant.fileio import scratch_dir
 
 DEFAULT_BINS = 2048
 
@@ -106,7 +106,7 @@ def _session(
     so.graph_optimization_level = level
     if threads:
         so.intra_op_num_threads = threads
-    with tempfile.TemporaryDirectory(prefix="ocrquant-calib-") as tmp:
+    with scratch_dir("calib") as tmp:
         path = Path(tmp) / "augmented.onnx"
         onnx.save(model, str(path))
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

@@ -1,0 +1,895 @@
+"""A hostile-but-ordinary corpus run through every command as a user runs it (a subprocess each).
+
+Every case asserts the promise the README makes on bad input: no traceback, exit 2 with one line
+naming the problem (or exit 0 and a warning where the command can go on), nothing written at the
+output path when the command fails, and the inputs it was given unchanged (sha256 before/after).
+The inputs are small files the fixture generates, plus copies of the zoo's PP-OCRv3 models and the
+embedded sample; the cases run two at a time so the corpus stays a few minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import zoo_model_path
+
+CASE_TIMEOUT_S = 180
+
+
+@dataclass
+class Case:
+    """One command line. ``{w}`` is the input world, ``{o}`` this case's own (empty) output folder."""
+
+    id: str
+    argv: list[str]
+    rc: int = 2
+    #: a fragment the one-line error (or the warning, for rc 0) must contain
+    says: str = ""
+    #: files under ``{o}`` that must exist afterwards (rc 0 cases)
+    writes: list[str] = field(default_factory=list)
+    #: environment additions (``{w}``/``{o}`` expanded)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` but carries one tiny IDAT: a decompression bomb's header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _model_5d(path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 2, 48, 192])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 2, 48, 192])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "five_d", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+def _build_world(root: Path) -> Path:
+    from ocrquant.data import sample_root
+
+    w = root / "w"
+    (w / "m").mkdir(parents=True)
+    for name, zoo in (("cls", "ppocrv3-cls"), ("rec", "ppocrv3-rec"), ("det", "ppocrv3-det")):
+        shutil.copy(zoo_model_path(zoo), w / "m" / f"{name}.onnx")
+    cls_bytes = (w / "m" / "cls.onnx").read_bytes()
+    (w / "m" / "empty.onnx").write_bytes(b"")
+    (w / "m" / "garbage.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
+    (w / "m" / "text.onnx").write_text("this is not a model\n")
+    (w / "m" / "trunc.onnx").write_bytes(cls_bytes[: len(cls_bytes) // 2])
+    (w / "m" / "dir.onnx").mkdir()
+    _model_5d(w / "m" / "five_d.onnx")
+    calib = str(sample_root() / "rec")
+    quantized = _run_cli(
+        ["quantize", "-m", str(w / "m" / "cls.onnx"), "--task", "cls", "--calib-data", calib,
+         "-o", str(w / "m" / "cls.int8.onnx"), "--method", "min_max", "--calib-size", "16"]
+    )  # fmt: skip
+    assert quantized.returncode == 0, quantized.stderr
+    os.symlink(w / "m" / "cls.onnx", w / "m" / "cls_link.onnx")
+    os.symlink(w / "m" / "det.onnx", w / "m" / "det_link.onnx")
+
+    d = w / "d"
+    shutil.copytree(sample_root() / "rec", d / "rec")
+    shutil.copytree(sample_root() / "det", d / "det")
+    small = d / "rec_small"
+    (small / "images").mkdir(parents=True)
+    lines = (d / "rec" / "gt.txt").read_text(encoding="utf-8-sig").splitlines()[:6]
+    for line in lines:
+        name = line.split(",")[0].strip()
+        shutil.copy(d / "rec" / "images" / Path(name).name, small / "images" / Path(name).name)
+    (small / "gt.txt").write_text("\n".join(lines) + "\n")
+    first = Path(lines[0].split(",")[0].strip()).name
+
+    def variant(name: str, edit) -> None:
+        shutil.copytree(small, d / name)
+        edit(d / name)
+
+    variant("rec_corrupt", lambda p: (p / "images" / first).write_bytes(b"\x89PNG garbage"))
+    variant("rec_bomb", lambda p: (p / "images" / first).write_bytes(_png_header_only(60000, 60000)))
+    variant("rec_empty_img", lambda p: (p / "images" / first).write_bytes(b""))
+    variant("rec_missing", lambda p: (p / "images" / first).unlink())
+    variant(
+        "rec_badline", lambda p: (p / "gt.txt").write_text((p / "gt.txt").read_text() + "no comma here\n")
+    )
+    variant("rec_empty_gt", lambda p: (p / "gt.txt").write_text(""))
+    variant("rec_binary_gt", lambda p: (p / "gt.txt").write_bytes(np.random.default_rng(1).bytes(300)))
+    shutil.copytree(d / "det", d / "det_missing_img")
+    first_det = sorted((d / "det_missing_img" / "images").iterdir())[0]
+    first_det.unlink()
+    shutil.copytree(d / "det", d / "det_badgt")
+    gt = sorted((d / "det_badgt" / "gt").iterdir())[0]
+    gt.write_text("a,b,c,d,e,f,g,h,word\n")
+    (d / "empty").mkdir()
+    (w / "afile").write_text("a file where a folder is expected\n")
+
+    x = w / "x"
+    x.mkdir()
+    np.save(x / "t.npy", np.random.default_rng(2).random((1, 3, 48, 192), dtype=np.float32))
+    np.save(x / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (x / "bad.npy").write_bytes(b"not numpy")
+    (x / "t.bin").write_bytes(np.zeros((1, 3, 48, 192), np.float32).tobytes())
+
+    img = w / "img"
+    img.mkdir()
+    shutil.copy(sorted((d / "det" / "images").iterdir())[0], img / "photo.jpg")
+    (img / "bad.jpg").write_bytes(b"\xff\xd8 not really")
+    (img / "bomb.png").write_bytes(_png_header_only(60000, 60000))
+    return w
+
+
+def _run_cli(argv: list[str], env: dict[str, str] | None = None, timeout: float = CASE_TIMEOUT_S):
+    return subprocess.run(
+        [sys.executable, "-m", "ocrquant.cli.main", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+
+
+def _tree_hash(paths: list[Path]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for p in paths:
+        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p] if p.is_file() else []
+        for f in files:
+            out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the corpus
+
+
+def _cases() -> list[Case]:
+    c: list[Case] = []
+    M = "{w}/m"
+    REC = "{w}/d/rec_small"
+
+    # --- bad model files, every command that reads one
+    bad_models = {
+        "missing": ("{w}/m/nope.onnx", "nope.onnx"),
+        "empty": ("{w}/m/empty.onnx", "empty.onnx"),
+        "garbage": ("{w}/m/garbage.onnx", "garbage.onnx"),
+        "text": ("{w}/m/text.onnx", "text.onnx"),
+        "trunc": ("{w}/m/trunc.onnx", "trunc.onnx"),
+        "dir": ("{w}/m/dir.onnx", "dir.onnx"),
+        "five_d": ("{w}/m/five_d.onnx", "five_d.onnx"),
+    }
+    for key, (model, says) in bad_models.items():
+        c.append(Case(f"eval-model-{key}", ["eval", "-m", model, "--task", "cls", "-d", REC], says=says))
+        c.append(
+            Case(
+                f"quantize-model-{key}",
+                ["quantize", "-m", model, "--task", "cls", "--calib-data", REC, "-o", "{o}/q.onnx"],
+                says=says,
+            )
+        )
+        c.append(
+            Case(f"info-model-{key}", ["models", "info", model], says=says, rc=0 if key == "five_d" else 2)
+        )
+        c.append(
+            Case(f"profile-model-{key}", ["profile", "-m", model, "--task", "cls", "-d", REC], says=says)
+        )
+        c.append(
+            Case(f"bench-model-{key}", ["bench", "-m", model, "--task", "cls", "--rounds", "2"], says=says)
+        )
+        c.append(
+            Case(
+                f"dump-model-{key}",
+                ["dump", "-m", model, "--task", "cls", "-d", REC, "-o", "{o}/dump"],
+                says=says,
+            )
+        )
+        c.append(
+            Case(f"simulate-model-{key}", ["simulate", "-m", model, "--task", "cls", "-d", REC], says=says)
+        )
+        c.append(Case(f"ocr-det-{key}", ["ocr", "{w}/img/photo.jpg", "--det", model], says=says))
+
+    # --- outputs that are inputs, folders, or unwritable
+    outputs = {
+        "same-as-model": (f"{M}/cls.onnx", "cls.onnx"),
+        "symlink-to-model": (f"{M}/cls_link.onnx", "cls_link.onnx"),
+        "in-dataset": (f"{REC}/gt.txt", "gt.txt"),
+        "inside-dataset": (f"{REC}/result.json", "rec_small"),
+        "is-dir": ("{o}", "directory"),
+        "parent-is-file": ("{w}/afile/out.json", "afile"),
+    }
+    for key, (out, says) in outputs.items():
+        # ocr reads det.onnx (its cls and rec are the zoo's): the model it must not overwrite
+        ocr_out, ocr_says = (
+            (out.replace("cls", "det"), says.replace("cls", "det")) if "model" in key else (out, says)
+        )
+        c.append(
+            Case(
+                f"eval-out-{key}",
+                ["eval", "-m", f"{M}/cls.onnx", "--task", "cls", "-d", REC, "-o", out],
+                says=says,
+            )
+        )
+        c.append(
+            Case(
+                f"quantize-out-{key}",
+                [
+                    "quantize",
+                    "-m",
+                    f"{M}/cls.onnx",
+                    "--task",
+                    "cls",
+                    "--calib-data",
+                    REC,
+                    "-o",
+                    out,
+                    "--method",
+                    "min_max",
+                    "--calib-size",
+                    "4",
+                ],
+                says=says,
+            )
+        )
+        c.append(
+            Case(
+                f"ocr-draw-{key}",
+                ["ocr", "{w}/img/photo.jpg", "--det", f"{M}/det.onnx", "--draw", ocr_out],
+                # --draw takes a folder too: the picture goes inside it
+                says="" if key == "is-dir" else ocr_says,
+                rc=0 if key == "is-dir" else 2,
+                writes=["photo_ocr.png"] if key == "is-dir" else [],
+            )
+        )
+        c.append(
+            Case(
+                f"ocr-json-{key}",
+                ["ocr", "{w}/img/photo.jpg", "--det", f"{M}/det.onnx", "--json", ocr_out],
+                says=ocr_says,
+            )
+        )
+        c.append(
+            Case(
+                f"bench-json-{key}",
+                ["bench", "-m", f"{M}/cls.onnx", "--task", "cls", "--rounds", "2", "--json", out],
+                says=says,
+            )
+        )
+        c.append(
+            Case(
+                f"profile-json-{key}",
+                ["profile", "-m", f"{M}/cls.onnx", "--task", "cls", "-d", REC, "--limit", "2", "--json", out],
+                says=says,
+            )
+        )
+        if key in ("is-dir", "parent-is-file"):  # npy2bin reads no model or dataset
+            c.append(Case(f"npy2bin-out-{key}", ["npy2bin", "{w}/x/t.npy", out], says=says))
+        if key != "is-dir":  # a run folder may exist (it resumes)
+            run = ["run", "--task", "cls", "-m", f"{M}/cls.onnx", "--data", REC, "--calib-data", "{w}/d/rec"]
+            c.append(Case(f"run-out-{key}", [*run, "--out", out], says=says))
+    # ocr and bench read no dataset in these cases: the dataset's files are no input of theirs
+    c = [x for x in c if not (x.id.startswith(("ocr-", "bench-")) and "dataset" in x.id)]
+    c.append(Case("npy2bin-onto-input", ["npy2bin", "{w}/x/t.npy", "{w}/x/t.npy"], says="t.npy"))
+    c.append(
+        Case(
+            "ocr-draw-onto-photo",
+            ["ocr", "{w}/img/photo.jpg", "--det", f"{M}/det.onnx", "--draw", "{w}/img/photo.jpg"],
+            says="photo.jpg",
+        )
+    )
+    c.append(
+        Case(
+            "bin2npy-onto-input",
+            ["bin2npy", "{w}/x/t.bin", "{w}/x/t.bin", "--shape", "1,3,48,192"],
+            says="t.bin",
+        )
+    )
+    c.append(
+        Case(
+            "convert-onto-input",
+            ["convert", "-f", "paddle", "--model-dir", f"{M}", "-o", f"{M}/cls.onnx"],
+            says="cls.onnx",
+        )
+    )
+    c.append(
+        Case(
+            "synth-into-file",
+            ["data", "synth", "--out", "{w}/afile", "--n-det", "1", "--n-rec", "1"],
+            says="afile",
+        )
+    )
+
+    # --- bad data
+    for key, data, rc, says in (
+        ("missing-dir", "{w}/d/nope", 2, "nope"),
+        ("empty-dir", "{w}/d/empty", 2, "empty"),
+        ("file", "{w}/afile", 2, "afile"),
+        ("badline", "{w}/d/rec_badline", 2, "line 7"),
+        ("empty-gt", "{w}/d/rec_empty_gt", 2, "rec_empty_gt"),
+        ("binary-gt", "{w}/d/rec_binary_gt", 2, "rec_binary_gt"),
+        ("corrupt-image", "{w}/d/rec_corrupt", 0, "skipped"),
+        ("bomb-image", "{w}/d/rec_bomb", 0, "pixels"),
+        ("empty-image", "{w}/d/rec_empty_img", 0, "skipped"),
+        ("missing-image", "{w}/d/rec_missing", 0, "not found"),
+    ):
+        c.append(
+            Case(
+                f"eval-data-{key}",
+                ["eval", "-m", f"{M}/cls.onnx", "--task", "cls", "-d", data],
+                rc=rc,
+                says=says,
+            )
+        )
+        c.append(
+            Case(
+                f"quantize-data-{key}",
+                [
+                    "quantize",
+                    "-m",
+                    f"{M}/cls.onnx",
+                    "--task",
+                    "cls",
+                    "--calib-data",
+                    data,
+                    "-o",
+                    "{o}/q.onnx",
+                    "--method",
+                    "min_max",
+                ],
+                rc=rc,
+                says=says,
+                writes=["q.onnx"] if rc == 0 else [],
+            )
+        )
+        c.append(
+            Case(
+                f"profile-data-{key}",
+                ["profile", "-m", f"{M}/cls.onnx", "--task", "cls", "-d", data, "--runs", "1"],
+                rc=rc,
+                says=says,
+            )
+        )
+        c.append(
+            Case(
+                f"dump-data-{key}",
+                [
+                    "dump",
+                    "-m",
+                    f"{M}/cls.onnx",
+                    "--task",
+                    "cls",
+                    "-d",
+                    data,
+                    "-o",
+                    "{o}/dump",
+                    "--limit",
+                    "3",
+                ],
+                rc=rc,
+                says=says,
+            )
+        )
+    c.append(
+        Case(
+            "eval-strict-corrupt",
+            ["eval", "-m", f"{M}/cls.onnx", "--task", "cls", "-d", "{w}/d/rec_corrupt", "--strict"],
+            says="corrupt",
+        )
+    )
+    c.append(
+        Case(
+            "quantize-strict-corrupt",
+            [
+                "quantize",
+                "-m",
+                f"{M}/cls.onnx",
+                "--task",
+                "cls",
+                "--calib-data",
+                "{w}/d/rec_corrupt",
+                "-o",
+                "{o}/q.onnx",
+                "--strict",
+            ],
+            says="corrupt",
+        )
+    )
+    c.append(
+        Case(
+            "eval-det-missing-image",
+            [
+                "eval",
+                "-m",
+                f"{M}/det.onnx",
+                "--task",
+                "det",
+                "-d",
+                "{w}/d/det_missing_img",
+                "--limit-side-len",
+                "320",
+            ],
+            rc=0,
+            says="not found",
+        )
+    )
+    c.append(
+        Case(
+            "eval-det-bad-gt",
+            ["eval", "-m", f"{M}/det.onnx", "--task", "det", "-d", "{w}/d/det_badgt"],
+            says="not numbers",
+        )
+    )
+    c.append(Case("ocr-corrupt-image", ["ocr", "{w}/img/bad.jpg", "--det", f"{M}/det.onnx"], says="bad.jpg"))
+    c.append(Case("ocr-bomb-image", ["ocr", "{w}/img/bomb.png", "--det", f"{M}/det.onnx"], says="pixels"))
+    c.append(
+        Case(
+            "ocr-folder-with-bad",
+            ["ocr", "{w}/img", "--det", f"{M}/det.onnx", "--rec", f"{M}/rec.onnx", "--cls", f"{M}/cls.onnx"],
+            rc=0,
+            says="bomb.png",
+        )
+    )
+
+    # --- bad numbers
+    num = [
+        ("eval", "--limit", "-1"),
+        ("eval", "--threads", "-1"),
+        ("eval", "--threads", "100000"),
+        ("eval", "--batch-size", "0"),
+        ("eval", "--batch-size", "-4"),
+    ]
+    for cmd, opt, val in num:
+        c.append(
+            Case(
+                f"{cmd}{opt}={val}",
+                [cmd, "-m", f"{M}/cls.onnx", "--task", "cls", "-d", REC, opt, val],
+                says=opt,
+            )
+        )
+    for opt, val in (
+        ("--limit", "-2"),
+        ("--threads", "100000"),
+        ("--calib-size", "0"),
+        ("--calib-size", "-5"),
+        ("--batch-size", "0"),
+        ("--percentile", "0"),
+        ("--percentile", "101"),
+        ("--percentile", "nan"),
+        ("--max-drop", "-1"),
+        ("--max-drop", "nan"),
+        ("--confidence", "1.5"),
+        ("--val-size", "-1"),
+    ):
+        if opt == "--limit":
+            continue  # quantize has no --limit
+        extra = ["--method", "percentile"] if opt == "--percentile" else []
+        c.append(
+            Case(
+                f"quantize{opt}={val}",
+                [
+                    "quantize",
+                    "-m",
+                    f"{M}/cls.onnx",
+                    "--task",
+                    "cls",
+                    "--calib-data",
+                    REC,
+                    "-o",
+                    "{o}/q.onnx",
+                    opt,
+                    val,
+                    *extra,
+                ],
+                says=opt,
+            )
+        )
+    for opt, val in (("--rounds", "0"), ("--rounds", "-3"), ("--warmup", "-1"), ("--threads", "100000")):
+        c.append(
+            Case(f"bench{opt}={val}", ["bench", "-m", f"{M}/cls.onnx", "--task", "cls", opt, val], says=opt)
+        )
+    for opt, val in (("--runs", "0"), ("--top", "-1"), ("--limit", "-1"), ("--threads", "-2")):
+        c.append(
+            Case(
+                f"profile{opt}={val}",
+                ["profile", "-m", f"{M}/cls.onnx", "--task", "cls", "-d", REC, opt, val],
+                says=opt,
+            )
+        )
+    for opt, val in (
+        ("--box-thresh", "2"),
+        ("--unclip-ratio", "-1"),
+        ("--limit-side-len", "0"),
+        ("--box-thresh", "nan"),
+    ):
+        c.append(
+            Case(
+                f"eval-det{opt}={val}",
+                ["eval", "-m", f"{M}/det.onnx", "--task", "det", "-d", "{w}/d/det", opt, val],
+                says=opt,
+            )
+        )
+    for opt, val in (
+        ("--drop-score", "1.5"),
+        ("--cls-thresh", "-1"),
+        ("--rec-batch", "0"),
+        ("--threads", "100000"),
+    ):
+        c.append(
+            Case(
+                f"ocr{opt}={val}", ["ocr", "{w}/img/photo.jpg", "--det", f"{M}/det.onnx", opt, val], says=opt
+            )
+        )
+    for opt, val in (
+        ("--limit", "-1"),
+        ("--calib-size", "0"),
+        ("--threads", "100000"),
+        ("--latency-inputs", "-1"),
+    ):
+        c.append(
+            Case(
+                f"run{opt}={val}",
+                ["run", "--task", "cls", "-m", f"{M}/cls.onnx", "--out", "{o}/run", opt, val],
+                says=opt,
+            )
+        )
+    for shape in (["0", "3", "48", "192"], ["1", "3", "-5", "192"], ["1", "3", "48"]):
+        c.append(
+            Case(
+                f"eval-input-shape-{'x'.join(shape)}",
+                ["eval", "-m", f"{M}/det.onnx", "--task", "det", "-d", "{w}/d/det", "--input-shape", *shape],
+                says="input-shape",
+            )
+        )
+    c.append(
+        Case(
+            "eval-det-input-shape-odd",
+            [
+                "eval",
+                "-m",
+                f"{M}/det.onnx",
+                "--task",
+                "det",
+                "-d",
+                "{w}/d/det",
+                "--input-shape",
+                "1",
+                "3",
+                "33",
+                "47",
+            ],
+            says="input-shape",
+        )
+    )
+
+    # --- tensors: npy / bin
+    c.append(Case("npy2bin-pickled", ["npy2bin", "{w}/x/obj.npy", "{o}/t.bin"], says="obj.npy"))
+    c.append(Case("npy2bin-garbage", ["npy2bin", "{w}/x/bad.npy", "{o}/t.bin"], says="bad.npy"))
+    c.append(Case("npy2bin-missing", ["npy2bin", "{w}/x/nope.npy", "{o}/t.bin"], says="nope.npy"))
+    c.append(
+        Case(
+            "bin2npy-wrong-shape",
+            ["bin2npy", "{w}/x/t.bin", "{o}/t.npy", "--shape", "1,3,48,100"],
+            says="t.bin",
+        )
+    )
+    c.append(
+        Case(
+            "bin2npy-negative-shape",
+            ["bin2npy", "{w}/x/t.bin", "{o}/t.npy", "--shape", "1,-3,48,192"],
+            says="shape",
+        )
+    )
+    c.append(
+        Case(
+            "bin2npy-bad-dtype",
+            ["bin2npy", "{w}/x/t.bin", "{o}/t.npy", "--shape", "1,3,48,192", "--dtype", "complex512"],
+            says="dtype",
+        )
+    )
+    c.append(
+        Case(
+            "simulate-bin-shape-mismatch",
+            ["simulate", "-m", f"{M}/cls.onnx", "--input-bin", "{w}/x/t.bin", "--bin-shape", "1,3,48,100"],
+            says="t.bin",
+        )
+    )
+    c.append(
+        Case(
+            "simulate-bin-wrong-model-shape",
+            [
+                "simulate",
+                "-m",
+                f"{M}/cls.onnx",
+                "--task",
+                "cls",
+                "--input-bin",
+                "{w}/x/t.bin",
+                "--bin-shape",
+                "1,4,48,144",
+            ],
+            says="shape",
+        )
+    )
+
+    # --- names that do not exist
+    c.append(
+        Case(
+            "quantize-exclude-unknown",
+            [
+                "quantize",
+                "-m",
+                f"{M}/cls.onnx",
+                "--task",
+                "cls",
+                "--calib-data",
+                REC,
+                "-o",
+                "{o}/q.onnx",
+                "--method",
+                "min_max",
+                "--exclude",
+                "no_such_layer",
+            ],
+            says="no_such_layer",
+        )
+    )
+    c.append(
+        Case(
+            "quantize-int16-unknown",
+            [
+                "quantize",
+                "-m",
+                f"{M}/cls.onnx",
+                "--task",
+                "cls",
+                "--calib-data",
+                REC,
+                "-o",
+                "{o}/q.onnx",
+                "--method",
+                "min_max",
+                "--int16",
+                "no_such_layer",
+            ],
+            says="no_such_layer",
+        )
+    )
+    c.append(
+        Case(
+            "quantize-method-unknown",
+            [
+                "quantize",
+                "-m",
+                f"{M}/cls.onnx",
+                "--task",
+                "cls",
+                "--calib-data",
+                REC,
+                "-o",
+                "{o}/q.onnx",
+                "--method",
+                "magic",
+            ],
+            says="magic",
+        )
+    )
+    c.append(
+        Case(
+            "quantize-target-unknown",
+            [
+                "quantize",
+                "-m",
+                f"{M}/cls.onnx",
+                "--task",
+                "cls",
+                "--calib-data",
+                REC,
+                "-o",
+                "{o}/q.onnx",
+                "--target",
+                "tpu9",
+            ],
+            says="tpu9",
+        )
+    )
+    c.append(
+        Case(
+            "eval-backend-unknown",
+            ["eval", "-m", f"{M}/cls.onnx", "--task", "cls", "-d", REC, "--backend", "cuda9"],
+            says="cuda9",
+        )
+    )
+    c.append(
+        Case("eval-task-unknown", ["eval", "-m", f"{M}/cls.onnx", "--task", "ner", "-d", REC], says="ner")
+    )
+    c.append(
+        Case(
+            "eval-format-unknown",
+            ["eval", "-m", f"{M}/cls.onnx", "--task", "cls", "-d", REC, "--format", "coco"],
+            says="coco",
+        )
+    )
+    c.append(
+        Case(
+            "eval-char-dict-missing",
+            ["eval", "-m", f"{M}/rec.onnx", "--task", "rec", "-d", REC, "--char-dict", "{w}/nope.txt"],
+            says="nope.txt",
+        )
+    )
+    c.append(
+        Case(
+            "eval-char-dict-binary",
+            ["eval", "-m", f"{M}/rec.onnx", "--task", "rec", "-d", REC, "--char-dict", "{w}/m/garbage.onnx"],
+            says="garbage.onnx",
+        )
+    )
+    c.append(
+        Case("eval-wrong-task", ["eval", "-m", f"{M}/det.onnx", "--task", "rec", "-d", REC], says="det.onnx")
+    )
+    c.append(Case("models-fetch-unknown", ["models", "fetch", "nope-model"], says="nope-model"))
+    c.append(Case("run-unknown-task", ["run", "--task", "ner", "--out", "{o}/run"], says="ner"))
+
+    # --- analysis on ocrquant's own INT8 model (valid input: each once failed or refused it)
+    I8 = f"{M}/cls.int8.onnx"
+    ok = [
+        ("compare-int8", ["compare", f"{M}/cls.onnx", I8, "-d", REC, "--task", "cls", "--limit", "2"], []),
+        (
+            "compare-int8-sim",
+            ["compare", f"{M}/cls.onnx", I8, "-d", REC, "--task", "cls", "--limit", "1", "--sim"],
+            [],
+        ),
+        (
+            "dump-quant-int8",
+            ["dump", "-m", f"{M}/cls.onnx", "--quant", I8, "-d", REC, "--task", "cls", "-o", "{o}/d"],
+            ["d/index.json"],
+        ),
+        (
+            "simulate-int8-compare",
+            ["simulate", "-m", I8, "-d", REC, "--task", "cls", "--limit", "1", "--compare"],
+            [],
+        ),
+        (
+            "simulate-int8-bin",
+            [
+                "simulate",
+                "-m",
+                I8,
+                "--input-bin",
+                "{w}/x/t.bin",
+                "--bin-shape",
+                "1,3,48,192",
+                "--output-bin",
+                "{o}/y.bin",
+            ],
+            ["y.bin"],
+        ),
+        (
+            "profile-int8",
+            ["profile", "-m", f"{M}/cls.onnx", "--compare", I8, "-d", REC, "--task", "cls", "--limit", "1"],
+            [],
+        ),
+        ("eval-int8", ["eval", "-m", I8, "-d", REC], []),
+    ]
+    for cid, argv, writes in ok:
+        c.append(Case(cid, argv, rc=0, writes=writes))
+    c.append(Case("compare-sim-from-dump", ["compare", "--from-dump", "{w}/m", "--sim"], says="--sim"))
+    c.append(Case("compare-from-dump-not-a-dump", ["compare", "--from-dump", "{w}/m"], says="index.json"))
+
+    # --- environment
+    c.append(Case("home-is-file", ["models", "list"], says="afile", env={"OCRQUANT_HOME": "{w}/afile"}))
+    c.append(
+        Case(
+            "home-unwritable-fetch",
+            ["models", "fetch", "ppocrv3-cls"],
+            says="afile",
+            env={"OCRQUANT_HOME": "{w}/afile/sub"},
+        )
+    )
+    return c
+
+
+CASES = _cases()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build_world(tmp_path_factory.mktemp("hostile"))
+
+
+def _check(case: Case, w: Path, out_root: Path) -> str | None:
+    """Run one case; the reason it broke the promise, or None."""
+    o = out_root / case.id
+    o.mkdir(parents=True)
+
+    def expand(s: str) -> str:
+        return s.replace("{w}", str(w)).replace("{o}", str(o))
+
+    argv = [expand(a) for a in case.argv]
+    inputs = [Path(a) for a in argv if a.startswith(str(w)) and Path(a).exists()]
+    before = _tree_hash(inputs)
+    try:
+        proc = _run_cli(argv, {k: expand(v) for k, v in case.env.items()})
+    except subprocess.TimeoutExpired:
+        return f"hung (> {CASE_TIMEOUT_S} s)"
+    err = proc.stderr
+    problems = []
+    if "Traceback" in err:
+        problems.append("traceback: " + err.strip().splitlines()[-1][:200])
+    if proc.returncode != case.rc:
+        problems.append(f"exit {proc.returncode}, expected {case.rc}: {err.strip()[-300:]!r}")
+    if case.rc == 2:
+        error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+        if len(error_lines) != 1:
+            problems.append(f"{len(error_lines)} 'error:' lines in {err.strip()[-300:]!r}")
+        left = [str(p.relative_to(o)) for p in o.rglob("*")]
+        if left:
+            problems.append(f"wrote {left} on failure")
+    if case.says and case.says.lower() not in (err + proc.stdout).lower():
+        problems.append(f"output does not mention {case.says!r}: {err.strip()[-300:]!r}")
+    for rel in case.writes:
+        if not (o / rel).exists():
+            problems.append(f"did not write {rel}")
+    after = _tree_hash(inputs)
+    if after != before:
+        changed = [k for k in set(before) | set(after) if before.get(k) != after.get(k)]
+        problems.append(f"modified inputs {changed}")
+    return "; ".join(problems) or None
+
+
+def test_corpus_is_large() -> None:
+    assert len(CASES) >= 150, len(CASES)
+    assert len({c.id for c in CASES}) == len(CASES), "case ids must be unique"
+
+
+def test_hostile_corpus(world: Path, tmp_path: Path) -> None:
+    """Every case keeps the promise; the whole world of inputs is unchanged at the end."""
+    before = _tree_hash([world])
+    only = os.environ.get("OCRQUANT_HOSTILE_ONLY")
+    cases = [c for c in CASES if not only or only in c.id]
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        results = list(pool.map(lambda case: (case.id, _check(case, world, tmp_path)), cases))
+    failures = [f"{cid}: {why}" for cid, why in results if why]
+    after = _tree_hash([world])
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    if changed:
+        failures.append(f"the input world changed: {changed}")
+    report = os.environ.get("OCRQUANT_HOSTILE_REPORT")
+    if report:
+        Path(report).write_text("\n".join(failures) + "\n")
+    assert not failures, f"{len(failures)} of {len(cases)} cases broke the promise:\n" + "\n".join(failures)
+
+
+def test_compare_from_a_fresh_dump_of_own_int8_model(world: Path, tmp_path: Path) -> None:
+    """``dump --quant`` then ``compare --from-dump`` on ocrquant's own INT8 model (once refused)."""
+    rec = str(world / "d" / "rec_small")
+    dump = tmp_path / "dump"
+    made = _run_cli(
+        ["dump", "-m", str(world / "m" / "cls.onnx"), "--quant", str(world / "m" / "cls.int8.onnx"),
+         "-d", rec, "--task", "cls", "-o", str(dump)]
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr[-500:]
+    compared = _run_cli(["compare", "--from-dump", str(dump), "--json", str(tmp_path / "c.json")])
+    assert compared.returncode == 0, compared.stderr[-500:]
+    import json
+
+    layers = json.loads((tmp_path / "c.json").read_text())["layers"]
+    assert len(layers) > 20
+    assert all(-1.0 <= layer["cosine"] <= 1.0 + 1e-9 for layer in layers)
