@@ -151,27 +151,37 @@ def read_sidecar(model: str | Path) -> dict[str, Any]:
     return data
 
 
-def check_output(target: str | Path, inputs: list[str | Path | None], *, folder: bool = False) -> None:
+def check_output(
+    target: str | Path,
+    inputs: list[str | Path | None],
+    *,
+    folder: bool = False,
+    datasets: list[str | Path | None] = (),
+) -> None:
     """Refuse, before any work, an output that would destroy an input or cannot be written.
 
     The one output-path policy of every command: ``target`` (a file, or a ``folder`` the command
-    fills) may not be one of ``inputs`` (same file, through links too), may not lie inside an input
-    folder (a dataset: its ``gt.txt`` would be replaced) and, as a folder, may not contain an input;
-    a file output may not be an existing folder; the nearest existing parent must be a writable
-    folder. Zoo names and other non-paths among ``inputs`` are ignored.
+    fills) may not be one of ``inputs`` or ``datasets`` (same file, through links too), may not lie
+    inside a dataset folder (its ``gt.txt`` would be replaced, or the output read back as a sample)
+    nor, as a folder, contain one; a file output may not be an existing folder; the nearest existing
+    parent must be a writable folder. Zoo names and other non-paths are ignored. A model folder is no
+    dataset: converting ``model_dir/`` to ``model_dir/model.onnx`` is fine.
     """
     out = Path(target).expanduser()
     real = Path(os.path.realpath(out))
-    for given in inputs:
-        if given is None or not Path(given).exists():
+    for given in [*inputs, *datasets]:
+        if given is not None and Path(given).exists() and real == Path(os.path.realpath(given)):
+            raise OcrQuantError("output is also an input of this command; choose another path", out)
+    for given in datasets:
+        if given is None or not Path(given).is_dir():
             continue
         src = Path(os.path.realpath(given))
-        if real == src:
-            raise OcrQuantError("output is also an input of this command; choose another path", out)
-        if src.is_dir() and real.is_relative_to(src):
-            raise OcrQuantError(f"output lies inside the input folder {given}; choose a path outside it", out)
+        if real.is_relative_to(src):
+            raise OcrQuantError(
+                f"output lies inside the input dataset {given}; choose a path outside it", out
+            )
         if folder and src.is_relative_to(real):
-            raise OcrQuantError(f"output folder contains the input {given}; choose another folder", out)
+            raise OcrQuantError(f"output folder contains the input dataset {given}; choose another", out)
     if out.exists() and not folder and out.is_dir():
         raise OcrQuantError("output is a directory; give a file name", out)
     if out.exists() and folder and not out.is_dir():

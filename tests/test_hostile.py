@@ -305,7 +305,7 @@ def _cases() -> list[Case]:
     c.append(
         Case(
             "convert-onto-input",
-            ["convert", "-f", "paddle", "--model-dir", f"{M}", "-o", f"{M}/cls.onnx"],
+            ["convert", "-f", "paddle", "--model", f"{M}/cls.onnx", "-o", f"{M}/cls.onnx"],
             says="cls.onnx",
         )
     )
@@ -792,6 +792,101 @@ def _cases() -> list[Case]:
         c.append(Case(cid, argv, rc=0, writes=writes))
     c.append(Case("compare-sim-from-dump", ["compare", "--from-dump", "{w}/m", "--sim"], says="--sim"))
     c.append(Case("compare-from-dump-not-a-dump", ["compare", "--from-dump", "{w}/m"], says="index.json"))
+
+    # --- the chain, sensitivity and ncnn commands
+    DET = "{w}/d/det"
+    e2e = ["e2e", "-d", DET, "--det", f"{M}/det.onnx"]
+    for cid, argv, says in (
+        ("e2e-data-missing", ["e2e", "-d", "{w}/d/nope", "--det", f"{M}/det.onnx"], "nope"),
+        ("e2e-data-is-rec", ["e2e", "-d", REC, "--det", f"{M}/det.onnx"], "rec_small"),
+        ("e2e-det-garbage", ["e2e", "-d", DET, "--det", f"{M}/garbage.onnx"], "garbage.onnx"),
+        ("e2e-out-onto-model", [*e2e, "-o", f"{M}/det.onnx"], "det.onnx"),
+        ("e2e-out-in-dataset", [*e2e, "-o", f"{DET}/result.json"], "det"),
+        ("e2e--limit=-1", [*e2e, "--limit", "-1"], "--limit"),
+        ("e2e--threads=100000", [*e2e, "--threads", "100000"], "--threads"),
+        ("e2e--drop-score=nan", [*e2e, "--drop-score", "nan"], "--drop-score"),
+        ("e2e-lexicon-unknown", [*e2e, "--lexicon", "klingon"], "klingon"),
+        ("eval-e2e-bad-stage", ["eval", "--task", "e2e", "-d", DET, "-m", "box=x.onnx"], "box=x.onnx"),
+        (
+            "eval-e2e-det-garbage",
+            ["eval", "--task", "e2e", "-d", DET, "-m", f"det={M}/garbage.onnx"],
+            "garbage",
+        ),
+    ):
+        c.append(Case(cid, argv, says=says))
+    sens = ["sensitivity", "-m", f"{M}/cls.onnx", "--task", "cls", "--calib-data", REC]
+    for cid, argv, says in (
+        (
+            "sensitivity-model-garbage",
+            ["sensitivity", "-m", f"{M}/garbage.onnx", "--task", "cls", "--calib-data", REC],
+            "garbage",
+        ),
+        (
+            "sensitivity-calib-missing",
+            ["sensitivity", "-m", f"{M}/cls.onnx", "--task", "cls", "--calib-data", "{w}/d/nope"],
+            "nope",
+        ),
+        ("sensitivity-json-onto-model", [*sens, "--json", f"{M}/cls.onnx"], "cls.onnx"),
+        ("sensitivity-plot-is-dir", [*sens, "--plot", "{o}"], "directory"),
+        ("sensitivity-work-dir-is-file", [*sens, "--work-dir", "{w}/afile"], "afile"),
+        ("sensitivity--val-size=0", [*sens, "--val-size", "0"], "--val-size"),
+        ("sensitivity--threads=100000", [*sens, "--threads", "100000"], "--threads"),
+        ("sensitivity--top=-1", [*sens, "--top", "-1"], "--top"),
+    ):
+        c.append(Case(cid, argv, says=says))
+    for cid, argv, says in (
+        ("ncnn-convert-garbage", ["ncnn", "convert", "-m", f"{M}/garbage.onnx"], "garbage"),
+        (
+            "ncnn-convert-out-onto-model",
+            ["ncnn", "convert", "-m", f"{M}/det.onnx", "-o", f"{M}/det.onnx"],
+            "det.onnx",
+        ),
+        (
+            "ncnn-quantize-out-onto-model",
+            ["ncnn", "quantize", "-m", f"{M}/det.onnx", "--calib-data", "{w}/d/det", "-o", f"{M}/det.onnx"],
+            "det.onnx",
+        ),
+        (
+            "ncnn-quantize--calib-size=0",
+            [
+                "ncnn",
+                "quantize",
+                "-m",
+                f"{M}/det.onnx",
+                "--calib-data",
+                "{w}/d/det",
+                "-o",
+                "{o}/q.param",
+                "--calib-size",
+                "0",
+            ],
+            "--calib-size",
+        ),
+        (
+            "ncnn-run-out-is-file",
+            ["ncnn", "run", "-m", f"{M}/det.onnx", "-d", DET, "--calib-data", DET, "--out", "{w}/afile"],
+            "afile",
+        ),
+        (
+            "ncnn-run--limit=-1",
+            [
+                "ncnn",
+                "run",
+                "-m",
+                f"{M}/det.onnx",
+                "-d",
+                DET,
+                "--calib-data",
+                DET,
+                "--out",
+                "{o}/r",
+                "--limit",
+                "-1",
+            ],
+            "--limit",
+        ),
+    ):
+        c.append(Case(cid, argv, says=says))
 
     # --- environment
     c.append(Case("home-is-file", ["models", "list"], says="afile", env={"OCRQUANT_HOME": "{w}/afile"}))

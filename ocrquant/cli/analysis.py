@@ -43,7 +43,12 @@ def _shape(text: str | None, option: str) -> list[int] | None:
 
 
 def _inputs(
-    model: str, data: Path | None, task: str | None, limit: int | None, shape: tuple | None, strict: bool
+    model: str,
+    data: Path | None,
+    task: str | None,
+    limit: int | None,
+    shape: tuple | None,
+    strict: bool = False,
 ):
     from ocrquant.analysis.inputs import load_inputs
     from ocrquant.data import READ_POLICY
@@ -83,7 +88,7 @@ def dump_cmd(
     """Save every intermediate tensor as OUT/{float,quant}/<index>__<name>/batch_<k>.npy (bounded memory)."""
     from ocrquant.analysis.dump import dump_model, dump_pair
 
-    guard_outputs([model, quant, data], folders=[out])
+    guard_outputs([model, quant], folders=[out], datasets=[data])
     check_threads(threads)
     _, arrays = _inputs(model, data, task, limit, input_shape, strict)
     path = _model_path(model)
@@ -128,7 +133,7 @@ def compare_cmd(
     """Layer-wise float vs INT8 error (cosine, SNR, max/mean abs), worst SNR first."""
     from ocrquant.analysis.compare import compare_from_dump, compare_models
 
-    guard_outputs([float_model, quant_model, data, from_dump], files=[csv, json_out, plot])
+    guard_outputs([float_model, quant_model, from_dump], files=[csv, json_out, plot], datasets=[data])
     check_threads(threads)
     if sim and (quant_model is None or from_dump is not None):
         raise OcrQuantError("--sim needs INT8.onnx and --data (not --from-dump)")
@@ -265,7 +270,7 @@ def simulate_cmd(
     from ocrquant.analysis.binio import read_bin, write_bin
     from ocrquant.analysis.simulate import Simulator
 
-    guard_outputs([model, data, input_bin], files=[output_bin])
+    guard_outputs([model, input_bin], files=[output_bin], datasets=[data])
     check_threads(threads)
     sim = Simulator(model, rounding=rounding, requant=requant)
     name = sim.view.input_names[0]
@@ -375,7 +380,7 @@ def profile_cmd(
     from ocrquant.analysis.profile import profile_model
     from ocrquant.fileio import write_json_atomic
 
-    guard_outputs([model, compare, data], files=[json_out])
+    guard_outputs([model, compare], files=[json_out], datasets=[data])
     check_threads(threads)
     _, arrays = _inputs(model, data, task, limit, input_shape, strict)
     paths = [_model_path(model)] + ([compare] if compare else [])

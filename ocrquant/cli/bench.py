@@ -37,7 +37,7 @@ def bench_cmd(
     from ocrquant.fileio import write_json_atomic
     from ocrquant.runtime.bench import run_bench
 
-    guard_outputs([*model, data], files=[json_out])
+    guard_outputs(list(model), files=[json_out], datasets=[data])
     check_threads(threads)
 
     result = run_bench(

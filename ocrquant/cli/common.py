@@ -37,19 +37,25 @@ def parse_shape(values: tuple[int, ...] | list[int] | None) -> tuple[int, int] |
     return values[2], values[3]
 
 
-def guard_outputs(inputs: list[Any], files: list[Path | None] = (), folders: list[Path | None] = ()) -> None:
+def guard_outputs(
+    inputs: list[Any],
+    files: list[Path | None] = (),
+    folders: list[Path | None] = (),
+    datasets: list[Path | None] = (),
+) -> None:
     """Apply the output-path policy (:func:`ocrquant.fileio.check_output`) to every output a command
-    will write, before it does any work; ``inputs`` are whatever the user named as input (paths, or zoo
-    names, which are ignored)."""
+    will write, before it does any work; ``inputs`` are the files the user named (zoo names are
+    ignored), ``datasets`` the folders of samples the command reads."""
     from ocrquant.fileio import check_output
 
     given = [Path(str(i)) for i in inputs if i is not None and str(i)]
+    sets = [Path(str(d)) for d in datasets if d is not None]
     for target in files:
         if target is not None:
-            check_output(target, given)
+            check_output(target, given, datasets=sets)
     for target in folders:
         if target is not None:
-            check_output(target, given, folder=True)
+            check_output(target, given, folder=True, datasets=sets)
 
 
 def _number(text: str, option_hint: str) -> float:

@@ -170,7 +170,9 @@ def eval_cmd(
 
     if data is None:
         raise OcrQuantError("--data is required")
-    guard_outputs([*(m.partition("=")[2] or m for m in model or []), data, char_dict], files=[output])
+    guard_outputs(
+        [*(m.partition("=")[2] or m for m in model or []), char_dict], files=[output], datasets=[data]
+    )
     READ_POLICY.strict = strict
     if task == "e2e":
         _eval_e2e(model or [], data, data_format, limit, output, threads, backend)
@@ -375,7 +377,9 @@ def run_cmd(
             raise OcrQuantError(f"--model {value}: with several tasks write --model TASK=MODEL")
     data_paths = _kind_paths(data, tasks, "--data")
     calib_paths = _kind_paths(calib_data, tasks, "--calib-data")
-    guard_outputs([*models.values(), *data_paths.values(), *calib_paths.values()], folders=[out])
+    guard_outputs(
+        list(models.values()), folders=[out], datasets=[*data_paths.values(), *calib_paths.values()]
+    )
     check_threads(threads)
     from ocrquant.data import READ_POLICY
 
@@ -476,11 +480,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except (KeyboardInterrupt, typer.Abort):
-        if _SIGNALLED:
-            err_console.print("terminated (partial results kept; run again to resume)")
-            sys.exit(143)
-        err_console.print("interrupted (partial results kept; run again to resume)")
-        sys.exit(130)
+        _interrupted()
     except click_exc.ClickException as exc:  # usage: unknown option, value out of range, missing argument
         print(one_line(OcrQuantError(exc.format_message())), file=sys.stderr)
         sys.exit(2)
@@ -489,7 +489,17 @@ def main() -> None:
             raise
         print(describe_failure(exc), file=sys.stderr)
         sys.exit(2 if isinstance(exc, OcrQuantError | OSError | MemoryError) else 1)
+    if code == 130:  # typer turns a KeyboardInterrupt (Ctrl-C, or SIGTERM via _terminated) into 130
+        _interrupted()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupted() -> None:
+    if _SIGNALLED:
+        err_console.print("terminated (partial results kept; run again to resume)")
+        sys.exit(143)
+    err_console.print("interrupted (partial results kept; run again to resume)")
+    sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def quantize_cmd(
     from ocrquant.frontends.ncnn_export import ncnn_model_for
     from ocrquant.quantization.ncnn_int8 import quantize_ncnn, quantize_with_table
 
-    guard_outputs([model, calib_data, table], files=[output])
+    guard_outputs([model, table], files=[output], datasets=[calib_data])
     if model.endswith(".param"):
         float_param = Path(model)
     else:
@@ -182,7 +182,7 @@ def run_cmd(
     from ocrquant.quantization.ncnn_int8 import ncnn_report
     from ocrquant.report import COLUMNS, row_cells
 
-    guard_outputs([model, data, calib_data], folders=[out])
+    guard_outputs([model], folders=[out], datasets=[data, calib_data])
     options = {k: v for k, v in {"canvas_size": canvas_size, "limit_side_len": limit_side_len}.items() if v}
     row = ncnn_report(
         model,

@@ -106,7 +106,10 @@ def ocr_cmd(
     inputs = [source, det, cls, rec, char_dict, font]
     as_folder = draw is not None and (draw.is_dir() or source.is_dir() or draw.suffix == "")
     guard_outputs(
-        inputs, files=[json_out, None if as_folder else draw], folders=[draw if as_folder else None]
+        inputs,
+        files=[json_out, None if as_folder else draw],
+        folders=[draw if as_folder else None],
+        datasets=[source if source.is_dir() else None],  # pictures drawn into it would be read next time
     )
     pipeline = _build(
         det, cls, rec, precision, threads, drop_score, cls_thresh, rec_batch, limit_side_len, box_thresh,
@@ -183,7 +186,7 @@ def e2e_cmd(
     from ocrquant.pipeline.evaluate import eval_e2e
     from ocrquant.runtime import RuntimeOptions
 
-    guard_outputs([data, det, cls, rec, vocab_dir, char_dict], files=[output])
+    guard_outputs([det, cls, rec, vocab_dir, char_dict], files=[output], datasets=[data])
     READ_POLICY.strict = strict
     lexicons = [x for x in lexicon.split(",") if x.strip()]
     result = eval_e2e(

@@ -172,7 +172,7 @@ def quantize_cmd(
     from ocrquant.fileio import sidecar_path
     from ocrquant.quantization import QuantConfig, quantize
 
-    guard_outputs([model, calib_data, val_data, cache_dir], files=[output, sidecar_path(output)])
+    guard_outputs([model, cache_dir], files=[output, sidecar_path(output)], datasets=[calib_data, val_data])
     READ_POLICY.strict = strict
 
     # None: the target's per-task defaults (resolved once the task is known), plus --algo

@@ -97,7 +97,7 @@ def sensitivity_cmd(
     from ocrquant.data import READ_POLICY
     from ocrquant.quantization import QuantConfig
 
-    guard_outputs([model, calib_data, val_data], files=[json_out, plot], folders=[work_dir])
+    guard_outputs([model], files=[json_out, plot], folders=[work_dir], datasets=[calib_data, val_data])
     check_threads(threads)
     READ_POLICY.strict = strict
     config = QuantConfig(target=target, calib_size=calib_size, seed=seed)

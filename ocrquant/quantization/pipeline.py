@@ -148,7 +148,6 @@ def quantize(
         )
         model = onnx.load(str(prepared))
         ensure_node_names(model)  # algorithms and the plan address nodes by name
-        check_names(model, list(cfg.exclude), list(cfg.dtype_overrides), resolved.path)
         ctx = AlgorithmContext(
             model=model,
             profile=profile,
@@ -161,6 +160,8 @@ def quantize(
         )
         for algo in (a for a in algorithms if a.stage == "float"):
             reports[algo.name] = algo.apply(ctx)
+        # after the float-stage algorithms: a budget search pins the nodes they add (HS-CLE's gates)
+        check_names(ctx.model, list(cfg.exclude), list(cfg.dtype_overrides), resolved.path)
         float_path = work / "float.onnx"
         onnx.save(ctx.model, str(float_path))
         timings["prepare_s"] = time.perf_counter() - t
