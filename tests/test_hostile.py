@@ -7,6 +7,7 @@ The inputs are small files the fixture generates, plus copies of the zoo's PP-OC
 embedded sample; the cases run two at a time so the corpus stays a few minutes on two cores.
 """
 
+# ruff: noqa: E501  (the corpus is a table: one command line per row reads better than wrapped lists)
 from __future__ import annotations
 
 import hashlib
@@ -163,53 +164,42 @@ def _tree_hash(paths: list[Path]) -> dict[str, str]:
 
 
 def _cases() -> list[Case]:
+    """The corpus, by cause. ``{w}``: the input world of :func:`_build_world`; ``{o}``: the case's own
+    empty output folder."""
+    M, REC, DET = "{w}/m", "{w}/d/rec_small", "{w}/d/det"
+    CLS, I8 = f"{M}/cls.onnx", f"{M}/cls.int8.onnx"
+    EVAL = ["eval", "-m", CLS, "--task", "cls", "-d", REC]
+    EVAL_DET = ["eval", "-m", f"{M}/det.onnx", "--task", "det", "-d", DET]
+    QUANT = ["quantize", "-m", CLS, "--task", "cls", "--calib-data", REC, "-o", "{o}/q.onnx"]
+    OCR = ["ocr", "{w}/img/photo.jpg", "--det", f"{M}/det.onnx"]
+    BENCH = ["bench", "-m", CLS, "--task", "cls"]
+    PROFILE = ["profile", "-m", CLS, "--task", "cls", "-d", REC]
+    RUN = ["run", "--task", "cls", "-m", CLS, "--data", REC, "--calib-data", "{w}/d/rec"]
+    E2E = ["e2e", "-d", DET, "--det", f"{M}/det.onnx"]
+    SENS = ["sensitivity", "-m", CLS, "--task", "cls", "--calib-data", REC]
     c: list[Case] = []
-    M = "{w}/m"
-    REC = "{w}/d/rec_small"
 
     # --- bad model files, every command that reads one
-    bad_models = {
-        "missing": ("{w}/m/nope.onnx", "nope.onnx"),
-        "empty": ("{w}/m/empty.onnx", "empty.onnx"),
-        "garbage": ("{w}/m/garbage.onnx", "garbage.onnx"),
-        "text": ("{w}/m/text.onnx", "text.onnx"),
-        "trunc": ("{w}/m/trunc.onnx", "trunc.onnx"),
-        "dir": ("{w}/m/dir.onnx", "dir.onnx"),
-        "five_d": ("{w}/m/five_d.onnx", "five_d.onnx"),
-    }
-    for key, (model, says) in bad_models.items():
-        c.append(Case(f"eval-model-{key}", ["eval", "-m", model, "--task", "cls", "-d", REC], says=says))
-        c.append(
-            Case(
-                f"quantize-model-{key}",
-                ["quantize", "-m", model, "--task", "cls", "--calib-data", REC, "-o", "{o}/q.onnx"],
-                says=says,
-            )
-        )
-        c.append(
-            Case(f"info-model-{key}", ["models", "info", model], says=says, rc=0 if key == "five_d" else 2)
-        )
-        c.append(
-            Case(f"profile-model-{key}", ["profile", "-m", model, "--task", "cls", "-d", REC], says=says)
-        )
-        c.append(
-            Case(f"bench-model-{key}", ["bench", "-m", model, "--task", "cls", "--rounds", "2"], says=says)
-        )
-        c.append(
-            Case(
-                f"dump-model-{key}",
-                ["dump", "-m", model, "--task", "cls", "-d", REC, "-o", "{o}/dump"],
-                says=says,
-            )
-        )
-        c.append(
-            Case(f"simulate-model-{key}", ["simulate", "-m", model, "--task", "cls", "-d", REC], says=says)
-        )
-        c.append(Case(f"ocr-det-{key}", ["ocr", "{w}/img/photo.jpg", "--det", model], says=says))
+    for key in ("missing", "empty", "garbage", "text", "trunc", "dir", "five_d"):
+        model = f"{M}/{'nope' if key == 'missing' else key}.onnx"
+        says = Path(model).name
+        # fmt: off
+        for cid, argv in (
+            ("eval-model", ["eval", "-m", model, "--task", "cls", "-d", REC]),
+            ("quantize-model", ["quantize", "-m", model, "--task", "cls", "--calib-data", REC, "-o", "{o}/q.onnx"]),
+            ("info-model", ["models", "info", model]),
+            ("profile-model", ["profile", "-m", model, "--task", "cls", "-d", REC]),
+            ("bench-model", ["bench", "-m", model, "--task", "cls", "--rounds", "2"]),
+            ("dump-model", ["dump", "-m", model, "--task", "cls", "-d", REC, "-o", "{o}/dump"]),
+            ("simulate-model", ["simulate", "-m", model, "--task", "cls", "-d", REC]),
+            ("ocr-det", ["ocr", "{w}/img/photo.jpg", "--det", model]),
+        ):  # fmt: on
+            valid = cid == "info-model" and key == "five_d"  # a valid 5-D model: info describes it
+            c.append(Case(f"{cid}-{key}", argv, says=says, rc=0 if valid else 2))
 
-    # --- outputs that are inputs, folders, or unwritable
+    # --- outputs that are inputs, inside an input dataset, folders, or unwritable
     outputs = {
-        "same-as-model": (f"{M}/cls.onnx", "cls.onnx"),
+        "same-as-model": (CLS, "cls.onnx"),
         "symlink-to-model": (f"{M}/cls_link.onnx", "cls_link.onnx"),
         "in-dataset": (f"{REC}/gt.txt", "gt.txt"),
         "inside-dataset": (f"{REC}/result.json", "rec_small"),
@@ -217,107 +207,43 @@ def _cases() -> list[Case]:
         "parent-is-file": ("{w}/afile/out.json", "afile"),
     }
     for key, (out, says) in outputs.items():
-        # ocr reads det.onnx (its cls and rec are the zoo's): the model it must not overwrite
+        # ocr reads det.onnx (its cls and rec are the zoo's): that is the model it must not overwrite
         ocr_out, ocr_says = (
             (out.replace("cls", "det"), says.replace("cls", "det")) if "model" in key else (out, says)
         )
-        c.append(
-            Case(
-                f"eval-out-{key}",
-                ["eval", "-m", f"{M}/cls.onnx", "--task", "cls", "-d", REC, "-o", out],
-                says=says,
-            )
-        )
-        c.append(
-            Case(
-                f"quantize-out-{key}",
-                [
-                    "quantize",
-                    "-m",
-                    f"{M}/cls.onnx",
-                    "--task",
-                    "cls",
-                    "--calib-data",
-                    REC,
-                    "-o",
-                    out,
-                    "--method",
-                    "min_max",
-                    "--calib-size",
-                    "4",
-                ],
-                says=says,
-            )
-        )
-        c.append(
-            Case(
-                f"ocr-draw-{key}",
-                ["ocr", "{w}/img/photo.jpg", "--det", f"{M}/det.onnx", "--draw", ocr_out],
+        reads_data = "dataset" not in key  # ocr and bench read no dataset: its files are no input of theirs
+        # fmt: off
+        table = [
+            ("eval-out", [*EVAL, "-o", out], says, 2, []),
+            ("quantize-out", [*QUANT[:-1], out, "--method", "min_max", "--calib-size", "4"], says, 2, []),
+            ("profile-json", [*PROFILE, "--limit", "2", "--json", out], says, 2, []),
+        ]
+        if reads_data:
+            table += [
                 # --draw takes a folder too: the picture goes inside it
-                says="" if key == "is-dir" else ocr_says,
-                rc=0 if key == "is-dir" else 2,
-                writes=["photo_ocr.png"] if key == "is-dir" else [],
-            )
-        )
-        c.append(
-            Case(
-                f"ocr-json-{key}",
-                ["ocr", "{w}/img/photo.jpg", "--det", f"{M}/det.onnx", "--json", ocr_out],
-                says=ocr_says,
-            )
-        )
-        c.append(
-            Case(
-                f"bench-json-{key}",
-                ["bench", "-m", f"{M}/cls.onnx", "--task", "cls", "--rounds", "2", "--json", out],
-                says=says,
-            )
-        )
-        c.append(
-            Case(
-                f"profile-json-{key}",
-                ["profile", "-m", f"{M}/cls.onnx", "--task", "cls", "-d", REC, "--limit", "2", "--json", out],
-                says=says,
-            )
-        )
+                ("ocr-draw", [*OCR, "--draw", ocr_out], "" if key == "is-dir" else ocr_says,
+                 0 if key == "is-dir" else 2, ["photo_ocr.png"] if key == "is-dir" else []),
+                ("ocr-json", [*OCR, "--json", ocr_out], ocr_says, 2, []),
+                ("bench-json", [*BENCH, "--rounds", "2", "--json", out], says, 2, []),
+            ]
         if key in ("is-dir", "parent-is-file"):  # npy2bin reads no model or dataset
-            c.append(Case(f"npy2bin-out-{key}", ["npy2bin", "{w}/x/t.npy", out], says=says))
+            table.append(("npy2bin-out", ["npy2bin", "{w}/x/t.npy", out], says, 2, []))
         if key != "is-dir":  # a run folder may exist (it resumes)
-            run = ["run", "--task", "cls", "-m", f"{M}/cls.onnx", "--data", REC, "--calib-data", "{w}/d/rec"]
-            c.append(Case(f"run-out-{key}", [*run, "--out", out], says=says))
-    # ocr and bench read no dataset in these cases: the dataset's files are no input of theirs
-    c = [x for x in c if not (x.id.startswith(("ocr-", "bench-")) and "dataset" in x.id)]
-    c.append(Case("npy2bin-onto-input", ["npy2bin", "{w}/x/t.npy", "{w}/x/t.npy"], says="t.npy"))
-    c.append(
-        Case(
-            "ocr-draw-onto-photo",
-            ["ocr", "{w}/img/photo.jpg", "--det", f"{M}/det.onnx", "--draw", "{w}/img/photo.jpg"],
-            says="photo.jpg",
-        )
-    )
-    c.append(
-        Case(
-            "bin2npy-onto-input",
-            ["bin2npy", "{w}/x/t.bin", "{w}/x/t.bin", "--shape", "1,3,48,192"],
-            says="t.bin",
-        )
-    )
-    c.append(
-        Case(
-            "convert-onto-input",
-            ["convert", "-f", "paddle", "--model", f"{M}/cls.onnx", "-o", f"{M}/cls.onnx"],
-            says="cls.onnx",
-        )
-    )
-    c.append(
-        Case(
-            "synth-into-file",
-            ["data", "synth", "--out", "{w}/afile", "--n-det", "1", "--n-rec", "1"],
-            says="afile",
-        )
-    )
+            table.append(("run-out", [*RUN, "--out", out], says, 2, []))
+        # fmt: on
+        for cid, argv, expect, rc, writes in table:
+            c.append(Case(f"{cid}-{key}", argv, rc=rc, says=expect, writes=writes))
+    # fmt: off
+    for cid, argv, says in (
+        ("npy2bin-onto-input", ["npy2bin", "{w}/x/t.npy", "{w}/x/t.npy"], "t.npy"),
+        ("ocr-draw-onto-photo", [*OCR, "--draw", "{w}/img/photo.jpg"], "photo.jpg"),
+        ("bin2npy-onto-input", ["bin2npy", "{w}/x/t.bin", "{w}/x/t.bin", "--shape", "1,3,48,192"], "t.bin"),
+        ("convert-onto-input", ["convert", "-f", "paddle", "--model", CLS, "-o", CLS], "cls.onnx"),
+        ("synth-into-file", ["data", "synth", "--out", "{w}/afile", "--n-det", "1", "--n-rec", "1"], "afile"),
+    ):  # fmt: on
+        c.append(Case(cid, argv, says=says))
 
-    # --- bad data
+    # --- bad data: refused (rc 2) when the set cannot be read, skipped and named (rc 0) per bad sample
     for key, data, rc, says in (
         ("missing-dir", "{w}/d/nope", 2, "nope"),
         ("empty-dir", "{w}/d/empty", 2, "empty"),
@@ -330,574 +256,134 @@ def _cases() -> list[Case]:
         ("empty-image", "{w}/d/rec_empty_img", 0, "skipped"),
         ("missing-image", "{w}/d/rec_missing", 0, "not found"),
     ):
-        c.append(
-            Case(
-                f"eval-data-{key}",
-                ["eval", "-m", f"{M}/cls.onnx", "--task", "cls", "-d", data],
-                rc=rc,
-                says=says,
-            )
-        )
-        c.append(
-            Case(
-                f"quantize-data-{key}",
-                [
-                    "quantize",
-                    "-m",
-                    f"{M}/cls.onnx",
-                    "--task",
-                    "cls",
-                    "--calib-data",
-                    data,
-                    "-o",
-                    "{o}/q.onnx",
-                    "--method",
-                    "min_max",
-                ],
-                rc=rc,
-                says=says,
-                writes=["q.onnx"] if rc == 0 else [],
-            )
-        )
-        c.append(
-            Case(
-                f"profile-data-{key}",
-                ["profile", "-m", f"{M}/cls.onnx", "--task", "cls", "-d", data, "--runs", "1"],
-                rc=rc,
-                says=says,
-            )
-        )
-        c.append(
-            Case(
-                f"dump-data-{key}",
-                [
-                    "dump",
-                    "-m",
-                    f"{M}/cls.onnx",
-                    "--task",
-                    "cls",
-                    "-d",
-                    data,
-                    "-o",
-                    "{o}/dump",
-                    "--limit",
-                    "3",
-                ],
-                rc=rc,
-                says=says,
-            )
-        )
-    c.append(
-        Case(
-            "eval-strict-corrupt",
-            ["eval", "-m", f"{M}/cls.onnx", "--task", "cls", "-d", "{w}/d/rec_corrupt", "--strict"],
-            says="corrupt",
-        )
-    )
-    c.append(
-        Case(
-            "quantize-strict-corrupt",
-            [
-                "quantize",
-                "-m",
-                f"{M}/cls.onnx",
-                "--task",
-                "cls",
-                "--calib-data",
-                "{w}/d/rec_corrupt",
-                "-o",
-                "{o}/q.onnx",
-                "--strict",
-            ],
-            says="corrupt",
-        )
-    )
-    c.append(
-        Case(
-            "eval-det-missing-image",
-            [
-                "eval",
-                "-m",
-                f"{M}/det.onnx",
-                "--task",
-                "det",
-                "-d",
-                "{w}/d/det_missing_img",
-                "--limit-side-len",
-                "320",
-            ],
-            rc=0,
-            says="not found",
-        )
-    )
-    c.append(
-        Case(
-            "eval-det-bad-gt",
-            ["eval", "-m", f"{M}/det.onnx", "--task", "det", "-d", "{w}/d/det_badgt"],
-            says="not numbers",
-        )
-    )
-    c.append(Case("ocr-corrupt-image", ["ocr", "{w}/img/bad.jpg", "--det", f"{M}/det.onnx"], says="bad.jpg"))
-    c.append(Case("ocr-bomb-image", ["ocr", "{w}/img/bomb.png", "--det", f"{M}/det.onnx"], says="pixels"))
-    c.append(
-        Case(
-            "ocr-folder-with-bad",
-            ["ocr", "{w}/img", "--det", f"{M}/det.onnx", "--rec", f"{M}/rec.onnx", "--cls", f"{M}/cls.onnx"],
-            rc=0,
-            says="bomb.png",
-        )
-    )
+        # fmt: off
+        for cid, argv, writes in (
+            ("eval-data", ["eval", "-m", CLS, "--task", "cls", "-d", data], []),
+            ("quantize-data", ["quantize", "-m", CLS, "--task", "cls", "--calib-data", data, "-o", "{o}/q.onnx",
+                               "--method", "min_max"], ["q.onnx"] if rc == 0 else []),
+            ("profile-data", ["profile", "-m", CLS, "--task", "cls", "-d", data, "--runs", "1"], []),
+            ("dump-data", ["dump", "-m", CLS, "--task", "cls", "-d", data, "-o", "{o}/dump", "--limit", "3"], []),
+        ):  # fmt: on
+            c.append(Case(f"{cid}-{key}", argv, rc=rc, says=says, writes=writes))
+    # fmt: off
+    for cid, argv, rc, says in (
+        ("eval-strict-corrupt", ["eval", "-m", CLS, "--task", "cls", "-d", "{w}/d/rec_corrupt", "--strict"], 2, "corrupt"),
+        ("quantize-strict-corrupt", ["quantize", "-m", CLS, "--task", "cls", "--calib-data", "{w}/d/rec_corrupt",
+                                     "-o", "{o}/q.onnx", "--strict"], 2, "corrupt"),
+        ("eval-det-missing-image", ["eval", "-m", f"{M}/det.onnx", "--task", "det", "-d", "{w}/d/det_missing_img",
+                                    "--limit-side-len", "320"], 0, "not found"),
+        ("eval-det-bad-gt", ["eval", "-m", f"{M}/det.onnx", "--task", "det", "-d", "{w}/d/det_badgt"], 2, "not numbers"),
+        ("ocr-corrupt-image", ["ocr", "{w}/img/bad.jpg", "--det", f"{M}/det.onnx"], 2, "bad.jpg"),
+        ("ocr-bomb-image", ["ocr", "{w}/img/bomb.png", "--det", f"{M}/det.onnx"], 2, "pixels"),
+        ("ocr-folder-with-bad", ["ocr", "{w}/img", "--det", f"{M}/det.onnx", "--rec", f"{M}/rec.onnx", "--cls", CLS],
+         0, "bomb.png"),
+    ):  # fmt: on
+        c.append(Case(cid, argv, rc=rc, says=says))
 
-    # --- bad numbers
-    num = [
-        ("eval", "--limit", "-1"),
-        ("eval", "--threads", "-1"),
-        ("eval", "--threads", "100000"),
-        ("eval", "--batch-size", "0"),
-        ("eval", "--batch-size", "-4"),
-    ]
-    for cmd, opt, val in num:
-        c.append(
-            Case(
-                f"{cmd}{opt}={val}",
-                [cmd, "-m", f"{M}/cls.onnx", "--task", "cls", "-d", REC, opt, val],
-                says=opt,
-            )
-        )
-    for opt, val in (
-        ("--limit", "-2"),
-        ("--threads", "100000"),
-        ("--calib-size", "0"),
-        ("--calib-size", "-5"),
-        ("--batch-size", "0"),
-        ("--percentile", "0"),
-        ("--percentile", "101"),
-        ("--percentile", "nan"),
-        ("--max-drop", "-1"),
-        ("--max-drop", "nan"),
-        ("--confidence", "1.5"),
-        ("--val-size", "-1"),
-    ):
-        if opt == "--limit":
-            continue  # quantize has no --limit
-        extra = ["--method", "percentile"] if opt == "--percentile" else []
-        c.append(
-            Case(
-                f"quantize{opt}={val}",
-                [
-                    "quantize",
-                    "-m",
-                    f"{M}/cls.onnx",
-                    "--task",
-                    "cls",
-                    "--calib-data",
-                    REC,
-                    "-o",
-                    "{o}/q.onnx",
-                    opt,
-                    val,
-                    *extra,
-                ],
-                says=opt,
-            )
-        )
-    for opt, val in (("--rounds", "0"), ("--rounds", "-3"), ("--warmup", "-1"), ("--threads", "100000")):
-        c.append(
-            Case(f"bench{opt}={val}", ["bench", "-m", f"{M}/cls.onnx", "--task", "cls", opt, val], says=opt)
-        )
-    for opt, val in (("--runs", "0"), ("--top", "-1"), ("--limit", "-1"), ("--threads", "-2")):
-        c.append(
-            Case(
-                f"profile{opt}={val}",
-                ["profile", "-m", f"{M}/cls.onnx", "--task", "cls", "-d", REC, opt, val],
-                says=opt,
-            )
-        )
-    for opt, val in (
-        ("--box-thresh", "2"),
-        ("--unclip-ratio", "-1"),
-        ("--limit-side-len", "0"),
-        ("--box-thresh", "nan"),
-    ):
-        c.append(
-            Case(
-                f"eval-det{opt}={val}",
-                ["eval", "-m", f"{M}/det.onnx", "--task", "det", "-d", "{w}/d/det", opt, val],
-                says=opt,
-            )
-        )
-    for opt, val in (
-        ("--drop-score", "1.5"),
-        ("--cls-thresh", "-1"),
-        ("--rec-batch", "0"),
-        ("--threads", "100000"),
-    ):
-        c.append(
-            Case(
-                f"ocr{opt}={val}", ["ocr", "{w}/img/photo.jpg", "--det", f"{M}/det.onnx", opt, val], says=opt
-            )
-        )
-    for opt, val in (
-        ("--limit", "-1"),
-        ("--calib-size", "0"),
-        ("--threads", "100000"),
-        ("--latency-inputs", "-1"),
-    ):
-        c.append(
-            Case(
-                f"run{opt}={val}",
-                ["run", "--task", "cls", "-m", f"{M}/cls.onnx", "--out", "{o}/run", opt, val],
-                says=opt,
-            )
-        )
+    # --- bad numbers: refused before any work, naming the option
+    numbers = {
+        "eval": (EVAL, [("--limit", "-1"), ("--threads", "-1"), ("--threads", "100000"), ("--batch-size", "0"),
+                        ("--batch-size", "-4")]),
+        "quantize": (QUANT, [("--threads", "100000"), ("--calib-size", "0"), ("--calib-size", "-5"),
+                             ("--batch-size", "0"), ("--percentile", "0"), ("--percentile", "101"),
+                             ("--percentile", "nan"), ("--max-drop", "-1"), ("--max-drop", "nan"),
+                             ("--confidence", "1.5"), ("--val-size", "-1")]),
+        "bench": (BENCH, [("--rounds", "0"), ("--rounds", "-3"), ("--warmup", "-1"), ("--threads", "100000")]),
+        "profile": (PROFILE, [("--runs", "0"), ("--top", "-1"), ("--limit", "-1"), ("--threads", "-2")]),
+        "eval-det": (EVAL_DET, [("--box-thresh", "2"), ("--unclip-ratio", "-1"), ("--limit-side-len", "0"),
+                                ("--box-thresh", "nan")]),
+        "ocr": (OCR, [("--drop-score", "1.5"), ("--cls-thresh", "-1"), ("--rec-batch", "0"), ("--threads", "100000")]),
+        "run": (["run", "--task", "cls", "-m", CLS, "--out", "{o}/run"],
+                [("--limit", "-1"), ("--calib-size", "0"), ("--threads", "100000"), ("--latency-inputs", "-1")]),
+        "e2e": (E2E, [("--limit", "-1"), ("--threads", "100000"), ("--drop-score", "nan")]),
+        "sensitivity": (SENS, [("--val-size", "0"), ("--threads", "100000"), ("--top", "-1")]),
+    }  # fmt: skip
+    for cmd, (base, pairs) in numbers.items():
+        for opt, val in pairs:
+            extra = ["--method", "percentile"] if opt == "--percentile" else []
+            c.append(Case(f"{cmd}{opt}={val}", [*base, opt, val, *extra], says=opt))
     for shape in (["0", "3", "48", "192"], ["1", "3", "-5", "192"], ["1", "3", "48"]):
-        c.append(
-            Case(
-                f"eval-input-shape-{'x'.join(shape)}",
-                ["eval", "-m", f"{M}/det.onnx", "--task", "det", "-d", "{w}/d/det", "--input-shape", *shape],
-                says="input-shape",
-            )
-        )
-    c.append(
-        Case(
-            "eval-det-input-shape-odd",
-            [
-                "eval",
-                "-m",
-                f"{M}/det.onnx",
-                "--task",
-                "det",
-                "-d",
-                "{w}/d/det",
-                "--input-shape",
-                "1",
-                "3",
-                "33",
-                "47",
-            ],
-            says="input-shape",
-        )
-    )
+        c.append(Case(f"eval-input-shape-{'x'.join(shape)}", [*EVAL_DET, "--input-shape", *shape], says="input-shape"))
+    c.append(Case("eval-det-input-shape-odd", [*EVAL_DET, "--input-shape", "1", "3", "33", "47"], says="input-shape"))
 
-    # --- tensors: npy / bin
-    c.append(Case("npy2bin-pickled", ["npy2bin", "{w}/x/obj.npy", "{o}/t.bin"], says="obj.npy"))
-    c.append(Case("npy2bin-garbage", ["npy2bin", "{w}/x/bad.npy", "{o}/t.bin"], says="bad.npy"))
-    c.append(Case("npy2bin-missing", ["npy2bin", "{w}/x/nope.npy", "{o}/t.bin"], says="nope.npy"))
-    c.append(
-        Case(
-            "bin2npy-wrong-shape",
-            ["bin2npy", "{w}/x/t.bin", "{o}/t.npy", "--shape", "1,3,48,100"],
-            says="t.bin",
-        )
-    )
-    c.append(
-        Case(
-            "bin2npy-negative-shape",
-            ["bin2npy", "{w}/x/t.bin", "{o}/t.npy", "--shape", "1,-3,48,192"],
-            says="shape",
-        )
-    )
-    c.append(
-        Case(
-            "bin2npy-bad-dtype",
-            ["bin2npy", "{w}/x/t.bin", "{o}/t.npy", "--shape", "1,3,48,192", "--dtype", "complex512"],
-            says="dtype",
-        )
-    )
-    c.append(
-        Case(
-            "simulate-bin-shape-mismatch",
-            ["simulate", "-m", f"{M}/cls.onnx", "--input-bin", "{w}/x/t.bin", "--bin-shape", "1,3,48,100"],
-            says="t.bin",
-        )
-    )
-    c.append(
-        Case(
-            "simulate-bin-wrong-model-shape",
-            [
-                "simulate",
-                "-m",
-                f"{M}/cls.onnx",
-                "--task",
-                "cls",
-                "--input-bin",
-                "{w}/x/t.bin",
-                "--bin-shape",
-                "1,4,48,144",
-            ],
-            says="shape",
-        )
-    )
-
-    # --- names that do not exist
-    c.append(
-        Case(
-            "quantize-exclude-unknown",
-            [
-                "quantize",
-                "-m",
-                f"{M}/cls.onnx",
-                "--task",
-                "cls",
-                "--calib-data",
-                REC,
-                "-o",
-                "{o}/q.onnx",
-                "--method",
-                "min_max",
-                "--exclude",
-                "no_such_layer",
-            ],
-            says="no_such_layer",
-        )
-    )
-    c.append(
-        Case(
-            "quantize-int16-unknown",
-            [
-                "quantize",
-                "-m",
-                f"{M}/cls.onnx",
-                "--task",
-                "cls",
-                "--calib-data",
-                REC,
-                "-o",
-                "{o}/q.onnx",
-                "--method",
-                "min_max",
-                "--int16",
-                "no_such_layer",
-            ],
-            says="no_such_layer",
-        )
-    )
-    c.append(
-        Case(
-            "quantize-method-unknown",
-            [
-                "quantize",
-                "-m",
-                f"{M}/cls.onnx",
-                "--task",
-                "cls",
-                "--calib-data",
-                REC,
-                "-o",
-                "{o}/q.onnx",
-                "--method",
-                "magic",
-            ],
-            says="magic",
-        )
-    )
-    c.append(
-        Case(
-            "quantize-target-unknown",
-            [
-                "quantize",
-                "-m",
-                f"{M}/cls.onnx",
-                "--task",
-                "cls",
-                "--calib-data",
-                REC,
-                "-o",
-                "{o}/q.onnx",
-                "--target",
-                "tpu9",
-            ],
-            says="tpu9",
-        )
-    )
-    c.append(
-        Case(
-            "eval-backend-unknown",
-            ["eval", "-m", f"{M}/cls.onnx", "--task", "cls", "-d", REC, "--backend", "cuda9"],
-            says="cuda9",
-        )
-    )
-    c.append(
-        Case("eval-task-unknown", ["eval", "-m", f"{M}/cls.onnx", "--task", "ner", "-d", REC], says="ner")
-    )
-    c.append(
-        Case(
-            "eval-format-unknown",
-            ["eval", "-m", f"{M}/cls.onnx", "--task", "cls", "-d", REC, "--format", "coco"],
-            says="coco",
-        )
-    )
-    c.append(
-        Case(
-            "eval-char-dict-missing",
-            ["eval", "-m", f"{M}/rec.onnx", "--task", "rec", "-d", REC, "--char-dict", "{w}/nope.txt"],
-            says="nope.txt",
-        )
-    )
-    c.append(
-        Case(
-            "eval-char-dict-binary",
-            ["eval", "-m", f"{M}/rec.onnx", "--task", "rec", "-d", REC, "--char-dict", "{w}/m/garbage.onnx"],
-            says="garbage.onnx",
-        )
-    )
-    c.append(
-        Case("eval-wrong-task", ["eval", "-m", f"{M}/det.onnx", "--task", "rec", "-d", REC], says="det.onnx")
-    )
-    c.append(Case("models-fetch-unknown", ["models", "fetch", "nope-model"], says="nope-model"))
-    c.append(Case("run-unknown-task", ["run", "--task", "ner", "--out", "{o}/run"], says="ner"))
-
-    # --- analysis on ocrquant's own INT8 model (valid input: each once failed or refused it)
-    I8 = f"{M}/cls.int8.onnx"
-    ok = [
-        ("compare-int8", ["compare", f"{M}/cls.onnx", I8, "-d", REC, "--task", "cls", "--limit", "2"], []),
-        (
-            "compare-int8-sim",
-            ["compare", f"{M}/cls.onnx", I8, "-d", REC, "--task", "cls", "--limit", "1", "--sim"],
-            [],
-        ),
-        (
-            "dump-quant-int8",
-            ["dump", "-m", f"{M}/cls.onnx", "--quant", I8, "-d", REC, "--task", "cls", "-o", "{o}/d"],
-            ["d/index.json"],
-        ),
-        (
-            "simulate-int8-compare",
-            ["simulate", "-m", I8, "-d", REC, "--task", "cls", "--limit", "1", "--compare"],
-            [],
-        ),
-        (
-            "simulate-int8-bin",
-            [
-                "simulate",
-                "-m",
-                I8,
-                "--input-bin",
-                "{w}/x/t.bin",
-                "--bin-shape",
-                "1,3,48,192",
-                "--output-bin",
-                "{o}/y.bin",
-            ],
-            ["y.bin"],
-        ),
-        (
-            "profile-int8",
-            ["profile", "-m", f"{M}/cls.onnx", "--compare", I8, "-d", REC, "--task", "cls", "--limit", "1"],
-            [],
-        ),
-        ("eval-int8", ["eval", "-m", I8, "-d", REC], []),
-    ]
-    for cid, argv, writes in ok:
-        c.append(Case(cid, argv, rc=0, writes=writes))
-    c.append(Case("compare-sim-from-dump", ["compare", "--from-dump", "{w}/m", "--sim"], says="--sim"))
-    c.append(Case("compare-from-dump-not-a-dump", ["compare", "--from-dump", "{w}/m"], says="index.json"))
-
-    # --- the chain, sensitivity and ncnn commands
-    DET = "{w}/d/det"
-    e2e = ["e2e", "-d", DET, "--det", f"{M}/det.onnx"]
+    # --- tensors (npy / raw bin), names that do not exist, other runs of the chain
+    # fmt: off
     for cid, argv, says in (
+        ("npy2bin-pickled", ["npy2bin", "{w}/x/obj.npy", "{o}/t.bin"], "obj.npy"),
+        ("npy2bin-garbage", ["npy2bin", "{w}/x/bad.npy", "{o}/t.bin"], "bad.npy"),
+        ("npy2bin-missing", ["npy2bin", "{w}/x/nope.npy", "{o}/t.bin"], "nope.npy"),
+        ("bin2npy-wrong-shape", ["bin2npy", "{w}/x/t.bin", "{o}/t.npy", "--shape", "1,3,48,100"], "t.bin"),
+        ("bin2npy-negative-shape", ["bin2npy", "{w}/x/t.bin", "{o}/t.npy", "--shape", "1,-3,48,192"], "shape"),
+        ("bin2npy-bad-dtype", ["bin2npy", "{w}/x/t.bin", "{o}/t.npy", "--shape", "1,3,48,192", "--dtype", "complex512"],
+         "dtype"),
+        ("simulate-bin-shape-mismatch", ["simulate", "-m", CLS, "--input-bin", "{w}/x/t.bin", "--bin-shape", "1,3,48,100"],
+         "t.bin"),
+        ("simulate-bin-wrong-model-shape", ["simulate", "-m", CLS, "--task", "cls", "--input-bin", "{w}/x/t.bin",
+                                            "--bin-shape", "1,4,48,144"], "shape"),
+        ("quantize-exclude-unknown", [*QUANT, "--method", "min_max", "--exclude", "no_such_layer"], "no_such_layer"),
+        ("quantize-int16-unknown", [*QUANT, "--method", "min_max", "--int16", "no_such_layer"], "no_such_layer"),
+        ("quantize-method-unknown", [*QUANT, "--method", "magic"], "magic"),
+        ("quantize-target-unknown", [*QUANT, "--target", "tpu9"], "tpu9"),
+        ("eval-backend-unknown", [*EVAL, "--backend", "cuda9"], "cuda9"),
+        ("eval-task-unknown", ["eval", "-m", CLS, "--task", "ner", "-d", REC], "ner"),
+        ("eval-format-unknown", [*EVAL, "--format", "coco"], "coco"),
+        ("eval-char-dict-missing", ["eval", "-m", f"{M}/rec.onnx", "--task", "rec", "-d", REC, "--char-dict",
+                                    "{w}/nope.txt"], "nope.txt"),
+        ("eval-char-dict-binary", ["eval", "-m", f"{M}/rec.onnx", "--task", "rec", "-d", REC, "--char-dict",
+                                   "{w}/m/garbage.onnx"], "garbage.onnx"),
+        ("eval-wrong-task", ["eval", "-m", f"{M}/det.onnx", "--task", "rec", "-d", REC], "det.onnx"),
+        ("models-fetch-unknown", ["models", "fetch", "nope-model"], "nope-model"),
+        ("run-unknown-task", ["run", "--task", "ner", "--out", "{o}/run"], "ner"),
+        ("compare-sim-from-dump", ["compare", "--from-dump", "{w}/m", "--sim"], "--sim"),
+        ("compare-from-dump-not-a-dump", ["compare", "--from-dump", "{w}/m"], "index.json"),
         ("e2e-data-missing", ["e2e", "-d", "{w}/d/nope", "--det", f"{M}/det.onnx"], "nope"),
         ("e2e-data-is-rec", ["e2e", "-d", REC, "--det", f"{M}/det.onnx"], "rec_small"),
         ("e2e-det-garbage", ["e2e", "-d", DET, "--det", f"{M}/garbage.onnx"], "garbage.onnx"),
-        ("e2e-out-onto-model", [*e2e, "-o", f"{M}/det.onnx"], "det.onnx"),
-        ("e2e-out-in-dataset", [*e2e, "-o", f"{DET}/result.json"], "det"),
-        ("e2e--limit=-1", [*e2e, "--limit", "-1"], "--limit"),
-        ("e2e--threads=100000", [*e2e, "--threads", "100000"], "--threads"),
-        ("e2e--drop-score=nan", [*e2e, "--drop-score", "nan"], "--drop-score"),
-        ("e2e-lexicon-unknown", [*e2e, "--lexicon", "klingon"], "klingon"),
+        ("e2e-out-onto-model", [*E2E, "-o", f"{M}/det.onnx"], "det.onnx"),
+        ("e2e-out-in-dataset", [*E2E, "-o", f"{DET}/result.json"], "det"),
+        ("e2e-lexicon-unknown", [*E2E, "--lexicon", "klingon"], "klingon"),
         ("eval-e2e-bad-stage", ["eval", "--task", "e2e", "-d", DET, "-m", "box=x.onnx"], "box=x.onnx"),
-        (
-            "eval-e2e-det-garbage",
-            ["eval", "--task", "e2e", "-d", DET, "-m", f"det={M}/garbage.onnx"],
-            "garbage",
-        ),
-    ):
-        c.append(Case(cid, argv, says=says))
-    sens = ["sensitivity", "-m", f"{M}/cls.onnx", "--task", "cls", "--calib-data", REC]
-    for cid, argv, says in (
-        (
-            "sensitivity-model-garbage",
-            ["sensitivity", "-m", f"{M}/garbage.onnx", "--task", "cls", "--calib-data", REC],
-            "garbage",
-        ),
-        (
-            "sensitivity-calib-missing",
-            ["sensitivity", "-m", f"{M}/cls.onnx", "--task", "cls", "--calib-data", "{w}/d/nope"],
-            "nope",
-        ),
-        ("sensitivity-json-onto-model", [*sens, "--json", f"{M}/cls.onnx"], "cls.onnx"),
-        ("sensitivity-plot-is-dir", [*sens, "--plot", "{o}"], "directory"),
-        ("sensitivity-work-dir-is-file", [*sens, "--work-dir", "{w}/afile"], "afile"),
-        ("sensitivity--val-size=0", [*sens, "--val-size", "0"], "--val-size"),
-        ("sensitivity--threads=100000", [*sens, "--threads", "100000"], "--threads"),
-        ("sensitivity--top=-1", [*sens, "--top", "-1"], "--top"),
-    ):
-        c.append(Case(cid, argv, says=says))
-    for cid, argv, says in (
+        ("eval-e2e-det-garbage", ["eval", "--task", "e2e", "-d", DET, "-m", f"det={M}/garbage.onnx"], "garbage"),
+        ("sensitivity-model-garbage", ["sensitivity", "-m", f"{M}/garbage.onnx", "--task", "cls", "--calib-data", REC],
+         "garbage"),
+        ("sensitivity-calib-missing", ["sensitivity", "-m", CLS, "--task", "cls", "--calib-data", "{w}/d/nope"], "nope"),
+        ("sensitivity-json-onto-model", [*SENS, "--json", CLS], "cls.onnx"),
+        ("sensitivity-plot-is-dir", [*SENS, "--plot", "{o}"], "directory"),
+        ("sensitivity-work-dir-is-file", [*SENS, "--work-dir", "{w}/afile"], "afile"),
         ("ncnn-convert-garbage", ["ncnn", "convert", "-m", f"{M}/garbage.onnx"], "garbage"),
-        (
-            "ncnn-convert-out-onto-model",
-            ["ncnn", "convert", "-m", f"{M}/det.onnx", "-o", f"{M}/det.onnx"],
-            "det.onnx",
-        ),
-        (
-            "ncnn-quantize-out-onto-model",
-            ["ncnn", "quantize", "-m", f"{M}/det.onnx", "--calib-data", "{w}/d/det", "-o", f"{M}/det.onnx"],
-            "det.onnx",
-        ),
-        (
-            "ncnn-quantize--calib-size=0",
-            [
-                "ncnn",
-                "quantize",
-                "-m",
-                f"{M}/det.onnx",
-                "--calib-data",
-                "{w}/d/det",
-                "-o",
-                "{o}/q.param",
-                "--calib-size",
-                "0",
-            ],
-            "--calib-size",
-        ),
-        (
-            "ncnn-run-out-is-file",
-            ["ncnn", "run", "-m", f"{M}/det.onnx", "-d", DET, "--calib-data", DET, "--out", "{w}/afile"],
-            "afile",
-        ),
-        (
-            "ncnn-run--limit=-1",
-            [
-                "ncnn",
-                "run",
-                "-m",
-                f"{M}/det.onnx",
-                "-d",
-                DET,
-                "--calib-data",
-                DET,
-                "--out",
-                "{o}/r",
-                "--limit",
-                "-1",
-            ],
-            "--limit",
-        ),
-    ):
+        ("ncnn-convert-out-onto-model", ["ncnn", "convert", "-m", f"{M}/det.onnx", "-o", f"{M}/det.onnx"], "det.onnx"),
+        ("ncnn-quantize-out-onto-model", ["ncnn", "quantize", "-m", f"{M}/det.onnx", "--calib-data", DET,
+                                          "-o", f"{M}/det.onnx"], "det.onnx"),
+        ("ncnn-quantize--calib-size=0", ["ncnn", "quantize", "-m", f"{M}/det.onnx", "--calib-data", DET,
+                                         "-o", "{o}/q.param", "--calib-size", "0"], "--calib-size"),
+        ("ncnn-run-out-is-file", ["ncnn", "run", "-m", f"{M}/det.onnx", "-d", DET, "--calib-data", DET,
+                                  "--out", "{w}/afile"], "afile"),
+        ("ncnn-run--limit=-1", ["ncnn", "run", "-m", f"{M}/det.onnx", "-d", DET, "--calib-data", DET,
+                                "--out", "{o}/r", "--limit", "-1"], "--limit"),
+    ):  # fmt: on
         c.append(Case(cid, argv, says=says))
+
+    # --- analysis on ocrquant's own INT8 model (valid input: each once failed or refused it)
+    # fmt: off
+    for cid, argv, writes in (
+        ("compare-int8", ["compare", CLS, I8, "-d", REC, "--task", "cls", "--limit", "2"], []),
+        ("compare-int8-sim", ["compare", CLS, I8, "-d", REC, "--task", "cls", "--limit", "1", "--sim"], []),
+        ("dump-quant-int8", ["dump", "-m", CLS, "--quant", I8, "-d", REC, "--task", "cls", "-o", "{o}/d"],
+         ["d/index.json"]),
+        ("simulate-int8-compare", ["simulate", "-m", I8, "-d", REC, "--task", "cls", "--limit", "1", "--compare"], []),
+        ("simulate-int8-bin", ["simulate", "-m", I8, "--input-bin", "{w}/x/t.bin", "--bin-shape", "1,3,48,192",
+                               "--output-bin", "{o}/y.bin"], ["y.bin"]),
+        ("profile-int8", ["profile", "-m", CLS, "--compare", I8, "-d", REC, "--task", "cls", "--limit", "1"], []),
+        ("eval-int8", ["eval", "-m", I8, "-d", REC], []),
+    ):  # fmt: on
+        c.append(Case(cid, argv, rc=0, writes=writes))
 
     # --- environment
     c.append(Case("home-is-file", ["models", "list"], says="afile", env={"OCRQUANT_HOME": "{w}/afile"}))
     c.append(
-        Case(
-            "home-unwritable-fetch",
-            ["models", "fetch", "ppocrv3-cls"],
-            says="afile",
-            env={"OCRQUANT_HOME": "{w}/afile/sub"},
-        )
-    )
+        Case("home-unwritable-fetch", ["models", "fetch", "ppocrv3-cls"], says="afile",
+             env={"OCRQUANT_HOME": "{w}/afile/sub"})
+    )  # fmt: skip
     return c
 
 
