@@ -197,8 +197,11 @@ def _publish_int8(model: ResolvedModel, int8_path: Path) -> None:
     from ocrquant.zoo import ZOO
 
     if model.name in ZOO:
+        from ocrquant.fileio import write_sidecar
+
         target = int8_model_path(model.name)
         write_bytes_atomic(target, int8_path.read_bytes())
+        write_sidecar(target, {"quantized_by": "ocrquant run", "source": str(int8_path)})
         log.info("INT8 %s cached as %s", model.name, target)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ocrquant.errors import OcrQuantError
+from ocrquant.fileio import read_sidecar, sidecar_path
 from ocrquant.pipeline.core import STAGES, OcrPipeline, PipelineConfig, StageModel
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.zoo.fetch import cache_home
@@ -47,10 +48,13 @@ def resolve_stage_model(spec: str | Path, stage: str, precision: str = "fp32") -
     path = int8_model_path(spec_str)
     if not path.is_file():
         raise OcrQuantError(
-            f"no INT8 model for {spec_str}; run `ocrquant quantize --model {spec_str}` first "
+            f"no INT8 model for {spec_str}; run `ocrquant run --task {stage} --model {spec_str}` first "
             f"(or pass an INT8 .onnx path to --{stage})",
             path,
         )
+    side = sidecar_path(path)
+    if side.is_file() and not read_sidecar(path):  # recorded digest differs: damaged since cached
+        raise OcrQuantError(f"cached INT8 model is damaged; run `ocrquant run --task {stage}` again", path)
     metadata, output_shape = read_header(path)
     if stage == "rec" and "character" not in metadata:
         metadata = {**resolve_model(spec_str).metadata, **metadata}

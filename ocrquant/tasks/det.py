@@ -54,8 +54,12 @@ class DetConfig:
                 raise OcrQuantError(
                     f"--input-shape {h}x{w}: det needs positive heights and widths that are multiples of 32"
                 )
-        if self.limit_side_len < 32:
-            raise OcrQuantError(f"--limit-side-len {self.limit_side_len}: at least 32")
+            from ocrquant.data.types import max_image_pixels
+
+            if h * w > max_image_pixels():
+                raise OcrQuantError(f"--input-shape {h}x{w}: over the limit of {max_image_pixels()} pixels")
+        if not 32 <= self.limit_side_len <= 32768:
+            raise OcrQuantError(f"--limit-side-len {self.limit_side_len}: between 32 and 32768")
         for name in ("thresh", "box_thresh"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

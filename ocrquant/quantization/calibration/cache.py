@@ -13,12 +13,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ocrquant.fileio import atomic_path, write_json_atomic
+from ocrquant.fileio import atomic_path, sha256_file, write_json_atomic
 from ocrquant.quantization.calibration.stats import CalibrationStats
 
 log = logging.getLogger("ocrquant")
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the .json holds the key and the .npz's sha256
 
 
 def cache_key(**parts: Any) -> dict[str, Any]:
@@ -37,7 +37,11 @@ def load_cached(cache_dir: Path | None, key: dict[str, Any]) -> CalibrationStats
     if not (npz.is_file() and meta.is_file()):
         return None
     try:
-        if json.loads(meta.read_text(encoding="utf-8")) != json.loads(json.dumps(key, default=str)):
+        recorded = json.loads(meta.read_text(encoding="utf-8"))
+        if recorded.get("key") != json.loads(json.dumps(key, default=str)):
+            return None
+        if recorded.get("npz_sha256") != sha256_file(npz):  # damaged since written: loads, but wrong
+            log.warning("ignoring damaged calibration cache %s (sha256 differs); recomputing", npz)
             return None
         stats = CalibrationStats.load(npz)
     except Exception as exc:  # a corrupt cache entry is recomputed, never fatal
@@ -54,5 +58,6 @@ def save_cached(cache_dir: Path | None, key: dict[str, Any], stats: CalibrationS
     with atomic_path(stem.with_suffix(".npz")) as tmp:
         with open(tmp, "wb") as f:
             stats.save(f)
-    write_json_atomic(stem.with_suffix(".json"), key)
+    npz = stem.with_suffix(".npz")
+    write_json_atomic(stem.with_suffix(".json"), {"key": key, "npz_sha256": sha256_file(npz)})
     return stem.with_suffix(".npz")
