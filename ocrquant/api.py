@@ -22,12 +22,39 @@ def build_task(task_name: str, model: ResolvedModel, options: dict[str, Any] | N
     # may record more), then the caller's options, which win key by key
     known = {f.name for f in fields(cls.Config)}
     opts = {k: v for k, v in model.preset.items() if k in known}
+    opts.update({k: v for k, v in fixed_input_options(task_name, model.input_shape).items() if k in known})
     opts.update({k: v for k, v in (options or {}).items() if v is not None})
     if task_name == "rec" and not opts.get("char_dict") and "char_dict" in model.extra_files:
         opts["char_dict"] = str(model.extra_files["char_dict"])
     task = cls(make_config(cls.Config, opts), model.metadata)
     task.check_output_shape(model.output_shape, model.path)
     return task
+
+
+def fixed_input_options(task_name: str, dims: list[Any] | None) -> dict[str, Any]:
+    """The preprocessing a model with a fixed input size needs (an NPU deployment's 1x3x512x896 det,
+    1x3x48x320 rec): every image resized to it, as the deployment does; a dynamic input: nothing."""
+    if not dims or len(dims) != 4:
+        return {}
+    _, c, h, w = dims
+    if not all(isinstance(d, int) and d > 0 for d in (c, h, w)):
+        return {}
+    if task_name.split("-")[0] == "det":
+        return {"input_shape": (h, w)}
+    return {"image_shape": (c, h, w), "fixed_width": True}
+
+
+def input_shape_options(task_name: str, shape: tuple[int, int, int, int] | None) -> dict[str, Any]:
+    """``--input-shape N C H W`` as the task's options, the one mapping every command uses: det resizes
+    every image to H x W (a fixed-shape model, e.g. an NPU compiler's 512x896; boxes are mapped back to
+    the original image), cls and rec take C x H x W as their input (rec: H and the minimum width, as
+    PaddleOCR widens long crops). N is the batch, -1 for a dynamic one."""
+    if shape is None:
+        return {}
+    n, c, h, w = (int(v) for v in shape)
+    if n == 0 or n < -1 or min(c, h, w) <= 0:
+        raise OcrQuantError(f"--input-shape wants N C H W, C H W > 0 and N > 0 or -1, got {list(shape)}")
+    return {"input_shape": (h, w)} if task_name.split("-")[0] == "det" else {"image_shape": (c, h, w)}
 
 
 def infer_task(model: ResolvedModel, task: str | None) -> str:
@@ -55,13 +82,16 @@ def eval_model(
     runtime: RuntimeOptions | None = None,
     task_options: dict[str, Any] | None = None,
     progress: bool = True,
+    input_shape: tuple[int, int, int, int] | None = None,
 ) -> EvalResult:
-    """Evaluate ``model`` (zoo name or .onnx) on the labelled set in ``data``."""
+    """Evaluate ``model`` (zoo name or .onnx) on the labelled set in ``data``; ``input_shape`` fixes the
+    model input (:func:`input_shape_options`)."""
     from ocrquant.data import open_dataset
 
     resolved = resolve_model(model)
     task_name = infer_task(resolved, task)
-    task_obj = build_task(task_name, resolved, task_options)
+    options = {**(task_options or {}), **input_shape_options(task_name, input_shape)}
+    task_obj = build_task(task_name, resolved, options)
     dataset = open_dataset(Path(data), task_name, data_format)
     runner = create_runner(resolved.path_for(backend), backend, runtime)
     return evaluate(

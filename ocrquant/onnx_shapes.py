@@ -24,6 +24,14 @@ def declared_output_shape(model: onnx.ModelProto) -> list[Any] | None:
     return declared_dims(out) if out.type.tensor_type.HasField("shape") else None
 
 
+def declared_input_shape(model: onnx.ModelProto) -> list[Any] | None:
+    """The first graph input's declared dimensions (an int where fixed, else a name or "?")."""
+    if not model.graph.input:
+        return None
+    first = model.graph.input[0]
+    return declared_dims(first) if first.type.tensor_type.HasField("shape") else None
+
+
 def require_graph(model: onnx.ModelProto, path: str | Path) -> onnx.ModelProto:
     """``model`` if it has a graph with inputs, outputs and nodes, else a one-line error naming
     ``path``: protobuf parses an empty file, and many text or random files, into a "model" without

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ocrquant.api import build_task
+from ocrquant.api import build_task, input_shape_options
 from ocrquant.data import open_dataset, sample_root
 from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation import EvalResult, evaluate
@@ -56,6 +56,8 @@ class RunConfig:
     #: 1000+ held-out images (by default the most sensitive blocks then stay float, see
     #: :func:`ocrquant.quantization.mixed_precision.escalate_to_budget`)
     keep_all_int8: bool = False
+    #: ``--input-shape N C H W``: a fixed model input for every task (see api.input_shape_options)
+    input_shape: tuple[int, int, int, int] | None = None
 
 
 def default_calibration_root() -> Path:
@@ -129,7 +131,8 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
     from ocrquant.quantization import QuantConfig, quantize
 
     _, model, task_name = _task_model(task_name, cfg)
-    task_obj = build_task(task_name, model)
+    shape_options = input_shape_options(task_name, cfg.input_shape)
+    task_obj = build_task(task_name, model, shape_options)
     kind = DATA_KIND.get(task_name, "det")
     test_set = open_dataset(cfg.data[kind], task_name)
     calib_set = open_dataset(cfg.calib_data[kind], task_name)
@@ -139,6 +142,8 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
     out.mkdir(parents=True, exist_ok=True)
     int8_path = out / f"{model.name}.int8.onnx"
     qcfg = QuantConfig(target=cfg.target, calib_size=cfg.calib_size, **cfg.extra_quant)
+    if shape_options:
+        qcfg.task_options = {**(qcfg.task_options or {}), **shape_options}
     if cfg.method:
         qcfg.method = cfg.method
     budget = cfg.max_drop.get(task_name, cfg.max_drop.get(task_name.split("-")[0]))

@@ -17,6 +17,7 @@ import pytest
 from ocrquant.data import load_image, open_dataset, sample_root
 from ocrquant.errors import OcrQuantError
 from ocrquant.runtime import RuntimeOptions, create_runner
+from tests.conftest import zoo_model_path
 
 
 def _needs_paddle() -> None:
@@ -226,3 +227,37 @@ def test_missing_extra_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, tmp_pa
     _block_import(monkeypatch, "paddle")
     with pytest.raises(OcrQuantError, match=r"the paddle backend needs .*ocrquant\[paddle\]"):
         create_runner(prog, "paddle")
+
+
+def test_fixed_shape_workflow_convert_quantize_eval(cls_dir: Path, tmp_path: Path) -> None:
+    """The vendor workflow's shapes through the CLI: cls with a dynamic batch (-1 3 48 192, once
+    refused), rec fixed at 1x3x48x320 with the dictionary of its folder carried into the ONNX model
+    (eval needed --char-dict), then quantized and evaluated at that shape (calibration fed batches of
+    8 and wide crops to the fixed model: a traceback)."""
+    _needs_paddle()
+    from ocrquant.zoo.fetch import model_dir
+    from ocrquant.zoo.registry import ZOO
+
+    dyn = tmp_path / "cls_dyn.onnx"
+    proc = _cli("convert", "-f", "paddle", "--model-dir", str(cls_dir), "-o", str(dyn), "--task", "cls",
+                "--input-shape", "-1", "3", "48", "192")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    dims = [d.dim_value for d in onnx.load(str(dyn)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [3, 48, 192] and dims[0] <= 0  # the batch stays free
+
+    zoo_model_path("ppocrv4-rec")  # fetched (or the test skips)
+    rec_dir = model_dir(ZOO["ppocrv4-rec"])
+    fixed, int8 = tmp_path / "rec_fixed.onnx", tmp_path / "rec_fixed.int8.onnx"
+    proc = _cli("convert", "-f", "paddle", "--model-dir", str(rec_dir), "-o", str(fixed), "--task", "rec",
+                "--input-shape", "1", "3", "48", "320")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert any(p.key == "character" for p in onnx.load(str(fixed)).metadata_props)
+    rec = str(sample_root() / "rec")
+    proc = _cli("quantize", "-m", str(fixed), "--task", "rec", "--calib-data", rec, "-o", str(int8),
+                "--method", "min_max", "--calib-size", "8")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    for model in (fixed, int8):
+        proc = _cli("eval", "-m", str(model), "--task", "rec", "-d", rec, "--limit", "12")
+        assert proc.returncode == 0, proc.stderr
+        acc = float(next(ln for ln in proc.stdout.splitlines() if "│ acc " in ln).split("│")[2])
+        assert acc >= 0.75

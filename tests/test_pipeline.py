@@ -276,7 +276,7 @@ def test_draw_puts_text_beside_the_image() -> None:
 
 def test_int8_zoo_model_must_be_quantized_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OCRQUANT_HOME", str(tmp_path))
-    with pytest.raises(OcrQuantError, match="ocrquant quantize"):
+    with pytest.raises(OcrQuantError, match="ocrquant run --task"):
         resolve_stage_model("ppocrv3-det", "det", "int8")
     with pytest.raises(OcrQuantError, match="not a det model"):
         resolve_stage_model("ppocrv3-rec", "det", "int8")
@@ -326,4 +326,4 @@ def test_cli_ocr_and_e2e(tmp_path: Path) -> None:
     env = {**os.environ, "OCRQUANT_HOME": str(tmp_path / "home")}
     cmd = [sys.executable, "-m", "ocrquant.cli.main", "ocr", str(image), "--precision", "int8"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    assert proc.returncode == 2 and "ocrquant quantize" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "ocrquant run --task" in proc.stderr and "Traceback" not in proc.stderr

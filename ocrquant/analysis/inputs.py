@@ -27,20 +27,14 @@ def load_inputs(
     ``input_shape`` (N, C, H, W) fixes the input: det takes (H, W) as a fixed resize, cls and rec
     (C, H, W) as their input size (rec's width stays a minimum: PaddleOCR widens a long crop's input to
     its aspect ratio)."""
-    from ocrquant.api import build_task, infer_task
+    from ocrquant.api import build_task, infer_task, input_shape_options
     from ocrquant.data import open_dataset, readable_images
     from ocrquant.zoo.resolve import resolve_model
 
     resolved = resolve_model(model)
     task_name = infer_task(resolved, task)
     if input_shape is not None:
-        _, channels, height, width = input_shape
-        fixed = (
-            {"input_shape": (height, width)}
-            if task_name.split("-")[0] == "det"
-            else {"image_shape": (channels, height, width)}
-        )
-        task_options = {**(task_options or {}), **fixed}
+        task_options = {**(task_options or {}), **input_shape_options(task_name, input_shape)}
     task_obj = build_task(task_name, resolved, task_options)
     dataset = open_dataset(Path(data), task_name, data_format)
     samples = dataset.samples[:limit] if limit else dataset.samples

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ocrquant.cli.common import StrictOpt, check_threads, console, guard_outputs, parse_shape
+from ocrquant.cli.common import ShapeOpt, StrictOpt, check_threads, console, guard_outputs
 from ocrquant.errors import OcrQuantError
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Zoo name or path to an .onnx file.")]
@@ -17,10 +17,6 @@ DataOpt = Annotated[Path | None, typer.Option("--data", "-d", help="Labelled dat
 TaskOpt = Annotated[str | None, typer.Option("--task", help="det, cls or rec (inferred for zoo models).")]
 LimitOpt = Annotated[
     int | None, typer.Option("--limit", help="Use the first N samples only (0: all).", min=0)
-]
-ShapeOpt = Annotated[
-    tuple[int, int, int, int] | None,
-    typer.Option("--input-shape", help="det: fixed N C H W, e.g. 1 3 512 896 (default: max side 960)."),
 ]
 ThreadsOpt = Annotated[int, typer.Option(help="Runtime threads (0 = all cores).", min=0)]
 ChunkOpt = Annotated[
@@ -56,7 +52,6 @@ def _inputs(
     READ_POLICY.strict = strict
     if data is None:
         raise OcrQuantError("--data DIR is required (a labelled dataset whose images feed the model)")
-    parse_shape(shape)  # one line naming the option when it is not four positive numbers
     fixed = tuple(shape) if shape else None
     return load_inputs(model, data, task, limit, progress=True, input_shape=fixed)
 

@@ -26,17 +26,6 @@ def setup_logging(verbose: bool) -> None:
     )
 
 
-def parse_shape(values: tuple[int, ...] | list[int] | None) -> tuple[int, int] | None:
-    """``--input-shape 1 3 512 896`` -> (512, 896)."""
-    from ocrquant.errors import OcrQuantError
-
-    if not values:
-        return None
-    if len(values) != 4 or any(v <= 0 for v in values):
-        raise OcrQuantError(f"--input-shape wants four positive numbers N C H W, got {list(values)}")
-    return values[2], values[3]
-
-
 def guard_outputs(
     inputs: list[Any],
     files: list[Path | None] = (),
@@ -127,4 +116,12 @@ ThreadsOpt = Annotated[
 StrictOpt = Annotated[
     bool,
     typer.Option("--strict", help="Stop at the first unreadable sample instead of skipping and naming it."),
+]
+ShapeOpt = Annotated[
+    tuple[int, int, int, int] | None,
+    typer.Option(
+        "--input-shape",
+        help="Fix the model input, N C H W (N -1: any batch): det resizes every image to H x W "
+        "(e.g. 1 3 512 896), cls and rec take C x H x W.",
+    ),
 ]

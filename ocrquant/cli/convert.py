@@ -82,7 +82,11 @@ def convert_cmd(
     ] = None,
     input_shape: Annotated[
         tuple[int, int, int, int] | None,
-        typer.Option("--input-shape", help="Fix the input to N C H W, e.g. 1 3 512 896 (default: dynamic)."),
+        typer.Option(
+            "--input-shape",
+            help="Fix the input to N C H W, e.g. 1 3 512 896; N -1 keeps the batch dynamic "
+            "(default: all dynamic).",
+        ),
     ] = None,
     opset: Annotated[int, typer.Option(help="Minimum ONNX opset (raised where an operator needs it).")] = 13,
     task: Annotated[
@@ -113,8 +117,10 @@ def convert_cmd(
         raise OcrQuantError(
             f"unknown --framework '{framework}' (choose from {', '.join(sorted(CONVERTERS))})"
         )
-    if input_shape is not None and any(v <= 0 for v in input_shape):
-        raise OcrQuantError(f"--input-shape wants four positive numbers N C H W, got {list(input_shape)}")
+    if input_shape is not None and (min(input_shape[1:]) <= 0 or input_shape[0] == 0 or input_shape[0] < -1):
+        raise OcrQuantError(
+            f"--input-shape wants N C H W, C H W > 0 and N > 0 or -1, got {list(input_shape)}"
+        )
     guard_outputs([model_dir, model, params, checkpoint, char_dict], files=[output, torchscript])
     args = ConvertArgs(
         output, model_dir, model, params, input_shape, opset, task, char_dict, tolerance, verify,

@@ -14,13 +14,13 @@ from rich.table import Table
 from ocrquant.cli.common import (
     STATE,
     LimitOpt,
+    ShapeOpt,
     StrictOpt,
     ThreadsOpt,
     check_threads,
     console,
     err_console,
     guard_outputs,
-    parse_shape,
     positive_number,
     setup_logging,
     unit_interval,
@@ -148,10 +148,7 @@ def eval_cmd(
     threads: ThreadsOpt = 0,
     strict: StrictOpt = False,
     backend: Annotated[str, typer.Option(help="Runtime backend.")] = "onnxruntime",
-    input_shape: Annotated[
-        tuple[int, int, int, int] | None,
-        typer.Option("--input-shape", help="det: fixed N C H W, e.g. 1 3 512 896."),
-    ] = None,
+    input_shape: ShapeOpt = None,
     limit_side_len: Annotated[int | None, typer.Option(help="det: resize limit (960).", min=32)] = None,
     box_thresh: Annotated[
         float | None, typer.Option(help="det: box score threshold (0.6).", parser=unit_interval)
@@ -182,7 +179,6 @@ def eval_cmd(
     model = model[0]
 
     options = {
-        "input_shape": parse_shape(input_shape),
         "limit_side_len": limit_side_len,
         "box_thresh": box_thresh,
         "unclip_ratio": unclip_ratio,
@@ -201,6 +197,7 @@ def eval_cmd(
         backend=backend,
         runtime=RuntimeOptions(threads=threads),
         task_options=_task_options(task, options, model),
+        input_shape=input_shape,
     )
     table = Table(title=f"{result.task} | {result.model} | {result.data}")
     table.add_column("metric")
@@ -357,6 +354,7 @@ def run_cmd(
         ),
     ] = False,
     strict: StrictOpt = False,
+    input_shape: ShapeOpt = None,
 ) -> None:
     """The whole workflow: quantize, evaluate float and INT8, write report.md and report.json.
 
@@ -400,6 +398,7 @@ def run_cmd(
         backend=backend,
         max_drop=_budgets(max_drop, tasks),
         keep_all_int8=keep_all_int8,
+        input_shape=input_shape,
     )
     rows = run(cfg)
     if rows:

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from ocrquant.cli.common import (
+    ShapeOpt,
     StrictOpt,
     console,
     guard_outputs,
@@ -166,6 +167,7 @@ def quantize_cmd(
         ),
     ] = False,
     strict: StrictOpt = False,
+    input_shape: ShapeOpt = None,
 ) -> None:
     """Quantize a float model to INT8 (QDQ) with calibrated ranges; print what was quantized."""
     from ocrquant.data import READ_POLICY
@@ -175,6 +177,12 @@ def quantize_cmd(
     guard_outputs([model, cache_dir], files=[output, sidecar_path(output)], datasets=[calib_data, val_data])
     READ_POLICY.strict = strict
 
+    task_options: dict[str, Any] = {}
+    if input_shape is not None:  # a fixed-shape model is calibrated at its own input size
+        from ocrquant.api import infer_task, input_shape_options
+        from ocrquant.zoo.resolve import resolve_model
+
+        task_options = input_shape_options(infer_task(resolve_model(model), task), input_shape)
     # None: the target's per-task defaults (resolved once the task is known), plus --algo
     algorithms: list[str] | None = list(algo or []) if no_default_algos else None
     config = QuantConfig(
@@ -192,6 +200,7 @@ def quantize_cmd(
         cache_dir=cache_dir,
         use_cache=not no_cache,
         algorithm_options=algorithm_options(algo_option),
+        task_options=task_options,
     )
     if max_drop is not None:
         from ocrquant.quantization.mixed_precision import quantize_with_budget

@@ -9,6 +9,7 @@ silently wrong operator mapping cannot reach quantization. Needs ``ocrquant[padd
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import tempfile
@@ -27,6 +28,8 @@ from ocrquant.fileio import atomic_path, scratch_dir
 from ocrquant.onnx_shapes import declared_dims
 from ocrquant.runtime.paddle import paddle_model_files
 from ocrquant.tasks.base import get_task_class, layout_fits
+
+log = logging.getLogger("ocrquant")
 
 if TYPE_CHECKING:
     from ocrquant.zoo.registry import ZooEntry
@@ -166,7 +169,7 @@ def fix_input_shape(
             f"--input-shape has {len(shape)} dims, the model input has {len(current)}", source
         )
     for axis, (have, want) in enumerate(zip(current, shape, strict=True)):
-        if isinstance(have, int) and have > 0 and have != want:
+        if want != -1 and isinstance(have, int) and have > 0 and have != want:
             raise OcrQuantError(
                 f"--input-shape {list(shape)}: axis {axis} is fixed to {have} by the model", source
             )
@@ -182,7 +185,8 @@ def fix_input_shape(
                 f"fixing the input shape failed: {_native_error(lines, 'no model produced')}", source
             )
         fixed = onnx.load(str(dst))
-    if declared_dims(fixed.graph.input[0]) != list(shape):
+    got = declared_dims(fixed.graph.input[0])
+    if any(want != -1 and have != want for have, want in zip(got, shape, strict=True)):
         raise OcrQuantError(f"fixing the input shape to {list(shape)} did not take", source)
     _static_output_shapes(fixed)
     return fixed
@@ -234,6 +238,28 @@ def _check_rec_classes(model: onnx.ModelProto, characters: str, source: Path) ->
         )
 
 
+def _dictionary_beside(model: onnx.ModelProto, program: Path) -> Path | None:
+    """The dictionary shipped in a Paddle rec model's folder (``ppocr_keys_v1.txt`` and the like): the
+    one ``.txt`` file whose line count fits the CTC head (blank + characters [+ space]), so the ONNX
+    model carries it and decodes with no ``--char-dict``."""
+    dims = declared_dims(model.graph.output[0])
+    classes = dims[2] if len(dims) == 3 and isinstance(dims[2], int) else None
+    if classes is None:
+        return None
+    fits = []
+    for candidate in sorted(program.parent.glob("*.txt")):
+        try:
+            n = len(candidate.read_text(encoding="utf-8").rstrip("\n").splitlines())
+        except (OSError, UnicodeDecodeError):
+            continue
+        if classes in (n + 1, n + 2):
+            fits.append(candidate)
+    if len(fits) == 1:
+        log.info("rec dictionary %s carried into the ONNX metadata", fits[0])
+        return fits[0]
+    return None
+
+
 def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
     kept = [p for p in model.metadata_props if p.key not in values]
     del model.metadata_props[:]
@@ -259,7 +285,7 @@ def verification_batches(task: str, input_shape: tuple[int, int, int, int] | Non
         )
     task_obj = cls(make_config(cls.Config, options))
     samples = open_dataset(sample_root(), task).samples
-    per_batch = input_shape[0] if input_shape is not None else 1
+    per_batch = max(input_shape[0], 1) if input_shape is not None else 1  # -1: a dynamic batch
     count = max(count, per_batch)  # at least one full batch
     step = max(1, len(samples) // count)
     chosen = (samples[::step] * per_batch)[:count]  # a batch larger than the sample repeats images
@@ -319,10 +345,13 @@ def convert_paddle(
         "source_model": program.name,
         "converter": f"paddle2onnx {_import_paddle2onnx().__version__}",
     }
-    if config.char_dict is not None:
-        if not Path(config.char_dict).is_file():
-            raise OcrQuantError("character dictionary not found", config.char_dict)
-        metadata["character"] = Path(config.char_dict).read_text(encoding="utf-8").rstrip("\n")
+    char_dict = config.char_dict
+    if char_dict is None and task == "rec":
+        char_dict = _dictionary_beside(model, program)
+    if char_dict is not None:
+        if not Path(char_dict).is_file():
+            raise OcrQuantError("character dictionary not found", char_dict)
+        metadata["character"] = Path(char_dict).read_text(encoding="utf-8").rstrip("\n")
     set_metadata(model, metadata)
     if task == "rec" and "character" in metadata:
         _check_rec_classes(model, metadata["character"], program)

@@ -75,6 +75,20 @@ def calibration_batches(
     return gen
 
 
+def calibration_batch_size(wanted: int, task: Task, model: Any) -> int:
+    """``--batch-size`` where the task batches images of one size and the model takes any batch; a
+    model with a fixed batch of 1 gets 1 (a fixed batch above 1 cannot be calibrated image by image)."""
+    batch = (model.input_shape or [None])[0]
+    if isinstance(batch, int) and batch > 1:
+        raise OcrQuantError(
+            f"the model's input has a fixed batch of {batch}; convert it with batch 1 or -1 (dynamic)",
+            model.path,
+        )
+    if isinstance(batch, int) and batch == 1:
+        return 1
+    return wanted if task.batchable() else 1
+
+
 def default_cache_dir() -> Path:
     from ocrquant.zoo.fetch import cache_home
 
@@ -135,7 +149,7 @@ def quantize(
             len(dataset.samples),
         )
     samples = sample_calibration(dataset, min(cfg.calib_size, len(dataset.samples)), cfg.seed)
-    batch_size = cfg.batch_size if task.batchable() else 1
+    batch_size = calibration_batch_size(cfg.batch_size, task, resolved)
     batches = calibration_batches(task, samples, batch_size)
     reports: dict[str, Any] = {}
 

@@ -25,6 +25,10 @@ class RecConfig:
     image_shape: tuple[int, int, int] = (3, 48, 320)
     char_dict: str | None = None  # a dictionary file; default: the model's ONNX metadata "character"
     use_space_char: bool = True
+    #: a model with a fixed input width (a static-shape deployment) gets every crop at exactly that
+    #: width, long ones squeezed, as such deployments do; otherwise PaddleOCR widens the batch to its
+    #: longest crop. Set from the model's declared input by ``build_task``.
+    fixed_width: bool = False
 
 
 def load_charset(metadata: dict[str, str], char_dict: str | None, use_space_char: bool = True) -> list[str]:
@@ -85,7 +89,7 @@ class RecTask(Task):
     def preprocess(self, images: list[np.ndarray]) -> Batch:
         _, h, w = self.config.image_shape
         max_ratio = max([w / h] + [im.shape[1] / float(im.shape[0]) for im in images])
-        width = int(h * max_ratio)
+        width = w if self.config.fixed_width else int(h * max_ratio)
         return Batch(np.stack([resize_norm_pad(im, h, width) for im in images]), [{} for _ in images])
 
     def check_output_shape(self, shape: Sequence[int | str | None] | None, source: object) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import onnx
 
 from ocrquant.errors import OcrQuantError
-from ocrquant.onnx_shapes import declared_output_shape, require_graph
+from ocrquant.onnx_shapes import declared_input_shape, declared_output_shape, require_graph
 from ocrquant.zoo.fetch import fetch, get_entry
 from ocrquant.zoo.registry import ZOO, ZooEntry
 
@@ -27,6 +27,9 @@ class ResolvedModel:
     output_shape: list[Any] | None = None
     # task settings the model was published (or quantized) with; build_task starts from these
     preset: dict[str, Any] = field(default_factory=dict)
+    # the first input's declared dims: a fixed-shape model (an NPU deployment's 1x3x512x896) brings
+    # its own preprocessing size (build_task)
+    input_shape: list[Any] | None = None
 
     def path_for(self, backend: str) -> Path:
         """The file ``backend`` loads: the source file for a framework-native backend (``paddle`` runs
@@ -45,6 +48,12 @@ class ResolvedModel:
 def read_header(path: Path) -> tuple[dict[str, str], list[Any] | None]:
     """ONNX metadata_props as a dict (PP-OCR rec keeps its dictionary under ``character``), and the
     first output's declared dims, from one parse of the file."""
+    metadata, output_shape, _ = read_header_shapes(path)
+    return metadata, output_shape
+
+
+def read_header_shapes(path: Path) -> tuple[dict[str, str], list[Any] | None, list[Any] | None]:
+    """:func:`read_header` plus the first input's declared dims."""
     if path.is_dir():
         raise OcrQuantError("is a directory, not an .onnx file", path)
     if path.stat().st_size == 0:
@@ -54,7 +63,8 @@ def read_header(path: Path) -> tuple[dict[str, str], list[Any] | None]:
     except Exception:
         raise OcrQuantError("not a readable ONNX model", path) from None
     require_graph(model, path)
-    return {p.key: p.value for p in model.metadata_props}, declared_output_shape(model)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    return metadata, declared_output_shape(model), declared_input_shape(model)
 
 
 def resolve_model(spec: str | Path) -> ResolvedModel:
@@ -75,7 +85,7 @@ def resolve_model(spec: str | Path) -> ResolvedModel:
             from ocrquant.frontends import convert_zoo_entry
 
             source, path = path, convert_zoo_entry(entry, path)
-        metadata, output_shape = read_header(path)
+        metadata, output_shape, input_shape = read_header_shapes(path)
         return ResolvedModel(
             path,
             entry.name,
@@ -86,15 +96,25 @@ def resolve_model(spec: str | Path) -> ResolvedModel:
             source,
             output_shape,
             dict(entry.preset),
+            input_shape,
         )
     path = Path(spec_str)
     if not path.exists():
         raise OcrQuantError(f"no such model file, and not a zoo name (zoo: {', '.join(sorted(ZOO))})", path)
     if path.suffix.lower() != ".onnx":
         raise OcrQuantError("expected an .onnx file (convert other formats with `ocrquant convert`)", path)
-    metadata, output_shape = read_header(path)
+    metadata, output_shape, input_shape = read_header_shapes(path)
     task, preset = file_task_and_preset(path)
-    return ResolvedModel(path, path.stem, task, "onnx", metadata, output_shape=output_shape, preset=preset)
+    return ResolvedModel(
+        path,
+        path.stem,
+        task,
+        "onnx",
+        metadata,
+        output_shape=output_shape,
+        preset=preset,
+        input_shape=input_shape,
+    )
 
 
 def file_task_and_preset(path: Path) -> tuple[str | None, dict[str, Any]]:
