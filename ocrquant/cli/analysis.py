@@ -79,6 +79,15 @@ def dump_cmd(
     chunk: ChunkOpt = 0,
     threads: ThreadsOpt = 0,
     strict: StrictOpt = False,
+    layers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--layers", help="Only tensors whose name, node name or op type match (glob, repeatable)."
+        ),
+    ] = None,
+    float16: Annotated[
+        bool, typer.Option("--float16", help="Store float32 tensors as float16 (half size).")
+    ] = False,
 ) -> None:
     """Save every intermediate tensor as OUT/{float,quant}/<index>__<name>/batch_<k>.npy (bounded memory)."""
     from ocrquant.analysis.dump import dump_model, dump_pair
@@ -88,7 +97,9 @@ def dump_cmd(
     _, arrays = _inputs(model, data, task, limit, input_shape, strict)
     path = _model_path(model)
     if quant is None:
-        index = dump_model(path, arrays, out, chunk_size=chunk, threads=threads)
+        index = dump_model(
+            path, arrays, out, chunk_size=chunk, threads=threads, layers=layers or (), float16=float16
+        )
         console.print(
             f"wrote {len(index)} tensors x {len(arrays)} inputs to {out} (index: {out}/tensors.json)"
         )
@@ -96,7 +107,16 @@ def dump_cmd(
     from ocrquant.analysis.graph import float_reference
 
     with float_reference(path, quant) as reference:
-        index = dump_pair(reference, quant, arrays, out, chunk_size=chunk, threads=threads)
+        index = dump_pair(
+            reference,
+            quant,
+            arrays,
+            out,
+            chunk_size=chunk,
+            threads=threads,
+            layers=layers or (),
+            float16=float16,
+        )
     console.print(
         f"wrote {len(index['pairs'])} matched tensor pairs x {len(arrays)} inputs to {out} "
         f"(index: {out}/index.json; {len(index['unmatched'])} float tensors unmatched)"

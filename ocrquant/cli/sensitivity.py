@@ -81,6 +81,13 @@ def sensitivity_cmd(
         int, typer.Option("--calib-size", help="Calibration images (as ocrquant quantize).")
     ] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the calibration pick (validation uses seed+1).")] = 0,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="Range method of the INT8 variants: min_max, kl, percentile, mse, or auto (default: auto, "
+            "which runs its held-out trials first)."
+        ),
+    ] = None,
     target: Annotated[str, typer.Option(help="Deployment target (as ocrquant quantize).")] = "ort-cpu",
     threads: Annotated[int, typer.Option(help="Runtime threads for evaluation and timing.")] = 2,
     work_dir: Annotated[
@@ -100,7 +107,7 @@ def sensitivity_cmd(
     guard_outputs([model], files=[json_out, plot], folders=[work_dir], datasets=[calib_data, val_data])
     check_threads(threads)
     READ_POLICY.strict = strict
-    config = QuantConfig(target=target, calib_size=calib_size, seed=seed)
+    config = QuantConfig(target=target, calib_size=calib_size, seed=seed, method=method)
     result = sensitivity(
         model,
         task,

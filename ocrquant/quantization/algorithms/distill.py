@@ -279,7 +279,9 @@ class Distill(Algorithm):
         if kept:
             with atomic_path(ctx.qdq_path) as tmp:
                 onnx.save(exported, str(tmp))
-        alpha = torch.cat([p.detach().flatten() for p in net.log_alpha.parameters()]).exp()
+        # a model whose quantized layers all lack a learnable scale (the sensitivity tool's one-layer
+        # variants) has none: torch.cat of an empty list crashed a 14-minute run
+        alpha = torch.cat([p.detach().flatten() for p in net.log_alpha.parameters()] or [torch.ones(0)]).exp()
         beta = torch.cat([p.detach().flatten() for p in net.log_beta.parameters()] or [torch.ones(0)]).exp()
         return {
             "loss": kind or "mse",
