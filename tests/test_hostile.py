@@ -378,6 +378,10 @@ def _cases() -> list[Case]:
     ):  # fmt: on
         c.append(Case(cid, argv, rc=0, writes=writes))
 
+    # bench: a pair the backend cannot load is a row with its reason (tensorrt: no CUDA GPU here)
+    c.append(Case("bench-unsupported-pair-row", [*BENCH, "--rounds", "2", "--backend", "onnxruntime", "--backend", "tensorrt"], rc=0, says="unsupported"))
+    c.append(Case("bench-nothing-loads", [*BENCH, "--rounds", "2", "--backend", "tensorrt"], says="tensorrt"))
+
     # --- environment
     c.append(Case("home-is-file", ["models", "list"], says="afile", env={"OCRQUANT_HOME": "{w}/afile"}))
     c.append(

@@ -85,6 +85,8 @@ def bench_cmd(
             "-" if r.rss_peak_mb is None else f"{r.rss_peak_mb:.0f}",
             "-" if r.rss_delta_mb is None else f"{r.rss_delta_mb:.0f}",
         )
+    for u in result.unsupported:  # a pair the backend cannot load is a row with its reason
+        table.add_row(u["model"], "", u["backend"], "-", f"unsupported: {u['reason']}", *[""] * 7)
     # piped output: rich would squeeze 12 columns into 80; a terminal keeps its own width
     console.print(table, width=None if console.is_terminal else max(console.width, 150))
     if json_out:

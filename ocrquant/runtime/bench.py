@@ -82,6 +82,8 @@ class BenchResult:
     baseline: str
     settings: dict[str, Any]
     rows: list[BenchRow] = field(default_factory=list)
+    #: model x backend pairs the backend could not load, with its one-line reason (the table goes on)
+    unsupported: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -89,6 +91,7 @@ class BenchResult:
             "baseline": self.baseline,
             "settings": self.settings,
             "rows": [asdict(r) for r in self.rows],
+            "unsupported": self.unsupported,
         }
 
 
@@ -261,32 +264,44 @@ def run_bench(
 
     options = RuntimeOptions(threads=threads, spinning=False)
     runners, feeds, meta = {}, {}, {}
+    unsupported: list[dict[str, str]] = []
     for bm in bms:
         for backend in backends:
-            runner = create_runner(bm.path, backend, options)
+            try:
+                runner = create_runner(bm.path, backend, options)
+            except OcrQuantError as exc:  # e.g. ncnn without its converted model, openvino not installed
+                unsupported.append(
+                    {"model": bm.label, "backend": backend, "reason": " ".join(str(exc).split())}
+                )
+                continue
             for shape_label, shape in task_shapes:
                 key = f"{bm.label} | {backend} | {shape_label}"
                 runners[key], feeds[key] = runner, inputs[shape_label]
                 meta[key] = (bm, backend, shape_label, shape)
 
+    if not runners:
+        reasons = "; ".join(f"{u['model']} on {u['backend']}: {u['reason']}" for u in unsupported)
+        raise OcrQuantError(f"no model could be loaded on any backend ({reasons})")
     from tqdm import tqdm
 
     total = (warmup + rounds) * sum(len(v) for v in feeds.values())
     with tqdm(total=total, disable=not progress, desc=f"bench {task_name}", unit="call", leave=False) as bar:
         lat = interleaved_runs(runners, feeds, rounds=rounds, warmup=warmup, progress=lambda: bar.update(1))
 
+    by_label = {bm.label: bm for bm in bms}
+    loaded = list(dict.fromkeys((bm.label, backend) for bm, backend, _, _ in meta.values()))
     rss: dict[tuple[str, str], dict[str, float]] = {}
     if memory:
-        for bm in bms:
-            for backend in backends:
-                probe_shapes = [list(s) for _, s in task_shapes]
-                rss[(bm.label, backend)] = measure_rss(bm.path, backend, threads, probe_shapes)
+        for label, backend in loaded:
+            probe_shapes = [list(s) for _, s in task_shapes]
+            rss[(label, backend)] = measure_rss(by_label[label].path, backend, threads, probe_shapes)
 
-    base_model, base_backend = bms[0].label, backends[0]
+    base_model, base_backend = loaded[0]  # the first pair that loaded
     result = BenchResult(
         task_name,
         f"{base_model} | {base_backend}",
         _settings(threads, rounds, warmup, inputs_per_shape, data),
+        unsupported=unsupported,
     )
     for key, (bm, backend, shape_label, shape) in meta.items():
         lt = lat[key]
