@@ -249,6 +249,8 @@ def run_task(task_name: str, cfg: RunConfig) -> ReportRow:
         {
             "nodes quantized/float per op type": _node_counts(sidecar.get("node_counts", {})),
             "quantization": _quant_summary(sidecar.get("settings", {})),
+            # what calibration actually read (a small set gives fewer than --calib-size)
+            "calibration images": str(sidecar.get("settings", {}).get("calib_size", "?")),
             "int8 model": str(int8_path),
         },
         task_obj=task_obj,
@@ -296,7 +298,7 @@ def run(cfg: RunConfig) -> list[ReportRow]:
         "tasks": cfg.tasks,
         "data": {k: str(v) for k, v in cfg.data.items()},
         "calibration data": {k: str(v) for k, v in cfg.calib_data.items()},
-        "calibration size": cfg.calib_size,
+        "calibration size (at most; each row says what was used)": cfg.calib_size,
         "method": cfg.method or "default",
         "backend": cfg.backend,
         "target": cfg.target,
