@@ -270,6 +270,8 @@ def run_bench(
             try:
                 runner = create_runner(bm.path, backend, options)
             except OcrQuantError as exc:  # e.g. ncnn without its converted model, openvino not installed
+                if len(bms) * len(backends) == 1:
+                    raise  # nothing else to measure: the reason itself is the answer
                 unsupported.append(
                     {"model": bm.label, "backend": backend, "reason": " ".join(str(exc).split())}
                 )
