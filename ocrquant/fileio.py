@@ -121,6 +121,27 @@ def sidecar_path(model: str | Path) -> Path:
     return model.with_name(model.stem + ".quant.json")
 
 
+def float_reference_path(model: str | Path) -> Path:
+    """``<stem>.float.onnx`` beside a quantized model: the float model the quantizer actually quantized
+    (prepared, and rescaled by float-stage algorithms such as HS-CLE), the reference of every
+    layer-wise comparison."""
+    model = Path(model)
+    return model.with_name(model.stem + ".float.onnx")
+
+
+def copy_quantized(src: str | Path, dst: str | Path) -> None:
+    """Copy a quantized model and what belongs to it (its float reference, then the model; the
+    sidecar is the caller's, since it usually rewrites it), each atomically."""
+    import shutil
+
+    ref = float_reference_path(src)
+    if ref.is_file():
+        with atomic_path(float_reference_path(dst)) as tmp:
+            shutil.copyfile(ref, tmp)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
 def write_sidecar(model: str | Path, data: dict[str, Any]) -> Path:
     """Write ``model``'s sidecar (atomically) with the sha256 of the model file it describes: model and
     sidecar are two files, so a kill between their renames, or a model replaced later, would pair a

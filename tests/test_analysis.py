@@ -321,3 +321,36 @@ def test_dump_layers_and_float16_keep_a_small_dump(models, tmp_path):
     np.testing.assert_allclose(small.astype(np.float32), big, rtol=1e-3, atol=1e-3)
     with pytest.raises(OcrQuantError, match="selects none"):
         dump_pair(fp, qp, xs, tmp_path / "none", progress=False, layers=["NoSuchOp"])
+
+
+def test_compare_uses_the_float_model_that_was_quantized(tmp_path):
+    """The quantizer saves the float model it quantized (after HS-CLE's rescaling) as
+    ``<stem>.float.onnx``; ``float_reference`` picks it, and against it no layer falls below 30 dB
+    where the un-rescaled (only re-prepared) float model stays above: the equalisation artefacts are
+    gone, and the worst layer is no worse."""
+    from ocrquant.analysis.compare import compare_models
+    from ocrquant.analysis.graph import float_reference
+    from ocrquant.analysis.inputs import load_inputs
+    from ocrquant.data import sample_root
+    from ocrquant.fileio import float_reference_path, read_sidecar
+    from ocrquant.quantization import QuantConfig, quantize
+    from ocrquant.quantization.prepare import prepare_model
+    from tests.conftest import zoo_model_path
+
+    model = zoo_model_path("ppocrv3-cls")
+    int8 = tmp_path / "cls.int8.onnx"
+    result = quantize(model, "cls", sample_root() / "rec", int8, QuantConfig(method="min_max", calib_size=16))
+    assert "hs_cle" in result.algorithms and float_reference_path(int8).is_file()
+    settings = read_sidecar(int8)["settings"]
+    rewrites = tuple(settings["target"].get("prepare_rewrites") or ())
+    prepared = tmp_path / "prepared.onnx"
+    prepare_model(model, prepared, fuse_hardswish=settings["fuse_hardswish"], rewrites=rewrites)
+    _, xs = load_inputs(str(model), sample_root() / "rec", "cls", 8, progress=False)
+    with float_reference(model, int8) as reference:
+        assert reference == float_reference_path(int8)
+        saved = {r.float_name: r.snr_db for r in compare_models(reference, int8, xs, mode="cumulative").rows}
+    plain = {r.float_name: r.snr_db for r in compare_models(prepared, int8, xs, mode="cumulative").rows}
+    common = set(saved) & set(plain)
+    assert len(common) > 100
+    assert not [k for k in common if saved[k] < 30 <= plain[k]]
+    assert min(saved.values()) >= min(plain.values())

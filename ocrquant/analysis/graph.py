@@ -10,6 +10,7 @@ same input slot). Quantizers keep node names, so consumers are matched by node n
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections import defaultdict
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 DIR_SEPARATOR = "__"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 MAX_NAME_CHARS = 120
+
+log = logging.getLogger("ocrquant")
 
 
 def load_model(path: str | Path, *, load_weights: bool = True) -> onnx.ModelProto:
@@ -241,7 +244,8 @@ def with_outputs(
 
 @contextlib.contextmanager
 def float_reference(float_model: Path, quant_model: Path) -> Iterator[Path]:
-    """The float graph an INT8 model of ocrquant's was made from.
+    """The float graph an INT8 model of ocrquant's was made from: the ``<stem>.float.onnx`` the
+    quantizer saved beside it when present and intact, else a re-preparation of ``float_model``.
 
     The quantizer prepares the float model before it inserts Q/DQ (HardSwish fused from
     Add/Clip/Mul/Div, scalar affines folded into convolutions, the target's layout rewrites), so about
@@ -249,10 +253,19 @@ def float_reference(float_model: Path, quant_model: Path) -> Iterator[Path]:
     refused ocrquant's own cls model. When the INT8 model's sidecar records that preparation, the same
     preparation of ``float_model`` (in a scratch folder) is the reference; otherwise ``float_model``.
     """
-    from ocrquant.fileio import read_sidecar, scratch_dir
+    from ocrquant.fileio import float_reference_path, read_sidecar, scratch_dir, sha256_file
     from ocrquant.quantization.prepare import prepare_model
 
-    settings = read_sidecar(quant_model).get("settings") or {}
+    side = read_sidecar(quant_model)
+    saved = float_reference_path(quant_model)
+    recorded = (side.get("float_reference") or {}).get("sha256")
+    if recorded and saved.is_file() and sha256_file(saved) == recorded:
+        # the very float model that was quantized: after HS-CLE's per-channel rescaling too, which a
+        # re-preparation of the user's float file cannot reproduce
+        log.info("comparing against the float model the quantizer used: %s", saved)
+        yield saved
+        return
+    settings = side.get("settings") or {}
     if "fuse_hardswish" not in settings:
         yield float_model
         return

@@ -17,7 +17,6 @@ there.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 from ocrquant.data import Dataset, open_dataset
 from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation.evaluate import EvalResult
-from ocrquant.fileio import atomic_path, read_sidecar, scratch_dir, write_sidecar
+from ocrquant.fileio import copy_quantized, float_reference_path, read_sidecar, scratch_dir, write_sidecar
 from ocrquant.quantization.config import QdqStart, QuantConfig, QuantResult
 
 log = logging.getLogger("ocrquant")
@@ -251,10 +250,11 @@ def quantize_auto(
         held_out_drop = round(100 * (reference.primary - base_scores["val_metric"]), 4)
         drop_bound = _drop_bound(task.new_metric(), reference.samples, labelled.get(str(chosen["file"]), []))
         _warn_drop(held_out_drop, len(split.validation), primary)
-        with atomic_path(output) as tmp:
-            shutil.copyfile(chosen["file"], tmp)
+        copy_quantized(chosen["file"], output)
         side = read_sidecar(chosen["file"])
         side["output"] = str(output)
+        if side.get("float_reference"):
+            side["float_reference"] = {**side["float_reference"], "file": float_reference_path(output).name}
         side["method_search"] = {
             "chosen": {"method": chosen["method"], "options": chosen["options"], "algorithms": names},
             "validation": {

@@ -88,7 +88,7 @@ from typing import Any
 import onnx
 
 from ocrquant.errors import OcrQuantError
-from ocrquant.fileio import atomic_path, scratch_dir, write_json_atomic
+from ocrquant.fileio import atomic_path, copy_quantized, scratch_dir, write_json_atomic
 from ocrquant.quantization.config import QuantConfig, QuantResult
 
 log = logging.getLogger("ocrquant")
@@ -691,7 +691,7 @@ def escalate_to_budget(
     output = Path(result.output)
     with scratch_dir("escalate") as tmp:
         kept = [Path(tmp) / "all_int8.onnx", Path(tmp) / "all_int8.quant.json"]
-        shutil.copyfile(output, kept[0])
+        copy_quantized(output, kept[0])
         shutil.copyfile(sidecar_path(output), kept[1])
         searched, report = quantize_with_budget(
             model_path,
@@ -707,8 +707,7 @@ def escalate_to_budget(
         )
         if report.met:
             return searched, report
-        with atomic_path(output) as dst:
-            shutil.copyfile(kept[0], dst)
+        copy_quantized(kept[0], output)
         with atomic_path(sidecar_path(output)) as dst:
             shutil.copyfile(kept[1], dst)
     log.warning(

@@ -17,7 +17,7 @@ import onnx
 from ocrquant.data import Dataset, Sample, open_dataset, readable_images, sample_calibration
 from ocrquant.data.calibration import extend_calibration
 from ocrquant.errors import OcrQuantError
-from ocrquant.fileio import atomic_path, scratch_dir, sha256_file, write_sidecar
+from ocrquant.fileio import atomic_path, float_reference_path, scratch_dir, sha256_file, write_sidecar
 from ocrquant.quantization.algorithms import AlgorithmContext, create_algorithm
 from ocrquant.quantization.calibration import (
     QSpec,
@@ -240,6 +240,9 @@ def quantize(
             shutil.copyfile(staged, cfg.save_prepass)
         if cfg.graph_passes:
             apply_qdq_passes(staged, plan.profile, body)
+        with atomic_path(float_reference_path(output)) as ref_tmp:  # the reference of analysis
+            shutil.copyfile(float_path, ref_tmp)
+        float_reference = {"file": float_reference_path(output).name, "sha256": sha256_file(float_path)}
         with atomic_path(output) as out_tmp:
             shutil.copyfile(staged, out_tmp)
         timings["write_s"] = time.perf_counter() - t
@@ -251,6 +254,7 @@ def quantize(
             "model": str(resolved.path),
             "model_name": resolved.name,
             "output": str(output),
+            "float_reference": float_reference,
             "task": task_name,
             "settings": {
                 "target": asdict(plan.profile),  # as adjusted to the host and by algorithms
