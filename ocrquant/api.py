@@ -39,9 +39,13 @@ def fixed_input_options(task_name: str, dims: list[Any] | None) -> dict[str, Any
     _, c, h, w = dims
     if not all(isinstance(d, int) and d > 0 for d in (c, h, w)):
         return {}
-    if task_name.split("-")[0] == "det":
-        return {"input_shape": (h, w)}
-    return {"image_shape": (c, h, w), "fixed_width": True}
+    options = _size_options(task_name, c, h, w)
+    return options if "input_shape" in options else {**options, "fixed_width": True}
+
+
+def _size_options(task_name: str, c: int, h: int, w: int) -> dict[str, Any]:
+    """A C x H x W model input as task options: det resizes to H x W, cls and rec take C x H x W."""
+    return {"input_shape": (h, w)} if task_name.split("-")[0] == "det" else {"image_shape": (c, h, w)}
 
 
 def input_shape_options(task_name: str, shape: tuple[int, int, int, int] | None) -> dict[str, Any]:
@@ -54,7 +58,7 @@ def input_shape_options(task_name: str, shape: tuple[int, int, int, int] | None)
     n, c, h, w = (int(v) for v in shape)
     if n == 0 or n < -1 or min(c, h, w) <= 0:
         raise OcrQuantError(f"--input-shape wants N C H W, C H W > 0 and N > 0 or -1, got {list(shape)}")
-    return {"input_shape": (h, w)} if task_name.split("-")[0] == "det" else {"image_shape": (c, h, w)}
+    return _size_options(task_name, c, h, w)
 
 
 def infer_task(model: ResolvedModel, task: str | None) -> str:

@@ -16,8 +16,8 @@ from ocrquant.api import build_task, input_shape_options
 from ocrquant.data import open_dataset, sample_root
 from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation import EvalResult, evaluate
-from ocrquant.evaluation.evaluate import file_fingerprint, preprocessed_inputs
-from ocrquant.fileio import read_sidecar, sha256_file, write_json_atomic, write_text_atomic
+from ocrquant.evaluation.evaluate import preprocessed_inputs
+from ocrquant.fileio import file_fingerprint, read_sidecar, sha256_file, write_json_atomic, write_text_atomic
 from ocrquant.report import ReportRow, render_markdown
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.runtime.timing import interleaved_latency
@@ -189,8 +189,7 @@ def _quantized_already(int8_path: Path, key_file: Path, qkey: dict[str, Any]) ->
     except (OSError, ValueError):
         return False
     if not isinstance(stored, dict) or stored.get("key") != qkey:
-        if key_file.exists():
-            log.info("quantizing again: %s records another model, calibration set or setting", key_file)
+        log.info("quantizing again: %s records another model, calibration set or setting", key_file)
         return False
     return stored.get("int8_sha256") == sha256_file(int8_path)
 

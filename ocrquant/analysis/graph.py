@@ -258,7 +258,7 @@ def float_reference(float_model: Path, quant_model: Path) -> Iterator[Path]:
 
     side = read_sidecar(quant_model)
     saved = float_reference_path(quant_model)
-    recorded = (side.get("float_reference") or {}).get("sha256")
+    recorded = side.get("float_reference_sha256")
     if recorded and saved.is_file() and sha256_file(saved) == recorded:
         # the very float model that was quantized: after HS-CLE's per-channel rescaling too, which a
         # re-preparation of the user's float file cannot reproduce

@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from ocrquant.cli.common import ShapeOpt, StrictOpt, check_threads, console, guard_outputs
+from ocrquant.cli.common import (
+    LimitOpt,
+    ShapeOpt,
+    StrictOpt,
+    ThreadsOpt,
+    check_threads,
+    console,
+    guard_outputs,
+)
 from ocrquant.errors import OcrQuantError
+
+if TYPE_CHECKING:
+    import onnx
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Zoo name or path to an .onnx file.")]
 DataOpt = Annotated[Path | None, typer.Option("--data", "-d", help="Labelled dataset directory (inputs).")]
 TaskOpt = Annotated[str | None, typer.Option("--task", help="det, cls or rec (inferred for zoo models).")]
-LimitOpt = Annotated[
-    int | None, typer.Option("--limit", help="Use the first N samples only (0: all).", min=0)
-]
-ThreadsOpt = Annotated[int, typer.Option(help="Runtime threads (0 = all cores).", min=0)]
 ChunkOpt = Annotated[
     int, typer.Option("--chunk", help="Tensors exposed per model run (0 = from the input size).", min=0)
 ]
@@ -294,7 +301,7 @@ def simulate_cmd(
         if not bin_shape:
             raise OcrQuantError("--input-bin needs --bin-shape N,C,H,W")
         raw = read_bin(input_bin, _shape(bin_shape, "--bin-shape"), bin_dtype)
-        _check_declared_shape(model, list(raw.shape))
+        _check_declared_shape(sim.model, list(raw.shape), model)
         if raw.dtype.kind == "f":
             arrays = [raw.astype("float32")]
         else:  # already quantized: it replaces the output of the input's QuantizeLinear
@@ -336,16 +343,15 @@ def simulate_cmd(
             console.print(f"wrote {output_bin} (float32, shape {list(outputs[first].shape)})")
 
 
-def _check_declared_shape(model: Path, shape: list[int]) -> None:
+def _check_declared_shape(model: onnx.ModelProto, shape: list[int], path: Path) -> None:
     """Refuse an input whose shape the model's first input does not declare (rank, or a fixed size):
     the model would fail deep inside a kernel, or run and give an output of the wrong shape."""
-    from ocrquant.analysis.graph import load_model
     from ocrquant.onnx_shapes import declared_dims
 
-    declared = declared_dims(load_model(model, load_weights=False).graph.input[0], unknown=None)
+    declared = declared_dims(model.graph.input[0], unknown=None)
     fixed_ok = all(not isinstance(d, int) or d <= 0 or d == s for d, s in zip(declared, shape, strict=False))
     if len(declared) != len(shape) or not fixed_ok:
-        raise OcrQuantError(f"input of shape {shape}, but the model's input is {declared}", model)
+        raise OcrQuantError(f"input of shape {shape}, but the model's input is {declared}", path)
 
 
 def npy2bin_cmd(

@@ -50,8 +50,6 @@ def guard_outputs(
 def _number(text: str, option_hint: str) -> float:
     import math
 
-    import typer
-
     try:
         value = float(text)
     except ValueError:
@@ -63,8 +61,6 @@ def _number(text: str, option_hint: str) -> float:
 
 def unit_interval(text: str) -> float:
     """A probability / threshold option: a finite number in [0, 1] (``nan`` passes click's ranges)."""
-    import typer
-
     value = _number(text, "0 to 1")
     if not 0.0 <= value <= 1.0:
         raise typer.BadParameter(f"{value:g} is not between 0 and 1")
@@ -73,8 +69,6 @@ def unit_interval(text: str) -> float:
 
 def positive_number(text: str) -> float:
     """A ratio or scale option: a finite number > 0."""
-    import typer
-
     value = _number(text, "> 0")
     if value <= 0:
         raise typer.BadParameter(f"{value:g} is not > 0")
@@ -83,8 +77,6 @@ def positive_number(text: str) -> float:
 
 def non_negative_number(text: str) -> float:
     """A budget in points: a finite number >= 0."""
-    import typer
-
     value = _number(text, ">= 0")
     if value < 0:
         raise typer.BadParameter(f"{value:g} is not >= 0")

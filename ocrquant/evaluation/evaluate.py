@@ -21,7 +21,7 @@ import numpy as np
 
 from ocrquant.data.types import READ_POLICY, Dataset, Sample, load_image, readable_images
 from ocrquant.errors import OcrQuantError
-from ocrquant.fileio import write_json_atomic
+from ocrquant.fileio import file_fingerprint, write_json_atomic
 from ocrquant.runtime.base import Runner
 from ocrquant.tasks.base import Batch, Task
 
@@ -103,23 +103,6 @@ def _prepare_chunk(
 def _chunks(samples: list[Sample], size: int) -> Iterator[list[Sample]]:
     for i in range(0, len(samples), size):
         yield samples[i : i + size]
-
-
-def file_fingerprint(path: str | Path) -> str:
-    """sha256 of a model file (of every file under it, for a model folder): a partial log written for
-    another model at the same path (re-quantized with another method, replaced by a copy) must not be
-    resumed. Hashing a 10 MB model takes ~20 ms."""
-    import hashlib
-
-    from ocrquant.fileio import sha256_file
-
-    path = Path(path)
-    if path.is_file():
-        return sha256_file(path)
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []:
-        h.update(f"{f.relative_to(path)}:{sha256_file(f)}".encode())
-    return h.hexdigest()
 
 
 def resume_key(samples: list[Sample], root: Path) -> dict[str, str]:

@@ -21,7 +21,8 @@ import numpy as np
 
 from ocrquant.data.types import Dataset, DetTarget, load_image
 from ocrquant.errors import OcrQuantError
-from ocrquant.evaluation.evaluate import PartialLog, file_fingerprint, progress_bar, resume_key
+from ocrquant.evaluation.evaluate import PartialLog, progress_bar, resume_key
+from ocrquant.fileio import file_fingerprint
 from ocrquant.metrics.e2e import LEXICON_FILES, E2EMetric, Lexicon, load_lexicon
 from ocrquant.pipeline.core import STAGES, OcrPipeline, PipelineConfig, StageModel
 from ocrquant.zoo.registry import DEFAULT_CHAIN

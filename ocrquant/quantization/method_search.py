@@ -26,7 +26,7 @@ import numpy as np
 from ocrquant.data import Dataset, open_dataset
 from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation.evaluate import EvalResult
-from ocrquant.fileio import copy_quantized, float_reference_path, read_sidecar, scratch_dir, write_sidecar
+from ocrquant.fileio import copy_quantized, read_sidecar, scratch_dir, write_sidecar
 from ocrquant.quantization.config import QdqStart, QuantConfig, QuantResult
 
 log = logging.getLogger("ocrquant")
@@ -253,8 +253,6 @@ def quantize_auto(
         copy_quantized(chosen["file"], output)
         side = read_sidecar(chosen["file"])
         side["output"] = str(output)
-        if side.get("float_reference"):
-            side["float_reference"] = {**side["float_reference"], "file": float_reference_path(output).name}
         side["method_search"] = {
             "chosen": {"method": chosen["method"], "options": chosen["options"], "algorithms": names},
             "validation": {

@@ -178,11 +178,12 @@ def quantize(
         check_names(ctx.model, list(cfg.exclude), list(cfg.dtype_overrides), resolved.path)
         float_path = work / "float.onnx"
         onnx.save(ctx.model, str(float_path))
+        float_sha256 = sha256_file(float_path)  # keys the calibration cache, identifies the reference
         timings["prepare_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
         key = cache_key(
-            model_sha256=sha256_file(float_path),
+            model_sha256=float_sha256,
             task=task_name,
             task_config=asdict(task.config),
             samples=[str(Path(s.image_path).resolve()) + (":180" if s.rotate180 else "") for s in samples],
@@ -242,7 +243,6 @@ def quantize(
             apply_qdq_passes(staged, plan.profile, body)
         with atomic_path(float_reference_path(output)) as ref_tmp:  # the reference of analysis
             shutil.copyfile(float_path, ref_tmp)
-        float_reference = {"file": float_reference_path(output).name, "sha256": sha256_file(float_path)}
         with atomic_path(output) as out_tmp:
             shutil.copyfile(staged, out_tmp)
         timings["write_s"] = time.perf_counter() - t
@@ -254,7 +254,7 @@ def quantize(
             "model": str(resolved.path),
             "model_name": resolved.name,
             "output": str(output),
-            "float_reference": float_reference,
+            "float_reference_sha256": float_sha256,  # of <stem>.float.onnx (fileio.float_reference_path)
             "task": task_name,
             "settings": {
                 "target": asdict(plan.profile),  # as adjusted to the host and by algorithms

