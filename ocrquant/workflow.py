@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,10 @@ class RunConfig:
     keep_all_int8: bool = False
     #: ``--input-shape N C H W``: a fixed model input for every task (see api.input_shape_options)
     input_shape: tuple[int, int, int, int] | None = None
+    #: images per model call in evaluation (``--batch-size``; rec crops of one width are stacked)
+    batch_size: int = 1
+    #: images per calibration run (``--calib-batch-size``; 1 for a model whose batch is fixed to 1)
+    calib_batch_size: int = 8
 
 
 def default_calibration_root() -> Path:
@@ -96,6 +100,7 @@ def _eval_cached(
         runner,
         dataset,
         model_name=name,
+        batch_size=cfg.batch_size,
         limit=cfg.limit,
         output=out,
         extra_settings={"model_path": str(model)},
@@ -131,6 +136,10 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
     from ocrquant.quantization import QuantConfig, quantize
 
     _, model, task_name = _task_model(task_name, cfg)
+    out = cfg.out_dir / task_name
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.input_shape is not None:
+        model = _pinned_model(model, task_name, cfg.input_shape, out)
     shape_options = input_shape_options(task_name, cfg.input_shape)
     task_obj = build_task(task_name, model, shape_options)
     kind = DATA_KIND.get(task_name, "det")
@@ -138,10 +147,10 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
     calib_set = open_dataset(cfg.calib_data[kind], task_name)
     if test_set.root.resolve() == calib_set.root.resolve():
         raise OcrQuantError("calibration and test data are the same directory", calib_set.root)
-    out = cfg.out_dir / task_name
-    out.mkdir(parents=True, exist_ok=True)
     int8_path = out / f"{model.name}.int8.onnx"
-    qcfg = QuantConfig(target=cfg.target, calib_size=cfg.calib_size, **cfg.extra_quant)
+    qcfg = QuantConfig(
+        target=cfg.target, calib_size=cfg.calib_size, batch_size=cfg.calib_batch_size, **cfg.extra_quant
+    )
     if shape_options:
         qcfg.task_options = {**(qcfg.task_options or {}), **shape_options}
     if cfg.method:
@@ -174,8 +183,33 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
         if search is not None:
             log.info("[%s] %s", task_name, search.summary())
         write_json_atomic(key_file, {"key": qkey, "int8_sha256": sha256_file(int8_path)})
-    _publish_int8(model, int8_path)
+    if cfg.input_shape is None:  # a pinned model would not take the pipeline's own image sizes
+        _publish_int8(model, int8_path)
     return Quantized(model, task_obj, int8_path, test_set)
+
+
+def _pinned_model(
+    model: ResolvedModel, task_name: str, shape: tuple[int, int, int, int], out: Path
+) -> ResolvedModel:
+    """``--input-shape``: the float model with its input pinned (``<name>.fixed.onnx`` in the run
+    folder), so that the float model scored, the one quantized and the INT8 model written all
+    declare the static shape a fixed-shape compiler takes. A model that already declares it is
+    used as it is; the framework source (``--framework paddle``) stays the original. Its sidecar
+    records the task and the zoo preset, which the quantizer reads when it opens the file."""
+    import onnx
+
+    from ocrquant.fileio import write_bytes_atomic, write_sidecar
+    from ocrquant.onnx_shapes import declared_input_shape, pin_input_shape
+
+    loaded = onnx.load(str(model.path))
+    pinned = pin_input_shape(loaded, shape, model.path)
+    if declared_input_shape(pinned) == declared_input_shape(loaded):
+        return model
+    path = out / f"{model.name}.fixed.onnx"
+    write_bytes_atomic(path, pinned.SerializeToString())
+    side = {"task": task_name, "settings": {"task_config": model.preset}, "pinned_from": str(model.path)}
+    write_sidecar(path, side)
+    return replace(model, path=path, input_shape=declared_input_shape(pinned))
 
 
 def _quantized_already(int8_path: Path, key_file: Path, qkey: dict[str, Any]) -> bool:
@@ -228,6 +262,7 @@ def run_task(task_name: str, cfg: RunConfig) -> ReportRow:
             fw_runner,
             test_set,
             model_name=model.name + f"-{cfg.framework_backend}",
+            batch_size=cfg.batch_size,
             limit=cfg.limit,
             output=out / f"eval_{cfg.framework_backend}.json",
         )

@@ -90,6 +90,27 @@ def test_kl_threshold_lies_inside_the_distribution():
     assert lo == 0.0 and 1.5 < hi <= relu.max()
 
 
+def test_kl_keeps_a_threshold_only_where_it_does_not_raise_the_squared_error():
+    """A HardSwish-like tensor (a few negatives down to -0.375, the bulk below 6, 0.05 % of values
+    between 60 and 100: PP-OCRv4 det's): plain KL clips at about 6, which costs more squared error
+    than the unclipped range, so the guarded KL returns the observed range. On a light (Gaussian)
+    tail KL's clip lowers the error too, and stays."""
+    from ocrquant.quantization.calibration.calibrators import range_error
+
+    rng = np.random.default_rng(5)
+    heavy = np.concatenate([np.abs(rng.normal(0, 1.5, 200_000)), rng.uniform(60, 100, 100), [-0.375] * 1000])
+    spec = QSpec("uint8", False)
+    stats = stats_of(heavy)
+    raw = create_calibrator("kl", mse_guard=False).compute_range(stats, spec)
+    guarded = create_calibrator("kl").compute_range(stats, spec)
+    observed = create_calibrator("min_max").compute_range(stats, spec)
+    assert raw[1] < 10 and range_error(stats, spec, *raw) > range_error(stats, spec, *observed)
+    assert guarded == observed
+    light = stats_of(np.abs(rng.normal(0, 1, 400_000)))
+    kept = create_calibrator("kl").compute_range(light, spec)
+    assert kept == create_calibrator("kl", mse_guard=False).compute_range(light, spec) and kept[1] < light.max
+
+
 def test_unknown_method_is_a_user_error():
     with pytest.raises(OcrQuantError, match="unknown calibration method"):
         create_calibrator("magic")

@@ -218,6 +218,18 @@ def test_craft_preprocess_matches_reference_resize_and_normalisation() -> None:
     np.testing.assert_allclose(x[:, 543, 10], -mean / std, rtol=1e-5)  # zero padding, then normalised
 
 
+def test_craft_fixed_input_shape_letterboxes_and_keeps_the_ratio() -> None:
+    """``--input-shape 1 3 512 896`` for CRAFT: scaled to fit, aspect kept, padded to the fixed size;
+    the ratio maps boxes back to the original image. Sizes that are not multiples of 32 are refused."""
+    image = np.zeros((720, 1280, 3), dtype=np.uint8)
+    canvas, ratio = craft_resize(image, CraftConfig(input_shape=(512, 896)))
+    assert canvas.shape == (512, 896, 3) and ratio == pytest.approx(0.7)  # width-bound: 896 / 1280
+    canvas, ratio = craft_resize(image[:, :640], CraftConfig(input_shape=(512, 896)))
+    assert canvas.shape == (512, 896, 3) and ratio == pytest.approx(512 / 720)  # height-bound
+    with pytest.raises(OcrQuantError, match="multiples of 32"):
+        CraftConfig(input_shape=(500, 896))
+
+
 def _blob(shape: tuple[int, int], cx: float, cy: float, sx: float, sy: float, peak: float) -> np.ndarray:
     ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]]
     return peak * np.exp(-(((xs - cx) / sx) ** 2 + ((ys - cy) / sy) ** 2) / 2)

@@ -96,3 +96,29 @@ def test_sigterm_stops_a_quantize_without_leaving_scratch(tmp_path: Path) -> Non
     assert "terminated" in err and "Traceback" not in err
     assert not [p for p in scratch.iterdir() if p.name.startswith("ocrquant-")]
     assert not out.exists()
+
+
+def test_run_with_an_input_shape_scores_and_quantizes_the_pinned_model(tmp_path: Path) -> None:
+    """``run --input-shape -1 3 48 320``: the float model scored, the one quantized and the INT8 model
+    written all declare the fixed C x H x W (what a static-shape compiler takes), the batch stays
+    free for ``--batch-size``, and the pinned copy keeps the dictionary."""
+    import onnx
+
+    from ocrquant.onnx_shapes import declared_input_shape
+    from tests.conftest import zoo_model_path
+
+    model = tmp_path / "rec.onnx"
+    shutil.copy(zoo_model_path("ppocrv3-rec"), model)
+    out = tmp_path / "run"
+    args = ["run", "--task", "rec", "-m", f"rec={model}", "--method", "min_max", "--calib-size", "8",
+            "--input-shape", "-1", "3", "48", "320", "--batch-size", "4", "--calib-batch-size", "4",
+            "--latency-inputs", "2", "--limit", "16", "-o", str(out)]  # fmt: skip
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    pinned, int8 = out / "rec" / "rec.fixed.onnx", out / "rec" / "rec.int8.onnx"
+    for path in (pinned, int8):
+        dims = declared_input_shape(onnx.load(str(path)))
+        assert dims[1:] == [3, 48, 320] and not (isinstance(dims[0], int) and dims[0] > 0), (path, dims)
+    assert any(p.key == "character" for p in onnx.load(str(pinned)).metadata_props)
+    (row,) = json.loads((out / "report.json").read_text())["rows"]
+    assert row["test_size"] == 16 and row["float_metric"] > 0.5

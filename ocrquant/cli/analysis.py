@@ -208,7 +208,9 @@ def compare_cmd(
         _print_agreement(quant_model, arrays, "half_away", "fixed", threads)
 
 
-def _print_agreement(model: Path, arrays, rounding: str, requant: str, threads: int) -> None:
+def _print_agreement(
+    model: Path, arrays, rounding: str, requant: str, threads: int, json_out: Path | None = None
+) -> None:
     from ocrquant.analysis.simulate.agreement import compare_with_runtime, kernel_agreement
 
     # float32 requantisation mirrors onnxruntime's fused kernels, so judge each kernel against those;
@@ -233,6 +235,17 @@ def _print_agreement(model: Path, arrays, rounding: str, requant: str, threads: 
         rate = "-" if r.int_match_rate is None else f"{r.int_match_rate:.2%}"
         table.add_row(r.name, r.runtime, f"{r.cosine:.6f}", _fmt(r.snr_db, 2), _fmt(r.max_abs), rate)
     console.print(table)
+    if json_out is not None:
+        from dataclasses import asdict
+
+        from ocrquant.analysis.sensitivity import json_safe
+        from ocrquant.fileio import write_json_atomic
+
+        payload = {
+            "model": str(model), "inputs": len(arrays), "rounding": rounding, "requant": requant,
+            "outputs": [asdict(r) for r in rows], "kernels": [asdict(k) for k in kernels],
+        }  # fmt: skip
+        write_json_atomic(json_out, json_safe(payload))
     if rounding != "half_even" and requant == "fixed":
         console.print(
             "note: onnxruntime rounds ties to even; with power-of-two scales ties are frequent, so "
@@ -285,6 +298,9 @@ def simulate_cmd(
     input_shape: ShapeOpt = None,
     threads: ThreadsOpt = 0,
     strict: StrictOpt = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="With --compare: write the agreement rows as JSON.")
+    ] = None,
 ) -> None:
     """Run a QDQ model as an integer accelerator would (int8 x int8 -> int32, fixed-point requantisation)."""
     import numpy as np
@@ -292,7 +308,9 @@ def simulate_cmd(
     from ocrquant.analysis.binio import read_bin, write_bin
     from ocrquant.analysis.simulate import Simulator
 
-    guard_outputs([model, input_bin], files=[output_bin], datasets=[data])
+    guard_outputs([model, input_bin], files=[output_bin, json_out], datasets=[data])
+    if json_out is not None and not compare:
+        raise OcrQuantError("--json writes the --compare rows; add --compare")
     check_threads(threads)
     sim = Simulator(model, rounding=rounding, requant=requant)
     name = sim.view.input_names[0]
@@ -320,7 +338,7 @@ def simulate_cmd(
     else:
         _, arrays = _inputs(str(model), data, task, limit, input_shape, strict)
     if compare:
-        _print_agreement(model, arrays, rounding, requant, threads)
+        _print_agreement(model, arrays, rounding, requant, threads, json_out)
         return
     outputs = sim.run({name: arrays[0], **feeds})
     _print_report(sim.report)

@@ -355,6 +355,17 @@ def run_cmd(
     ] = False,
     strict: StrictOpt = False,
     input_shape: ShapeOpt = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", help="Images per model call in evaluation.", min=1)
+    ] = 1,
+    calib_batch_size: Annotated[
+        int,
+        typer.Option(
+            "--calib-batch-size",
+            help="Images per calibration run (1 where the model's batch is fixed).",
+            min=1,
+        ),
+    ] = 8,
 ) -> None:
     """The whole workflow: quantize, evaluate float and INT8, write report.md and report.json.
 
@@ -399,6 +410,8 @@ def run_cmd(
         max_drop=_budgets(max_drop, tasks),
         keep_all_int8=keep_all_int8,
         input_shape=input_shape,
+        batch_size=batch_size,
+        calib_batch_size=calib_batch_size,
     )
     rows = run(cfg)
     if rows:

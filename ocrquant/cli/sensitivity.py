@@ -128,11 +128,14 @@ def sensitivity_cmd(
     )
     v = result.validation
     base = "INT8" if result.mode == "only-float" else "FP32"
+    scores = (
+        f": FP32 {100 * result.fp32_metric:.2f}, INT8 {100 * result.int8_metric:.2f} {result.metric_name}"
+        if metric
+        else " (output SNR only, --no-metric)"
+    )
     table = Table(
         title=f"{result.task} sensitivity ({result.mode}, {granularity}) on {v['validation_images']} "
-        "validation images "
-        f"({v['source']}): FP32 {100 * result.fp32_metric:.2f}, INT8 {100 * result.int8_metric:.2f} "
-        f"{result.metric_name}"
+        f"validation images ({v['source']}){scores}"
     )
     cols = ("rank", "layer", "op", "MMACs", result.metric_name, f"delta vs {base} (pt)", "fidelity", "SNR dB")
     for col in cols:

@@ -21,11 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-from onnx import shape_inference
 
 from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import atomic_path, scratch_dir
-from ocrquant.onnx_shapes import declared_dims
+from ocrquant.onnx_shapes import check_pinnable, declared_dims, static_output_shapes
 from ocrquant.runtime.paddle import paddle_model_files
 from ocrquant.tasks.base import get_task_class, layout_fits
 
@@ -153,26 +152,10 @@ def export_onnx(program: Path, params: Path, opset: int) -> onnx.ModelProto:
 def fix_input_shape(
     model: onnx.ModelProto, shape: tuple[int, int, int, int], source: Path
 ) -> onnx.ModelProto:
-    """Pin the image input to ``shape`` and re-propagate shapes (paddle2onnx's own optimizer).
-
-    Dimensions the model already fixes (PP-OCR rec's height 48, the 3 channels) must agree: a
-    different value would give a model that cannot run.
-    """
-    if len(model.graph.input) != 1:
-        raise OcrQuantError(
-            f"--input-shape needs a model with one input, it has {len(model.graph.input)}", source
-        )
-    graph_input = model.graph.input[0]
-    current = declared_dims(graph_input)
-    if len(current) != len(shape):
-        raise OcrQuantError(
-            f"--input-shape has {len(shape)} dims, the model input has {len(current)}", source
-        )
-    for axis, (have, want) in enumerate(zip(current, shape, strict=True)):
-        if want != -1 and isinstance(have, int) and have > 0 and have != want:
-            raise OcrQuantError(
-                f"--input-shape {list(shape)}: axis {axis} is fixed to {have} by the model", source
-            )
+    """Pin the image input to ``shape`` and re-propagate shapes with paddle2onnx's own optimizer,
+    which also folds the Shape/Slice chains a dynamic export leaves (``onnx_shapes.pin_input_shape``
+    only declares the new dims)."""
+    graph_input = check_pinnable(model, shape, source)
     from paddle2onnx import paddle2onnx_cpp2py_export as c_p2o
 
     with scratch_dir("p2o") as tmp:
@@ -188,29 +171,8 @@ def fix_input_shape(
     got = declared_dims(fixed.graph.input[0])
     if any(want != -1 and have != want for have, want in zip(got, shape, strict=True)):
         raise OcrQuantError(f"fixing the input shape to {list(shape)} did not take", source)
-    _static_output_shapes(fixed)
+    static_output_shapes(fixed)
     return fixed
-
-
-def _static_output_shapes(model: onnx.ModelProto) -> None:
-    """Write fully static output shapes where ONNX shape inference (with data propagation) finds them.
-
-    paddle2onnx's optimizer leaves shapes computed through Shape/Concat/Reshape (the cls head's
-    flatten) symbolic; a static-shape deployment wants them concrete.
-    """
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.value_info[:]
-    for out in probe.graph.output:
-        out.type.tensor_type.ClearField("shape")
-    try:
-        inferred = shape_inference.infer_shapes(probe, data_prop=True)
-    except Exception:  # inference is a nicety here; the model itself is already valid
-        return
-    for out, new in zip(model.graph.output, inferred.graph.output, strict=True):
-        dims = declared_dims(new)
-        if dims and all(isinstance(d, int) and d > 0 for d in dims):
-            out.type.tensor_type.shape.CopyFrom(new.type.tensor_type.shape)
 
 
 def guess_task(model: onnx.ModelProto) -> str | None:

@@ -57,6 +57,16 @@ class CraftConfig:
     min_area: int = 10  # components of fewer map pixels are noise
     box_type: str = "quad"  # "quad" (min-area rectangle) | "poly" (component outline)
     poly_epsilon: float = 0.01  # "poly": outline simplification, as a fraction of its perimeter
+    #: a fixed model input (H, W), multiples of 32 (``--input-shape``, a static-shape deployment): the
+    #: image is scaled to fit it, aspect kept, and padded, instead of the canvas/mag_ratio rule
+    input_shape: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.input_shape is not None:
+            h, w = (int(v) for v in self.input_shape)
+            if h <= 0 or w <= 0 or h % 32 or w % 32:
+                raise OcrQuantError(f"CRAFT input shape must be positive multiples of 32, got {h}x{w}")
+            self.input_shape = (h, w)
 
 
 def craft_resize(image: np.ndarray, cfg: CraftConfig) -> tuple[np.ndarray, float]:
@@ -64,11 +74,14 @@ def craft_resize(image: np.ndarray, cfg: CraftConfig) -> tuple[np.ndarray, float
     if cfg.interpolation not in _INTERPOLATIONS:
         raise OcrQuantError(f"unknown interpolation '{cfg.interpolation}' ({', '.join(_INTERPOLATIONS)})")
     h, w = image.shape[:2]
-    target = min(cfg.mag_ratio * max(h, w), float(cfg.canvas_size))
-    ratio = target / max(h, w)
+    if cfg.input_shape is not None:
+        ratio = min(cfg.input_shape[0] / h, cfg.input_shape[1] / w)
+    else:
+        ratio = min(cfg.mag_ratio * max(h, w), float(cfg.canvas_size)) / max(h, w)
     th, tw = max(int(h * ratio), 1), max(int(w * ratio), 1)
     scaled = cv2.resize(image, (tw, th), interpolation=_INTERPOLATIONS[cfg.interpolation])
-    canvas = np.zeros((th + (-th) % 32, tw + (-tw) % 32, image.shape[2]), dtype=np.float32)
+    size = cfg.input_shape or (th + (-th) % 32, tw + (-tw) % 32)
+    canvas = np.zeros((*size, image.shape[2]), dtype=np.float32)
     canvas[:th, :tw] = scaled
     return canvas, ratio
 
