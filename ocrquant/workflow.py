@@ -19,6 +19,8 @@ from ocrquant.evaluation import EvalResult, evaluate
 from ocrquant.evaluation.evaluate import preprocessed_inputs
 from ocrquant.fileio import file_fingerprint, read_sidecar, sha256_file, write_json_atomic, write_text_atomic
 from ocrquant.report import ReportRow, render_markdown
+from ocrquant.report.figures import SNR_SAMPLES, TaskFigures, speed_size_figure
+from ocrquant.report.html import render_html
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.runtime.timing import interleaved_latency
 from ocrquant.zoo.registry import DEFAULT_CHAIN
@@ -243,8 +245,8 @@ def _publish_int8(model: ResolvedModel, int8_path: Path) -> None:
         log.info("INT8 %s cached as %s", model.name, target)
 
 
-def run_task(task_name: str, cfg: RunConfig) -> ReportRow:
-    """The whole chain for one task; returns its report row."""
+def run_task(task_name: str, cfg: RunConfig) -> tuple[ReportRow, TaskFigures | None]:
+    """The whole chain for one task; returns its report row and the report's pictures of it."""
     q = quantize_for_task(task_name, cfg)
     model, task_obj, int8_path, test_set = q.model, q.task, q.int8_path, q.test_set
     task_name = task_obj.name
@@ -273,7 +275,7 @@ def run_task(task_name: str, cfg: RunConfig) -> ReportRow:
         threads=cfg.threads,
     )
     sidecar = read_sidecar(int8_path)
-    return ReportRow.from_evals(
+    row = ReportRow.from_evals(
         model.name,
         task_name,
         f_res,
@@ -292,9 +294,33 @@ def run_task(task_name: str, cfg: RunConfig) -> ReportRow:
         framework=model.framework,
         float_nodes=list(sidecar.get("float_nodes", [])),
     )
+    return row, task_figures(task_obj, model.path, int8_path, test_set, (f_res, q_res), out, cfg.threads)
 
 
-def run_task_ncnn(task_name: str, cfg: RunConfig) -> ReportRow:
+def task_figures(
+    task_obj: Any, float_path: Path, int8_path: Path, test_set: Any, results: tuple, out: Path, threads: int
+) -> TaskFigures:
+    """The report's pictures of one task (:mod:`ocrquant.report.figures`), drawn into ``out/figures``."""
+    from ocrquant.report.figures import gallery, snr_figure
+
+    fig_dir = out / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    figures = TaskFigures(task_obj.name)
+    inputs = preprocessed_inputs(task_obj, test_set, SNR_SAMPLES)
+    figures.snr_plot, figures.worst_layers = snr_figure(float_path, int8_path, inputs, fig_dir, threads)
+    figures.disagreements, figures.gallery = gallery(
+        task_obj.name, test_set, results[0].samples, results[1].samples, fig_dir
+    )
+    search = int8_path.with_name(int8_path.stem + ".mixed.json")
+    if search.is_file():  # the budget search ran: its per-layer ranking, most sensitive first
+        rows = json.loads(search.read_text(encoding="utf-8")).get("sensitivity") or []
+        figures.sensitivity = [
+            (str(r.get("name")), float(r.get("delta_points") or r.get("snr_db") or 0.0)) for r in rows[:10]
+        ]
+    return figures
+
+
+def run_task_ncnn(task_name: str, cfg: RunConfig) -> tuple[ReportRow, TaskFigures | None]:
     """One task on ncnn (``--backend ncnn``): float and INT8 ncnn models from the same calibration
     data, scored on the same test set, with onnxruntime's float figure beside them
     (:func:`ocrquant.quantization.ncnn_int8.ncnn_report`)."""
@@ -302,7 +328,7 @@ def run_task_ncnn(task_name: str, cfg: RunConfig) -> ReportRow:
 
     spec, _, task_name = _task_model(task_name, cfg)
     kind = DATA_KIND.get(task_name, "det")
-    return ncnn_report(
+    row = ncnn_report(
         spec,
         task_name,
         cfg.data[kind],
@@ -314,6 +340,7 @@ def run_task_ncnn(task_name: str, cfg: RunConfig) -> ReportRow:
         threads=cfg.threads,
         latency_images=cfg.latency_inputs,
     )
+    return row, None
 
 
 TASK_RUNNERS = {"onnxruntime": run_task, "ncnn": run_task_ncnn}
@@ -326,7 +353,9 @@ def run(cfg: RunConfig) -> list[ReportRow]:
     if cfg.backend != "onnxruntime" and ("e2e" in cfg.tasks or cfg.framework_backend):
         raise OcrQuantError(f"--backend {cfg.backend} runs det / cls / rec only (no e2e, no --framework)")
     cfg = resolve_paths(cfg)
-    rows = [TASK_RUNNERS[cfg.backend](t, cfg) for t in cfg.tasks if t != "e2e"]
+    done = [TASK_RUNNERS[cfg.backend](t, cfg) for t in cfg.tasks if t != "e2e"]
+    rows = [row for row, _ in done]
+    figures = {row.task: figs for row, figs in done if figs is not None}
     chain = run_e2e(cfg) if "e2e" in cfg.tasks else []
     settings = {
         "tasks": cfg.tasks,
@@ -345,6 +374,8 @@ def run(cfg: RunConfig) -> list[ReportRow]:
         {"settings": settings, "rows": [r.to_json() for r in rows], "e2e_chain": chain},
     )
     write_text_atomic(cfg.out_dir / "report.md", render_markdown(rows, settings, chain))
+    speed = speed_size_figure(rows, cfg.out_dir / "speed_size.png")
+    write_text_atomic(cfg.out_dir / "report.html", render_html(rows, settings, chain, figures, speed))
     return rows
 
 

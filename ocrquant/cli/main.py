@@ -369,9 +369,10 @@ def run_cmd(
 ) -> None:
     """The whole workflow: quantize, evaluate float and INT8, write report.md and report.json.
 
-    With no options it runs the bundled PP-OCRv3 models on the embedded sample set.
+    With no options it runs the default chain (PP-OCRv6 small det and rec, the v2.0 direction
+    classifier) on the embedded sample set.
     """
-    from ocrquant.report import CHAIN_COLUMNS, COLUMNS, chain_cells, row_cells
+    from ocrquant.report import CHAIN_COLUMNS, chain_cells, row_cells
     from ocrquant.workflow import RunConfig, run
 
     tasks = task or (["det"] if backend == "ncnn" else ["det", "cls", "rec"])
@@ -414,17 +415,33 @@ def run_cmd(
         calib_batch_size=calib_batch_size,
     )
     rows = run(cfg)
-    if rows:
-        table = Table(*COLUMNS, title=f"ocrquant run -> {out}/report.md")
-        for row in rows:
-            table.add_row(*row_cells(row))
-        console.print(table)
+    # two narrow tables (accuracy, then speed and size) that fit an 80-column terminal; the report
+    # files hold the full one
+    with_framework = any(row.framework_metric is not None for row in rows)
+    for title, picks in (
+        (f"accuracy (full table: {out}/report.html)", ACCURACY_CELLS),
+        ("speed and size", SPEED_CELLS),
+    ):
+        picks = tuple(i for i in picks if i != 1 or with_framework)
+        if rows:
+            table = Table(*(TERMINAL_HEADERS[i] for i in picks), title=title)
+            for row in rows:
+                cells = row_cells(row)
+                table.add_row(*(cells[i] for i in picks))
+            console.print(table)
     chain = json.loads((out / "report.json").read_text()).get("e2e_chain", [])
     if chain:
         ctable = Table(*CHAIN_COLUMNS, title="end-to-end chain")
         for crow in chain:
             ctable.add_row(*chain_cells(crow))
         console.print(ctable)
+
+
+#: which of report.COLUMNS each terminal table of ``run`` shows (model first in both)
+ACCURACY_CELLS = (0, 1, 2, 3, 4, 5)
+SPEED_CELLS = (0, 6, 7, 8, 9, 10)
+TERMINAL_HEADERS = ("model", "framework", "FP32", "INT8", "delta (95% CI)", "N", "FP32 ms", "INT8 ms",
+                    "speed-up", "FP32 MB", "INT8 MB")  # fmt: skip
 
 
 def _task_options(task: str | None, options: dict, model: str) -> dict:
