@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ocrquant.cli.common import StrictOpt, check_threads, console, guard_outputs
+from ocrquant.cli.common import ShapeOpt, StrictOpt, check_threads, console, guard_outputs
 
 
 def register(app: typer.Typer) -> None:
@@ -97,6 +97,7 @@ def sensitivity_cmd(
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG: delta per layer and SNR.")] = None,
     top: Annotated[int, typer.Option(help="Print the N most sensitive layers (0 = all).", min=0)] = 0,
     strict: StrictOpt = False,
+    input_shape: ShapeOpt = None,
 ) -> None:
     """Rank quantized Conv/MatMul/Gemm layers by the task-metric change and output SNR when only that
     layer is float (or only that layer is quantized), with the latency cost of keeping it float."""
@@ -108,6 +109,11 @@ def sensitivity_cmd(
     check_threads(threads)
     READ_POLICY.strict = strict
     config = QuantConfig(target=target, calib_size=calib_size, seed=seed, method=method)
+    if input_shape is not None:
+        from ocrquant.api import infer_task, input_shape_options
+        from ocrquant.zoo.resolve import resolve_model
+
+        config.task_options = input_shape_options(infer_task(resolve_model(model), task), input_shape)
     result = sensitivity(
         model,
         task,
