@@ -15,7 +15,10 @@ scores Paddle itself) and on PP-OCRv3 (ONNX only):
        (the vendor writes 1x3x48x320 and also batch 16, which a batch-1 model cannot take; -1 keeps the
        batch dynamic, the size fixed)
 
-Each det model also gets a row with ``--method auto`` (chosen on det_train images that calibration
+The Paddle models' det (kl), cls and rec workflows also run with ``--target ort-cpu``
+(onnxruntime's CPU format: uint8 asymmetric activations, per-channel weights, float scales), which
+separates what the integer format costs from what the workflow costs. Each det model also gets a
+row with ``--method auto`` (chosen on det_train images that calibration
 did not use, never the test set) and its float hmean at its native size (``ocrquant eval``), which
 says what the 512x896 resize costs. After each run: the integer simulator against onnxruntime on the
 INT8 model (cosine at the model output, ``ocrquant simulate --compare``: with onnxruntime's rounding,
@@ -35,7 +38,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 #: the vendor's own figures: Paddle float, ONNX float, quantized, test size
@@ -60,10 +63,12 @@ class Workflow:
     batch: int
     test_size: int  # 0: the whole test set
     framework: str | None
+    target: str = "npu-pow2"
 
     @property
     def name(self) -> str:
-        return f"{self.model}-{self.method or 'default'}"
+        suffix = "" if self.target == "npu-pow2" else f"-{self.target}"
+        return f"{self.model}-{self.method or 'default'}{suffix}"
 
     def command(self, data: Path, out: Path) -> list[str]:
         test, calib = DATA[self.task]
@@ -73,7 +78,7 @@ class Workflow:
             "--calib-data", f"{DATA_KIND[self.task]}={data / calib}",
             "--input-shape", *map(str, self.shape), "--calib-size", str(self.calib_size),
             "--calib-batch-size", str(self.calib_batch), "--batch-size", str(self.batch),
-            "--target", "npu-pow2", "--keep-all-int8", "-o", str(out / self.name),
+            "--target", self.target, "--keep-all-int8", "-o", str(out / self.name),
         ]  # fmt: skip
         if self.method:
             cmd += ["--method", self.method]
@@ -100,6 +105,9 @@ def workflows() -> list[Workflow]:
             Workflow("cls", cls, (-1, 3, 48, 192), 10, 8, None, 1, 30, fw),
             Workflow("rec", rec, (-1, 3, 48, 320), 300, 16, "min_max", 16, 0, fw),
         ]
+    # the same workflows on the Paddle models with onnxruntime's CPU format (uint8 asymmetric
+    # activations, per-channel weights, float scales): what the format, not the workflow, costs
+    rows += [replace(w, target="ort-cpu") for w in rows[:4] if w.method != "auto"]
     return rows
 
 
@@ -158,10 +166,11 @@ def analysis(wf: Workflow, row: dict, data: Path) -> dict:
 def markdown(results: list[dict]) -> str:
     """The table beside the vendor's own figures."""
     head = (
-        "| task | model | method | Paddle float | ONNX float | INT8 | delta (95% CI) | N | float ms/img | "
+        "| task | model | target | method | Paddle float | ONNX float | INT8 | delta (95% CI) | N | "
+        "float ms/img | "
         "INT8 ms/img | sim = ORT (cosine) | sim, half-away rounding | slowest INT8 nodes | "
         "vendor (Paddle / ONNX / quantized, N) |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in results:
@@ -170,7 +179,8 @@ def markdown(results: list[dict]) -> str:
         native = f" (native size {r['native_float']:.4f})" if "native_float" in r else ""
         seed = SEED[r["task_kind"]]
         lines.append(
-            f"| {r['task_kind']} | {r['model']} | {r['method']} | {fw} | {r['float_metric']:.4f}{native} | "
+            f"| {r['task_kind']} | {r['model']} | {r.get('target', 'npu-pow2')} | {r['method']} | {fw} | "
+            f"{r['float_metric']:.4f}{native} | "
             f"{r['int8_metric']:.4f} | {100 * r['delta']:+.2f} "
             f"({100 * ci['low']:+.2f}, {100 * ci['high']:+.2f}) | "
             f"{r['test_size']} | {r['float_ms']:.1f} | {r['int8_ms']:.1f} | "
@@ -192,7 +202,8 @@ def main() -> None:
         if args.only and wf.task not in args.only:
             continue
         row = run_workflow(wf, args.data, args.out)
-        row.update(task_kind=wf.task, method=wf.method or "default", **analysis(wf, row, args.data))
+        row.update(task_kind=wf.task, method=wf.method or "default", target=wf.target)
+        row.update(analysis(wf, row, args.data))
         if wf.task == "det" and wf.method == "kl":
             row["native_float"] = native_float(wf, args.data, args.out)
         results.append(row)

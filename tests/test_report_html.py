@@ -66,3 +66,22 @@ def test_run_report_renders_in_chromium_with_table_plots_and_gallery(tmp_path: P
     image = cv2.imread(str(shot))
     assert image is not None and image.shape[:2] == (1600, 1280)
     assert image.std() > 10  # the page drew something, not a blank canvas
+
+
+def test_a_det_sample_differs_only_where_the_metric_sees_it() -> None:
+    """A box moved by a pixel is no disagreement; a box lost, or one that no longer matches the
+    truth, is."""
+    from ocrquant.report.figures import differs
+
+    fp32 = {
+        "prediction": {"polygons": [[[0, 0], [10, 0], [10, 5], [0, 5]]]},
+        "figures": {"det_care": 1, "matched": 1},
+    }
+    moved = {
+        "prediction": {"polygons": [[[1, 0], [11, 0], [11, 5], [1, 5]]]},
+        "figures": {"det_care": 1, "matched": 1},
+    }
+    unmatched = {**moved, "figures": {"det_care": 1, "matched": 0}}
+    assert not differs("det", fp32, moved) and differs("det", fp32, unmatched)
+    assert differs("rec", {"prediction": {"text": "a"}}, {"prediction": {"text": "b"}})
+    assert not differs("cls", {"prediction": {"label": "0"}}, {"prediction": {"label": "0"}})

@@ -84,13 +84,18 @@ def snr_figure(
     return path, [w for w in worst if math.isfinite(w[2])]
 
 
-def differs(task: str, float_pred: Any, int8_pred: Any) -> bool:
-    """Whether two predictions of one sample differ in what the task reports (det: the boxes kept,
-    rec: the text, cls: the label)."""
+#: det: the per-image figures whose change the metric sees (boxes kept, boxes matching the truth)
+DET_FIGURES = ("det_care", "matched")
+
+
+def differs(task: str, float_sample: dict, int8_sample: dict) -> bool:
+    """Whether FP32 and INT8 differ on one sample in what the metric sees: det, the number of boxes
+    kept or matched to the truth (a box a pixel off is no disagreement); rec, the text; cls, the label."""
     if task.startswith("det"):
-        return _boxes(float_pred) != _boxes(int8_pred)
+        f, q = float_sample.get("figures") or {}, int8_sample.get("figures") or {}
+        return any(f.get(k) != q.get(k) for k in DET_FIGURES)
     key = "text" if task == "rec" else "label"
-    return (float_pred or {}).get(key) != (int8_pred or {}).get(key)
+    return (float_sample.get("prediction") or {}).get(key) != (int8_sample.get("prediction") or {}).get(key)
 
 
 def _boxes(pred: Any) -> list[list[list[int]]]:
@@ -109,8 +114,7 @@ def gallery(
     pairs = [
         (f, int8_by_key[f["key"]])
         for f in float_samples
-        if f["key"] in int8_by_key
-        and differs(task, f.get("prediction"), int8_by_key[f["key"]].get("prediction"))
+        if f["key"] in int8_by_key and differs(task, f, int8_by_key[f["key"]])
     ]
     items = []
     for f, q in pairs[:GALLERY_SIZE]:
@@ -121,9 +125,10 @@ def gallery(
         if task.startswith("det"):
             image = _draw_boxes(image, _boxes(f.get("prediction")), (60, 170, 60))
             image = _draw_boxes(image, _boxes(q.get("prediction")), (40, 40, 220))
+            ff, qf = f.get("figures") or {}, q.get("figures") or {}
             caption = (
-                f"{sample.key}: FP32 (green) {len(_boxes(f.get('prediction')))} boxes, "
-                f"INT8 (red) {len(_boxes(q.get('prediction')))}"
+                f"{sample.key}: FP32 (green) {ff.get('det_care', '?')} boxes, {ff.get('matched', '?')} "
+                f"match the truth; INT8 (red) {qf.get('det_care', '?')}, {qf.get('matched', '?')}"
             )
         else:
             key = "text" if task == "rec" else "label"
