@@ -139,9 +139,9 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
 
     _, model, task_name = _task_model(task_name, cfg)
     out = cfg.out_dir / task_name
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.input_shape is not None:
-        model = _pinned_model(model, task_name, cfg.input_shape, out)
+    # every check before anything is written: the pinned shape against the model, the sizes against
+    # the task, the data folders
+    pinned = pin_input_shape(model, cfg.input_shape) if cfg.input_shape is not None else None
     shape_options = input_shape_options(task_name, cfg.input_shape)
     task_obj = build_task(task_name, model, shape_options)
     kind = DATA_KIND.get(task_name, "det")
@@ -149,6 +149,9 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
     calib_set = open_dataset(cfg.calib_data[kind], task_name)
     if test_set.root.resolve() == calib_set.root.resolve():
         raise OcrQuantError("calibration and test data are the same directory", calib_set.root)
+    out.mkdir(parents=True, exist_ok=True)
+    if pinned is not None:
+        model = _write_pinned(model, task_name, pinned, out)
     int8_path = out / f"{model.name}.int8.onnx"
     qcfg = QuantConfig(
         target=cfg.target, calib_size=cfg.calib_size, batch_size=cfg.calib_batch_size, **cfg.extra_quant
@@ -190,23 +193,27 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
     return Quantized(model, task_obj, int8_path, test_set)
 
 
-def _pinned_model(
-    model: ResolvedModel, task_name: str, shape: tuple[int, int, int, int], out: Path
-) -> ResolvedModel:
-    """``--input-shape``: the float model with its input pinned (``<name>.fixed.onnx`` in the run
-    folder), so that the float model scored, the one quantized and the INT8 model written all
-    declare the static shape a fixed-shape compiler takes. A model that already declares it is
-    used as it is; the framework source (``--framework paddle``) stays the original. Its sidecar
-    records the task and the zoo preset, which the quantizer reads when it opens the file."""
+def pin_input_shape(model: ResolvedModel, shape: tuple[int, int, int, int]) -> Any:
+    """``--input-shape``: the float model with its input pinned (in memory; None when the model
+    already declares that shape), so that the float model scored, the one quantized and the INT8
+    model written all declare the static shape a fixed-shape compiler takes."""
     import onnx
 
-    from ocrquant.fileio import write_bytes_atomic, write_sidecar
-    from ocrquant.onnx_shapes import declared_input_shape, pin_input_shape
+    from ocrquant.onnx_shapes import declared_input_shape
+    from ocrquant.onnx_shapes import pin_input_shape as pin
 
     loaded = onnx.load(str(model.path))
-    pinned = pin_input_shape(loaded, shape, model.path)
-    if declared_input_shape(pinned) == declared_input_shape(loaded):
-        return model
+    pinned = pin(loaded, shape, model.path)
+    return None if declared_input_shape(pinned) == declared_input_shape(loaded) else pinned
+
+
+def _write_pinned(model: ResolvedModel, task_name: str, pinned: Any, out: Path) -> ResolvedModel:
+    """The pinned model as ``<name>.fixed.onnx`` in the run folder, with a sidecar recording the task
+    and the zoo preset (the quantizer reads them when it opens the file); the framework source
+    (``--framework paddle``) stays the original."""
+    from ocrquant.fileio import write_bytes_atomic, write_sidecar
+    from ocrquant.onnx_shapes import declared_input_shape
+
     path = out / f"{model.name}.fixed.onnx"
     write_bytes_atomic(path, pinned.SerializeToString())
     side = {"task": task_name, "settings": {"task_config": model.preset}, "pinned_from": str(model.path)}

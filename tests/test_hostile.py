@@ -294,7 +294,8 @@ def _cases() -> list[Case]:
                                 ("--box-thresh", "nan")]),
         "ocr": (OCR, [("--drop-score", "1.5"), ("--cls-thresh", "-1"), ("--rec-batch", "0"), ("--threads", "100000")]),
         "run": (["run", "--task", "cls", "-m", CLS, "--out", "{o}/run"],
-                [("--limit", "-1"), ("--calib-size", "0"), ("--threads", "100000"), ("--latency-inputs", "-1")]),
+                [("--limit", "-1"), ("--calib-size", "0"), ("--threads", "100000"), ("--latency-inputs", "-1"),
+                 ("--batch-size", "0"), ("--calib-batch-size", "0")]),
         "e2e": (E2E, [("--limit", "-1"), ("--threads", "100000"), ("--drop-score", "nan")]),
         "sensitivity": (SENS, [("--val-size", "0"), ("--threads", "100000"), ("--top", "-1")]),
     }  # fmt: skip
@@ -305,6 +306,13 @@ def _cases() -> list[Case]:
     for shape in (["0", "3", "48", "192"], ["1", "3", "-5", "192"], ["1", "3", "48"]):
         c.append(Case(f"eval-input-shape-{'x'.join(shape)}", [*EVAL_DET, "--input-shape", *shape], says="input-shape"))
     c.append(Case("eval-det-input-shape-odd", [*EVAL_DET, "--input-shape", "1", "3", "33", "47"], says="input-shape"))
+    # run pins the model's input: a size the model already fixes otherwise is refused before any work
+    c.append(Case("run-input-shape-channels", ["run", "--task", "cls", "-m", CLS, "--out", "{o}/run",
+                                               "--input-shape", "1", "1", "48", "192"], says="axis 1 is fixed to 3"))
+    c.append(Case("sensitivity-input-shape-negative", [*SENS, "--input-shape", "1", "3", "-5", "192"], says="input-shape"))
+    c.append(Case("run-det-input-shape-odd", ["run", "--task", "det", "--out", "{o}/run",
+                                              "--input-shape", "1", "3", "500", "896"], says="32"))
+    c.append(Case("simulate-json-without-compare", ["simulate", "-m", CLS, "--json", "{o}/s.json"], says="--compare"))
 
     # --- tensors (npy / raw bin), names that do not exist, other runs of the chain
     # fmt: off
