@@ -41,6 +41,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ocrquant.workflow import DATA_KIND
+
 #: the vendor's own figures: Paddle float, ONNX float, quantized, test size
 SEED = {
     "det": (0.411, 0.411, 0.415, 500),
@@ -87,9 +89,6 @@ class Workflow:
         if self.framework:
             cmd += ["--framework", self.framework]
         return cmd
-
-
-DATA_KIND = {"det": "det", "cls": "rec", "rec": "rec"}
 
 
 def workflows() -> list[Workflow]:

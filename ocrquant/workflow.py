@@ -19,7 +19,7 @@ from ocrquant.evaluation import EvalResult, evaluate
 from ocrquant.evaluation.evaluate import preprocessed_inputs
 from ocrquant.fileio import file_fingerprint, read_sidecar, sha256_file, write_json_atomic, write_text_atomic
 from ocrquant.report import ReportRow, render_markdown
-from ocrquant.report.figures import SNR_SAMPLES, TaskFigures, speed_size_figure
+from ocrquant.report.figures import TaskFigures, speed_size_figure, task_figures
 from ocrquant.report.html import render_html
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.runtime.timing import interleaved_latency
@@ -141,7 +141,7 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
     out = cfg.out_dir / task_name
     # every check before anything is written: the pinned shape against the model, the sizes against
     # the task, the data folders
-    pinned = pin_input_shape(model, cfg.input_shape) if cfg.input_shape is not None else None
+    pinned = _pinned_proto(model, cfg.input_shape) if cfg.input_shape is not None else None
     shape_options = input_shape_options(task_name, cfg.input_shape)
     task_obj = build_task(task_name, model, shape_options)
     kind = DATA_KIND.get(task_name, "det")
@@ -193,17 +193,16 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
     return Quantized(model, task_obj, int8_path, test_set)
 
 
-def pin_input_shape(model: ResolvedModel, shape: tuple[int, int, int, int]) -> Any:
+def _pinned_proto(model: ResolvedModel, shape: tuple[int, int, int, int]) -> Any:
     """``--input-shape``: the float model with its input pinned (in memory; None when the model
     already declares that shape), so that the float model scored, the one quantized and the INT8
     model written all declare the static shape a fixed-shape compiler takes."""
     import onnx
 
-    from ocrquant.onnx_shapes import declared_input_shape
-    from ocrquant.onnx_shapes import pin_input_shape as pin
+    from ocrquant.onnx_shapes import declared_input_shape, pin_input_shape
 
     loaded = onnx.load(str(model.path))
-    pinned = pin(loaded, shape, model.path)
+    pinned = pin_input_shape(loaded, shape, model.path)
     return None if declared_input_shape(pinned) == declared_input_shape(loaded) else pinned
 
 
@@ -302,29 +301,6 @@ def run_task(task_name: str, cfg: RunConfig) -> tuple[ReportRow, TaskFigures | N
         float_nodes=list(sidecar.get("float_nodes", [])),
     )
     return row, task_figures(task_obj, model.path, int8_path, test_set, (f_res, q_res), out, cfg.threads)
-
-
-def task_figures(
-    task_obj: Any, float_path: Path, int8_path: Path, test_set: Any, results: tuple, out: Path, threads: int
-) -> TaskFigures:
-    """The report's pictures of one task (:mod:`ocrquant.report.figures`), drawn into ``out/figures``."""
-    from ocrquant.report.figures import gallery, snr_figure
-
-    fig_dir = out / "figures"
-    fig_dir.mkdir(exist_ok=True)
-    figures = TaskFigures(task_obj.name)
-    inputs = preprocessed_inputs(task_obj, test_set, SNR_SAMPLES)
-    figures.snr_plot, figures.worst_layers = snr_figure(float_path, int8_path, inputs, fig_dir, threads)
-    figures.disagreements, figures.gallery = gallery(
-        task_obj.name, test_set, results[0].samples, results[1].samples, fig_dir
-    )
-    search = int8_path.with_name(int8_path.stem + ".mixed.json")
-    if search.is_file():  # the budget search ran: its per-layer ranking, most sensitive first
-        rows = json.loads(search.read_text(encoding="utf-8")).get("sensitivity") or []
-        figures.sensitivity = [
-            (str(r.get("name")), float(r.get("delta_points") or r.get("snr_db") or 0.0)) for r in rows[:10]
-        ]
-    return figures
 
 
 def run_task_ncnn(task_name: str, cfg: RunConfig) -> tuple[ReportRow, TaskFigures | None]:

@@ -950,10 +950,14 @@ def sensitivity(
     json_path: str | Path | None = None,
     plot_path: str | Path | None = None,
     progress: bool = True,
+    input_shape: tuple[int, int, int, int] | None = None,
 ) -> SensitivityResult:
     """``ocrquant sensitivity``: quantize (pipeline, twice), split validation off the calibration
-    directory, score every quantized layer, write JSON/PNG if asked."""
-    from ocrquant.api import build_task, infer_task
+    directory, score every quantized layer, write JSON/PNG if asked. ``input_shape`` fixes the model
+    input for calibration and validation alike (``api.input_shape_options``)."""
+    from dataclasses import replace
+
+    from ocrquant.api import build_task, infer_task, input_shape_options
     from ocrquant.quantization import QuantConfig
     from ocrquant.zoo.resolve import resolve_model
 
@@ -964,6 +968,8 @@ def sensitivity(
         raise OcrQuantError("nothing to measure: enable the metric, the SNR or both")
     resolved = resolve_model(model)
     task_name = infer_task(resolved, task)
+    if input_shape is not None:
+        cfg = replace(cfg, task_options={**cfg.task_options, **input_shape_options(task_name, input_shape)})
     calib = open_dataset(Path(calib_data), task_name)
     val = open_dataset(Path(val_data), task_name) if val_data is not None else None
     split = split_validation(calib, cfg.calib_size, cfg.seed, val_size, val_data=val)

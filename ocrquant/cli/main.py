@@ -418,17 +418,18 @@ def run_cmd(
     # two narrow tables (accuracy, then speed and size) that fit an 80-column terminal; the report
     # files hold the full one
     with_framework = any(row.framework_metric is not None for row in rows)
+    accuracy = ACCURACY_CELLS if with_framework else tuple(i for i in ACCURACY_CELLS if i != 1)
     for title, picks in (
-        (f"accuracy (full table: {out}/report.html)", ACCURACY_CELLS),
+        (f"accuracy (full table: {out}/report.html)", accuracy),
         ("speed and size", SPEED_CELLS),
     ):
-        picks = tuple(i for i in picks if i != 1 or with_framework)
-        if rows:
-            table = Table(*(TERMINAL_HEADERS[i] for i in picks), title=title)
-            for row in rows:
-                cells = row_cells(row)
-                table.add_row(*(cells[i] for i in picks))
-            console.print(table)
+        if not rows:
+            break
+        table = Table(*(TERMINAL_HEADERS[i] for i in picks), title=title)
+        for row in rows:
+            cells = row_cells(row)
+            table.add_row(*(cells[i] for i in picks))
+        console.print(table)
     chain = json.loads((out / "report.json").read_text()).get("e2e_chain", [])
     if chain:
         ctable = Table(*CHAIN_COLUMNS, title="end-to-end chain")
@@ -437,7 +438,8 @@ def run_cmd(
         console.print(ctable)
 
 
-#: which of report.COLUMNS each terminal table of ``run`` shows (model first in both)
+#: which of report.COLUMNS each terminal table of ``run`` shows (model first in both; the framework
+#: column, 1, only when a framework was scored)
 ACCURACY_CELLS = (0, 1, 2, 3, 4, 5)
 SPEED_CELLS = (0, 6, 7, 8, 9, 10)
 TERMINAL_HEADERS = ("model", "framework", "FP32", "INT8", "delta (95% CI)", "N", "FP32 ms", "INT8 ms",

@@ -109,11 +109,6 @@ def sensitivity_cmd(
     check_threads(threads)
     READ_POLICY.strict = strict
     config = QuantConfig(target=target, calib_size=calib_size, seed=seed, method=method)
-    if input_shape is not None:
-        from ocrquant.api import infer_task, input_shape_options
-        from ocrquant.zoo.resolve import resolve_model
-
-        config.task_options = input_shape_options(infer_task(resolve_model(model), task), input_shape)
     result = sensitivity(
         model,
         task,
@@ -131,6 +126,7 @@ def sensitivity_cmd(
         work_dir=work_dir,
         json_path=json_out,
         plot_path=plot,
+        input_shape=input_shape,
     )
     v = result.validation
     base = "INT8" if result.mode == "only-float" else "FP32"

@@ -7,6 +7,7 @@ Each is a PNG in the run folder (``<task>/figures/``); :mod:`ocrquant.report.htm
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ocrquant.evaluation.evaluate import preprocessed_inputs
 from ocrquant.fileio import write_bytes_atomic
 
 log = logging.getLogger("ocrquant")
@@ -48,17 +50,31 @@ class TaskFigures:
     worst_layers: list[tuple[str, str, float]] = field(default_factory=list)  # tensor, op, SNR dB
     disagreements: int = 0  # samples where FP32 and INT8 differ (the gallery shows the first few)
     gallery: list[GalleryItem] = field(default_factory=list)
-    sensitivity: list[tuple[str, float]] = field(default_factory=list)  # layer, score (when searched)
+    #: the budget search's ranking when it ran: layer, metric delta (points), output SNR (dB)
+    sensitivity: list[tuple[str, float | None, float | None]] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "task": self.task,
-            "snr_plot": str(self.snr_plot) if self.snr_plot else None,
-            "worst_layers": self.worst_layers,
-            "disagreements": self.disagreements,
-            "gallery": [{"key": g.key, "image": str(g.image), "caption": g.caption} for g in self.gallery],
-            "sensitivity": self.sensitivity,
-        }
+
+def task_figures(
+    task: Any, float_path: Path, int8_path: Path, test_set: Any, results: tuple, out: Path, threads: int
+) -> TaskFigures:
+    """The report's pictures of one task, drawn into ``out/figures``: the SNR plot on the first
+    :data:`SNR_SAMPLES` test inputs, the gallery from the FP32 and INT8 results' samples, and the
+    budget search's ranking when its ``.mixed.json`` lies beside the INT8 model."""
+    fig_dir = out / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    figures = TaskFigures(task.name)
+    inputs = preprocessed_inputs(task, test_set, SNR_SAMPLES)
+    figures.snr_plot, figures.worst_layers = snr_figure(float_path, int8_path, inputs, fig_dir, threads)
+    figures.disagreements, figures.gallery = gallery(
+        task.name, test_set, results[0].samples, results[1].samples, fig_dir
+    )
+    search = int8_path.with_name(int8_path.stem + ".mixed.json")
+    if search.is_file():
+        rows = json.loads(search.read_text(encoding="utf-8")).get("sensitivity") or []
+        figures.sensitivity = [
+            (str(r.get("name")), r.get("delta_points"), r.get("snr_db")) for r in rows[:10]
+        ]
+    return figures
 
 
 def snr_figure(

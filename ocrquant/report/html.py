@@ -39,6 +39,10 @@ def _img(path: Path | None, cls: str, alt: str) -> str:
     return f'<img class="{cls}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def _table(columns: list[str], rows: list[list[str]], table_id: str) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
@@ -67,7 +71,8 @@ def _task_section(row: ReportRow, figures: TaskFigures | None) -> str:
         ) + "</p>")  # fmt: skip
     if figures.sensitivity:
         parts.append("<h3>Sensitivity (most sensitive first)</h3>")
-        parts.append(_table(["layer", "score"], [[n, f"{s:.3f}"] for n, s in figures.sensitivity], "sens"))
+        ranking = [[n, _number(d, "+.2f"), _number(snr, ".1f")] for n, d, snr in figures.sensitivity]
+        parts.append(_table(["layer", "metric delta (pt)", "output SNR (dB)"], ranking, "sens"))
     parts.append(
         f"<h3>Where FP32 and INT8 disagree: {figures.disagreements} of {row.test_size} test samples</h3>"
     )
