@@ -27,7 +27,8 @@ profile's three slowest INT8 nodes (``ocrquant profile``).
 
 Run (resumable: ``ocrquant run`` keeps what a run folder already holds):
   python benchmarks/seed_table.py --data ../shared/data/icdar2015 --out runs/seed
-Writes OUT/seed_table.md and OUT/seed_table.json and prints the table.
+Writes OUT/seed_table.md and OUT/seed_table.json (the host, the command, a row per workflow; read by
+``benchmarks/results.py``) and prints the table.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ocrquant.fileio import write_text_atomic
+from ocrquant.report.table import machine_description
 from ocrquant.workflow import DATA_KIND
 
 #: the vendor's own figures: Paddle float, ONNX float, quantized, test size
@@ -196,19 +199,23 @@ def main() -> None:
     parser.add_argument("--only", action="append", help="Run only these tasks (det, cls, rec).")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    host, command = machine_description(), shlex.join(["python", *sys.argv])
     results = []
     for wf in workflows():
         if args.only and wf.task not in args.only:
             continue
         row = run_workflow(wf, args.data, args.out)
-        row.update(task_kind=wf.task, method=wf.method or "default", target=wf.target)
+        row.update(
+            task_kind=wf.task, method=wf.method or "default", target=wf.target, input_shape=list(wf.shape)
+        )
         row.update(analysis(wf, row, args.data))
         if wf.task == "det" and wf.method == "kl":
             row["native_float"] = native_float(wf, args.data, args.out)
         results.append(row)
         table = markdown(results)
-        (args.out / "seed_table.json").write_text(json.dumps(results, indent=1, default=str))
-        (args.out / "seed_table.md").write_text(table)
+        summary = {"host": host, "command": command, "rows": results}
+        write_text_atomic(args.out / "seed_table.json", json.dumps(summary, indent=1, default=str))
+        write_text_atomic(args.out / "seed_table.md", table)
     print(table)
 
 

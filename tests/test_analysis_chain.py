@@ -36,6 +36,21 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return done
 
 
+def _compiles_in_plain_openvino(model, shape) -> None:
+    """The file ocrquant writes loads in OpenVINO as users call it, with no ocrquant rewrite
+    (a constant Q/DQ pair behind a Reshape, as on PP-OCRv3 rec's LayerNorm gamma, stops it unless
+    folded: ``ocrquant.onnx_qdq``)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return  # the openvino extra is optional; CI installs it
+    core = ov.Core()
+    net = core.read_model(str(model))
+    if shape:
+        net.reshape([int(d) for d in shape])
+    core.compile_model(net, "CPU")
+
+
 @pytest.mark.parametrize(("name", "task", "folder", "shape"), MODELS, ids=[m[0] for m in MODELS])
 def test_analysis_commands_run_on_the_int8_model_ocrquant_writes(name, task, folder, shape, tmp_path):
     float_model = zoo_model_path(name)
@@ -45,6 +60,7 @@ def test_analysis_commands_run_on_the_int8_model_ocrquant_writes(name, task, fol
     _cli("quantize", "-m", name, "--task", task, "--calib-data", data, "--method", "min_max",
          "--calib-size", "4", "--keep-all-int8", "-o", str(int8), *shape_args)  # fmt: skip
     assert int8.is_file() and float_model.is_file()
+    _compiles_in_plain_openvino(int8, shape)
 
     # compare: every matched layer has a finite cosine; the model output agrees with float
     report = tmp_path / "compare.json"

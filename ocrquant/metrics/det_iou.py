@@ -198,7 +198,8 @@ class DetMetric(Metric):
     # Detection ranks by the labels: half of the float model's boxes are false positives (precision
     # ~0.53 on ICDAR2015), which fidelity would treat as targets, and a box that moves but keeps
     # IoU > 0.5 with the true box counts as a change. On det, the held-out hmean tracked the test
-    # hmean across range/equalisation variants where fidelity did not (docs/quantization-findings.md).
+    # hmean across range/equalisation variants where fidelity did not (each variant's sidecar
+    # trials, `ocrquant quantize -m ppocrv3-det --method auto`, against `ocrquant eval` on det_test).
     selection: ClassVar[str] = "metric"
 
     stat_names: ClassVar[tuple[str, ...]] = ("matched", "gt_care", "det_care")

@@ -9,7 +9,7 @@ from typing import Any
 # Range method per task when none is given, measured on PP-OCRv3 with the ort-cpu defaults (det: first
 # 100 det_test images, hmean fp32 0.4376 -> min_max 0.3967, percentile 99.99 0.4184, 99.999 0.4232,
 # 99.9 0.3892, kl 0.3365: the DB maps' rare large activations waste min_max's grid; rec/cls: min_max
-# with the HardSwish floor, see docs/quantization-findings.md "library status").
+# with the HardSwish floor; `ocrquant quantize --method M` then `ocrquant eval --limit 100` per method).
 # No fixed default: which clip suits a model differs (measured: det a high percentile, cls the MSE clip),
 # and choosing it on a test set would tune to that set. "auto" picks it per model on held-out
 # calibration-side images (ocrquant/quantization/method_search.py).

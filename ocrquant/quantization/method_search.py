@@ -203,8 +203,8 @@ def quantize_auto(
         # Algorithms that help some models and hurt others: kept where the held-out criterion rises
         # and the other held-out figure does not fall. The criterion alone admitted noise: on rec,
         # distill raised fidelity by 3 crops in 2000 while label accuracy fell 0.55 pt, and the test
-        # set lost 0.48 pt with it (docs/quantization-findings.md). det's learning
-        # algorithms are judged by their held-out output loss instead (keep_learned, below).
+        # set lost 0.48 pt with it (the sidecar's ``trials``, ``ocrquant quantize -m ppocrv3-rec``).
+        # det's learning algorithms are judged by their held-out output loss instead (keep_learned, below).
         profile = get_target(config.target)
         validated = profile.task_validated_algorithms.get(task_name, profile.validated_algorithms)
         extras = [a for a in validated if a not in names and config.algorithms is None]
@@ -293,7 +293,7 @@ def keep_learned(loss_with: Any, loss_without: Any, metric_ci: dict[str, float] 
     it, unless the held-out label metric resolves a fall (its paired 95 % interval of with - without
     lies below zero). Why not the box figures alone: on det they read 60-image noise, while the dense,
     label-free output loss agreed with test fidelity over three calibration draws
-    (docs/quantization-findings.md)."""
+    (``python benchmarks/distill_draws.py --seeds 0 1 2``)."""
     falls = float(np.mean(loss_with)) < float(np.mean(loss_without))
     return falls and not (metric_ci is not None and metric_ci["high"] < 0)
 
@@ -325,7 +325,7 @@ def _warn_drop(drop_points: float, size: int, metric: str) -> None:
     every quantizable layer stays INT8; where that costs more than a point (PP-OCRv3 rec: 0.95 pt on
     2000 held-out rec_train crops, 90 % bound 1.55, 1.06 on the test set), the budget search keeps the
     few layers float that cause it at little speed cost (rec: 7 blocks, 1.88x instead of 2.03x FP32
-    speed; docs/quantization-findings.md)."""
+    speed; ``ocrquant quantize -m ppocrv3-rec --calib-data rec_train``, its ``.mixed.json``)."""
     if drop_points > DROP_WARNING_POINTS and size < BUDGET_MIN_IMAGES:
         log.warning(
             "auto: the INT8 model's %s is %.2f points below FP32 on %d held-out images, too few to "

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ocrquant.onnx_qdq import fold_constant_qdq
 from ocrquant.quantization.graph import consumers, initializers, producers, remove_nodes
 
 
@@ -132,6 +133,15 @@ def rewrite_scalar_mul(qmodel: onnx.ModelProto) -> dict[str, dict[str, Any]]:
 
 
 register_qdq_pass(QDQPass("fold_scalar_mul", rewrite_scalar_mul))
+
+# --------------------------------------------------------------------------- fold_constant_qdq
+# A Q/DQ pair on a constant behind a shape-dependent Reshape (PP-OCRv3 rec's LayerNorm gamma) stops
+# the file compiling in plain OpenVINO (ocrquant.onnx_qdq says why). Folded to the fake-quantized
+# constant it holds the same values; onnxruntime then runs that Mul in float instead of QLinearMul
+# (PP-OCRv3 rec: two Muls of 40 x 120 values per crop). Measured: `ocrquant quantize -m ppocrv3-rec`
+# then `python -c "import openvino as ov; ov.Core().compile_model('rec.int8.onnx', 'CPU')"` throws
+# without the pass and compiles with it (tests/test_runtime.py checks the written model).
+register_qdq_pass(QDQPass("fold_constant_qdq", fold_constant_qdq))
 
 
 # --------------------------------------------------------------------------- align_channels

@@ -245,7 +245,8 @@ register_target(
         # AdaRound collects each layer's input products over every calibration image, one layer at a
         # time: on PP-OCRv6 small det (736x1312 inputs, 140 images) that measured ~4 min per layer of
         # 83 on 2 cores, hours in all (and on PP-OCRv3 det it raised test fidelity 0.8971 -> 0.9176 but
-        # not hmean, 0.4192 -> 0.4162: docs/quantization-findings.md). rec/cls layers take seconds.
+        # not hmean, 0.4192 -> 0.4162: `ocrquant quantize --algorithms adaround`, `ocrquant eval`).
+        # rec/cls layers take seconds.
         # distill on rec: rejected by its own held-out check on PP-OCRv3 rec (fidelity 0.8155 -> 0.812)
         # and on PP-OCRv6 small rec (0.884 -> 0.871 after bias correction; 9.7 min of the default
         # run's 22 on 2 cores, ``ocrquant quantize -m ppocrv6-small-rec --calib-data .../rec_train``),
@@ -257,7 +258,7 @@ register_target(
         weight_dtype_without_vnni="int8p",
         # align_channels (`ocrquant bench --rounds 30`, 2 threads): cls 1.02x -> 1.18x FP32 at
         # batch 1, 0.92x -> 1.32x at batch 8
-        qdq_passes=("fold_scalar_mul", "align_channels"),
+        qdq_passes=("fold_scalar_mul", "align_channels", "fold_constant_qdq"),
     )
 )
 register_target(

@@ -141,7 +141,23 @@ def machine_description() -> str:
     except OSError:
         pass
     system = f"{platform.system()} {platform.release()}"
-    return f"{cpu}, {os.cpu_count()} cores, {system}, onnxruntime {onnxruntime.__version__}"
+    return f"{cpu}, {os.cpu_count()} cores, {int8_isa()}, {system}, onnxruntime {onnxruntime.__version__}"
+
+
+ISA_FLAGS = {"avx2": "AVX2", "avx512f": "AVX512", "avx512_vnni": "AVX512-VNNI", "avx_vnni": "AVX-VNNI",
+             "amx_int8": "AMX-INT8"}  # fmt: skip
+
+
+def int8_isa(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The x86 instruction sets that decide INT8 speed (VNNI and AMX give onnxruntime's int8 kernels
+    a dot product; AVX2 alone does not), e.g. ``"AVX2 AVX512 AVX512-VNNI"``; "unknown" off Linux."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    found = [name for flag, name in ISA_FLAGS.items() if flag in flags]
+    return " ".join(found) if found else "no AVX2"
 
 
 CHAIN_COLUMNS = [

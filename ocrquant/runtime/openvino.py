@@ -12,14 +12,10 @@ Why it is built this way:
 * **Explicit settings.** ``INFERENCE_NUM_THREADS`` from ``RuntimeOptions.threads``, performance hint
   LATENCY, one stream, no CPU pinning (as onnxruntime), and ``INFERENCE_PRECISION_HINT=f32``: on
   AMX CPUs OpenVINO would otherwise run float models in bf16, a different model from onnxruntime's.
-* **QDQ compatibility rewrite.** onnxruntime's ``quantize_static`` puts a QuantizeLinear ->
-  DequantizeLinear pair on *constants that reach an op through a shape-dependent Reshape* (PP-OCRv3
-  rec: LayerNorm gamma, ``Reshape(layer_norm.w, Slice(Shape(x)))`` -> Q -> DQ -> Mul). OpenVINO
-  constant-folds the Reshape and its low-precision pass ``MultiplyPartialTransformation`` then throws
-  ("index '0' out of range") on a Multiply whose two inputs are both dequantized. The rewrite
-  replaces such a pair by the fake-quantized float constant ``(clip(rint(w/s)+zp)-zp)*s``, which is
-  the exact value onnxruntime computes, so the model's arithmetic is unchanged; activation Q/DQ
-  pairs (the INT8 part) are left alone. It is applied only when the pattern is present.
+* **QDQ compatibility rewrite.** Constant Q/DQ pairs behind a shape-dependent Reshape (PP-OCRv3
+  rec's LayerNorm gamma) make OpenVINO's ``MultiplyPartialTransformation`` throw; the runner folds them
+  into their fake-quantized constants (:func:`ocrquant.onnx_qdq.fold_constant_qdq`, exact) when the
+  pattern is present. ocrquant's own ``ort-cpu`` models are written without it.
 """
 
 from __future__ import annotations
@@ -32,9 +28,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ocrquant.errors import OcrQuantError
+from ocrquant.onnx_qdq import fold_constant_qdq
 from ocrquant.runtime.base import Runner, RuntimeOptions, register_backend
 
 try:
@@ -43,87 +39,6 @@ except ImportError:  # the extra is optional; the runner says how to get it
     ov = None
 
 log = logging.getLogger("ocrquant")
-
-# ops that only move data: a per-tensor fake-quantization commutes with them
-_MOVE_OPS = {"Reshape", "Unsqueeze", "Squeeze", "Transpose", "Flatten", "Identity", "Expand"}
-_QRANGE = {
-    onnx.TensorProto.INT8: (-128, 127),
-    onnx.TensorProto.UINT8: (0, 255),
-    onnx.TensorProto.INT16: (-32768, 32767),
-    onnx.TensorProto.UINT16: (0, 65535),
-}
-
-
-def fold_constant_qdq(model: onnx.ModelProto) -> int:
-    """Replace Q->DQ pairs on constant-derived tensors by fake-quantized float constants, in place.
-
-    Returns how many pairs were folded. Only per-tensor pairs on a chain of data-movement ops over one
-    initializer are folded (where the result provably equals what onnxruntime computes).
-    """
-    g = model.graph
-    inits = {i.name: i for i in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    graph_outputs = {o.name for o in g.output}
-    removed: set[int] = set()
-    folded = 0
-    for q in list(g.node):
-        if q.op_type != "QuantizeLinear" or len(q.input) < 2:
-            continue
-        scale = inits.get(q.input[1])
-        zp = inits.get(q.input[2]) if len(q.input) > 2 else None
-        if scale is None or (len(q.input) > 2 and zp is None) or int(np.prod(scale.dims)) != 1:
-            continue
-        # walk up through data-movement ops, each feeding only this chain, to an initializer
-        chain: list[onnx.NodeProto] = []
-        t = q.input[0]
-        while t not in inits:
-            node = producer.get(t)
-            if node is None or node.op_type not in _MOVE_OPS or len(consumers.get(t, [])) != 1:
-                break
-            chain.append(node)
-            t = node.input[0]
-        if t not in inits:
-            continue
-        dqs = consumers.get(q.output[0], [])
-        if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs) or q.output[0] in graph_outputs:
-            continue
-        if any(d.input[1:] != q.input[1:] for d in dqs):
-            continue
-        s = float(numpy_helper.to_array(scale).reshape(()))
-        z = int(numpy_helper.to_array(zp).reshape(())) if zp is not None else 0
-        qtype = zp.data_type if zp is not None else onnx.TensorProto.UINT8
-        lo, hi = _QRANGE.get(qtype, (None, None))
-        if lo is None:
-            continue
-        w = numpy_helper.to_array(inits[t]).astype(np.float32)
-        fq = ((np.clip(np.rint(w / s) + z, lo, hi) - z) * s).astype(np.float32)
-        new_name = f"{t}__ov_fakequant{folded}"
-        g.initializer.append(numpy_helper.from_array(fq, new_name))
-        bottom = chain[-1] if chain else None
-        if bottom is not None:
-            bottom.input[0] = new_name
-            src = q.input[0]  # the chain's output now carries fake-quantized values
-        else:
-            src = new_name
-        for d in dqs:
-            for c in consumers.get(d.output[0], []):
-                for k, name in enumerate(c.input):
-                    if name == d.output[0]:
-                        c.input[k] = src
-            if d.output[0] in graph_outputs:
-                raise OcrQuantError("cannot rewrite a model whose output is a constant DequantizeLinear")
-            removed.add(id(d))
-        removed.add(id(q))
-        folded += 1
-    if removed:
-        keep = [n for n in g.node if id(n) not in removed]
-        del g.node[:]
-        g.node.extend(keep)
-    return folded
 
 
 def cpu_has_vnni() -> bool | None:
@@ -166,7 +81,7 @@ class OpenVinoRunner(Runner):
             proto = onnx.load(str(model))
         except Exception as exc:  # onnx raises DecodeError and others for a broken file
             raise OcrQuantError(f"not a readable ONNX model: {str(exc).strip()[:200]}", model) from None
-        self.rewritten = fold_constant_qdq(proto)
+        self.rewritten = len(fold_constant_qdq(proto))
         if self.rewritten:
             log.info(
                 "openvino: folded %d constant Q/DQ pairs of %s (see ocrquant.runtime.openvino)",

@@ -12,7 +12,8 @@ ranges and layout stay what calibration chose): a few parameters per channel, wh
 cannot overfit the way free weights could (learning the integers too, +-1 step, measured no better
 on held-out det_train images). Learning the activation scales as well (``learn_activations``, LSQ
 style) is an option, off by default: on det and cls it raised neither held-out nor test fidelity
-consistently (docs/quantization-findings.md).
+consistently (``ocrquant quantize --algorithms distill`` with and without
+``learn_activations``, scored by ``ocrquant compare``).
 
 Data: up to ``data_size`` inputs, the calibration pick first, then more images of the calibration
 directory (never auto's held-out images). Range calibration needs a few hundred inputs; 7912
@@ -106,7 +107,7 @@ def output_losses(model: onnx.ModelProto, inputs: list[np.ndarray], targets: lis
 
     Why: on images ``distill`` did not learn from, this says whether what it learned carries over. It
     counts every output value and needs no labels; det's held-out box figures (60 images, one box
-    ~0.4 pt) cannot resolve the change (docs/quantization-findings.md).
+    ~0.4 pt) cannot resolve the change (``python benchmarks/distill_draws.py``).
     """
     import torch
     from onnxruntime import GraphOptimizationLevel

@@ -1,9 +1,10 @@
 """Automatic float fallback: keep the few Convs float whose quantization hurts the output most.
 
 Why: after HS-CLE the remaining INT8 error of PP-OCRv3 rec is spread over many layers (no single Conv
-left float recovers more than ~1.5 points, docs/quantization-findings.md), but a small greedy set can still be
-worth its speed cost. Each float Conv costs a DQ + Q pair and the integer kernel, so the set is kept
-small (``max_layers``) and a layer is only kept float when it raises the output SQNR by ``min_gain_db``.
+left float recovers more than ~1.5 points: ``ocrquant sensitivity -m ppocrv3-rec``), but a small
+greedy set can still be worth its speed cost. Each float Conv costs a DQ + Q pair and the integer
+kernel, so the set is kept small (``max_layers``) and a layer is only kept float when it raises the
+output SQNR by ``min_gain_db``.
 
 How (stage ``plan``, calibration data only, never the test set): write the QDQ model of the current
 plan once, then build each candidate by graph surgery on that model (the candidate Conv reads the float

@@ -3,7 +3,8 @@
 Why: in PP-OCRv3 backbones (MobileNetV3 / PP-LCNet) a ``Conv -> HardSwish -> Conv`` chain carries
 channels whose ranges differ by 100x or more. Per-tensor activation quantization then spends the
 whole int8 grid on the widest channel and rounds the narrow ones to a few levels: the plain INT8 rec
-model reads nothing (accuracy 0.000 in docs/quantization-findings.md). Classic CLE (:mod:`.cle`) cannot help
+model reads nothing (accuracy 0.000: ``ocrquant quantize -m ppocrv3-rec --method min_max
+--algorithms none`` then ``ocrquant eval``). Classic CLE (:mod:`.cle`) cannot help
 because HardSwish is not positive-homogeneous (``HS(x / s) != HS(x) / s``).
 
 It can be made exact with one per-channel multiply. ``HS(x) = x * clip(x + 3, 0, 6) / 6``; with

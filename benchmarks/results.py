@@ -1,0 +1,251 @@
+"""Write ``docs/results.md``: every figure the README quotes, each table with the command that made it
+and the host it ran on.
+
+It measures nothing itself; it reads what these commands leave behind (each resumable, so running one
+again re-times only what is not saved):
+
+  python benchmarks/icdar2015.py --chain v6 --out runs/v6      # PP-OCRv6 small chain, ICDAR2015
+  python benchmarks/icdar2015.py --chain v3 --out runs/v3      # PP-OCRv3 chain, ICDAR2015
+  python benchmarks/seed_table.py --out runs/seed              # the vendor's NPU workflow
+  python benchmarks/first_command.py --out runs/first-command  # the README's first command, timed
+  python benchmarks/results.py                                 # -> docs/results.md
+
+A missing artefact leaves its section saying which command makes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from ocrquant.errors import run_script
+from ocrquant.fileio import write_text_atomic
+
+CHAIN_TITLES = {
+    "v6": "PP-OCRv6 small chain on ICDAR2015 (the embedded default's models)",
+    "v3": "PP-OCRv3 chain on ICDAR2015 (the seed's models)",
+}
+METRIC_NAMES = {"acc": "acc", "norm_edit_sim": "1-NED", "hmean": "hmean", "precision": "P", "recall": "R"}
+
+
+def pt(x: float) -> str:
+    return f"{100 * x:+.2f}"
+
+
+def recipe_text(recipe: dict) -> str:
+    """The recipe a sidecar records, short: ``mse + bias_correction``."""
+    method = recipe.get("method") or "?"
+    options = recipe.get("method_options") or {}
+    if method == "percentile" and "percentile" in options:
+        method = f"percentile {options['percentile']}"
+    algos = [a for a in recipe.get("algorithms") or [] if a not in ("hs_floor", "weight_width")]
+    return " + ".join([method, *algos])
+
+
+def accuracy_cells(rows: list[dict]) -> tuple[str, str, str]:
+    """FP32, INT8 and the deltas with their paired 95 % intervals, metrics joined by commas."""
+    shown = [r for r in rows if r["metric"] not in ("precision", "recall")] or rows
+    fp32 = ", ".join(f"{METRIC_NAMES[r['metric']]} {r['fp32']:.4f}" for r in shown)
+    int8 = ", ".join(f"{METRIC_NAMES[r['metric']]} {r['int8']:.4f}" for r in shown)
+    deltas = []
+    for r in shown:
+        ci = f" ({pt(r['low'])} to {pt(r['high'])})" if r["low"] is not None else ""
+        deltas.append(f"{METRIC_NAMES[r['metric']]} {pt(r['int8'] - r['fp32'])} pt{ci}")
+    return fp32, int8, ", ".join(deltas)
+
+
+def speed_cell(bench: list[dict]) -> str:
+    """INT8 speed-up over FP32 per benchmarked shape (``48x320 b1 1.84x, b8 2.25x``)."""
+    cells = [f"{b['shape']} {b['speedup']:.2f}x" for b in bench if b["precision"] != "fp32"]
+    return ", ".join(cells)
+
+
+def size_cell(bench: list[dict]) -> str:
+    sizes = {b["precision"]: b["size_mb"] for b in bench}
+    fp32 = sizes.get("fp32")
+    int8 = next((v for k, v in sizes.items() if k != "fp32"), None)
+    return f"{fp32:.2f} -> {int8:.2f}" if fp32 is not None and int8 is not None else ""
+
+
+def short_host(host: str) -> str:
+    """``AMD EPYC, 2 cores, AVX2 AVX512 AVX512-VNNI`` from the full machine description."""
+    return ", ".join(host.split(", ")[:3])
+
+
+def headline_rows(chain: str, folder: Path) -> list[str]:
+    """The README's results table rows for one chain: per model the primary metric FP32 -> INT8 with
+    its interval, the speed-up at batch 1 (and 8), the size, the host."""
+    path = folder / "summary.json"
+    if not path.is_file():
+        return []
+    s = json.loads(path.read_text())
+    rows = []
+    for t in s["tasks"].values():
+        primary = next(r for r in t["accuracy"] if r["low"] is not None)
+        name = METRIC_NAMES[primary["metric"]]
+        ci = f"{pt(primary['int8'] - primary['fp32'])} ({pt(primary['low'])} to {pt(primary['high'])})"
+        rows.append(
+            f"| {t['model']} | {t['test']} ({t['samples']}) | {name} {primary['fp32']:.4f} "
+            f"| {primary['int8']:.4f} | {ci} | onnxruntime: {speed_cell(t['bench'])} "
+            f"| {size_cell(t['bench'])} | {short_host(s['host'])} |"
+        )
+    return rows
+
+
+def headline_section(args: argparse.Namespace) -> list[str]:
+    rows = headline_rows("v6", args.v6) + headline_rows("v3", args.v3)
+    return [
+        "## Summary (the README's table)",
+        "",
+        "ICDAR2015 test sets, calibrated on the training sets, one INT8 model per task; from the chain "
+        "sections below.",
+        "",
+        "| model | test set | FP32 | INT8 | delta, pt (95 % interval) | INT8 speed-up over FP32 "
+        "| MiB FP32 -> INT8 | host |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
+def chain_section(chain: str, folder: Path) -> list[str]:
+    """One chain's table (per task: recipe, FP32, INT8, delta, speed, size, quantize time) and e2e."""
+    path = folder / "summary.json"
+    lines = [f"## {CHAIN_TITLES[chain]}", ""]
+    if not path.is_file():
+        command = f"python benchmarks/icdar2015.py --chain {chain} --out {folder}"
+        return [*lines, f"Not measured here: `{command}`.", ""]
+    s = json.loads(path.read_text())
+    lines += [
+        f"Command: `{s['command']}`. Host: {s['host']}; `ocrquant bench`, FP32 and INT8 interleaved, "
+        f"{s.get('threads', 2)} threads, onnxruntime spinning off. Calibrated on det_train / rec_train; "
+        "recipes chosen on held-out training images; delta = INT8 - FP32 on the test set with its paired "
+        "95 % bootstrap interval.",
+        "",
+        "| task | model, test set | recipe (`ocrquant quantize` time) | FP32 | INT8 | delta (95 % interval) "
+        "| INT8 speed-up | MiB FP32 -> INT8 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for task, t in s["tasks"].items():
+        fp32, int8, delta = accuracy_cells(t["accuracy"])
+        took = f"{t['quantize_seconds'] / 60:.1f} min" if t.get("quantize_seconds") else "time not recorded"
+        lines.append(
+            f"| {task} | {t['model']}, {t['test']} ({t['samples']}) | {recipe_text(t['recipe'])} ({took}) "
+            f"| {fp32} | {int8} | {delta} | {speed_cell(t['bench'])} | {size_cell(t['bench'])} |"
+        )
+    made = [f"{k} `{t['quantize_command']}`" for k, t in s["tasks"].items() if t.get("quantize_command")]
+    if made:
+        lines += ["", "The INT8 models: " + "; ".join(made) + "."]
+    e2e = s.get("e2e")
+    if e2e:
+        a, b = e2e["fp32"], e2e["int8"]
+        lines += [
+            "",
+            "End to end (det -> cls -> rec, det_test, ICDAR2015 word protocol, no lexicon), all FP32 -> all "
+            f"INT8: hmean {a['hmean']:.4f} -> {b['hmean']:.4f} ({pt(b['hmean'] - a['hmean'])} pt), "
+            f"precision {a['precision']:.4f} -> {b['precision']:.4f}, recall {a['recall']:.4f} -> "
+            f"{b['recall']:.4f}.",
+        ]
+    return [*lines, ""]
+
+
+def seed_section(folder: Path) -> list[str]:
+    """The vendor's NPU workflow on PP-OCRv4/v2 (Paddle) and PP-OCRv3, beside the vendor's figures."""
+    path = folder / "seed_table.json"
+    lines = ["## The vendor's NPU workflow (fixed shapes, all INT8)", ""]
+    data = json.loads(path.read_text()) if path.is_file() else None
+    if not isinstance(data, dict):  # absent, or written before the table recorded its host
+        return [*lines, f"Not measured here: `python benchmarks/seed_table.py --out {folder}`.", ""]
+    lines += [
+        f"Command: `{data['command']}` (every row is one `ocrquant run`; the script's docstring lists "
+        f"them). Host: {data['host']}. Test sets: ICDAR2015 det_test (500), rec_test (2077 crops; cls "
+        "on the first 30, as the vendor did). Simulator cosine: the integer simulator against "
+        "onnxruntime at the model output, ties to even / ties away from zero.",
+        "",
+        "| model, input | target, method | Paddle FP32 | ONNX FP32 | INT8 | delta (95 % interval) "
+        "| simulator cosine | vendor: Paddle / quantized |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    vendor = {"det": "0.411 / 0.415", "cls": "0.699 / 0.699", "rec": "0.655 / 0.649"}
+    for r in data["rows"]:
+        ci = r.get("delta_interval") or {}
+        paddle = "-" if r.get("framework_metric") is None else f"{r['framework_metric']:.4f}"
+        native = f" (native size {r['native_float']:.4f})" if "native_float" in r else ""
+        interval = f" ({pt(ci['low'])} to {pt(ci['high'])})" if ci else ""
+        shape = "x".join(str(d) for d in r.get("input_shape", []))
+        lines.append(
+            f"| {r['model']}{', ' + shape if shape else ''}, {r['test_size']} | {r['target']}, {r['method']} "
+            f"| {paddle} | {r['float_metric']:.4f}{native} | {r['int8_metric']:.4f} "
+            f"| {pt(r['delta'])}{interval} "
+            f"| {r['sim_cosine']:.4f} / {r['sim_cosine_half_away']:.4f} | {vendor[r['task_kind']]} |"
+        )
+    return [*lines, ""]
+
+
+def first_command_section(folder: Path) -> list[str]:
+    """How long the README's first command took in a fresh clone, and the table it printed."""
+    path = folder / "first_command.json"
+    lines = ["## The README's first command, in a fresh clone", ""]
+    if not path.is_file():
+        return [*lines, f"Not measured here: `python benchmarks/first_command.py --out {folder}`.", ""]
+    s = json.loads(path.read_text())
+    lines += [
+        f"Command: `{s['command']}`. Host: {s['host']}. `{s['timed']}` took "
+        f"**{s['seconds'] / 60:.1f} minutes** (venv and install included; the model cache "
+        f"{'already filled' if s['cache_filled'] else 'empty'}; extras installed: {s['extras']}).",
+        "",
+        "| model | metric | FP32 | INT8 | delta | INT8 speed-up | MiB FP32 -> INT8 | recipe |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in s["report"]["rows"]:
+        recipe = r.get("details", {}).get("quantization", "").split(";")[1:3]
+        lines.append(
+            f"| {r['model']} | {r['metric']} | {r['float_metric']:.4f} | {r['int8_metric']:.4f} "
+            f"| {pt(r['int8_metric'] - r['float_metric'])} pt | {r['speedup']:.2f}x "
+            f"| {r['float_mb']:.2f} -> {r['int8_mb']:.2f} | {';'.join(recipe).strip()} |"
+        )
+    lines += [
+        "",
+        f"On the {s['report']['rows'][0]['test_size']} synthetic samples shipped in the package: a smoke "
+        "test of the workflow, not an accuracy figure.",
+    ]
+    return [*lines, ""]
+
+
+def render(args: argparse.Namespace) -> str:
+    sections: list[Callable[[], list[str]]] = [
+        lambda: headline_section(args),
+        lambda: chain_section("v6", args.v6),
+        lambda: chain_section("v3", args.v3),
+        lambda: seed_section(args.seed),
+        lambda: first_command_section(args.first),
+    ]
+    head = [
+        "# Results",
+        "",
+        "Generated by `python benchmarks/results.py` from the artefacts of the commands named in each "
+        "section; do not edit by hand. Latency ratios compare FP32 and INT8 measured in one interleaved "
+        "run on the named host; on a shared 2-core virtual machine they move by about 0.1-0.2x between "
+        "runs, so a ratio is a measurement on that host, not a constant.",
+        "",
+    ]
+    return "\n".join(head + [line for section in sections for line in section()])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--v6", type=Path, default=Path("runs/v6"))
+    ap.add_argument("--v3", type=Path, default=Path("runs/v3"))
+    ap.add_argument("--seed", type=Path, default=Path("runs/seed"))
+    ap.add_argument("--first", type=Path, default=Path("runs/first-command"))
+    ap.add_argument("--out", type=Path, default=Path("docs/results.md"))
+    args = ap.parse_args()
+    text = render(args)
+    write_text_atomic(args.out, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    run_script(main)
