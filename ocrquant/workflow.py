@@ -64,6 +64,9 @@ class RunConfig:
     batch_size: int = 1
     #: images per calibration run (``--calib-batch-size``; 1 for a model whose batch is fixed to 1)
     calib_batch_size: int = 8
+    #: ``--int8 TASK=PATH``: an INT8 model already made (by ``ocrquant quantize`` or another tool) to
+    #: score against the float model instead of quantizing; that task needs no calibration data
+    int8: dict[str, Path] = field(default_factory=dict)
 
 
 def default_calibration_root() -> Path:
@@ -85,7 +88,7 @@ def resolve_paths(cfg: RunConfig) -> RunConfig:
     """Fill unset data/calibration paths with the embedded defaults."""
     if not cfg.data:
         cfg.data = {"det": sample_root() / "det", "rec": sample_root() / "rec"}
-    if not cfg.calib_data:
+    if not cfg.calib_data and not all(t in cfg.int8 for t in cfg.tasks if t != "e2e"):
         if cfg.data.get("det") != sample_root() / "det" and cfg.data.get("rec") != sample_root() / "rec":
             raise OcrQuantError("--calib-data is required with --data (never calibrate on the test set)")
         calib = default_calibration_root()
@@ -133,10 +136,38 @@ def _task_model(task_name: str, cfg: RunConfig) -> tuple[str, ResolvedModel, str
     return spec, model, task_name
 
 
+def given_int8(task_name: str, cfg: RunConfig) -> Quantized:
+    """The INT8 model ``--int8`` names for the task, checked (a readable, quantized ONNX file), with
+    the float model and test set it is scored against; nothing is written."""
+    from ocrquant.quantization.graph import is_quantized
+
+    if cfg.input_shape is not None:
+        raise OcrQuantError("--int8 takes the model as it is; --input-shape cannot pin it (pin it first)")
+    _, model, task_name = _task_model(task_name, cfg)
+    path = cfg.int8.get(task_name, cfg.int8.get(task_name.split("-")[0]))
+    if not path.is_file():
+        raise OcrQuantError("INT8 model not found", path)
+    try:
+        quantized = is_quantized(path)
+    except OcrQuantError:
+        raise
+    except Exception as exc:  # onnx raises DecodeError and others for a broken file
+        raise OcrQuantError(f"not a readable ONNX model: {str(exc).strip()[:200]}", path) from None
+    if not quantized:
+        raise OcrQuantError("--int8: the model has no quantization nodes (a float model?)", path)
+    task_obj = build_task(task_name, model, {})
+    test_set = open_dataset(cfg.data[DATA_KIND.get(task_name, "det")], task_name)
+    (cfg.out_dir / task_name).mkdir(parents=True, exist_ok=True)
+    return Quantized(model, task_obj, path, test_set)
+
+
 def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
-    """Quantize the task's model with its calibration set (skipped when the run directory has it)."""
+    """Quantize the task's model with its calibration set (skipped when the run directory has it, or
+    when ``--int8`` gives the INT8 model: :func:`given_int8`)."""
     from ocrquant.quantization import QuantConfig, quantize
 
+    if task_name in cfg.int8 or task_name.split("-")[0] in cfg.int8:
+        return given_int8(task_name, cfg)
     _, model, task_name = _task_model(task_name, cfg)
     out = cfg.out_dir / task_name
     # every check before anything is written: the pinned shape against the model, the sizes against
@@ -290,7 +321,9 @@ def run_task(task_name: str, cfg: RunConfig) -> tuple[ReportRow, TaskFigures | N
         (model.path.stat().st_size / 2**20, int8_path.stat().st_size / 2**20),
         {
             "nodes quantized/float per op type": _node_counts(sidecar.get("node_counts", {})),
-            "quantization": _quant_summary(sidecar.get("settings", {})),
+            "quantization": _quant_summary(sidecar.get("settings", {}))
+            if sidecar.get("settings")
+            else "given with --int8 (no ocrquant sidecar)",
             # what calibration actually read (a small set gives fewer than --calib-size)
             "calibration images": str(sidecar.get("settings", {}).get("calib_size", "?")),
             "int8 model": str(int8_path),
@@ -351,6 +384,7 @@ def run(cfg: RunConfig) -> list[ReportRow]:
         "threads": cfg.threads,
         "limit": cfg.limit,
         "max drop (points)": cfg.max_drop or None,
+        "given INT8 models": {k: str(v) for k, v in cfg.int8.items()} or None,
     }
     write_json_atomic(
         cfg.out_dir / "report.json",

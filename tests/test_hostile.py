@@ -193,6 +193,7 @@ def _cases() -> list[Case]:
             ("dump-model", ["dump", "-m", model, "--task", "cls", "-d", REC, "-o", "{o}/dump"]),
             ("simulate-model", ["simulate", "-m", model, "--task", "cls", "-d", REC]),
             ("ocr-det", ["ocr", "{w}/img/photo.jpg", "--det", model]),
+            ("run-int8", ["run", "--task", "cls", "-m", CLS, "--int8", model, "--data", REC, "--out", "{o}/run"]),
         ):  # fmt: on
             valid = cid == "info-model" and key == "five_d"  # a valid 5-D model: info describes it
             c.append(Case(f"{cid}-{key}", argv, says=says, rc=0 if valid else 2))
@@ -312,6 +313,14 @@ def _cases() -> list[Case]:
     c.append(Case("sensitivity-input-shape-negative", [*SENS, "--input-shape", "1", "3", "-5", "192"], says="input-shape"))
     c.append(Case("run-det-input-shape-odd", ["run", "--task", "det", "--out", "{o}/run",
                                               "--input-shape", "1", "3", "500", "896"], says="32"))
+    # run --int8 scores a given INT8 model: a float model there, or a pin it cannot take, is refused
+    c.append(Case("run-int8-is-float", ["run", "--task", "cls", "-m", CLS, "--int8", CLS, "--data", REC,
+                                        "--out", "{o}/run"], says="no quantization nodes"))
+    c.append(Case("run-int8-with-input-shape", ["run", "--task", "cls", "-m", CLS, "--int8", I8, "--data", REC,
+                                                "--out", "{o}/run", "--input-shape", "1", "3", "48", "192"],
+                  says="--input-shape"))
+    c.append(Case("run-int8-several-tasks-bare", ["run", "-m", f"cls={CLS}", "--int8", I8, "--out", "{o}/run"],
+                  says="--int8 TASK=VALUE"))
     c.append(Case("simulate-json-without-compare", ["simulate", "-m", CLS, "--json", "{o}/s.json"], says="--compare"))
 
     # --- tensors (npy / raw bin), names that do not exist, other runs of the chain

@@ -162,7 +162,7 @@ def test_v6_rec_int8_keeps_readings_on_held_out_train_crops(icdar: Path, tmp_pat
     """Quantize v6 small rec on 64 rec_train crops (MSE ranges, the ort-cpu defaults) and score it
     against the FP32 model on 300 other rec_train crops: every Conv and MatMul is INT8 and the readings
     mostly agree. The bound is loose for 300 crops and 64 calibration crops; the full-size figures are
-    `benchmarks/ppocrv6.py`'s."""
+    `python benchmarks/icdar2015.py --chain v6`'s (docs/results.md)."""
     from ocrquant.data.types import Dataset
     from ocrquant.evaluation import evaluate
     from ocrquant.evaluation.evaluate import fidelity

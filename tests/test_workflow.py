@@ -36,6 +36,18 @@ def test_run_writes_report_and_resumes(cls_model: Path, tmp_path: Path) -> None:
     assert int8.stat().st_mtime_ns == stamp  # the quantize step was found done, not redone
     assert json.loads((out / "report.json").read_text())["rows"][0]["int8_metric"] == row["int8_metric"]
 
+    # --int8 scores a model made before (here the one just written) instead of quantizing: the same
+    # figures, no calibration, the given file untouched
+    given = tmp_path / "run-given"
+    third = CliRunner().invoke(app, ["run", "--task", "cls", "-m", str(model), "--int8", str(int8),
+                                     "--latency-inputs", "2", "--limit", "24", "-o", str(given)])  # fmt: skip
+    assert third.exit_code == 0, third.output
+    (again,) = json.loads((given / "report.json").read_text())["rows"]
+    assert again["int8_metric"] == row["int8_metric"] and again["float_metric"] == row["float_metric"]
+    assert again["details"]["quantization"].startswith("target ort-cpu; method min_max")  # its sidecar
+    assert not (given / "cls" / "quantize.key.json").exists()
+    assert int8.stat().st_mtime_ns == stamp
+
 
 def test_run_with_a_budget_searches_on_held_out_images(cls_model: Path, tmp_path: Path) -> None:
     model = tmp_path / "cls.onnx"

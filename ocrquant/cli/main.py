@@ -298,6 +298,20 @@ def _budgets(values: list[str] | None, tasks: list[str]) -> dict[str, float]:
     return out
 
 
+def _task_values(values: list[str] | None, tasks: list[str], option: str) -> dict[str, str]:
+    """``TASK=VALUE`` pairs, or one bare VALUE when a single task runs."""
+    out: dict[str, str] = {}
+    for value in values or []:
+        if "=" in value and value.split("=", 1)[0] in ("det", "cls", "rec", "det-craft"):
+            k, v = value.split("=", 1)
+            out[k] = v
+        elif len(tasks) == 1:
+            out[tasks[0]] = value
+        else:
+            raise OcrQuantError(f"{option} {value}: with several tasks write {option} TASK=VALUE")
+    return out
+
+
 @app.command("run")
 def run_cmd(
     task: Annotated[
@@ -366,6 +380,14 @@ def run_cmd(
             min=1,
         ),
     ] = 8,
+    int8: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--int8",
+            help="TASK=INT8.onnx or INT8.onnx (one task): score this INT8 model (from `ocrquant quantize` "
+            "or another tool) against the float model instead of quantizing; no calibration data needed.",
+        ),
+    ] = None,
 ) -> None:
     """The whole workflow: quantize, evaluate float and INT8, write report.md and report.json.
 
@@ -376,19 +398,16 @@ def run_cmd(
     from ocrquant.workflow import RunConfig, run
 
     tasks = task or (["det"] if backend == "ncnn" else ["det", "cls", "rec"])
-    models: dict[str, str] = {}
-    for value in model or []:
-        if "=" in value and value.split("=", 1)[0] in ("det", "cls", "rec", "det-craft"):
-            k, v = value.split("=", 1)
-            models[k] = v
-        elif len(tasks) == 1:
-            models[tasks[0]] = value
-        else:
-            raise OcrQuantError(f"--model {value}: with several tasks write --model TASK=MODEL")
+    models = _task_values(model, tasks, "--model")
+    int8_paths = {k: Path(v) for k, v in _task_values(int8, tasks, "--int8").items()}
+    if int8_paths and backend != "onnxruntime":
+        raise OcrQuantError(f"--int8 scores an ONNX INT8 model; --backend {backend} makes its own")
     data_paths = _kind_paths(data, tasks, "--data")
     calib_paths = _kind_paths(calib_data, tasks, "--calib-data")
     guard_outputs(
-        list(models.values()), folders=[out], datasets=[*data_paths.values(), *calib_paths.values()]
+        [*models.values(), *map(str, int8_paths.values())],
+        folders=[out],
+        datasets=[*data_paths.values(), *calib_paths.values()],
     )
     check_threads(threads)
     from ocrquant.data import READ_POLICY
@@ -413,6 +432,7 @@ def run_cmd(
         input_shape=input_shape,
         batch_size=batch_size,
         calib_batch_size=calib_batch_size,
+        int8=int8_paths,
     )
     rows = run(cfg)
     # two narrow tables (accuracy, then speed and size) that fit an 80-column terminal; the report
