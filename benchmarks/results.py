@@ -7,6 +7,7 @@ again re-times only what is not saved):
   python benchmarks/icdar2015.py --chain v6 --out runs/v6      # PP-OCRv6 small chain, ICDAR2015
   python benchmarks/icdar2015.py --chain v3 --out runs/v3      # PP-OCRv3 chain, ICDAR2015
   python benchmarks/seed_table.py --out runs/seed              # the vendor's NPU workflow
+  python benchmarks/speed.py                                   # per backend, batch 1 and 8
   python benchmarks/first_command.py --out runs/first-command  # the README's first command, timed
   python benchmarks/results.py                                 # -> docs/results.md
 
@@ -184,6 +185,37 @@ def seed_section(folder: Path) -> list[str]:
     return [*lines, ""]
 
 
+def speed_section(path: Path) -> list[str]:
+    """Latency per model, precision and backend as ratios to onnxruntime FP32 (benchmarks/speed.py)."""
+    lines = ["## Speed by backend (ratio to onnxruntime FP32)", ""]
+    if not path.is_file():
+        return [*lines, "Not measured here: `python benchmarks/speed.py`.", ""]
+    s = json.loads(path.read_text())
+    backends = sorted({r["backend"] for rows in s["chains"].values() for r in rows if "backend" in r})
+    columns = [(p, b) for b in backends for p in ("fp32", "int8") if (p, b) != ("fp32", "onnxruntime")]
+    lines += [
+        f"Command: `{s['command']}`. Host: {s['host']}. One interleaved loop per model pair, "
+        f"{s['threads']} threads, {s['rounds']} rounds, median per call; onnxruntime spinning off, "
+        "OpenVINO with static shapes and an f32 precision hint. INT8 = the models of the chain "
+        "sections above.",
+        "",
+        "| model | input | FP32 onnxruntime ms | " + " | ".join(f"{p.upper()} {b}" for p, b in columns) + "|",
+        "|---|---|---|" + "---|" * len(columns),
+    ]
+    for rows in s["chains"].values():
+        timed = [r for r in rows if "backend" in r]
+        for key in dict.fromkeys((r["model"], r["shape"]) for r in timed):
+            cell = {(r["precision"], r["backend"]): r for r in timed if (r["model"], r["shape"]) == key}
+            base = cell.get(("fp32", "onnxruntime"))
+            cells = [f"{cell[c]['vs_ort_fp32']:.2f}x" if c in cell else "-" for c in columns]
+            lines.append(f"| {key[0]} | {key[1]} | {base['median_ms']:.2f} | " + " | ".join(cells) + " |")
+        for r in rows:
+            if "unsupported" in r:
+                u = r["unsupported"]
+                lines.append(f"\n{u['model']} on {u['backend']}: not run ({u['reason']}).")
+    return [*lines, ""]
+
+
 def first_command_section(folder: Path) -> list[str]:
     """How long the README's first command took in a fresh clone, and the table it printed."""
     path = folder / "first_command.json"
@@ -219,6 +251,7 @@ def render(args: argparse.Namespace) -> str:
         lambda: headline_section(args),
         lambda: chain_section("v6", args.v6),
         lambda: chain_section("v3", args.v3),
+        lambda: speed_section(args.speed),
         lambda: seed_section(args.seed),
         lambda: first_command_section(args.first),
     ]
@@ -240,6 +273,7 @@ def main() -> None:
     ap.add_argument("--v3", type=Path, default=Path("runs/v3"))
     ap.add_argument("--seed", type=Path, default=Path("runs/seed"))
     ap.add_argument("--first", type=Path, default=Path("runs/first-command"))
+    ap.add_argument("--speed", type=Path, default=Path("runs/speed/speed.json"))
     ap.add_argument("--out", type=Path, default=Path("docs/results.md"))
     args = ap.parse_args()
     text = render(args)
