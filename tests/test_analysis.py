@@ -284,6 +284,21 @@ def test_profile_times_nodes_and_counts_macs(models):
     assert result.hints == [] and len(q.hints) == 1 and "(8; e.g. dw)" in q.hints[0]
 
 
+def test_profile_in_openvino_says_which_layers_ran_in_integers(models):
+    pytest.importorskip("openvino", reason="openvino extra not installed (pip install 'ocrquant[openvino]')")
+    from ocrquant.analysis.profile import PROFILERS
+
+    fp, qp = models
+    f = PROFILERS["openvino"](fp, _inputs(2), runs=2, threads=1)
+    q = PROFILERS["openvino"](qp, _inputs(2), runs=2, threads=1)
+    assert f.settings["backend"] == "openvino" and sum(n.share for n in q.nodes) == pytest.approx(1.0)
+    convs = [n for n in q.nodes if "Convolution" in n.op_type]
+    assert convs and all(n.kernel for n in convs)
+    # the QDQ model's convolutions run in 8-bit integers, the float model's in f32
+    assert {n.precision for n in convs} <= {"i8", "u8"}
+    assert {n.precision for n in f.nodes if "Convolution" in n.op_type} == {"f32"}
+
+
 @pytest.mark.parametrize(
     "model,task,shape",
     [

@@ -321,6 +321,7 @@ def _cases() -> list[Case]:
                   says="--input-shape"))
     c.append(Case("run-int8-several-tasks-bare", ["run", "-m", f"cls={CLS}", "--int8", I8, "--out", "{o}/run"],
                   says="--int8 TASK=VALUE"))
+    c.append(Case("profile-unknown-backend", [*PROFILE, "--backend", "tflite"], says="--backend tflite"))
     c.append(Case("simulate-json-without-compare", ["simulate", "-m", CLS, "--json", "{o}/s.json"], says="--compare"))
 
     # --- tensors (npy / raw bin), names that do not exist, other runs of the chain

@@ -41,6 +41,9 @@ class NodeTime:
     share: float
     macs: int | None = None
     params: int | None = None
+    #: the precision the layer ran in, where the runtime says (OpenVINO's kernel name: i8, u8, f32, bf16)
+    precision: str | None = None
+    kernel: str | None = None
 
 
 @dataclass
@@ -182,6 +185,74 @@ def profile_model(
         {"optimization": optimization, "threads": threads, "warmup": warmup},
         kernel_hints(model),
     )
+
+
+def _precision(exec_type: str) -> str | None:
+    """``jit_avx512_I8`` -> ``i8``; ``brgconv_avx512_FP32`` -> ``f32``; None where the name says none."""
+    m = re.search(r"(?:^|_)(I8|U8|FP32|F32|BF16|FP16|F16|I32)$", exec_type, flags=re.IGNORECASE)
+    if not m:
+        return None
+    return {"fp32": "f32", "fp16": "f16"}.get(m.group(1).lower(), m.group(1).lower())
+
+
+def profile_openvino(
+    model_path: str | Path,
+    inputs: Sequence[np.ndarray],
+    *,
+    runs: int | None = None,
+    warmup: int = 1,
+    threads: int = 0,
+    optimization: str = "all",
+) -> ProfileResult:
+    """Profile ``model_path`` in OpenVINO (CPU plugin, the settings of ocrquant's OpenVINO runner) from
+    its per-layer performance counters. OpenVINO fuses the graph its own way, so its layers are its
+    nodes (a Conv with its fused activation and requantization is one); each layer's kernel name
+    says the precision it ran in, which is what tells whether a QDQ model runs in integers there.
+    ``optimization`` is onnxruntime's and is ignored."""
+    from ocrquant.runtime.base import RuntimeOptions
+    from ocrquant.runtime.openvino import OpenVinoRunner
+
+    model = load_model(model_path)
+    runs = runs or len(inputs)
+    runner = OpenVinoRunner(Path(model_path), RuntimeOptions(threads=threads, profile=True))
+    name = runner.input_names[0]
+    per_node: dict[str, list] = defaultdict(lambda: ["", "", 0.0])
+    for i in range(warmup + runs):
+        runner.run({name: inputs[i % len(inputs)]})
+        if i < warmup:
+            continue
+        for info in runner.profiling_info():
+            if str(info.status).endswith("NOT_RUN") or str(info.status).endswith("OPTIMIZED_OUT"):
+                continue
+            entry = per_node[info.node_name]
+            entry[0], entry[1] = info.node_type, info.exec_type
+            entry[2] += info.real_time.total_seconds() * 1000.0
+    costs = layer_costs(model, {name: list(inputs[0].shape)})
+    total = sum(v[2] for v in per_node.values()) / runs or 1e-12
+    nodes = []
+    for node, (op, kernel, ms) in per_node.items():
+        cost = costs.get(node) or costs.get(_base_name(node))
+        nodes.append(
+            NodeTime(node, op, ms / runs, ms / runs / total, *(cost if cost else (None, None)),
+                     precision=_precision(kernel), kernel=kernel)  # fmt: skip
+        )
+    nodes.sort(key=lambda n: -n.ms)
+    agg: dict[str, list] = defaultdict(lambda: [0, 0.0])
+    for n in nodes:
+        agg[n.op_type][0] += 1
+        agg[n.op_type][1] += n.ms
+    by_op = sorted(((op, c, ms, ms / total) for op, (c, ms) in agg.items()), key=lambda r: -r[2])
+    qdq = sum(ms for op, _, ms, _ in by_op if op in ("FakeQuantize", *QDQ_TIME_OPS)) / total
+    unique = {k: costs[k] for k in (n.name or n.output[0] for n in model.graph.node) if k in costs}
+    return ProfileResult(
+        str(model_path), runs, total, nodes, by_op, qdq,
+        sum(c[0] for c in unique.values()), sum(c[1] for c in unique.values()),
+        {"backend": "openvino", "threads": threads, "warmup": warmup, "config": runner.config},
+    )  # fmt: skip
+
+
+#: ``ocrquant profile --backend NAME``
+PROFILERS = {"onnxruntime": profile_model, "openvino": profile_openvino}
 
 
 def kernel_hints(model: onnx.ModelProto) -> list[str]:

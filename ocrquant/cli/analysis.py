@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -412,36 +413,55 @@ def profile_cmd(
     input_shape: ShapeOpt = None,
     threads: ThreadsOpt = 0,
     strict: StrictOpt = False,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="onnxruntime (its profiler) or openvino (its performance counters: each layer's kernel "
+            "and the precision it ran in)."
+        ),
+    ] = "onnxruntime",
 ) -> None:
-    """Per-node and per-op-type latency (onnxruntime profiler), MACs and parameters per layer."""
+    """Per-node and per-op-type latency, MACs and parameters per layer (and, in OpenVINO, the
+    precision each layer ran in)."""
     from dataclasses import asdict
 
-    from ocrquant.analysis.profile import profile_model
+    from ocrquant.analysis.profile import PROFILERS
     from ocrquant.fileio import write_json_atomic
 
+    if backend not in PROFILERS:
+        raise OcrQuantError(f"--backend {backend}: profile knows {', '.join(PROFILERS)}")
     guard_outputs([model, compare], files=[json_out], datasets=[data])
     check_threads(threads)
     _, arrays = _inputs(model, data, task, limit, input_shape, strict)
     paths = [_model_path(model)] + ([compare] if compare else [])
-    results = [profile_model(p, arrays, runs=runs, threads=threads, optimization=optimization) for p in paths]
+    profile = PROFILERS[backend]
+    results = [profile(p, arrays, runs=runs, threads=threads, optimization=optimization) for p in paths]
     for res in results:
         t = Table(
             title=f"{Path(res.model).name}: {res.total_ms:.2f} ms/run in nodes, "
             f"{res.total_macs / 1e9:.3f} GMAC, "
             f"{res.total_params / 1e6:.3f} M params, Q/DQ share {res.qdq_share:.1%}"
         )
-        for col in ("node", "op", "ms", "share", "MMAC", "params"):
-            t.add_column(col, justify="left" if col in ("node", "op") else "right")
+        with_precision = any(n.precision for n in res.nodes)
+        columns = ("node", "op", *(("precision",) if with_precision else ()), "ms", "share", "MMAC", "params")
+        for col in columns:
+            t.add_column(col, justify="left" if col in ("node", "op", "precision") else "right")
         for n in res.nodes[:top]:
             t.add_row(
                 n.name,
                 n.op_type,
+                *((n.precision or "-",) if with_precision else ()),
                 f"{n.ms:.3f}",
                 f"{n.share:.1%}",
                 "-" if n.macs is None else f"{n.macs / 1e6:.2f}",
                 "-" if n.params is None else str(n.params),
             )
         console.print(t)
+        if with_precision:
+            ran = defaultdict(float)
+            for n in res.nodes:
+                ran[n.precision or "other"] += n.share
+            console.print("time by precision: " + ", ".join(f"{p} {s:.1%}" for p, s in sorted(ran.items())))
         ops = Table(title="per op type")
         for col in ("op", "nodes", "ms", "share"):
             ops.add_column(col, justify="left" if col == "op" else "right")

@@ -115,6 +115,8 @@ class OpenVinoRunner(Runner):
         }
         if self.options.threads:
             cfg["INFERENCE_NUM_THREADS"] = self.options.threads
+        if self.options.profile:
+            cfg["PERF_COUNT"] = True  # per-layer times and the kernel each layer ran (profiling_info)
         return cfg
 
     @property
@@ -160,4 +162,14 @@ class OpenVinoRunner(Runner):
         arrays = [np.ascontiguousarray(feeds[n]) for n in self._inputs]
         request = self._request(tuple(tuple(int(d) for d in a.shape) for a in arrays))
         request.infer(dict(enumerate(arrays)))
+        self._last = request
         return [request.get_output_tensor(i).data.copy() for i in range(len(self._outputs))]
+
+    def profiling_info(self) -> list[Any]:
+        """OpenVINO's per-layer record of the last call (``RuntimeOptions(profile=True)``): each item has
+        ``node_name``, ``node_type``, ``exec_type`` (the kernel, e.g. ``jit_avx512_amx_I8``, which names
+        the precision it ran in), ``real_time`` and ``status``."""
+        if not self.options.profile:
+            raise OcrQuantError("profiling_info needs RuntimeOptions(profile=True)", self.path)
+        last = getattr(self, "_last", None)
+        return list(last.profiling_info) if last is not None else []
