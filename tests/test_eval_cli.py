@@ -56,6 +56,17 @@ def test_eval_resumes_from_partial(tmp_path: Path) -> None:
     assert resumed.metrics == full.metrics
 
 
+def test_a_finished_evaluation_is_reused_only_with_the_same_settings(tmp_path: Path) -> None:
+    out = tmp_path / "cls.json"
+    first = eval_model("ppocrv3-cls", sample_root() / "rec", limit=12, output=out, progress=False)
+    stamp = out.stat().st_mtime_ns
+    again = eval_model("ppocrv3-cls", sample_root() / "rec", limit=12, output=out, progress=False)
+    assert out.stat().st_mtime_ns == stamp  # nothing evaluated, nothing rewritten
+    assert again.metrics == first.metrics and again.timing == first.timing
+    other = eval_model("ppocrv3-cls", sample_root() / "rec", limit=10, output=out, progress=False)
+    assert other.count == 10 and other.timing["images_evaluated_now"] == 10  # a setting changed
+
+
 def test_batched_rec_close_to_batch_one() -> None:
     one = eval_model("ppocrv3-rec", sample_root() / "rec", progress=False)
     eight = eval_model("ppocrv3-rec", sample_root() / "rec", batch_size=8, progress=False)

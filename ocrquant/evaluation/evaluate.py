@@ -178,6 +178,22 @@ def preprocessed_inputs(task: Task, dataset: Dataset, n: int) -> list[np.ndarray
     return [task.preprocess([image]).inputs for _, image in readable_images(dataset.samples[: max(n, 1)])]
 
 
+def _finished_result(output: Path | None, settings: dict[str, Any]) -> EvalResult | None:
+    """The complete evaluation already at ``output`` when it was made with exactly these settings
+    (the model file's sha256, the resolved data folder and its listing included: :func:`resume_key`),
+    so running a finished command again gives its result without evaluating anything; None otherwise."""
+    if output is None or not output.is_file():
+        return None
+    try:
+        done = EvalResult.read(output)
+    except OcrQuantError:  # unreadable: evaluate again and replace it
+        return None
+    if done.settings != json.loads(json.dumps(settings, default=str)):
+        return None
+    log.info("evaluated already with the same model, data and settings: %s", output)
+    return done
+
+
 def _what_changed(old: Any, new: dict[str, Any]) -> str:
     """Which settings differ between a partial log and this run, in words."""
     if not isinstance(old, dict):
@@ -234,6 +250,11 @@ def evaluate(
         "primary_metric": metric_probe.primary,
         **(extra_settings or {}),
     }
+    finished = _finished_result(output, settings)
+    if finished is not None:
+        if not keep_samples:
+            finished.samples = []
+        return finished
     partial = PartialLog(output.with_suffix(".partial.jsonl") if output else None, settings)
     todo = [s for s in samples if s.key not in partial.done]
     input_name = runner.input_names[0]
