@@ -183,6 +183,9 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
     out.mkdir(parents=True, exist_ok=True)
     if pinned is not None:
         model = _write_pinned(model, task_name, pinned, out)
+        # the pinned file's static size decides the preprocessing (rec squeezes long crops into the
+        # fixed width instead of widening the batch, which the pinned model would refuse)
+        task_obj = build_task(task_name, model, shape_options)
     int8_path = out / f"{model.name}.int8.onnx"
     qcfg = QuantConfig(
         target=cfg.target, calib_size=cfg.calib_size, batch_size=cfg.calib_batch_size, **cfg.extra_quant

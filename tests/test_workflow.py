@@ -134,3 +134,6 @@ def test_run_with_an_input_shape_scores_and_quantizes_the_pinned_model(tmp_path:
     assert any(p.key == "character" for p in onnx.load(str(pinned)).metadata_props)
     (row,) = json.loads((out / "report.json").read_text())["rows"]
     assert row["test_size"] == 16 and row["float_metric"] > 0.5
+    # long crops are squeezed into the pinned width, as the pinned model cannot take a wider batch
+    for name in ("eval_float.json", "eval_int8.json"):
+        assert json.loads((out / "rec" / name).read_text())["settings"]["task_config"]["fixed_width"]
