@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -155,7 +156,7 @@ def main() -> None:
     host = machine_description()
     print(f"host: {host} | VNNI/AMX int8 dot product: {cpu_has_vnni()}")
     summary: dict = {"host": host, "chain": args.chain, "command": " ".join(["python", *sys.argv]),
-                     "threads": 2, "tasks": {}}  # fmt: skip
+                     "threads": 2, "load_average": [os.getloadavg()[0]], "tasks": {}}  # fmt: skip
     int8_paths: dict[str, Path] = {}
     for task in args.tasks:
         int8_paths[task], summary["tasks"][task] = task_summary(args.chain, task, args)
@@ -171,6 +172,7 @@ def main() -> None:
             )  # fmt: skip
             summary["e2e"][label] = res.metrics
             print(f"  {label:14} {json.dumps(res.metrics)}")
+    summary["load_average"].append(os.getloadavg()[0])  # other work on the CPU, at start and end
     write_json_atomic(args.out / "summary.json", summary)
     print(f"\nwrote {args.out / 'summary.json'}")
 

@@ -31,6 +31,15 @@ CHAIN_TITLES = {
 METRIC_NAMES = {"acc": "acc", "norm_edit_sim": "1-NED", "hmean": "hmean", "precision": "P", "recall": "R"}
 
 
+def load_text(s: dict) -> str:
+    """The 1-minute load average the script saw at its start and end: above the thread count, other
+    work shared the CPU and latencies are slower, their ratios noisier."""
+    load = s.get("load_average")
+    if not load:
+        return ""
+    return f" Load average (1 min) at start / end: {' / '.join(f'{x:.1f}' for x in load)}."
+
+
 def pt(x: float) -> str:
     return f"{100 * x:+.2f}"
 
@@ -75,6 +84,13 @@ def short_host(host: str) -> str:
     return ", ".join(host.split(", ")[:3])
 
 
+def given_or_default(t: dict) -> str:
+    """Whether the task's INT8 model came from ``ocrquant quantize``'s defaults or from a recipe given
+    on its command line."""
+    command = t.get("quantize_command") or ""
+    return "recipe given" if "--method" in command or "--algorithms" in command else "defaults"
+
+
 def headline_rows(chain: str, folder: Path) -> list[str]:
     """The README's results table rows for one chain: per model the primary metric FP32 -> INT8 with
     its interval, the speed-up at batch 1 (and 8), the size, the host."""
@@ -87,8 +103,9 @@ def headline_rows(chain: str, folder: Path) -> list[str]:
         primary = next(r for r in t["accuracy"] if r["low"] is not None)
         name = METRIC_NAMES[primary["metric"]]
         ci = f"{pt(primary['int8'] - primary['fp32'])} ({pt(primary['low'])} to {pt(primary['high'])})"
+        model = t["model"] if given_or_default(t) == "defaults" else f"{t['model']} (recipe given)"
         rows.append(
-            f"| {t['model']} | {t['test']} ({t['samples']}) | {name} {primary['fp32']:.4f} "
+            f"| {model} | {t['test']} ({t['samples']}) | {name} {primary['fp32']:.4f} "
             f"| {primary['int8']:.4f} | {ci} | onnxruntime: {speed_cell(t['bench'])} "
             f"| {size_cell(t['bench'])} | {short_host(s['host'])} |"
         )
@@ -100,11 +117,11 @@ def headline_section(args: argparse.Namespace) -> list[str]:
     return [
         "## Summary (the README's table)",
         "",
-        "ICDAR2015 test sets, calibrated on the training sets, one INT8 model per task; from the chain "
-        "sections below.",
+        "ICDAR2015 test sets, calibrated on the training sets, one INT8 model per task (`ocrquant quantize` "
+        "defaults unless the row says the recipe was given); from the chain sections below.",
         "",
         "| model | test set | FP32 | INT8 | delta, pt (95 % interval) | INT8 speed-up over FP32 "
-        "| MiB FP32 -> INT8 | host |",
+        "| MB FP32 -> INT8 | host |",
         "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
@@ -121,17 +138,19 @@ def chain_section(chain: str, folder: Path) -> list[str]:
     s = json.loads(path.read_text())
     lines += [
         f"Command: `{s['command']}`. Host: {s['host']}; `ocrquant bench`, FP32 and INT8 interleaved, "
-        f"{s.get('threads', 2)} threads, onnxruntime spinning off. Calibrated on det_train / rec_train; "
+        f"{s.get('threads', 2)} threads, onnxruntime spinning off.{load_text(s)} Calibrated on det_train / "
+        "rec_train; "
         "recipes chosen on held-out training images; delta = INT8 - FP32 on the test set with its paired "
         "95 % bootstrap interval.",
         "",
         "| task | model, test set | recipe (`ocrquant quantize` time) | FP32 | INT8 | delta (95 % interval) "
-        "| INT8 speed-up | MiB FP32 -> INT8 |",
+        "| INT8 speed-up | MB FP32 -> INT8 |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for task, t in s["tasks"].items():
         fp32, int8, delta = accuracy_cells(t["accuracy"])
         took = f"{t['quantize_seconds'] / 60:.1f} min" if t.get("quantize_seconds") else "time not recorded"
+        took = f"{given_or_default(t)}, {took}"
         lines.append(
             f"| {task} | {t['model']}, {t['test']} ({t['samples']}) | {recipe_text(t['recipe'])} ({took}) "
             f"| {fp32} | {int8} | {delta} | {speed_cell(t['bench'])} | {size_cell(t['bench'])} |"
@@ -141,7 +160,8 @@ def chain_section(chain: str, folder: Path) -> list[str]:
         lines += ["", "The INT8 models: " + "; ".join(made) + "."]
     e2e = s.get("e2e")
     if e2e:
-        a, b = e2e["fp32"], e2e["int8"]
+        # eval_e2e keys its figures by lexicon; the chain runs with none
+        a, b = (e2e[k].get("none", e2e[k]) for k in ("fp32", "int8"))
         lines += [
             "",
             "End to end (det -> cls -> rec, det_test, ICDAR2015 word protocol, no lexicon), all FP32 -> all "
@@ -196,8 +216,8 @@ def speed_section(path: Path) -> list[str]:
     lines += [
         f"Command: `{s['command']}`. Host: {s['host']}. One interleaved loop per model pair, "
         f"{s['threads']} threads, {s['rounds']} rounds, median per call; onnxruntime spinning off, "
-        "OpenVINO with static shapes and an f32 precision hint. INT8 = the models of the chain "
-        "sections above.",
+        f"OpenVINO with static shapes and an f32 precision hint.{load_text(s)} INT8 = the models of the "
+        "chain sections above.",
         "",
         "| model | input | FP32 onnxruntime ms | " + " | ".join(f"{p.upper()} {b}" for p, b in columns) + "|",
         "|---|---|---|" + "---|" * len(columns),
@@ -228,7 +248,7 @@ def first_command_section(folder: Path) -> list[str]:
         f"**{s['seconds'] / 60:.1f} minutes** (venv and install included; the model cache "
         f"{'already filled' if s['cache_filled'] else 'empty'}; extras installed: {s['extras']}).",
         "",
-        "| model | metric | FP32 | INT8 | delta | INT8 speed-up | MiB FP32 -> INT8 | recipe |",
+        "| model | metric | FP32 | INT8 | delta | INT8 speed-up | MB FP32 -> INT8 | recipe |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in s["report"]["rows"]:

@@ -16,6 +16,7 @@ with the backend's one-line reason instead of a time.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -71,10 +72,11 @@ def main() -> None:
     host = machine_description()
     print(f"host: {host}")
     result = {"host": host, "command": " ".join(["python", *sys.argv]), "threads": args.threads,
-              "rounds": args.rounds, "chains": {}}  # fmt: skip
+              "rounds": args.rounds, "load_average": [os.getloadavg()[0]], "chains": {}}  # fmt: skip
     for chain in args.chains:
         print(f"\n{chain}:")
         result["chains"][chain] = chain_rows(chain, args)
+    result["load_average"].append(os.getloadavg()[0])  # other work on the CPU, at start and end
     write_json_atomic(args.out, result)
     print(f"\nwrote {args.out}")
 
