@@ -49,9 +49,11 @@ def main() -> None:
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone / "ocrquant")], check=True)
         print(f"$ {command}   (in {clone / 'ocrquant'})", flush=True)
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+        load = [os.getloadavg()[0]]  # other work on the CPU, at start and end
         start = time.perf_counter()
         subprocess.run(["bash", "-c", command], cwd=clone / "ocrquant", env=env, check=True)
         seconds = time.perf_counter() - start
+        load.append(os.getloadavg()[0])
         report = (clone / "ocrquant" / "runs/latest/report.json").read_text(encoding="utf-8")
     finally:
         if not args.keep:

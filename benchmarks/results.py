@@ -31,6 +31,11 @@ CHAIN_TITLES = {
 METRIC_NAMES = {"acc": "acc", "norm_edit_sim": "1-NED", "hmean": "hmean", "precision": "P", "recall": "R"}
 
 
+def relative(command: str) -> str:
+    """A recorded command with this checkout's parent folder written as ``..`` (as a reader types it)."""
+    return command.replace(str(Path.cwd().resolve().parent) + "/", "../")
+
+
 def load_text(s: dict) -> str:
     """The 1-minute load average the script saw at its start and end: above the thread count, other
     work shared the CPU and latencies are slower, their ratios noisier."""
@@ -155,7 +160,9 @@ def chain_section(chain: str, folder: Path) -> list[str]:
             f"| {task} | {t['model']}, {t['test']} ({t['samples']}) | {recipe_text(t['recipe'])} ({took}) "
             f"| {fp32} | {int8} | {delta} | {speed_cell(t['bench'])} | {size_cell(t['bench'])} |"
         )
-    made = [f"{k} `{t['quantize_command']}`" for k, t in s["tasks"].items() if t.get("quantize_command")]
+    made = [
+        f"{k} `{relative(t['quantize_command'])}`" for k, t in s["tasks"].items() if t.get("quantize_command")
+    ]
     if made:
         lines += ["", "The INT8 models: " + "; ".join(made) + "."]
     e2e = s.get("e2e")
@@ -246,7 +253,8 @@ def first_command_section(folder: Path) -> list[str]:
     lines += [
         f"Command: `{s['command']}`. Host: {s['host']}. `{s['timed']}` took "
         f"**{s['seconds'] / 60:.1f} minutes** (venv and install included; the model cache "
-        f"{'already filled' if s['cache_filled'] else 'empty'}; extras installed: {s['extras']}).",
+        f"{'already filled' if s['cache_filled'] else 'empty'}; extras installed: {s['extras']})."
+        + load_text(s),
         "",
         "| model | metric | FP32 | INT8 | delta | INT8 speed-up | MB FP32 -> INT8 | recipe |",
         "|---|---|---|---|---|---|---|---|",
