@@ -9,7 +9,7 @@ again re-times only what is not saved):
   python benchmarks/seed_table.py --out runs/seed              # the vendor's NPU workflow
   python benchmarks/speed.py                                   # per backend, batch 1 and 8
   python benchmarks/first_command.py --out runs/first-command  # the README's first command, timed
-  python benchmarks/results.py                                 # -> docs/results.md
+  python benchmarks/results.py                                 # -> docs/results.md, README's table
 
 A missing artefact leaves its section saying which command makes it.
 """
@@ -21,7 +21,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from ocrquant.errors import run_script
+from ocrquant.errors import OcrQuantError, run_script
 from ocrquant.fileio import write_text_atomic
 
 CHAIN_TITLES = {
@@ -117,20 +117,40 @@ def headline_rows(chain: str, folder: Path) -> list[str]:
     return rows
 
 
+def headline_table(args: argparse.Namespace) -> list[str]:
+    """The summary table, the one the README carries between its results markers."""
+    return [
+        "| model | test set | FP32 | INT8 | delta, pt (95 % interval) | INT8 speed-up over FP32 "
+        "| MB FP32 -> INT8 | host |",
+        "|---|---|---|---|---|---|---|---|",
+        *headline_rows("v6", args.v6),
+        *headline_rows("v3", args.v3),
+    ]
+
+
 def headline_section(args: argparse.Namespace) -> list[str]:
-    rows = headline_rows("v6", args.v6) + headline_rows("v3", args.v3)
     return [
         "## Summary (the README's table)",
         "",
         "ICDAR2015 test sets, calibrated on the training sets, one INT8 model per task (`ocrquant quantize` "
         "defaults unless the row says the recipe was given); from the chain sections below.",
         "",
-        "| model | test set | FP32 | INT8 | delta, pt (95 % interval) | INT8 speed-up over FP32 "
-        "| MB FP32 -> INT8 | host |",
-        "|---|---|---|---|---|---|---|---|",
-        *rows,
+        *headline_table(args),
         "",
     ]
+
+
+BEGIN, END = "<!-- results.py: begin -->", "<!-- results.py: end -->"
+
+
+def update_readme(readme: Path, table: list[str]) -> None:
+    """Rewrite the README's table between its markers (written atomically; the rest untouched)."""
+    text = readme.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        raise OcrQuantError(f"no {BEGIN} ... {END} markers", readme)
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    write_text_atomic(readme, head + BEGIN + "\n" + "\n".join(table) + "\n" + END + tail)
 
 
 def chain_section(chain: str, folder: Path) -> list[str]:
@@ -303,9 +323,11 @@ def main() -> None:
     ap.add_argument("--first", type=Path, default=Path("runs/first-command"))
     ap.add_argument("--speed", type=Path, default=Path("runs/speed/speed.json"))
     ap.add_argument("--out", type=Path, default=Path("docs/results.md"))
+    ap.add_argument("--readme", type=Path, default=Path("README.md"), help="its results table is rewritten")
     args = ap.parse_args()
     text = render(args)
     write_text_atomic(args.out, text)
+    update_readme(args.readme, headline_table(args))
     print(text)
 
 
