@@ -66,6 +66,7 @@ def main() -> None:
             "timed": command,
             "host": machine_description(),
             "seconds": seconds,
+            "load_average": load,
             "cache_filled": cache_filled,
             "extras": extras.group(1) if extras else "none",
             "report": json.loads(report),
