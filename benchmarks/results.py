@@ -276,20 +276,20 @@ def first_command_section(folder: Path) -> list[str]:
         f"{'already filled' if s['cache_filled'] else 'empty'}; extras installed: {s['extras']})."
         + load_text(s),
         "",
-        "| model | metric | FP32 | INT8 | delta | INT8 speed-up | MB FP32 -> INT8 | recipe |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | metric | N | FP32 | INT8 | delta | INT8 speed-up | MB FP32 -> INT8 | recipe |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in s["report"]["rows"]:
         recipe = r.get("details", {}).get("quantization", "").split(";")[1:3]
         lines.append(
-            f"| {r['model']} | {r['metric']} | {r['float_metric']:.4f} | {r['int8_metric']:.4f} "
+            f"| {r['model']} | {r['metric']} | {r['test_size']} | {r['float_metric']:.4f} | {r['int8_metric']:.4f} "
             f"| {pt(r['int8_metric'] - r['float_metric'])} pt | {r['speedup']:.2f}x "
             f"| {r['float_mb']:.2f} -> {r['int8_mb']:.2f} | {';'.join(recipe).strip()} |"
         )
     lines += [
         "",
-        f"On the {s['report']['rows'][0]['test_size']} synthetic samples shipped in the package: a smoke "
-        "test of the workflow, not an accuracy figure.",
+        "On the synthetic sample shipped in the package (`ocrquant/data/sample`: N is each row's count of "
+        "images, crops or crop rotations): a smoke test of the workflow, not an accuracy figure.",
     ]
     return [*lines, ""]
 
