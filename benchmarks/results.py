@@ -282,7 +282,8 @@ def first_command_section(folder: Path) -> list[str]:
     for r in s["report"]["rows"]:
         recipe = r.get("details", {}).get("quantization", "").split(";")[1:3]
         lines.append(
-            f"| {r['model']} | {r['metric']} | {r['test_size']} | {r['float_metric']:.4f} | {r['int8_metric']:.4f} "
+            f"| {r['model']} | {r['metric']} | {r['test_size']} | {r['float_metric']:.4f} "
+            f"| {r['int8_metric']:.4f} "
             f"| {pt(r['int8_metric'] - r['float_metric'])} pt | {r['speedup']:.2f}x "
             f"| {r['float_mb']:.2f} -> {r['int8_mb']:.2f} | {';'.join(recipe).strip()} |"
         )
