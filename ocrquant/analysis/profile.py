@@ -150,7 +150,7 @@ def profile_model(
         for e in events
         if e.get("cat") == "Session" and e.get("name") == "model_run"
     )[-runs:]
-    per_node: dict[str, list] = defaultdict(lambda: ["", 0.0])
+    per_node: dict[str, list] = defaultdict(lambda: ["", "", 0.0])
     for e in events:
         if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
             continue
@@ -158,33 +158,51 @@ def profile_model(
             continue
         node = e["name"][: -len("_kernel_time")]
         per_node[node][0] = e.get("args", {}).get("op_name", "")
-        per_node[node][1] += float(e["dur"]) / 1000.0
-    costs = layer_costs(model, {name: list(inputs[0].shape)})
-    total = sum(v[1] for v in per_node.values()) / runs or 1e-12
+        per_node[node][2] += float(e["dur"]) / 1000.0
+    settings = {"optimization": optimization, "threads": threads, "warmup": warmup}
+    result = _result(model_path, model, per_node, runs, {name: list(inputs[0].shape)}, settings)
+    result.hints = kernel_hints(model)
+    return result
+
+
+def _result(
+    model_path: str | Path,
+    model: onnx.ModelProto,
+    per_node: dict[str, list],
+    runs: int,
+    input_shapes: dict[str, list[int]],
+    settings: dict,
+) -> ProfileResult:
+    """The profile from per-node ``[op type, kernel, total ms over runs]``: each node's mean time and
+    share, MACs and parameters joined by name, per-op-type totals, the Q/DQ share."""
+    costs = layer_costs(model, input_shapes)
+    total = sum(v[2] for v in per_node.values()) / runs or 1e-12
     nodes = []
-    for node, (op, ms) in per_node.items():
+    for node, (op, kernel, ms) in per_node.items():
         cost = costs.get(node) or costs.get(_base_name(node))
-        nodes.append(NodeTime(node, op, ms / runs, ms / runs / total, *(cost if cost else (None, None))))
+        nodes.append(
+            NodeTime(
+                node,
+                op,
+                ms / runs,
+                ms / runs / total,
+                *(cost if cost else (None, None)),
+                precision=_precision(kernel) if kernel else None,
+                kernel=kernel or None,
+            )  # fmt: skip
+        )
     nodes.sort(key=lambda n: -n.ms)
     agg: dict[str, list] = defaultdict(lambda: [0, 0.0])
     for n in nodes:
         agg[n.op_type][0] += 1
         agg[n.op_type][1] += n.ms
     by_op = sorted(((op, c, ms, ms / total) for op, (c, ms) in agg.items()), key=lambda r: -r[2])
-    qdq = sum(ms for op, _, ms, _ in by_op if op in QDQ_TIME_OPS) / total
+    qdq = sum(ms for op, _, ms, _ in by_op if op in ("FakeQuantize", *QDQ_TIME_OPS)) / total
     unique = {k: costs[k] for k in (n.name or n.output[0] for n in model.graph.node) if k in costs}
     return ProfileResult(
-        str(model_path),
-        runs,
-        total,
-        nodes,
-        by_op,
-        qdq,
-        sum(c[0] for c in unique.values()),
-        sum(c[1] for c in unique.values()),
-        {"optimization": optimization, "threads": threads, "warmup": warmup},
-        kernel_hints(model),
-    )
+        str(model_path), runs, total, nodes, by_op, qdq,
+        sum(c[0] for c in unique.values()), sum(c[1] for c in unique.values()), settings,
+    )  # fmt: skip
 
 
 def _precision(exec_type: str) -> str | None:
@@ -227,28 +245,8 @@ def profile_openvino(
             entry = per_node[info.node_name]
             entry[0], entry[1] = info.node_type, info.exec_type
             entry[2] += info.real_time.total_seconds() * 1000.0
-    costs = layer_costs(model, {name: list(inputs[0].shape)})
-    total = sum(v[2] for v in per_node.values()) / runs or 1e-12
-    nodes = []
-    for node, (op, kernel, ms) in per_node.items():
-        cost = costs.get(node) or costs.get(_base_name(node))
-        nodes.append(
-            NodeTime(node, op, ms / runs, ms / runs / total, *(cost if cost else (None, None)),
-                     precision=_precision(kernel), kernel=kernel)  # fmt: skip
-        )
-    nodes.sort(key=lambda n: -n.ms)
-    agg: dict[str, list] = defaultdict(lambda: [0, 0.0])
-    for n in nodes:
-        agg[n.op_type][0] += 1
-        agg[n.op_type][1] += n.ms
-    by_op = sorted(((op, c, ms, ms / total) for op, (c, ms) in agg.items()), key=lambda r: -r[2])
-    qdq = sum(ms for op, _, ms, _ in by_op if op in ("FakeQuantize", *QDQ_TIME_OPS)) / total
-    unique = {k: costs[k] for k in (n.name or n.output[0] for n in model.graph.node) if k in costs}
-    return ProfileResult(
-        str(model_path), runs, total, nodes, by_op, qdq,
-        sum(c[0] for c in unique.values()), sum(c[1] for c in unique.values()),
-        {"backend": "openvino", "threads": threads, "warmup": warmup, "config": runner.config},
-    )  # fmt: skip
+    settings = {"backend": "openvino", "threads": threads, "warmup": warmup, "config": runner.config}
+    return _result(model_path, model, per_node, runs, {name: list(inputs[0].shape)}, settings)
 
 
 #: ``ocrquant profile --backend NAME``
