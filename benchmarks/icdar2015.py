@@ -54,6 +54,11 @@ SHOWN = {"det": ("precision", "recall", "hmean"), "cls": ("acc",), "rec": ("acc"
 BENCH_SHAPES = {"cls": ["48x192 b1", "48x192 b8"], "rec": ["48x320 b1", "48x320 b8"]}
 
 
+def bench_shapes(chain: str, task: str) -> list[str]:
+    """The inputs a task of a chain is timed at (``ocrquant bench`` shape names)."""
+    return [DET_SHAPE[chain]] if task == "det" else BENCH_SHAPES[task]
+
+
 def quantized(model: str, task: str, shared: Path, out: Path) -> tuple[Path, dict]:
     """The default INT8 model for ``task``, made by the ``ocrquant quantize`` command itself (its
     defaults, the budget escalation included), and how: ``{"command", "seconds"}``, kept in
@@ -123,7 +128,7 @@ def task_summary(chain: str, task: str, args: argparse.Namespace) -> tuple[Path,
     print(f"  {TEST[task]} ({fp32.count} samples), FP32 -> INT8:")
     rows = accuracy(model, task, fp32, int8)
     print_accuracy(rows)
-    shapes = [DET_SHAPE[chain]] if task == "det" else BENCH_SHAPES[task]
+    shapes = bench_shapes(chain, task)
     bench = run_bench([model, path], task, shapes=shapes, rounds=args.rounds, progress=False, memory=False)
     speed = []
     for row in bench.rows:

@@ -20,21 +20,12 @@ import os
 import sys
 from pathlib import Path
 
+from icdar2015 import CHAINS, bench_shapes  # the chains and sizes of the INT8 models it made
+
 from ocrquant.errors import OcrQuantError, run_script
 from ocrquant.fileio import write_json_atomic
 from ocrquant.report.table import machine_description
 from ocrquant.runtime.bench import run_bench
-
-CHAINS = {
-    "v6": {"det": "ppocrv6-small-det", "cls": "ppocrv6-cls", "rec": "ppocrv6-small-rec"},
-    "v3": {"det": "ppocrv3-det", "cls": "ppocrv3-cls", "rec": "ppocrv3-rec"},
-}
-SHAPES = {
-    ("v6", "det"): ["736x1312"],
-    ("v3", "det"): ["544x960"],
-    **{(c, "rec"): ["48x320 b1", "48x320 b8"] for c in CHAINS},
-    **{(c, "cls"): ["48x192 b1", "48x192 b8"] for c in CHAINS},
-}
 
 
 def chain_rows(chain: str, args: argparse.Namespace) -> list[dict]:
@@ -45,7 +36,7 @@ def chain_rows(chain: str, args: argparse.Namespace) -> list[dict]:
         if not int8.is_file():
             raise OcrQuantError(f"no INT8 model: run python benchmarks/icdar2015.py --chain {chain}", int8)
         bench = run_bench(
-            [model, int8], task, backends=args.backends, shapes=SHAPES[chain, task], rounds=args.rounds,
+            [model, int8], task, backends=args.backends, shapes=bench_shapes(chain, task), rounds=args.rounds,
             threads=args.threads, progress=False, memory=False,
         )  # fmt: skip
         for r in bench.rows:

@@ -136,24 +136,16 @@ def _task_model(task_name: str, cfg: RunConfig) -> tuple[str, ResolvedModel, str
     return spec, model, task_name
 
 
-def given_int8(task_name: str, cfg: RunConfig) -> Quantized:
-    """The INT8 model ``--int8`` names for the task, checked (a readable, quantized ONNX file), with
-    the float model and test set it is scored against; nothing is written."""
+def given_int8(task_name: str, path: Path, cfg: RunConfig) -> Quantized:
+    """The INT8 model ``--int8`` names for the task, checked (a readable, quantized ONNX file: the
+    model loader names a missing or broken one), with the float model and test set it is scored
+    against; nothing is written."""
     from ocrquant.quantization.graph import is_quantized
 
     if cfg.input_shape is not None:
         raise OcrQuantError("--int8 takes the model as it is; --input-shape cannot pin it (pin it first)")
     _, model, task_name = _task_model(task_name, cfg)
-    path = cfg.int8.get(task_name, cfg.int8.get(task_name.split("-")[0]))
-    if not path.is_file():
-        raise OcrQuantError("INT8 model not found", path)
-    try:
-        quantized = is_quantized(path)
-    except OcrQuantError:
-        raise
-    except Exception as exc:  # onnx raises DecodeError and others for a broken file
-        raise OcrQuantError(f"not a readable ONNX model: {str(exc).strip()[:200]}", path) from None
-    if not quantized:
+    if not is_quantized(path):
         raise OcrQuantError("--int8: the model has no quantization nodes (a float model?)", path)
     task_obj = build_task(task_name, model, {})
     test_set = open_dataset(cfg.data[DATA_KIND.get(task_name, "det")], task_name)
@@ -166,8 +158,9 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
     when ``--int8`` gives the INT8 model: :func:`given_int8`)."""
     from ocrquant.quantization import QuantConfig, quantize
 
-    if task_name in cfg.int8 or task_name.split("-")[0] in cfg.int8:
-        return given_int8(task_name, cfg)
+    given = cfg.int8.get(task_name, cfg.int8.get(task_name.split("-")[0]))
+    if given is not None:
+        return given_int8(task_name, given, cfg)
     _, model, task_name = _task_model(task_name, cfg)
     out = cfg.out_dir / task_name
     # every check before anything is written: the pinned shape against the model, the sizes against

@@ -23,6 +23,7 @@ import onnxruntime as ort
 
 from ocrquant.analysis.graph import GraphView, load_model
 from ocrquant.fileio import scratch_dir
+from ocrquant.runtime.base import RuntimeOptions
 
 QDQ_TIME_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 _OPT = {
@@ -227,8 +228,7 @@ def profile_openvino(
     nodes (a Conv with its fused activation and requantization is one); each layer's kernel name
     says the precision it ran in, which is what tells whether a QDQ model runs in integers there.
     ``optimization`` is onnxruntime's and is ignored."""
-    from ocrquant.runtime.base import RuntimeOptions
-    from ocrquant.runtime.openvino import OpenVinoRunner
+    from ocrquant.runtime.openvino import OpenVinoRunner  # imports openvino: only when asked for
 
     model = load_model(model_path)
     runs = runs or len(inputs)

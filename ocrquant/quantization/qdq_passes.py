@@ -135,12 +135,12 @@ def rewrite_scalar_mul(qmodel: onnx.ModelProto) -> dict[str, dict[str, Any]]:
 register_qdq_pass(QDQPass("fold_scalar_mul", rewrite_scalar_mul))
 
 # --------------------------------------------------------------------------- fold_constant_qdq
-# A Q/DQ pair on a constant behind a shape-dependent Reshape (PP-OCRv3 rec's LayerNorm gamma) stops
-# the file compiling in plain OpenVINO (ocrquant.onnx_qdq says why). Folded to the fake-quantized
-# constant it holds the same values; onnxruntime then runs that Mul in float instead of QLinearMul
-# (PP-OCRv3 rec: two Muls of 40 x 120 values per crop). Measured: `ocrquant quantize -m ppocrv3-rec`
-# then `python -c "import openvino as ov; ov.Core().compile_model('rec.int8.onnx', 'CPU')"` throws
-# without the pass and compiles with it (tests/test_runtime.py checks the written model).
+# A Q/DQ pair on a constant behind a shape-dependent Reshape (PP-OCRv3 rec's LayerNorm weights and
+# biases) stops the file compiling in plain OpenVINO (ocrquant.onnx_qdq says why). Folded to the
+# fake-quantized constant it holds the same values. Measured on PP-OCRv3 rec's INT8 model: 10 pairs
+# folded, onnxruntime's output unchanged (largest difference 0.0), and
+# `python -c "import openvino as ov; ov.Core().compile_model('rec.int8.onnx', 'CPU')"` throws without
+# the pass and compiles with it (tests/test_analysis_chain.py compiles every model ocrquant writes).
 register_qdq_pass(QDQPass("fold_constant_qdq", fold_constant_qdq))
 
 

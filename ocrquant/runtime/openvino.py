@@ -84,7 +84,7 @@ class OpenVinoRunner(Runner):
         self.rewritten = len(fold_constant_qdq(proto))
         if self.rewritten:
             log.info(
-                "openvino: folded %d constant Q/DQ pairs of %s (see ocrquant.runtime.openvino)",
+                "openvino: folded %d constant Q/DQ pairs of %s (see ocrquant.onnx_qdq)",
                 self.rewritten,
                 model.name,
             )
