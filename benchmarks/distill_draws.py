@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ocrquant.analysis.sensitivity import split_validation
 from ocrquant.api import build_task, eval_model, infer_task
 from ocrquant.data import Dataset, open_dataset
 from ocrquant.data.calibration import image_id
+from ocrquant.data.split import split_calibration
 from ocrquant.errors import run_script
 from ocrquant.evaluation import evaluate
 from ocrquant.evaluation.evaluate import EvalResult, cached_result, fidelity, preprocessed_inputs
@@ -81,7 +81,7 @@ def main() -> None:
 
     rows = []
     for seed in args.seeds:
-        split = split_validation(calib, calib_size, seed, val_size)
+        split = split_calibration(calib, calib_size, seed, val_size)
         holdout = sorted({image_id(s) for s in split.validation})
         val = Dataset(calib.root, calib.task, calib.format, split.validation)
         inputs = preprocessed_inputs(task, val, len(val.samples))

@@ -28,10 +28,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ocrquant.analysis.sensitivity import split_validation
 from ocrquant.api import build_task, infer_task
 from ocrquant.data import Dataset, open_dataset
 from ocrquant.data.calibration import image_id
+from ocrquant.data.split import split_calibration
 from ocrquant.errors import run_script
 from ocrquant.evaluation import evaluate
 from ocrquant.evaluation.evaluate import EvalResult, cached_result, fidelity
@@ -95,7 +95,7 @@ def main() -> None:
     base = targets.get_target(args.target)
     options = {k: float(v) for k, v in (o.split("=", 1) for o in args.option)}
     algos = ["bias_correction"] if args.algo is None else args.algo
-    split = split_validation(calib, args.calib_size, args.seed, args.val_size)
+    split = split_calibration(calib, args.calib_size, args.seed, args.val_size)
     val = Dataset(calib.root, calib.task, calib.format, split.validation)
     args.out.mkdir(parents=True, exist_ok=True)  # after the checks: bad input leaves no folder
 

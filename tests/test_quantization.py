@@ -577,7 +577,7 @@ def test_bias_correction_removes_the_mean_shift(prepared, cls_model, cls_inputs,
 def test_auto_warns_when_the_held_out_drop_passes_a_point(caplog):
     """``auto`` never floats a layer itself; past a one-point held-out drop on too few images for the
     budget search to act alone, it names the option that does."""
-    from ocrquant.quantization.method_search import _warn_drop
+    from ocrquant.tuning.method_search import _warn_drop
 
     with caplog.at_level("WARNING", logger="ocrquant"):
         _warn_drop(0.9, 300, "acc")
@@ -632,7 +632,7 @@ def test_auto_method_picks_the_best_candidate_and_validates_bias_correction(cls_
     held-out fidelity without lowering held-out accuracy."""
     import importlib.util
 
-    from ocrquant.quantization.method_search import quantize_auto
+    from ocrquant.tuning.method_search import quantize_auto
 
     cfg = QuantConfig(
         method="auto",
@@ -1056,7 +1056,7 @@ def test_align_channels_leaves_a_blocked_group_and_says_why(caplog):
 def test_keep_learned_judges_by_the_output_loss_unless_the_labels_resolve_a_fall():
     """det's rule for distill: the mean held-out output loss must fall; the label metric vetoes only a
     fall its paired 95 % interval resolves (60 images cannot resolve one box)."""
-    from ocrquant.quantization.method_search import keep_learned
+    from ocrquant.tuning.method_search import keep_learned
 
     lower, higher = np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 3.0])
     assert keep_learned(lower, higher, {"low": -0.02, "high": 0.01})

@@ -17,13 +17,13 @@ from ocrquant.analysis.sensitivity import (
     VariantBuilder,
     analyze_layers,
     quantize_pair,
-    split_validation,
 )
 from ocrquant.data import open_dataset, sample_calibration, sample_root
+from ocrquant.data.split import split_calibration
 from ocrquant.errors import OcrQuantError
 from ocrquant.quantization import QuantConfig, quantize
 from ocrquant.quantization.algorithms.hs_cle import GATE_SUFFIX
-from ocrquant.quantization.method_search import calib_size_leaving_validation
+from ocrquant.tuning.method_search import calib_size_leaving_validation
 from ocrquant.quantization.mixed_precision import (
     _subset_caution,
     config_for,
@@ -162,23 +162,23 @@ def test_calibration_leaves_images_to_validate_on():
 @pytest.mark.parametrize("task", ["rec", "cls"])
 def test_validation_never_shares_an_image_with_calibration(task):
     ds = open_dataset(sample_root() / "rec", task)
-    split = split_validation(ds, 10, 3, 20)
+    split = split_calibration(ds, 10, 3, 20)
     # the calibration half is exactly the pipeline's pick
     assert [s.key for s in split.calibration] == [s.key for s in sample_calibration(ds, 10, 3)]
     calib_images = {Path(s.image_path).resolve() for s in split.calibration}
     val_images = {Path(s.image_path).resolve() for s in split.validation}
     assert len(split.validation) == 20 and not calib_images & val_images
-    again = split_validation(ds, 10, 3, 20)
+    again = split_calibration(ds, 10, 3, 20)
     assert [s.key for s in again.validation] == [s.key for s in split.validation]  # seeded
     assert split.describe()["source"] == "calibration-holdout"
 
 
 def test_explicit_validation_set_drops_calibration_images_and_full_use_is_an_error():
     ds = open_dataset(sample_root() / "rec", "rec")
-    split = split_validation(ds, 10, 0, 100, val_data=ds)
+    split = split_calibration(ds, 10, 0, 100, val_data=ds)
     assert len(split.validation) == len(ds.samples) - 10
     with pytest.raises(OcrQuantError, match="no samples left for validation"):
-        split_validation(ds, len(ds.samples), 0, 10)
+        split_calibration(ds, len(ds.samples), 0, 10)
 
 
 # ------------------------------------------------------------------ real model: PP-OCRv3 cls
@@ -191,7 +191,7 @@ def cls_setup(cls_model, tmp_path_factory):
     cfg = QuantConfig(method="min_max", calib_size=16, batch_size=4, cache_dir=tmp / "cache", progress=False)
     pair = quantize_pair(cls_model, "cls", ds, tmp, cfg)
     builder = VariantBuilder(onnx.load(str(pair.quantized.output)), onnx.load(str(pair.reference)))
-    split = split_validation(ds, cfg.calib_size, cfg.seed, 6)
+    split = split_calibration(ds, cfg.calib_size, cfg.seed, 6)
     validator = Validator(
         get_task_class("cls")(),
         split.validation,

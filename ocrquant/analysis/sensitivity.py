@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,8 +61,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ocrquant.data import Dataset, Sample, open_dataset, readable_images, sample_calibration
-from ocrquant.data.calibration import image_id
+from ocrquant.data import Dataset, Sample, open_dataset, readable_images
+from ocrquant.data.split import split_calibration
 from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import atomic_path, read_sidecar, scratch_dir, write_json_atomic
 
@@ -78,75 +77,6 @@ Q_OPS = ("QuantizeLinear", "DequantizeLinear")
 FLOAT_SUFFIX = "__float"
 PASSTHROUGH_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
 KEEPER_FALLBACK_OPS = ("Concat", "Resize", "MaxPool", "GlobalAveragePool", "Sigmoid")
-
-
-# ------------------------------------------------------------------------------------ validation split
-@dataclass
-class ValidationSplit:
-    """The calibration pick and a validation subset that never shares an image with it."""
-
-    calibration: list[Sample]
-    validation: list[Sample]
-    source: str  # "calibration-holdout" | "explicit"
-    root: str
-    seed: int
-    val_seed: int
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "root": self.root,
-            "calibration_images": len(self.calibration),
-            "validation_images": len(self.validation),
-            "calibration_seed": self.seed,
-            "validation_seed": self.val_seed,
-            "note": "validation images are never calibration images and never the test set "
-            "(when source is calibration-holdout)",
-        }
-
-
-def split_validation(
-    calib: Dataset,
-    calib_size: int,
-    seed: int,
-    val_size: int,
-    *,
-    val_data: Dataset | None = None,
-    val_seed: int | None = None,
-) -> ValidationSplit:
-    """Calibration samples exactly as the pipeline picks them, plus ``val_size`` validation samples.
-
-    Without ``val_data`` the validation samples come from ``calib``'s samples whose image the
-    calibration pick did not use. With ``val_data`` they are drawn from it, minus any image that also
-    calibrates (dropped with a warning: validating on calibration images flatters the model).
-    """
-    if val_size <= 0:
-        raise OcrQuantError(f"validation size must be positive, got {val_size}", calib.root)
-    if not calib.samples:
-        raise OcrQuantError(f"calibration set has no {calib.task} samples", calib.root)
-    picked = sample_calibration(calib, min(calib_size, len(calib.samples)), seed)
-    used = {image_id(s) for s in picked}
-    source = "explicit" if val_data is not None else "calibration-holdout"
-    pool_set = val_data if val_data is not None else calib
-    pool = [s for s in pool_set.samples if image_id(s) not in used]
-    if val_data is not None and len(pool) < len(val_data.samples):
-        log.warning(
-            "validation: dropped %d samples of %s whose image is also a calibration image",
-            len(val_data.samples) - len(pool),
-            val_data.root,
-        )
-    if not pool:
-        raise OcrQuantError(
-            "no samples left for validation: every image is used for calibration "
-            "(lower --calib-size or pass --val-data)",
-            pool_set.root,
-        )
-    vseed = seed + 1 if val_seed is None else val_seed
-    n = min(val_size, len(pool))
-    if n < val_size:
-        log.warning("validation: asked for %d samples but only %d are available; using %d", val_size, n, n)
-    idx = sorted(random.Random(vseed).sample(range(len(pool)), n))
-    return ValidationSplit(picked, [pool[i] for i in idx], source, str(pool_set.root), seed, vseed)
 
 
 # ------------------------------------------------------------------------------------ graph variants
@@ -972,7 +902,7 @@ def sensitivity(
         cfg = replace(cfg, task_options={**cfg.task_options, **input_shape_options(task_name, input_shape)})
     calib = open_dataset(Path(calib_data), task_name)
     val = open_dataset(Path(val_data), task_name) if val_data is not None else None
-    split = split_validation(calib, cfg.calib_size, cfg.seed, val_size, val_data=val)
+    split = split_calibration(calib, cfg.calib_size, cfg.seed, val_size, val_data=val)
     with scratch_dir("sens") as tmp:
         work = Path(work_dir) if work_dir is not None else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

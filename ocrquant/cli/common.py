@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+
+from ocrquant.tuning.executor import Executor, ExecutorConfig, create_executor
 
 # Piped output (logs, CI, README examples) gets a wide table instead of rich's 80-column default.
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 200)
@@ -117,3 +121,31 @@ ShapeOpt = Annotated[
         "(e.g. 1 3 512 896), cls and rec take C x H x W.",
     ),
 ]
+WorkersOpt = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        help="Run the search's independent trials (auto's range candidates) in N local processes, "
+        "each with cores/N runtime threads (0 or 1: in this process).",
+        min=0,
+    ),
+]
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        help="Run the search's trials on the Ray cluster at HOST:PORT (or auto: the cluster this "
+        "machine belongs to; local: start one here). Needs the ray extra; paths must be visible to "
+        "every node.",
+    ),
+]
+
+
+@contextmanager
+def open_executor(config: ExecutorConfig) -> Iterator[Executor]:
+    """The executor the options name, closed (workers stopped, Ray left) when the command ends."""
+    executor = create_executor(config)
+    try:
+        yield executor
+    finally:
+        executor.close()

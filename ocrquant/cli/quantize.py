@@ -10,16 +10,20 @@ import typer
 from rich.table import Table
 
 from ocrquant.cli.common import (
+    RayOpt,
     ShapeOpt,
     StrictOpt,
+    WorkersOpt,
     console,
     guard_outputs,
     non_negative_number,
+    open_executor,
     percent,
     unit_interval,
 )
 from ocrquant.errors import OcrQuantError
 from ocrquant.quantization.mixed_precision import DEFAULT_CONFIDENCE
+from ocrquant.tuning.executor import ExecutorConfig
 
 
 def algorithm_options(values: list[str] | None) -> dict[str, dict[str, Any]]:
@@ -168,6 +172,8 @@ def quantize_cmd(
     ] = False,
     strict: StrictOpt = False,
     input_shape: ShapeOpt = None,
+    workers: WorkersOpt = 0,
+    ray_address: RayOpt = None,
 ) -> None:
     """Quantize a float model to INT8 (QDQ) with calibrated ranges; print what was quantized."""
     from ocrquant.data import READ_POLICY
@@ -220,7 +226,8 @@ def quantize_cmd(
     else:
         from ocrquant.quantization.mixed_precision import escalate_to_budget
 
-        result = quantize(model, task, calib_data, output, config)
+        with open_executor(ExecutorConfig(workers, ray_address)) as executor:
+            result = quantize(model, task, calib_data, output, config, executor)
         result, search = escalate_to_budget(
             model, result.task, calib_data, result, config, enabled=not keep_all_int8
         )

@@ -12,7 +12,7 @@ from typing import Any
 # with the HardSwish floor; `ocrquant quantize --method M` then `ocrquant eval --limit 100` per method).
 # No fixed default: which clip suits a model differs (measured: det a high percentile, cls the MSE clip),
 # and choosing it on a test set would tune to that set. "auto" picks it per model on held-out
-# calibration-side images (ocrquant/quantization/method_search.py).
+# calibration-side images (ocrquant/tuning/method_search.py).
 TASK_DEFAULT_METHODS: dict[str, tuple[str, dict[str, Any]]] = {}
 FALLBACK_METHOD: tuple[str, dict[str, Any]] = ("auto", {})
 

@@ -401,14 +401,14 @@ def quantize_with_budget(
         analyze_layers,
         pinned_config,
         quantize_pair,
-        split_validation,
         time_models,
     )
     from ocrquant.api import build_task, infer_task
     from ocrquant.data import open_dataset
+    from ocrquant.data.split import split_calibration
     from ocrquant.fileio import sidecar_path
     from ocrquant.quantization.config import resolve_method
-    from ocrquant.quantization.method_search import calib_size_leaving_validation
+    from ocrquant.tuning.method_search import calib_size_leaving_validation
     from ocrquant.quantization.pipeline import algorithm_names, quantize
     from ocrquant.zoo.resolve import resolve_model
 
@@ -433,7 +433,7 @@ def quantize_with_budget(
     if val is None:  # validation images come out of the calibration directory, as auto takes them
         reserved = calib_size_leaving_validation(cfg.calib_size, len(calib.samples), n_val)
         cfg = dataclasses.replace(cfg, calib_size=reserved)
-    split = split_validation(calib, cfg.calib_size, cfg.seed, n_val, val_data=val)
+    split = split_calibration(calib, cfg.calib_size, cfg.seed, n_val, val_data=val)
     task_obj = build_task(task_name, resolved, cfg.task_options)
 
     with scratch_dir("mixed") as tmp:
@@ -629,7 +629,7 @@ def needs_budget(output: str | Path) -> float | None:
     else None: on at least ``BUDGET_MIN_IMAGES`` held-out images, its one-sided 90 % upper bound (the
     margin the search itself asks of a set, ``DEFAULT_CONFIDENCE``) passes ``DROP_WARNING_POINTS``."""
     from ocrquant.fileio import read_sidecar
-    from ocrquant.quantization.method_search import BUDGET_MIN_IMAGES, DROP_WARNING_POINTS
+    from ocrquant.tuning.method_search import BUDGET_MIN_IMAGES, DROP_WARNING_POINTS
 
     validation = read_sidecar(output).get("method_search", {}).get("validation", {})
     drop, size = validation.get("drop_points"), validation.get("size", 0)
@@ -668,7 +668,7 @@ def escalate_to_budget(
 
     from ocrquant.analysis.sensitivity import pinned_config
     from ocrquant.fileio import sidecar_path
-    from ocrquant.quantization.method_search import DROP_WARNING_POINTS
+    from ocrquant.tuning.method_search import DROP_WARNING_POINTS
 
     drop = needs_budget(result.output)
     if drop is None:

@@ -101,9 +101,11 @@ def quantize(
     calib_dataset: str | Path | Dataset,
     output: str | Path,
     config: QuantConfig | None = None,
+    executor: Any = None,
 ) -> QuantResult:
     """Quantize a float OCR model with calibration images from ``calib_dataset``; write ``output``
-    (QDQ ONNX) and ``<output stem>.quant.json``. ``model_path`` may be a zoo name."""
+    (QDQ ONNX) and ``<output stem>.quant.json``. ``model_path`` may be a zoo name. ``executor``
+    (:mod:`ocrquant.tuning.executor`) runs ``--method auto``'s candidates; None: in this process."""
     from ocrquant.api import build_task, infer_task
     from ocrquant.zoo.resolve import resolve_model
 
@@ -123,9 +125,9 @@ def quantize(
         )
     method, method_options = resolve_method(cfg, task_name)
     if method == "auto":  # choose the range method on held-out calibration-side images
-        from ocrquant.quantization.method_search import quantize_auto
+        from ocrquant.tuning.method_search import quantize_auto  # the tuning layer sits above
 
-        return quantize_auto(model_path, task_name, calib_dataset, output, cfg)[0]
+        return quantize_auto(model_path, task_name, calib_dataset, output, cfg, executor=executor)[0]
     algorithms = [
         create_algorithm(n, **cfg.algorithm_options.get(n, {})) for n in algorithm_names(cfg, task_name)
     ]

@@ -17,17 +17,30 @@ there.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ocrquant.api import build_task, infer_task
 from ocrquant.data import Dataset, open_dataset
+from ocrquant.data.calibration import image_id
+from ocrquant.data.split import split_calibration
 from ocrquant.errors import OcrQuantError
-from ocrquant.evaluation.evaluate import EvalResult
+from ocrquant.evaluation import evaluate
+from ocrquant.evaluation.evaluate import EvalResult, fidelity_samples
+from ocrquant.evaluation.significance import paired_delta_interval
 from ocrquant.fileio import copy_quantized, read_sidecar, scratch_dir, write_sidecar
+from ocrquant.quantization.algorithms.base import ALGORITHMS, create_algorithm
 from ocrquant.quantization.config import QdqStart, QuantConfig, QuantResult
+from ocrquant.quantization.pipeline import algorithm_names, quantize
+from ocrquant.quantization.targets import get_target
+from ocrquant.runtime import RuntimeOptions, create_runner
+from ocrquant.tasks import Task
+from ocrquant.tuning.executor import Executor, InProcessExecutor, Trial
+from ocrquant.zoo.resolve import resolve_model
 
 log = logging.getLogger("ocrquant")
 
@@ -58,6 +71,32 @@ def _tag(method: str, options: dict[str, Any]) -> str:
     return method + "".join(f"-{v}" for v in options.values())
 
 
+@dataclass(frozen=True)
+class CandidateSpec:
+    """One range candidate of ``auto``: quantize ``model`` with ``config`` into ``output`` and
+    evaluate it on ``validation``. Everything a worker needs, nothing it must look up; picklable, so
+    the candidate runs the same in this process, a local worker or on a Ray node."""
+
+    model: str
+    task: Task
+    calib: Dataset
+    validation: Dataset
+    output: str
+    config: QuantConfig
+    threads: int
+
+
+def run_candidate(spec: CandidateSpec) -> EvalResult:
+    """Quantize one candidate and evaluate it on the held-out samples (what a trial does)."""
+    quantize(spec.model, spec.task.name, spec.calib, spec.output, spec.config)
+    return evaluate_on(spec.task, spec.output, spec.validation, spec.threads)
+
+
+def evaluate_on(task: Task, model_file: str | Path, dataset: Dataset, threads: int) -> EvalResult:
+    runner = create_runner(Path(model_file), "onnxruntime", RuntimeOptions(threads=threads))
+    return evaluate(task, runner, dataset, model_name=Path(model_file).stem, progress=False)
+
+
 def quantize_auto(
     model_path: str | Path,
     task_name: str | None,
@@ -65,25 +104,16 @@ def quantize_auto(
     output: str | Path,
     config: QuantConfig,
     val_size: int | None = None,
+    executor: Executor | None = None,
 ) -> tuple[QuantResult, list[dict[str, Any]]]:
     """Quantize once per candidate method, keep the one with the best validation metric.
 
     The validation split comes from ``calib_dataset`` minus the calibration pick (same seed), so the
     test set is never looked at. Returns the chosen result and the table of candidates, which is also
-    written into the sidecar under ``method_search``.
+    written into the sidecar under ``method_search``. The range candidates are independent trials and
+    run on ``executor`` (default: one after another in this process); the algorithm trials that
+    follow build on each other and run here.
     """
-    from ocrquant.analysis.sensitivity import split_validation
-    from ocrquant.api import build_task, infer_task
-    from ocrquant.data.calibration import image_id
-    from ocrquant.evaluation import evaluate
-    from ocrquant.evaluation.evaluate import fidelity_samples
-    from ocrquant.evaluation.significance import paired_delta_interval
-    from ocrquant.quantization.algorithms.base import ALGORITHMS, create_algorithm
-    from ocrquant.quantization.pipeline import algorithm_names, quantize
-    from ocrquant.quantization.targets import get_target
-    from ocrquant.runtime import RuntimeOptions, create_runner
-    from ocrquant.zoo.resolve import resolve_model
-
     resolved = resolve_model(model_path)
     task_name = infer_task(resolved, task_name)
     calib = (
@@ -95,7 +125,7 @@ def quantize_auto(
             "--method auto needs a calibration set with images to spare for validation", calib.root
         )
     calib_size = calib_size_leaving_validation(config.calib_size, len(calib.samples), n_val)
-    split = split_validation(calib, calib_size, config.seed, n_val)
+    split = split_calibration(calib, calib_size, config.seed, n_val)
     val_set = Dataset(calib.root, calib.task, calib.format, split.validation)
     # algorithms that learn from more than the calibration pick (distill) must not see these
     holdout = sorted({image_id(s) for s in split.validation})
@@ -111,8 +141,7 @@ def quantize_auto(
     search_names = [n for n in names if ALGORITHMS[n].stage != "qdq"]
 
     def _evaluate(model_file: str | Path) -> EvalResult:
-        runner = create_runner(Path(model_file), "onnxruntime", RuntimeOptions(threads=2))
-        return evaluate(task, runner, val_set, model_name=Path(model_file).stem, progress=False)
+        return evaluate_on(task, model_file, val_set, threads=2)
 
     reference = _evaluate(resolved.path)
     primary = reference.settings["primary_metric"]
@@ -121,8 +150,8 @@ def quantize_auto(
     per_sample: dict[str, list[dict[str, Any]]] = {}  # model file -> per-image figures of the criterion
     labelled: dict[str, list[dict[str, Any]]] = {}  # model file -> per-image label-metric figures
 
-    def _validate(model_file: str | Path) -> dict[str, float]:
-        res = _evaluate(model_file)
+    def _validate(model_file: str | Path, res: EvalResult | None = None) -> dict[str, float]:
+        res = res if res is not None else _evaluate(model_file)
         agreement = task.new_metric()
         agree_samples = fidelity_samples(agreement, res, reference)
         per_sample[str(model_file)] = agree_samples if key == "val_fidelity" else res.samples
@@ -154,7 +183,10 @@ def quantize_auto(
     # Candidates live in a scratch directory: an interrupted search leaves nothing beside the output.
     with scratch_dir("auto") as scratch:
         scratch = Path(scratch)
-        for i, (method, options) in enumerate(CANDIDATES):
+        runner = executor or InProcessExecutor()
+        threads = runner.threads()
+        trials = []
+        for method, options in CANDIDATES:
             cand = scratch / f"{output.stem}.{_tag(method, options)}.onnx"
             cfg = replace(
                 config,
@@ -165,10 +197,18 @@ def quantize_auto(
                 algorithms=search_names,
                 extra_algorithms=[],
                 save_prepass=prepass(cand),
+                progress=config.progress and runner.name == "in-process",
             )
-            quantize(resolved.path, task_name, calib, cand, cfg)
-            scores = _validate(cand)
-            rows.append({"method": method, "options": options, **scores, "file": str(cand)})
+            spec = CandidateSpec(str(resolved.path), task, calib, val_set, str(cand), cfg, threads)
+            trials.append(Trial(_tag(method, options), spec))
+        # the first candidate fills the calibration cache; the rest read it, side by side
+        t0 = time.perf_counter()
+        results = runner.map(run_candidate, trials[:1]) + runner.map(run_candidate, trials[1:])
+        seconds = {"range_candidates": round(time.perf_counter() - t0, 1), "executor": runner.name}
+        for i, (trial, res) in enumerate(zip(trials, results, strict=True)):
+            method, options = trial.spec.config.method, trial.spec.config.method_options
+            scores = _validate(trial.spec.output, res)
+            rows.append({"method": method, "options": options, **scores, "file": trial.spec.output})
             log.info("auto: %s %s -> validation %s", method, options, scores)
             if best is None or scores[key] > best[0]:
                 best = (scores[key], i)
@@ -186,6 +226,7 @@ def quantize_auto(
             holdout=holdout,
         )
         if search_names != names:
+            t0 = time.perf_counter()
             quantize(
                 resolved.path,
                 task_name,
@@ -196,6 +237,7 @@ def quantize_auto(
                 ),
             )
             chosen["all_algorithms"] = _validate(chosen["file"])
+            seconds["qdq_algorithms"] = round(time.perf_counter() - t0, 1)
         base_scores = chosen.get("all_algorithms", chosen)
         # The held-out figure the choice does not rank by (labels when ranking by fidelity, fidelity
         # when ranking by labels): it may not fall either.
@@ -224,7 +266,9 @@ def quantize_auto(
                 qdq_start=qdq_start(chosen["file"], names),
                 save_prepass=prepass(cand),
             )
+            t0 = time.perf_counter()
             quantize(resolved.path, task_name, calib, cand, trial)
+            seconds[extra] = round(time.perf_counter() - t0, 1)
             scores = _validate(cand)
             rows.append(
                 {"method": chosen["method"], "options": chosen["options"], "algorithm": extra,
@@ -266,6 +310,7 @@ def quantize_auto(
                 "drop_bound_points": drop_bound,  # its one-sided 90 % upper bound (paired bootstrap)
             },  # fmt: skip
             "candidates": [{k: v for k, v in r.items() if k != "file"} for r in rows],
+            "seconds": seconds,  # wall time of the range candidates (on the executor) and each trial
         }
         write_sidecar(output, side)
     result = quantize_result_from_sidecar(output, side, final_cfg)
@@ -281,8 +326,6 @@ def prepass(model_file: str | Path) -> Path:
 def qdq_start(model_file: str | Path, names: list[str]) -> QdqStart:
     """Continue from ``model_file`` (written by ``auto`` with the algorithms ``names``): its pre-pass
     QDQ model, the qdq-stage algorithms in it, and their reports from its sidecar."""
-    from ocrquant.quantization.algorithms.base import ALGORITHMS
-
     applied = tuple(n for n in names if ALGORITHMS[n].stage == "qdq")
     return QdqStart(prepass(model_file), applied, dict(read_sidecar(model_file).get("algorithms", {})))
 
@@ -313,8 +356,6 @@ def _drop_bound(metric: Any, float_samples: list, int8_samples: list) -> float |
     the paired bootstrap's 80 % two-sided interval, low end. The budget search asks the same margin
     of every set it accepts (``DEFAULT_CONFIDENCE``); a drop just under a point on 2000 images is not
     evidence of a model within a point (PP-OCRv3 rec: 0.95 held out, 1.06 on the test set)."""
-    from ocrquant.evaluation.significance import paired_delta_interval
-
     iv = paired_delta_interval(metric, float_samples, int8_samples, level=0.8)
     return None if iv is None else round(-100 * iv["low"], 4)
 

@@ -1,0 +1,115 @@
+"""The tuning layer's executors: ``auto``'s range search gives the same recipe and scores in this
+process, in two local worker processes and on a local Ray instance; failures name the trial and the
+worker; an unreachable Ray address is one line, exit 2, within 30 s."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ocrquant.data import sample_root
+from ocrquant.quantization import QuantConfig
+from ocrquant.tuning import method_search
+from ocrquant.tuning.executor import (
+    ExecutorConfig,
+    InProcessExecutor,
+    ProcessExecutor,
+    TrialFailed,
+    check_ray_address,
+    create_executor,
+)
+from ocrquant.tuning.method_search import quantize_auto
+
+HAS_RAY = importlib.util.find_spec("ray") is not None
+
+
+def _config(tmp_path: Path) -> QuantConfig:
+    # no accuracy algorithms: the range candidates are what runs on the executor
+    cache = tmp_path / "cache"
+    return QuantConfig(
+        method="auto", calib_size=12, batch_size=4, algorithms=[], cache_dir=cache, progress=False
+    )
+
+
+def _search(cls_model: Path, out: Path, executor) -> tuple[list[dict], dict]:
+    _, rows = quantize_auto(cls_model, "cls", sample_root() / "rec", out, _config(out.parent), 24, executor)
+    side = method_search.read_sidecar(out)
+    return rows, side["method_search"]["chosen"]
+
+
+def _scores(rows: list[dict]) -> list[tuple]:
+    return [(r["method"], str(r["options"]), r["val_fidelity"], r["val_metric"]) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def in_process(cls_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("inproc") / "cls.onnx"
+    rows, chosen = _search(cls_model, out, InProcessExecutor())
+    return rows, chosen, out.read_bytes()
+
+
+def test_local_workers_give_the_in_process_search(cls_model, tmp_path, in_process):
+    rows, chosen, model = in_process
+    executor = create_executor(ExecutorConfig(workers=2))
+    assert isinstance(executor, ProcessExecutor) and executor.threads() >= 1
+    try:
+        got_rows, got_chosen = _search(cls_model, tmp_path / "cls.onnx", executor)
+    finally:
+        executor.close()
+    assert len(rows) == len(method_search.CANDIDATES)
+    assert _scores(got_rows) == _scores(rows) and got_chosen == chosen
+    assert (tmp_path / "cls.onnx").read_bytes() == model
+
+
+@pytest.mark.skipif(not HAS_RAY, reason="the ray extra is not installed")
+def test_local_ray_cluster_gives_the_in_process_search(cls_model, tmp_path, in_process):
+    import ray
+
+    rows, chosen, model = in_process
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        executor = create_executor(ExecutorConfig(ray_address="auto"))  # joins the running instance
+        assert executor.name == "ray"
+        got_rows, got_chosen = _search(cls_model, tmp_path / "cls.onnx", executor)
+        executor.close()
+    finally:
+        ray.shutdown()
+    assert _scores(got_rows) == _scores(rows) and got_chosen == chosen
+    assert (tmp_path / "cls.onnx").read_bytes() == model
+
+
+def test_a_failing_trial_names_itself_and_its_worker_and_leaves_no_model(cls_model, tmp_path, monkeypatch):
+    # a candidate whose options the calibrator refuses, raised inside the worker process
+    monkeypatch.setattr(method_search, "CANDIDATES", [("min_max", {}), ("percentile", {"percentile": 200})])
+    out = tmp_path / "cls.onnx"
+    executor = ProcessExecutor(2)
+    try:
+        with pytest.raises(TrialFailed) as err:
+            quantize_auto(cls_model, "cls", sample_root() / "rec", out, _config(tmp_path), 24, executor)
+    finally:
+        executor.close()
+    message = str(err.value)
+    assert message.startswith("trial percentile-200 failed on ") and " pid " in message
+    assert "percentile must be in (50, 100], got 200" in message and "\n" not in message
+    assert not out.exists() and not list(tmp_path.glob("cls*"))
+
+
+def test_an_address_that_does_not_answer_is_one_line_exit_2(cls_model, tmp_path):
+    with pytest.raises(Exception, match="write HOST:PORT"):
+        check_ray_address("no-port-here")
+    t = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "ocrquant.cli.main", "quantize", "-m", str(cls_model), "--task", "cls",
+         "--calib-data", str(sample_root() / "rec"), "-o", str(tmp_path / "x.onnx"), "--ray", "127.0.0.1:9"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert time.monotonic() - t < 30
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "127.0.0.1:9" in lines[0] and "does not answer" in lines[0], proc.stderr
+    assert not (tmp_path / "x.onnx").exists()
