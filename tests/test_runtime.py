@@ -117,6 +117,24 @@ def test_openvino_compiles_once_per_shape(cls_model: Path, cls_inputs: list[np.n
     np.testing.assert_array_equal(a, b)
 
 
+def test_openvino_runs_new_shapes_on_one_dynamic_model_past_the_cache(
+    cls_model: Path, cls_inputs: list[np.ndarray]
+) -> None:
+    """Past ``max_cached_shapes`` distinct shapes (a pipeline's rec widths), a new shape compiles no
+    static model of its own: one dynamic compile serves every later shape, with the same outputs."""
+    pytest.importorskip("openvino", reason="openvino extra not installed (pip install 'ocrquant[openvino]')")
+    runner = create_runner(cls_model, "openvino", RuntimeOptions(threads=2))
+    runner.max_cached_shapes = 2
+    x4 = cls_inputs[0]
+    for x in (x4[:1], x4[:2]):  # two static compiles fill the cache
+        runner.run({"x": x})
+    got = [runner.run({"x": x})[0] for x in (x4[:3], x4, x4[:3])]
+    assert runner.compile_count == 3 and len(runner.cached_shapes) == 2
+    fresh = create_runner(cls_model, "openvino", RuntimeOptions(threads=2))
+    np.testing.assert_allclose(got[1], fresh.run({"x": x4})[0], atol=1e-4)
+    np.testing.assert_array_equal(got[0], got[2])
+
+
 def test_openvino_missing_extra_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ocrquant.runtime.openvino as ovmod
 
