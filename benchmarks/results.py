@@ -9,6 +9,9 @@ again re-times only what is not saved):
   python benchmarks/seed_table.py --out runs/seed              # the vendor's NPU workflow
   python benchmarks/speed.py                                   # per backend, batch 1 and 8
   python benchmarks/first_command.py --out runs/first-command  # the README's first command, timed
+  python benchmarks/pipeline.py                                # whole chain against rapidocr 3.10
+  python benchmarks/openvino_accuracy.py                       # INT8 in OpenVINO vs onnxruntime, full sets
+  python benchmarks/quantize_time.py --workers 0 2             # ocrquant quantize's own time
   python benchmarks/results.py                                 # -> docs/results.md, README's table
 
 A missing artefact leaves its section saying which command makes it.
@@ -295,12 +298,80 @@ def first_command_section(folder: Path) -> list[str]:
     return [*lines, ""]
 
 
+def pipeline_section(path: Path) -> list[str]:
+    """Whole-chain images/s and e2e hmean against rapidocr 3.10's FP32 pipeline (benchmarks/pipeline.py)."""
+    lines = ["## The whole chain against rapidocr 3.10 (images/s, e2e hmean)", ""]
+    if not path.is_file():
+        return [*lines, "Not measured here: `python benchmarks/pipeline.py`.", ""]
+    s = json.loads(path.read_text())
+    lines += [
+        f"Command: `{s['command']}`. Host: {s['host']}. {s['images']} det_test images, each decoded once and "
+        f"handed to every pipeline in a rotating order, {s['threads']} onnxruntime/OpenVINO threads; e2e "
+        f"hmean on ICDAR2015 without a lexicon.{load_text(s)}",
+        "",
+        "| pipeline | images/s | vs rapidocr FP32 | e2e hmean | e2e P | e2e R |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in s["rows"]:
+        e2e = f"{r['e2e_hmean']:.4f} | {r['e2e_precision']:.4f} | {r['e2e_recall']:.4f}"
+        lines.append(f"| {r['pipeline']} | {r['images_per_s']:.2f} | {r['vs_rapidocr']:.2f}x | {e2e} |")
+    return [*lines, ""]
+
+
+def openvino_accuracy_section(path: Path) -> list[str]:
+    """The INT8 files scored in OpenVINO against onnxruntime on the full test sets."""
+    lines = ["## INT8 in OpenVINO against onnxruntime, full test sets", ""]
+    if not path.is_file():
+        return [*lines, "Not measured here: `python benchmarks/openvino_accuracy.py`.", ""]
+    s = json.loads(path.read_text())
+    lines += [
+        f"Command: `{s['command']}`. Host: {s['host']}. The INT8 files of the chain sections, loaded by "
+        "plain OpenVINO as written; a decision is the text read (rec), the label (cls), the number of "
+        "boxes kept or matched per image (det).",
+        "",
+        "| chain | task | test set | N | metric | onnxruntime | OpenVINO | delta (95 % CI) | decisions "
+        "differ |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in s["rows"]:
+        ci = f" [{pt(r['low'])}, {pt(r['high'])}]" if r.get("low") is not None else ""
+        lines.append(f"| {r['chain']} | {r['task']} | {r['test']} | {r['samples']} | {r['metric']} | "
+                     f"{r['onnxruntime']:.4f} | {r['openvino']:.4f} | "
+                     f"{pt(r['openvino'] - r['onnxruntime'])} pt{ci} | {r['decisions_differ']} |"
+                     )  # fmt: skip
+    return [*lines, ""]
+
+
+def quantize_time_section(path: Path) -> list[str]:
+    """``ocrquant quantize``'s own wall time per task and executor (benchmarks/quantize_time.py)."""
+    lines = ["## How long `ocrquant quantize` takes (defaults, empty calibration cache)", ""]
+    if not path.is_file():
+        return [*lines, "Not measured here: `python benchmarks/quantize_time.py`.", ""]
+    s = json.loads(path.read_text())
+    lines += [
+        f"Command: `{s['command']}`. Host: {s['host']}. Each row is one `ocrquant quantize` process with "
+        "its own empty calibration cache; phases from the sidecar's `method_search.seconds`.",
+        "",
+        "| model | workers | minutes | recipe | phases (s) | load start / end |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in s["rows"]:
+        phases = ", ".join(f"{k} {v}" for k, v in r["phases"].items())
+        load = " / ".join(f"{x:.1f}" for x in r["load_average"])
+        lines.append(f"| {r['model']} | {r['workers'] or 'in-process'} | {r['seconds'] / 60:.1f} | "
+                     f"{recipe_text(r['recipe'])} | {phases} | {load} |")  # fmt: skip
+    return [*lines, ""]
+
+
 def render(args: argparse.Namespace) -> str:
     sections: list[Callable[[], list[str]]] = [
         lambda: headline_section(args),
         lambda: chain_section("v6", args.v6),
         lambda: chain_section("v3", args.v3),
         lambda: speed_section(args.speed),
+        lambda: pipeline_section(args.pipeline),
+        lambda: openvino_accuracy_section(args.openvino),
+        lambda: quantize_time_section(args.quantize_time),
         lambda: seed_section(args.seed),
         lambda: first_command_section(args.first),
     ]
@@ -323,6 +394,9 @@ def main() -> None:
     ap.add_argument("--seed", type=Path, default=Path("runs/seed"))
     ap.add_argument("--first", type=Path, default=Path("runs/first-command"))
     ap.add_argument("--speed", type=Path, default=Path("runs/speed/speed.json"))
+    ap.add_argument("--pipeline", type=Path, default=Path("runs/pipeline/pipeline.json"))
+    ap.add_argument("--openvino", type=Path, default=Path("runs/openvino/accuracy.json"))
+    ap.add_argument("--quantize-time", type=Path, default=Path("runs/quantize-time/quantize_time.json"))
     ap.add_argument("--out", type=Path, default=Path("docs/results.md"))
     ap.add_argument("--readme", type=Path, default=Path("README.md"), help="its results table is rewritten")
     args = ap.parse_args()

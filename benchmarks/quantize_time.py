@@ -1,0 +1,87 @@
+"""How long ``ocrquant quantize`` takes with its defaults, per task, from empty calibration caches.
+
+Each run is the command a user types (``ocrquant quantize -m MODEL --calib-data DIR -o OUT``, the
+budget escalation included), in a fresh process with a fresh calibration cache, optionally with
+``--workers N`` (the range candidates in N local processes). Printed per run: wall time, the recipe
+``auto`` picked, and where the time went (the sidecar's ``method_search.seconds``: the range
+candidates, the qdq-stage algorithms, each validated algorithm's trial). The zoo's model cache is
+kept (fetching is not quantizing). The load average at start and end says whether other work shared
+the CPU.
+
+  python benchmarks/quantize_time.py [--chain v3] [--tasks det cls rec] [--workers 0 2]
+
+Writes ``runs/quantize-time/quantize_time.json`` (read by ``benchmarks/results.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from icdar2015 import CALIB, CHAINS
+
+from ocrquant.errors import OcrQuantError, run_script
+from ocrquant.fileio import read_sidecar, write_json_atomic
+from ocrquant.report.table import machine_description
+
+
+def timed_quantize(model: str, task: str, calib: Path, workers: int, scratch: Path) -> dict:
+    out = scratch / f"{task}.w{workers}.int8.onnx"
+    cmd = [sys.executable, "-m", "ocrquant.cli.main", "quantize", "-m", model, "--calib-data", str(calib),
+           "-o", str(out), "--cache-dir", str(scratch / f"cache-{task}-{workers}")]  # fmt: skip
+    if workers:
+        cmd += ["--workers", str(workers)]
+    load = [os.getloadavg()[0]]
+    t = time.perf_counter()
+    log = scratch / f"{task}.w{workers}.log"
+    with open(log, "w", encoding="utf-8") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - t
+    load.append(os.getloadavg()[0])
+    if proc.returncode != 0:
+        raise OcrQuantError(f"ocrquant quantize failed (exit {proc.returncode}); see its log", log)
+    side = read_sidecar(out)
+    search = side.get("method_search", {})
+    return {"task": task, "model": model, "workers": workers, "seconds": round(seconds, 1),
+            "recipe": {k: side["settings"].get(k) for k in ("method", "method_options", "algorithms")},
+            "phases": search.get("seconds", {}), "load_average": load,
+            "command": " ".join(["ocrquant", *cmd[3:-2]] + (cmd[-2:] if workers else []))}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chain", default="v3", choices=sorted(CHAINS))
+    ap.add_argument("--tasks", nargs="+", default=["det", "cls", "rec"], choices=["det", "cls", "rec"])
+    ap.add_argument("--workers", nargs="+", type=int, default=[0])
+    ap.add_argument("--shared", type=Path, default=Path("../shared/data/icdar2015"))
+    ap.add_argument("--out", type=Path, default=Path("runs/quantize-time/quantize_time.json"))
+    args = ap.parse_args()
+    host = machine_description()
+    print(host, flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ocrquant-qtime-") as tmp:
+        for task in args.tasks:
+            for workers in args.workers:
+                row = timed_quantize(
+                    CHAINS[args.chain][task], task, args.shared / CALIB[task], workers, Path(tmp)
+                )
+                rows.append(row)
+                phases = ", ".join(f"{k} {v}" for k, v in row["phases"].items())
+                print(f"  {row['model']:20} workers {workers}  {row['seconds'] / 60:5.1f} min  "
+                      f"{row['recipe']['method']} {row['recipe']['algorithms']}  [{phases}]  "
+                      f"load {row['load_average'][0]:.1f}->{row['load_average'][1]:.1f}",
+                      flush=True)  # fmt: skip
+    command = f"python benchmarks/quantize_time.py --chain {args.chain} --tasks {' '.join(args.tasks)} " + (
+        f"--workers {' '.join(map(str, args.workers))}"
+    )
+    write_json_atomic(args.out, {"host": host, "command": command, "rows": rows})
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_script(main)
