@@ -23,6 +23,7 @@ from ocrquant.report.figures import TaskFigures, speed_size_figure, task_figures
 from ocrquant.report.html import render_html
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.runtime.timing import interleaved_latency
+from ocrquant.tuning.executor import ExecutorConfig, executor_for
 from ocrquant.zoo.registry import DEFAULT_CHAIN
 from ocrquant.zoo.resolve import ResolvedModel, resolve_model
 
@@ -67,6 +68,8 @@ class RunConfig:
     #: ``--int8 TASK=PATH``: an INT8 model already made (by ``ocrquant quantize`` or another tool) to
     #: score against the float model instead of quantizing; that task needs no calibration data
     int8: dict[str, Path] = field(default_factory=dict)
+    #: where ``auto``'s trials run (``--workers N``, ``--ray ADDRESS``); the models are the same either way
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
 def default_calibration_root() -> Path:
@@ -204,7 +207,8 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
         from ocrquant.quantization.mixed_precision import escalate_to_budget, quantize_with_budget
 
         if budget is None:
-            result = quantize(model.path, task_name, calib_set, int8_path, qcfg)
+            with executor_for(cfg.executor) as executor:
+                result = quantize(model.path, task_name, calib_set, int8_path, qcfg, executor)
             _, search = escalate_to_budget(
                 model.path, task_name, calib_set.root, result, qcfg, not cfg.keep_all_int8, cfg.threads
             )

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-
-from ocrquant.tuning.executor import Executor, ExecutorConfig, create_executor
 
 # Piped output (logs, CI, README examples) gets a wide table instead of rich's 80-column default.
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 200)
@@ -139,13 +135,3 @@ RayOpt = Annotated[
         "every node.",
     ),
 ]
-
-
-@contextmanager
-def open_executor(config: ExecutorConfig) -> Iterator[Executor]:
-    """The executor the options name, closed (workers stopped, Ray left) when the command ends."""
-    executor = create_executor(config)
-    try:
-        yield executor
-    finally:
-        executor.close()

@@ -14,9 +14,11 @@ from rich.table import Table
 from ocrquant.cli.common import (
     STATE,
     LimitOpt,
+    RayOpt,
     ShapeOpt,
     StrictOpt,
     ThreadsOpt,
+    WorkersOpt,
     check_threads,
     console,
     err_console,
@@ -26,6 +28,7 @@ from ocrquant.cli.common import (
     unit_interval,
 )
 from ocrquant.errors import OcrQuantError, describe_failure, one_line
+from ocrquant.tuning.executor import ExecutorConfig, check_ray_address
 from ocrquant.zoo.registry import DEFAULT_CHAIN
 
 app = typer.Typer(
@@ -388,6 +391,8 @@ def run_cmd(
             "or another tool) against the float model instead of quantizing; no calibration data needed.",
         ),
     ] = None,
+    workers: WorkersOpt = 0,
+    ray_address: RayOpt = None,
 ) -> None:
     """The whole workflow: quantize, evaluate float and INT8, write report.md and report.json.
 
@@ -410,6 +415,8 @@ def run_cmd(
         datasets=[*data_paths.values(), *calib_paths.values()],
     )
     check_threads(threads)
+    if ray_address:  # before any work: an address that does not answer is one line, not a late failure
+        check_ray_address(ray_address)
     from ocrquant.data import READ_POLICY
 
     READ_POLICY.strict = strict
@@ -433,6 +440,7 @@ def run_cmd(
         batch_size=batch_size,
         calib_batch_size=calib_batch_size,
         int8=int8_paths,
+        executor=ExecutorConfig(workers, ray_address),
     )
     rows = run(cfg)
     # two narrow tables (accuracy, then speed and size) that fit an 80-column terminal; the report

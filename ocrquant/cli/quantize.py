@@ -17,13 +17,12 @@ from ocrquant.cli.common import (
     console,
     guard_outputs,
     non_negative_number,
-    open_executor,
     percent,
     unit_interval,
 )
 from ocrquant.errors import OcrQuantError
 from ocrquant.quantization.mixed_precision import DEFAULT_CONFIDENCE
-from ocrquant.tuning.executor import ExecutorConfig
+from ocrquant.tuning.executor import ExecutorConfig, executor_for
 
 
 def algorithm_options(values: list[str] | None) -> dict[str, dict[str, Any]]:
@@ -226,7 +225,7 @@ def quantize_cmd(
     else:
         from ocrquant.quantization.mixed_precision import escalate_to_budget
 
-        with open_executor(ExecutorConfig(workers, ray_address)) as executor:
+        with executor_for(ExecutorConfig(workers, ray_address)) as executor:
             result = quantize(model, task, calib_data, output, config, executor)
         result, search = escalate_to_budget(
             model, result.task, calib_data, result, config, enabled=not keep_all_int8

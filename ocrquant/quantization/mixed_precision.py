@@ -408,8 +408,8 @@ def quantize_with_budget(
     from ocrquant.data.split import split_calibration
     from ocrquant.fileio import sidecar_path
     from ocrquant.quantization.config import resolve_method
-    from ocrquant.tuning.method_search import calib_size_leaving_validation
     from ocrquant.quantization.pipeline import algorithm_names, quantize
+    from ocrquant.tuning.method_search import calib_size_leaving_validation
     from ocrquant.zoo.resolve import resolve_model
 
     if keep not in KEEP_MODES:

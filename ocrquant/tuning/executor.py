@@ -21,9 +21,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any, Protocol
@@ -143,6 +145,22 @@ class ProcessExecutor:
             self._pool = None
 
 
+@contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 sent to /dev/null for the block: native libraries write there directly, past
+    Python's ``sys.stderr`` and logging."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def check_ray_address(address: str) -> None:
     """Fail in seconds, not after Ray's own minute of retries, when ``host:port`` does not accept a
     connection. ``auto``/``local`` are Ray's to resolve; ``ray://`` addresses are probed the same way."""
@@ -181,10 +199,12 @@ class RayExecutor:
         if not ray.is_initialized():
             check_ray_address(address)
             try:
-                if address == "local":
-                    ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-                else:
-                    ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+                # Ray's C++ client logs each retry to fd 2 (20 lines for a port that is not Ray's)
+                with _stderr_silenced():
+                    if address == "local":
+                        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+                    else:
+                        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise OcrQuantError(f"--ray {address}: {' '.join(str(exc).split())}") from None
             self._started = True
@@ -202,6 +222,17 @@ class RayExecutor:
     def close(self) -> None:
         if self._started:
             self._ray.shutdown()
+
+
+@contextmanager
+def executor_for(config: ExecutorConfig) -> Iterator[Executor]:
+    """The executor ``config`` names, closed (workers stopped, a Ray session this process started
+    shut down) when the block ends, whatever ended it."""
+    executor = create_executor(config)
+    try:
+        yield executor
+    finally:
+        executor.close()
 
 
 def create_executor(config: ExecutorConfig) -> Executor:
