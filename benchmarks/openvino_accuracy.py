@@ -7,6 +7,10 @@ batch); the onnxruntime result is read from ``runs/<chain>/<task>.int8.json``. P
 metrics, the delta with its paired 95 % bootstrap interval, and how many decisions differ (rec: the
 text read; cls: the label; det: images where the number of boxes kept or matched differs).
 
+How many decisions two *correct* executions of one QDQ file differ in is the yardstick: for rec and
+cls the file also runs in onnxruntime with graph optimisation off (every Q/DQ computed in float, the
+ONNX semantics themselves), and each runtime's integer kernels are compared with that reference.
+
   python benchmarks/openvino_accuracy.py [--chains v6 v3] [--shared ../shared/data/icdar2015]
 
 Writes ``runs/openvino/accuracy.json`` (read by ``benchmarks/results.py``); each OpenVINO evaluation is
@@ -43,6 +47,19 @@ def decision_differs(task: str, a: dict, b: dict) -> bool:
     return (fa["det_care"], fa["matched"]) != (fb["det_care"], fb["matched"])
 
 
+def _evaluated(
+    model: Path, task: str, args: argparse.Namespace, backend: str, options: RuntimeOptions
+) -> EvalResult:
+    """The INT8 model on the task's full test set with ``backend``, kept beside it and reused."""
+    suffix = backend if options.optimization == "all" else f"{backend}-{options.optimization}"
+    path = model.with_name(f"{task}.int8.{suffix}.json")
+    return cached_result(
+        path,
+        lambda: eval_model(model, args.shared / TEST[task], task=task, output=path, backend=backend,
+                           runtime=options),
+    )  # fmt: skip
+
+
 def compare(chain: str, task: str, args: argparse.Namespace) -> dict:
     runs = args.runs / chain
     model = runs / f"{task}.int8.onnx"
@@ -51,13 +68,7 @@ def compare(chain: str, task: str, args: argparse.Namespace) -> dict:
         hint = f"run python benchmarks/icdar2015.py --chain {chain}"
         raise OcrQuantError(f"no INT8 model or its onnxruntime result: {hint}", runs)
     ort = EvalResult.read(ort_file)
-    ov_file = runs / f"{task}.int8.openvino.json"
-    options = RuntimeOptions(threads=2)
-    ov = cached_result(
-        ov_file,
-        lambda: eval_model(model, args.shared / TEST[task], task=task, output=ov_file, backend="openvino",
-                           runtime=options),
-    )  # fmt: skip
+    ov = _evaluated(model, task, args, "openvino", RuntimeOptions(threads=2))
     metric = build_task(task, resolve_model(CHAINS[chain][task])).new_metric()
     ci = paired_delta_interval(metric, ort.samples, ov.samples)
     by_key = {s["key"]: s for s in ort.samples}
@@ -69,6 +80,15 @@ def compare(chain: str, task: str, args: argparse.Namespace) -> dict:
            "decisions_differ": differ}  # fmt: skip
     delta = 100 * (row["openvino"] - row["onnxruntime"])
     interval = f"95% [{100 * row['low']:+.2f}, {100 * row['high']:+.2f}]" if ci else ""
+    if task in args.emulation_tasks:
+        emulated = _evaluated(
+            model, task, args, "onnxruntime", RuntimeOptions(threads=2, optimization="disable")
+        )
+        ref = {s["key"]: s for s in emulated.samples}
+        row["ort_vs_emulation"] = sum(decision_differs(task, ref[s["key"]], s) for s in ort.samples)
+        row["openvino_vs_emulation"] = sum(decision_differs(task, ref[s["key"]], s) for s in ov.samples)
+        print(f"  {chain} {task:4} decisions differing from the QDQ graph run in float: onnxruntime "
+              f"{row['ort_vs_emulation']}, openvino {row['openvino_vs_emulation']}", flush=True)  # fmt: skip
     print(f"  {chain} {task:4} {primary:6} onnxruntime {row['onnxruntime']:.4f}  openvino "
           f"{row['openvino']:.4f}  {delta:+.2f} pt  {interval}  {differ}/{ov.count} decisions differ",
           flush=True)  # fmt: skip
@@ -79,12 +99,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chains", nargs="+", default=["v6", "v3"], choices=sorted(CHAINS))
     ap.add_argument("--shared", type=Path, default=Path("../shared/data/icdar2015"))
+    ap.add_argument("--tasks", nargs="+", default=["det", "cls", "rec"], choices=["det", "cls", "rec"])
     ap.add_argument("--runs", type=Path, default=Path("runs"))
     ap.add_argument("--out", type=Path, default=Path("runs/openvino/accuracy.json"))
+    ap.add_argument("--emulation-tasks", nargs="*", default=["cls", "rec"],
+                    help="tasks also run as the QDQ graph in float (both runtimes' reference)")  # fmt: skip
     args = ap.parse_args()
     host = machine_description()
     print(host, flush=True)
-    rows = [compare(chain, task, args) for chain in args.chains for task in ("det", "cls", "rec")]
+    rows = [compare(chain, task, args) for chain in args.chains for task in args.tasks]
     command = "python benchmarks/openvino_accuracy.py" + (
         f" --chains {' '.join(args.chains)}" if args.chains != ["v6", "v3"] else ""
     )
