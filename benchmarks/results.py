@@ -156,6 +156,22 @@ def update_readme(readme: Path, table: list[str]) -> None:
     write_text_atomic(readme, head + BEGIN + "\n" + "\n".join(table) + "\n" + END + tail)
 
 
+def search_phases(folder: Path, tasks: dict) -> list[str]:
+    """Per task, the wall time of each phase of ``auto`` its sidecar records (range candidates, qdq-stage
+    algorithms, each validated algorithm's trial); tasks whose sidecar predates the record are left out."""
+    out = []
+    for task in tasks:
+        sidecar = folder / f"{task}.int8.quant.json"
+        seconds = (
+            json.loads(sidecar.read_text()).get("method_search", {}).get("seconds")
+            if sidecar.is_file()
+            else None
+        )
+        if seconds:
+            out.append(f"{task}: " + ", ".join(f"{k} {v}" for k, v in seconds.items() if k != "executor"))
+    return out
+
+
 def chain_section(chain: str, folder: Path) -> list[str]:
     """One chain's table (per task: recipe, FP32, INT8, delta, speed, size, quantize time) and e2e."""
     path = folder / "summary.json"
@@ -188,6 +204,10 @@ def chain_section(chain: str, folder: Path) -> list[str]:
     ]
     if made:
         lines += ["", "The INT8 models: " + "; ".join(made) + "."]
+    phases = search_phases(folder, s["tasks"])
+    if phases:
+        lines += ["", "Where `auto`'s time went (seconds, from each sidecar's `method_search.seconds`): "
+                  + "; ".join(phases) + "."]  # fmt: skip
     e2e = s.get("e2e")
     if e2e:
         # eval_e2e keys its figures by lexicon; the chain runs with none
