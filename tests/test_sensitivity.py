@@ -23,7 +23,6 @@ from ocrquant.data.split import split_calibration
 from ocrquant.errors import OcrQuantError
 from ocrquant.quantization import QuantConfig, quantize
 from ocrquant.quantization.algorithms.hs_cle import GATE_SUFFIX
-from ocrquant.tuning.method_search import calib_size_leaving_validation
 from ocrquant.quantization.mixed_precision import (
     _subset_caution,
     config_for,
@@ -31,6 +30,7 @@ from ocrquant.quantization.mixed_precision import (
     quantize_with_budget,
 )
 from ocrquant.tasks import get_task_class
+from ocrquant.tuning.method_search import calib_size_leaving_validation
 from tests.conftest import zoo_model_path
 
 
