@@ -678,6 +678,18 @@ def test_auto_method_picks_the_best_candidate_and_validates_bias_correction(cls_
     final = next((r for r in reversed(rows) if r.get("kept")), best)  # the last algorithm kept, else the pick
     assert val["chosen_metric"] == final.get("all_algorithms", final)["val_metric"]
     assert abs(val["drop_points"] - 100 * (val["float_metric"] - val["chosen_metric"])) < 1e-3
+    # the one line the CLI prints: the range picked among the candidates, each trial kept, not kept or
+    # not tried (and why), so a run without torch says which recipe it ran
+    from ocrquant.tuning.method_search import search_summary
+
+    line = search_summary(search)
+    assert line.startswith(f"auto: range {best['method']}") and "min_max" in line and "mse" in line
+    for trial in trials:
+        if "skipped" in trial:
+            assert f"not tried {trial['algorithm']} ({trial['skipped']})" in line
+        else:
+            part = "kept " if trial["kept"] else "not kept "
+            assert any(p.startswith(part) and trial["algorithm"] in p for p in line.split("; "))
     # candidates never written beside the output; the float model quantized is (analysis reference)
     assert [p.name for p in tmp_path.glob("cls.auto.*.onnx")] == ["cls.auto.float.onnx"]
     assert side["output"] == str(out) and rows == search["candidates"]

@@ -21,8 +21,10 @@ from ocrquant.cli.common import (
     unit_interval,
 )
 from ocrquant.errors import OcrQuantError
+from ocrquant.fileio import read_sidecar
 from ocrquant.quantization.mixed_precision import DEFAULT_CONFIDENCE
 from ocrquant.tuning.executor import ExecutorConfig, executor_for
+from ocrquant.tuning.method_search import search_summary
 
 
 def algorithm_options(values: list[str] | None) -> dict[str, dict[str, Any]]:
@@ -247,6 +249,9 @@ def quantize_cmd(
     console.print(table)
     for name, report in result.algorithms.items():
         console.print(f"algorithm {name}: {report}")
+    search = read_sidecar(result.output).get("method_search")
+    if search:
+        console.print(search_summary(search))
     t = result.timings
     console.print(
         f"time: {t['total_s']:.1f} s (prepare {t['prepare_s']:.1f}, calibration {t['calibration_s']:.1f}"

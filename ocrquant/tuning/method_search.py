@@ -317,6 +317,27 @@ def quantize_auto(
     return result, side["method_search"]["candidates"]
 
 
+def search_summary(search: dict[str, Any]) -> str:
+    """One line saying what ``auto`` chose and what it tried, for the user to see which recipe ran:
+    the range method among the candidates, the validated algorithms kept and not kept, and any not
+    tried because an optional extra is missing (so a run without torch says so, rather than silently
+    giving another recipe)."""
+    rows = search.get("candidates", [])
+    chosen = search.get("chosen", {})
+    ranges = [_tag(r["method"], r.get("options") or {}) for r in rows if "algorithm" not in r]
+    kept = [r["algorithm"] for r in rows if r.get("kept")]
+    rejected = [r["algorithm"] for r in rows if "algorithm" in r and r.get("kept") is False]
+    skipped = [f"{r['algorithm']} ({r['skipped']})" for r in rows if "skipped" in r]
+    picked = _tag(chosen.get("method", "?"), chosen.get("options") or {})
+    parts = [f"auto: range {picked} of {', '.join(ranges)}"]
+    parts.append(f"kept {', '.join(kept) or 'none'}")
+    if rejected:
+        parts.append(f"not kept {', '.join(rejected)}")
+    if skipped:
+        parts.append(f"not tried {', '.join(skipped)}")
+    return "; ".join(parts)
+
+
 def prepass(model_file: str | Path) -> Path:
     """Where ``auto`` keeps a candidate's QDQ model before the target's graph passes."""
     path = Path(model_file)
