@@ -24,6 +24,7 @@ from ocrquant.report.html import render_html
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.runtime.timing import interleaved_latency
 from ocrquant.tuning.executor import ExecutorConfig, executor_for
+from ocrquant.tuning.method_search import search_summary
 from ocrquant.zoo.registry import DEFAULT_CHAIN
 from ocrquant.zoo.resolve import ResolvedModel, resolve_model
 
@@ -324,6 +325,8 @@ def run_task(task_name: str, cfg: RunConfig) -> tuple[ReportRow, TaskFigures | N
             "quantization": _quant_summary(sidecar.get("settings", {}))
             if sidecar.get("settings")
             else "given with --int8 (no ocrquant sidecar)",
+            # what auto picked and tried, kept or could not try (an extra missing): which recipe ran
+            **({"auto search": search_summary(ms)} if (ms := sidecar.get("method_search")) else {}),
             # what calibration actually read (a small set gives fewer than --calib-size)
             "calibration images": str(sidecar.get("settings", {}).get("calib_size", "?")),
             "int8 model": str(int8_path),

@@ -29,6 +29,7 @@ def test_run_writes_report_and_resumes(cls_model: Path, tmp_path: Path) -> None:
     assert 0.0 <= row["int8_metric"] <= 1.0 and row["float_metric"] > 0.5
     assert row["float_ms"] > 0 and row["int8_ms"] > 0 and row["int8_mb"] < row["float_mb"]
     assert f"| {row['model']} (cls, acc) |" in (out / "report.md").read_text()
+    assert "auto search" not in row["details"]  # a method given: no search to report
     int8 = out / "cls" / "cls.int8.onnx"
     stamp = int8.stat().st_mtime_ns
     second = CliRunner().invoke(app, args)
