@@ -32,10 +32,11 @@ from ocrquant.report.table import machine_description
 
 def timed_quantize(model: str, task: str, calib: Path, workers: int, scratch: Path) -> dict:
     out = scratch / f"{task}.w{workers}.int8.onnx"
-    cmd = [sys.executable, "-m", "ocrquant.cli.main", "quantize", "-m", model, "--calib-data", str(calib),
-           "-o", str(out), "--cache-dir", str(scratch / f"cache-{task}-{workers}")]  # fmt: skip
-    if workers:
-        cmd += ["--workers", str(workers)]
+    # the command as a user types it, then this run's own calibration cache (empty, so nothing is reused)
+    shown = ["quantize", "-m", model, "--calib-data", str(calib), "-o", str(out)]
+    shown += ["--workers", str(workers)] if workers else []
+    cache = ["--cache-dir", str(scratch / f"cache-{task}-{workers}")]
+    cmd = [sys.executable, "-m", "ocrquant.cli.main", *shown, *cache]
     load = [os.getloadavg()[0]]
     t = time.perf_counter()
     log = scratch / f"{task}.w{workers}.log"
@@ -43,14 +44,15 @@ def timed_quantize(model: str, task: str, calib: Path, workers: int, scratch: Pa
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - t
     load.append(os.getloadavg()[0])
-    if proc.returncode != 0:
-        raise OcrQuantError(f"ocrquant quantize failed (exit {proc.returncode}); see its log", log)
+    if proc.returncode != 0:  # the log lives in a scratch folder that goes with the error: quote it
+        last = ([ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()] or [""])[-1]
+        raise OcrQuantError(f"ocrquant quantize failed (exit {proc.returncode}): {last.strip()}", model)
     side = read_sidecar(out)
     search = side.get("method_search", {})
     return {"task": task, "model": model, "workers": workers, "seconds": round(seconds, 1),
             "recipe": {k: side["settings"].get(k) for k in ("method", "method_options", "algorithms")},
             "phases": search.get("seconds", {}), "load_average": load,
-            "command": " ".join(["ocrquant", *cmd[3:-2]] + (cmd[-2:] if workers else []))}  # fmt: skip
+            "command": " ".join(["ocrquant", *shown])}  # fmt: skip
 
 
 def main() -> None:

@@ -10,12 +10,12 @@ Why it is built this way:
   shape of each call's input and caches one compiled model (and infer request) per shape, so the
   few sizes a task uses (det 544x960, rec 48x320 batch 1/8, ...) compile once each.
 * **Then one dynamic model.** A pipeline's rec batches are padded to their widest crop, so their
-  widths rarely repeat, and each static compile costs about a second: past ``max_cached_shapes``
+  widths rarely repeat, and each static compile costs one to two seconds: past ``max_cached_shapes``
   distinct shapes, new shapes run on one model compiled with the file's own dynamic dimensions (if it
   compiles; otherwise static as before). The few shapes a task repeats stay static, because there a
   static model runs faster: PP-OCRv6 small INT8 on 2 cores (AMD EPYC Zen 4), static vs dynamic, det
-  1x3x736x1312 88 vs 104 ms, cls 6x3x48x192 3.6 vs 4.8 ms, rec 6x3x48x320 31.7 vs 36.5 ms, each static
-  compile 0.8-1.3 s (``python benchmarks/openvino_shapes.py``).
+  1x3x736x1312 83 vs 105 ms, cls 6x3x48x192 3.4 vs 4.5 ms, rec 6x3x48x320 37.6 vs 40.5 ms, a first call
+  on a new static shape (its compile) 1.5-1.6 s (``python benchmarks/openvino_shapes.py``).
 * **Explicit settings.** ``INFERENCE_NUM_THREADS`` from ``RuntimeOptions.threads``, performance hint
   LATENCY, one stream, no CPU pinning (as onnxruntime), and ``INFERENCE_PRECISION_HINT=f32``: on
   AMX CPUs OpenVINO would otherwise run float models in bf16, a different model from onnxruntime's.

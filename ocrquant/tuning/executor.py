@@ -191,13 +191,13 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str) -> None:
+        check_ray_address(address)  # first: an address that does not answer is wrong with or without ray
         try:
             import ray
         except ImportError:
             raise OcrQuantError("--ray needs the ray extra: pip install 'ocrquant[ray]'") from None
         self._ray = ray
         if not ray.is_initialized():
-            check_ray_address(address)
             try:
                 # Ray's C++ client logs each retry to fd 2 (20 lines for a port that is not Ray's)
                 with _stderr_silenced():
