@@ -14,8 +14,8 @@ import argparse
 import os
 from pathlib import Path
 
+from ocrquant.analysis.bench import run_bench
 from ocrquant.fileio import write_json_atomic
-from ocrquant.runtime.bench import run_bench
 
 FP32 = {"det": "ppocrv3-det", "rec": "ppocrv3-rec", "cls": "ppocrv3-cls"}
 # (task, shape, case backend, case precision) -> minimum speed-up over onnxruntime FP32

@@ -43,8 +43,8 @@ from ocrquant.evaluation.significance import paired_delta_interval
 from ocrquant.fileio import write_json_atomic
 from ocrquant.quantization.algorithms.distill import float_logits, output_losses
 from ocrquant.quantization.config import QuantConfig
-from ocrquant.quantization.pipeline import quantize
 from ocrquant.runtime import RuntimeOptions, create_runner
+from ocrquant.tuning import quantize
 from ocrquant.zoo.resolve import resolve_model
 
 VARIANTS = {"base": ["bias_correction"], "distill": ["bias_correction", "distill"]}

@@ -37,8 +37,8 @@ from ocrquant.evaluation import evaluate
 from ocrquant.evaluation.evaluate import EvalResult, cached_result, fidelity
 from ocrquant.quantization import targets
 from ocrquant.quantization.config import QuantConfig
-from ocrquant.quantization.pipeline import quantize
 from ocrquant.runtime import RuntimeOptions, create_runner
+from ocrquant.tuning import quantize
 from ocrquant.zoo.resolve import resolve_model
 
 #: variant -> (activation type, weight type); None keeps the target's own

@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from ocrquant.analysis.bench import run_bench
 from ocrquant.api import build_task, eval_model
 from ocrquant.data import open_dataset
 from ocrquant.errors import OcrQuantError, run_script
@@ -40,7 +41,6 @@ from ocrquant.pipeline.evaluate import eval_e2e
 from ocrquant.quantization.targets import cpu_has_vnni
 from ocrquant.report.table import machine_description
 from ocrquant.runtime import RuntimeOptions
-from ocrquant.runtime.bench import run_bench
 from ocrquant.zoo.resolve import resolve_model
 
 CHAINS = {

@@ -18,8 +18,9 @@ from pathlib import Path
 from ocrquant.api import build_task, input_shape_options
 from ocrquant.data import open_dataset
 from ocrquant.evaluation import evaluate
-from ocrquant.quantization import QuantConfig, quantize
+from ocrquant.quantization import QuantConfig
 from ocrquant.runtime import RuntimeOptions, create_runner
+from ocrquant.tuning import quantize
 from ocrquant.zoo.resolve import resolve_model
 
 SHAPE = (1, 3, 512, 896)

@@ -27,7 +27,7 @@ from ocrquant.api import build_task
 from ocrquant.data import load_image, open_dataset
 from ocrquant.fileio import write_json_atomic
 from ocrquant.frontends.ncnn_export import ncnn_model_for
-from ocrquant.quantization.ncnn_int8 import ncnn_report
+from ocrquant.report.ncnn import ncnn_report
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.runtime.timing import interleaved_runs
 from ocrquant.zoo.resolve import resolve_model

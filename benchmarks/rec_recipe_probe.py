@@ -30,9 +30,10 @@ import numpy as np
 from ocrquant.api import build_task
 from ocrquant.data import load_image, open_dataset, sample_calibration
 from ocrquant.errors import OcrQuantError, run_script
-from ocrquant.quantization import QuantConfig, quantize
+from ocrquant.quantization import QuantConfig
 from ocrquant.quantization import targets as T
 from ocrquant.runtime import RuntimeOptions, create_runner
+from ocrquant.tuning import quantize
 from ocrquant.zoo.resolve import resolve_model
 
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from icdar2015 import CHAINS, bench_shapes  # the chains and sizes of the INT8 models it made
 
+from ocrquant.analysis.bench import run_bench
 from ocrquant.errors import OcrQuantError, run_script
 from ocrquant.fileio import write_json_atomic
 from ocrquant.report.table import machine_description
-from ocrquant.runtime.bench import run_bench
 
 
 def chain_rows(chain: str, args: argparse.Namespace) -> list[dict]:

@@ -64,10 +64,11 @@ from ocrquant.data import Sample, load_image, open_dataset, sample_calibration
 from ocrquant.evaluation.significance import paired_delta_interval
 from ocrquant.fileio import atomic_path, write_json_atomic
 from ocrquant.metrics.base import Metric
-from ocrquant.quantization import QuantConfig, quantize
+from ocrquant.quantization import QuantConfig
 from ocrquant.runtime import RuntimeOptions
 from ocrquant.runtime.timing import interleaved_latency
 from ocrquant.tasks.cls import resize_norm_pad
+from ocrquant.tuning import quantize
 from ocrquant.zoo.resolve import resolve_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data/icdar2015"

@@ -19,6 +19,12 @@ class OcrQuantError(Exception):
         super().__init__(f"{path}: {message}" if path is not None else message)
 
 
+def missing_extra(extra: str, what: str, exc: ImportError | None = None) -> OcrQuantError:
+    """The one-line error for a feature whose optional dependencies are not installed."""
+    missing = f" ({exc.name} not found)" if exc is not None and exc.name else ""
+    return OcrQuantError(f"{what} needs the optional extra{missing}: pip install 'ocrquant[{extra}]'")
+
+
 def one_line(exc: BaseException) -> str:
     """The error as the CLI prints it: ``error: <message>`` on one line, whatever the message holds
     (onnxruntime's messages carry newlines)."""

@@ -10,10 +10,13 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ocrquant.errors import OcrQuantError
 
@@ -33,7 +36,6 @@ def _pid_alive(pid: int) -> bool:
 def _remove_if_orphaned(path: Path) -> None:
     """Remove ``path`` (a scratch folder or temporary file named with ``pid<N>-``) when process N is
     gone: ``kill -9`` gives a process no chance to clean up, so the next run does it."""
-    import shutil
 
     match = _PID_TAG.search(path.name)
     if match is None or _pid_alive(int(match.group(1))):
@@ -117,7 +119,6 @@ def file_fingerprint(path: str | Path) -> str:
 
 
 def _json_default(obj: Any) -> Any:
-    import numpy as np
 
     if isinstance(obj, np.generic):
         return obj.item()
@@ -145,7 +146,6 @@ def float_reference_path(model: str | Path) -> Path:
 def copy_quantized(src: str | Path, dst: str | Path) -> None:
     """Copy a quantized model and what belongs to it (its float reference, then the model; the
     sidecar is the caller's, since it usually rewrites it), each atomically."""
-    import shutil
 
     ref = float_reference_path(src)
     if ref.is_file():

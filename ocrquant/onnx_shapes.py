@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+from onnx import shape_inference
+
+from ocrquant.errors import OcrQuantError
 
 
 def declared_dims(value_info: onnx.ValueInfoProto, unknown: Any = "?") -> list[Any]:
@@ -36,7 +39,6 @@ def require_graph(model: onnx.ModelProto, path: str | Path) -> onnx.ModelProto:
     """``model`` if it has a graph with inputs, outputs and nodes, else a one-line error naming
     ``path``: protobuf parses an empty file, and many text or random files, into a "model" without
     complaint, which would then fail deep inside a command."""
-    from ocrquant.errors import OcrQuantError
 
     if not model.graph.input or not model.graph.output or not model.graph.node:
         raise OcrQuantError("not an ONNX model (no graph, inputs or outputs in it)", path)
@@ -47,7 +49,6 @@ def check_pinnable(model: onnx.ModelProto, shape: tuple[int, ...], source: str |
     """The one image input that ``shape`` may pin (-1 leaves a dimension as it is), else a one-line
     error: dimensions the model already fixes (PP-OCR rec's height 48, the 3 channels) must agree,
     since a different value gives a model that cannot run."""
-    from ocrquant.errors import OcrQuantError
 
     if len(model.graph.input) != 1:
         raise OcrQuantError(
@@ -88,7 +89,6 @@ def static_output_shapes(model: onnx.ModelProto) -> None:
     """Write fully static output shapes where ONNX shape inference (with data propagation) finds them
     (in place): converters leave shapes computed through Shape/Concat/Reshape (the cls head's flatten)
     symbolic, and a static-shape deployment wants them concrete."""
-    from onnx import shape_inference
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)

@@ -12,21 +12,45 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ocrquant.api import build_task, input_shape_options
+import onnx
+
 from ocrquant.data import open_dataset, sample_root
+from ocrquant.data.synth import generate
 from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation import EvalResult, evaluate
 from ocrquant.evaluation.evaluate import preprocessed_inputs
-from ocrquant.fileio import file_fingerprint, read_sidecar, sha256_file, write_json_atomic, write_text_atomic
+from ocrquant.fileio import (
+    file_fingerprint,
+    manifest_intact,
+    read_sidecar,
+    sha256_file,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_manifest,
+    write_sidecar,
+    write_text_atomic,
+)
+from ocrquant.onnx_shapes import declared_input_shape, pin_input_shape
+from ocrquant.pipeline.build import int8_model_path
+from ocrquant.pipeline.evaluate import chain_report, default_vocab_dir
+from ocrquant.quantization import QuantConfig
+from ocrquant.quantization.graph import is_quantized
+from ocrquant.quantization.ncnn_int8 import DEFAULT_METHOD
 from ocrquant.report import ReportRow, render_markdown
 from ocrquant.report.figures import TaskFigures, speed_size_figure, task_figures
 from ocrquant.report.html import render_html
+from ocrquant.report.ncnn import ncnn_report
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.runtime.timing import interleaved_latency
+from ocrquant.tuning import quantize
+from ocrquant.tuning.budget import escalate_to_budget, quantize_with_budget
 from ocrquant.tuning.executor import ExecutorConfig, executor_for
 from ocrquant.tuning.method_search import search_summary
+from ocrquant.zoo import ZOO
+from ocrquant.zoo.fetch import cache_home
 from ocrquant.zoo.registry import DEFAULT_CHAIN
 from ocrquant.zoo.resolve import ResolvedModel, resolve_model
+from ocrquant.zoo.task import build_task, input_shape_options
 
 log = logging.getLogger("ocrquant")
 
@@ -58,7 +82,7 @@ class RunConfig:
     max_drop: dict[str, float] = field(default_factory=dict)
     #: without a budget: keep every layer INT8 even when ``auto``'s model may lose more than a point on
     #: 1000+ held-out images (by default the most sensitive blocks then stay float, see
-    #: :func:`ocrquant.quantization.mixed_precision.escalate_to_budget`)
+    #: :func:`ocrquant.tuning.budget.escalate_to_budget`)
     keep_all_int8: bool = False
     #: ``--input-shape N C H W``: a fixed model input for every task (see api.input_shape_options)
     input_shape: tuple[int, int, int, int] | None = None
@@ -75,9 +99,6 @@ class RunConfig:
 
 def default_calibration_root() -> Path:
     """A synthetic calibration set (own seed, never the sample's test images), made once and cached."""
-    from ocrquant.data.synth import generate
-    from ocrquant.fileio import manifest_intact, write_manifest
-    from ocrquant.zoo.fetch import cache_home
 
     root = cache_home() / "synth-calib-seed7"
     if not manifest_intact(root):  # a damaged set would otherwise break every later run
@@ -144,7 +165,6 @@ def given_int8(task_name: str, path: Path, cfg: RunConfig) -> Quantized:
     """The INT8 model ``--int8`` names for the task, checked (a readable, quantized ONNX file: the
     model loader names a missing or broken one), with the float model and test set it is scored
     against; nothing is written."""
-    from ocrquant.quantization.graph import is_quantized
 
     if cfg.input_shape is not None:
         raise OcrQuantError("--int8 takes the model as it is; --input-shape cannot pin it (pin it first)")
@@ -160,7 +180,6 @@ def given_int8(task_name: str, path: Path, cfg: RunConfig) -> Quantized:
 def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
     """Quantize the task's model with its calibration set (skipped when the run directory has it, or
     when ``--int8`` gives the INT8 model: :func:`given_int8`)."""
-    from ocrquant.quantization import QuantConfig, quantize
 
     given = cfg.int8.get(task_name, cfg.int8.get(task_name.split("-")[0]))
     if given is not None:
@@ -205,7 +224,6 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
     key_file = out / "quantize.key.json"
     if not _quantized_already(int8_path, key_file, qkey):
         log.info("[%s] quantizing %s (up to %d calibration images)", task_name, model.name, cfg.calib_size)
-        from ocrquant.quantization.mixed_precision import escalate_to_budget, quantize_with_budget
 
         if budget is None:
             with executor_for(cfg.executor) as executor:
@@ -229,9 +247,6 @@ def _pinned_proto(model: ResolvedModel, shape: tuple[int, int, int, int]) -> Any
     """``--input-shape``: the float model with its input pinned (in memory; None when the model
     already declares that shape), so that the float model scored, the one quantized and the INT8
     model written all declare the static shape a fixed-shape compiler takes."""
-    import onnx
-
-    from ocrquant.onnx_shapes import declared_input_shape, pin_input_shape
 
     loaded = onnx.load(str(model.path))
     pinned = pin_input_shape(loaded, shape, model.path)
@@ -242,8 +257,6 @@ def _write_pinned(model: ResolvedModel, task_name: str, pinned: Any, out: Path) 
     """The pinned model as ``<name>.fixed.onnx`` in the run folder, with a sidecar recording the task
     and the zoo preset (the quantizer reads them when it opens the file); the framework source
     (``--framework paddle``) stays the original."""
-    from ocrquant.fileio import write_bytes_atomic, write_sidecar
-    from ocrquant.onnx_shapes import declared_input_shape
 
     path = out / f"{model.name}.fixed.onnx"
     write_bytes_atomic(path, pinned.SerializeToString())
@@ -270,13 +283,8 @@ def _quantized_already(int8_path: Path, key_file: Path, qkey: dict[str, Any]) ->
 
 def _publish_int8(model: ResolvedModel, int8_path: Path) -> None:
     """Zoo models: also cache the INT8 model where ``ocrquant ocr --precision int8`` looks for it."""
-    from ocrquant.fileio import write_bytes_atomic
-    from ocrquant.pipeline.build import int8_model_path
-    from ocrquant.zoo import ZOO
 
     if model.name in ZOO:
-        from ocrquant.fileio import write_sidecar
-
         target = int8_model_path(model.name)
         write_bytes_atomic(target, int8_path.read_bytes())
         write_sidecar(target, {"quantized_by": "ocrquant run", "source": str(int8_path)})
@@ -342,8 +350,7 @@ def run_task(task_name: str, cfg: RunConfig) -> tuple[ReportRow, TaskFigures | N
 def run_task_ncnn(task_name: str, cfg: RunConfig) -> tuple[ReportRow, TaskFigures | None]:
     """One task on ncnn (``--backend ncnn``): float and INT8 ncnn models from the same calibration
     data, scored on the same test set, with onnxruntime's float figure beside them
-    (:func:`ocrquant.quantization.ncnn_int8.ncnn_report`)."""
-    from ocrquant.quantization.ncnn_int8 import DEFAULT_METHOD, ncnn_report
+    (:func:`ocrquant.report.ncnn.ncnn_report`)."""
 
     spec, _, task_name = _task_model(task_name, cfg)
     kind = DATA_KIND.get(task_name, "det")
@@ -401,7 +408,6 @@ def run(cfg: RunConfig) -> list[ReportRow]:
 
 def run_e2e(cfg: RunConfig) -> list[dict[str, Any]]:
     """Chain rows (all FP32, each stage INT8 alone, all INT8) on the det test set, end-to-end metric."""
-    from ocrquant.pipeline.evaluate import chain_report, default_vocab_dir
 
     q = {t: quantize_for_task(t, cfg) for t in ("det", "cls", "rec")}
     dataset = open_dataset(cfg.data["det"], "det")

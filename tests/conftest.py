@@ -50,7 +50,8 @@ def quantize_cls_variants(
     with min_max ranges and the shared calibration cache in ``out_dir``: ``{name: (QuantResult, path)}``.
     Why: the algorithm tests compare a model with and without one algorithm, everything else equal."""
     from ocrquant.data import sample_root
-    from ocrquant.quantization import QuantConfig, quantize
+    from ocrquant.quantization import QuantConfig
+    from ocrquant.tuning import quantize
 
     results = {}
     for name, algos in variants.items():

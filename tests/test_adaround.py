@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ocrquant.data import sample_root
 from ocrquant.errors import OcrQuantError
-from ocrquant.quantization import QuantConfig, quantize
+from ocrquant.quantization import QuantConfig
 from ocrquant.quantization.algorithms.adaround import choose_rounding, conv_patches
 from ocrquant.quantization.config import QdqStart
 from ocrquant.quantization.saturation import (
@@ -23,6 +23,7 @@ from ocrquant.quantization.saturation import (
     reduction_major,
     worst_pair_sum,
 )
+from ocrquant.tuning import quantize
 from tests.conftest import quantize_cls_variants, sample_cls_inputs
 
 

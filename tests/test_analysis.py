@@ -348,8 +348,9 @@ def test_compare_uses_the_float_model_that_was_quantized(tmp_path):
     from ocrquant.analysis.inputs import load_inputs
     from ocrquant.data import sample_root
     from ocrquant.fileio import float_reference_path, read_sidecar
-    from ocrquant.quantization import QuantConfig, quantize
+    from ocrquant.quantization import QuantConfig
     from ocrquant.quantization.prepare import prepare_model
+    from ocrquant.tuning import quantize
     from tests.conftest import zoo_model_path
 
     model = zoo_model_path("ppocrv3-cls")

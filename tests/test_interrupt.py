@@ -248,7 +248,8 @@ def test_missing_extra_is_reported_before_any_download(tmp_path: Path, monkeypat
 def test_damaged_calibration_cache_is_recomputed(tmp_path: Path, caplog) -> None:
     """A calibration cache entry that still loads but was altered would give wrong ranges silently."""
     from ocrquant.data import sample_root
-    from ocrquant.quantization import QuantConfig, quantize
+    from ocrquant.quantization import QuantConfig
+    from ocrquant.tuning import quantize
 
     model = zoo_model_path("ppocrv3-cls")
     cfg = QuantConfig(method="min_max", calib_size=8, cache_dir=tmp_path / "calib", progress=False)

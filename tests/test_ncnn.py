@@ -154,7 +154,7 @@ def test_only_layers_faster_in_int8_are_quantized(det_ncnn, det_int8, tmp_path: 
 
 def test_table_format_and_weight_scales(det_ncnn, det_int8) -> None:
     """One ``<layer>_param_0`` line of 127/absmax per output channel and one ``<layer> scale`` line each."""
-    from ocrquant.quantization.ncnn_int8 import Int8Table, NcnnParam, read_bin
+    from ocrquant.frontends.ncnn_format import Int8Table, NcnnParam, read_bin
 
     table = Int8Table.read(det_int8.table)
     assert set(table.weights) == set(table.activations) == set(det_int8.quantized_layers)
@@ -194,7 +194,7 @@ def test_table_missing_blob_is_a_one_line_error(det_ncnn, det_int8, tmp_path: Pa
 
 
 def test_bin_not_matching_param_is_a_clear_error(det_ncnn, tmp_path: Path) -> None:
-    from ocrquant.quantization.ncnn_int8 import NcnnParam, read_bin
+    from ocrquant.frontends.ncnn_format import NcnnParam, read_bin
 
     short = tmp_path / "short.bin"
     short.write_bytes(det_ncnn[1].bin.read_bytes()[:-100])

@@ -166,7 +166,8 @@ def test_v6_rec_int8_keeps_readings_on_held_out_train_crops(icdar: Path, tmp_pat
     from ocrquant.data.types import Dataset
     from ocrquant.evaluation import evaluate
     from ocrquant.evaluation.evaluate import fidelity
-    from ocrquant.quantization import QuantConfig, quantize
+    from ocrquant.quantization import QuantConfig
+    from ocrquant.tuning import quantize
 
     train = open_dataset(icdar / "rec_train", "rec")
     calib = Dataset(train.root, "rec", train.format, train.samples[:64])

@@ -14,7 +14,7 @@ from onnx import numpy_helper
 
 from ocrquant.data import sample_root
 from ocrquant.errors import OcrQuantError
-from ocrquant.quantization import QuantConfig, is_quantized, max_abs_diff, prepare_model, quantize
+from ocrquant.quantization import QuantConfig, is_quantized, max_abs_diff, prepare_model
 from ocrquant.quantization.calibration import (
     CALIBRATORS,
     QSpec,
@@ -24,6 +24,7 @@ from ocrquant.quantization.calibration import (
 )
 from ocrquant.quantization.graph import float_tensors
 from ocrquant.quantization.targets import compute_scale_zp, is_pow2
+from ocrquant.tuning import quantize
 from tests.conftest import quantize_cls_variants, sample_cls_inputs
 
 
@@ -596,7 +597,7 @@ def test_the_budget_search_follows_auto_only_past_a_point_on_enough_images(tmp_p
     Otherwise, or for a model not chosen by ``auto`` (no method search), the model passes through;
     ``--keep-all-int8`` warns."""
     from ocrquant.quantization.config import QuantResult
-    from ocrquant.quantization.mixed_precision import escalate_to_budget, needs_budget
+    from ocrquant.tuning.budget import escalate_to_budget, needs_budget
 
     model = tmp_path / "m.onnx"
     model.write_bytes(b"")

@@ -13,10 +13,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from ocrquant.analysis.bench import make_inputs, run_bench
 from ocrquant.data import sample_root
 from ocrquant.errors import OcrQuantError
 from ocrquant.runtime import RuntimeOptions, create_runner
-from ocrquant.runtime.bench import make_inputs, run_bench
 from ocrquant.runtime.openvino import fold_constant_qdq
 from ocrquant.runtime.tensorrt import NO_GPU, cuda_device_count
 from tests.conftest import zoo_model_path

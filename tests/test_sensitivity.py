@@ -16,21 +16,22 @@ from ocrquant.analysis.sensitivity import (
     Validator,
     VariantBuilder,
     analyze_layers,
-    quantize_pair,
 )
 from ocrquant.data import open_dataset, sample_calibration, sample_root
 from ocrquant.data.split import split_calibration
 from ocrquant.errors import OcrQuantError
-from ocrquant.quantization import QuantConfig, quantize
+from ocrquant.quantization import QuantConfig
 from ocrquant.quantization.algorithms.hs_cle import GATE_SUFFIX
-from ocrquant.quantization.mixed_precision import (
+from ocrquant.tasks import get_task_class
+from ocrquant.tuning import quantize
+from ocrquant.tuning.budget import (
     _subset_caution,
     config_for,
     greedy_search,
     quantize_with_budget,
 )
-from ocrquant.tasks import get_task_class
 from ocrquant.tuning.method_search import calib_size_leaving_validation
+from ocrquant.tuning.sensitivity import quantize_pair
 from tests.conftest import zoo_model_path
 
 

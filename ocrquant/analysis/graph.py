@@ -21,7 +21,9 @@ import onnx
 from onnx import NodeProto
 
 from ocrquant.errors import OcrQuantError
+from ocrquant.fileio import float_reference_path, read_sidecar, scratch_dir, sha256_file
 from ocrquant.onnx_shapes import require_graph
+from ocrquant.quantization.prepare import prepare_model
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -253,8 +255,6 @@ def float_reference(float_model: Path, quant_model: Path) -> Iterator[Path]:
     refused ocrquant's own cls model. When the INT8 model's sidecar records that preparation, the same
     preparation of ``float_model`` (in a scratch folder) is the reference; otherwise ``float_model``.
     """
-    from ocrquant.fileio import float_reference_path, read_sidecar, scratch_dir, sha256_file
-    from ocrquant.quantization.prepare import prepare_model
 
     side = read_sidecar(quant_model)
     saved = float_reference_path(quant_model)

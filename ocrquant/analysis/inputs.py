@@ -9,7 +9,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ocrquant.data import open_dataset, readable_images
 from ocrquant.errors import OcrQuantError
+from ocrquant.zoo.resolve import resolve_model
+from ocrquant.zoo.task import build_task, infer_task, input_shape_options
 
 
 def load_inputs(
@@ -27,9 +30,6 @@ def load_inputs(
     ``input_shape`` (N, C, H, W) fixes the input: det takes (H, W) as a fixed resize, cls and rec
     (C, H, W) as their input size (rec's width stays a minimum: PaddleOCR widens a long crop's input to
     its aspect ratio)."""
-    from ocrquant.api import build_task, infer_task, input_shape_options
-    from ocrquant.data import open_dataset, readable_images
-    from ocrquant.zoo.resolve import resolve_model
 
     resolved = resolve_model(model)
     task_name = infer_task(resolved, task)

@@ -1,9 +1,11 @@
-"""SNR along the network depth, worst layers labelled (matplotlib, Agg: no display needed)."""
+"""SNR along the network depth, worst layers labelled (matplotlib's object API: no pyplot, no display)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+
+from matplotlib.figure import Figure
 
 from ocrquant.analysis.compare import CompareResult
 from ocrquant.fileio import atomic_path
@@ -13,12 +15,8 @@ STYLE = {"cumulative": ("tab:blue", "o"), "isolated": ("tab:red", "s")}
 
 def plot_snr(result: CompareResult, path: str | Path, label_worst: int = 6) -> Path:
     """Write a PNG: one line per mode, SNR (dB) against topological depth; the worst rows named."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(12, 5), dpi=110)
+    fig = Figure(figsize=(12, 5), dpi=110)
+    ax = fig.subplots()
     for mode in result.modes:
         rows = sorted(
             (r for r in result.rows if r.mode == mode and math.isfinite(r.snr_db)), key=lambda r: r.depth
@@ -54,5 +52,4 @@ def plot_snr(result: CompareResult, path: str | Path, label_worst: int = 6) -> P
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return path

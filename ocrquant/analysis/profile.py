@@ -23,7 +23,10 @@ import onnxruntime as ort
 
 from ocrquant.analysis.graph import GraphView, load_model
 from ocrquant.fileio import scratch_dir
+from ocrquant.quantization.graph import is_quantized
+from ocrquant.quantization.qdq_passes import CHANNEL_ALIGN, slow_depthwise
 from ocrquant.runtime.base import RuntimeOptions
+from ocrquant.runtime.openvino import OpenVinoRunner  # imports openvino: only when asked for
 
 QDQ_TIME_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 _OPT = {
@@ -228,7 +231,6 @@ def profile_openvino(
     nodes (a Conv with its fused activation and requantization is one); each layer's kernel name
     says the precision it ran in, which is what tells whether a QDQ model runs in integers there.
     ``optimization`` is onnxruntime's and is ignored."""
-    from ocrquant.runtime.openvino import OpenVinoRunner  # imports openvino: only when asked for
 
     model = load_model(model_path)
     runs = runs or len(inputs)
@@ -256,8 +258,6 @@ PROFILERS = {"onnxruntime": profile_model, "openvino": profile_openvino}
 def kernel_hints(model: onnx.ModelProto) -> list[str]:
     """What in a quantized graph keeps onnxruntime's CPU kernels off their fast path (the profile's
     times show the cost, not the cause; these are the causes measured on the zoo models)."""
-    from ocrquant.quantization.graph import is_quantized
-    from ocrquant.quantization.qdq_passes import CHANNEL_ALIGN, slow_depthwise
 
     if not is_quantized(model):
         return []

@@ -38,7 +38,7 @@ for both granularities, outputs equal to 1e-5). "Only this layer quantized" is b
 the float graph with the INT8 model's Q/DQ copied onto that layer's inputs, weights and output.
 
 Unused Q/DQ nodes and initializers are removed, so a variant also times like the real model. The
-mixed-precision search (:mod:`ocrquant.quantization.mixed_precision`) re-quantizes its final choice
+mixed-precision search (:mod:`ocrquant.tuning.budget`) re-quantizes its final choice
 through the pipeline and reports that model's figures.
 
 Latency cost of keeping a layer float: either measured (``latency="measure"``: the INT8 model and the
@@ -59,12 +59,20 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
+from matplotlib.figure import Figure
 from onnx import numpy_helper
+from tqdm import tqdm
 
-from ocrquant.data import Dataset, Sample, open_dataset, readable_images
-from ocrquant.data.split import split_calibration
+from ocrquant.analysis.compare import ErrorStats
+from ocrquant.analysis.graph import with_outputs
+from ocrquant.data import Sample, readable_images
 from ocrquant.errors import OcrQuantError
-from ocrquant.fileio import atomic_path, read_sidecar, scratch_dir, write_json_atomic
+from ocrquant.evaluation.significance import paired_stats_interval
+from ocrquant.fileio import atomic_path, write_json_atomic
+from ocrquant.quantization.algorithms.hs_cle import GATE_SUFFIX
+from ocrquant.runtime import RuntimeOptions, create_runner
+from ocrquant.runtime.timing import interleaved_latency
 
 log = logging.getLogger("ocrquant")
 
@@ -176,7 +184,6 @@ class VariantBuilder:
     @staticmethod
     def _gate_owner(layer: str) -> str | None:
         """The producer Conv of an HS-CLE gate Conv, None for any other layer."""
-        from ocrquant.quantization.algorithms.hs_cle import GATE_SUFFIX
 
         return layer[: -len(GATE_SUFFIX)] if layer.endswith(GATE_SUFFIX) else None
 
@@ -492,7 +499,6 @@ class Validator:
         optimization: str = "all",
         progress: bool = True,
     ) -> None:
-        from tqdm import tqdm
 
         self.task = task
         self.optimization = optimization  # ORT graph optimization: "all" runs the fused integer kernels
@@ -510,13 +516,11 @@ class Validator:
         self.fp32 = self.score(float_model, _keep_reference=True)
 
     def runner(self, model: str | Path) -> Any:
-        from ocrquant.runtime import RuntimeOptions, create_runner
 
         options = RuntimeOptions(threads=self.threads, spinning=False, optimization=self.optimization)
         return create_runner(model, "onnxruntime", options)
 
     def score(self, model: str | Path, *, _keep_reference: bool = False) -> Score:
-        from ocrquant.analysis.compare import ErrorStats
 
         runner = self.runner(model)
         name = runner.input_names[0]
@@ -560,7 +564,6 @@ class Validator:
         disagree move the difference), which is what the ``--max-drop`` search's confidence margin
         rewards. None when the metric has no per-sample counts.
         """
-        from ocrquant.evaluation.significance import paired_stats_interval
 
         if score.stats is None or self.fp32.stats is None:
             return None
@@ -580,7 +583,6 @@ def time_models(
 ) -> dict[str, float]:
     """Median latency of one model call (ms, over every input and round) per model, all models
     interleaved in every round."""
-    from ocrquant.runtime.timing import interleaved_latency
 
     lat = interleaved_latency(models, inputs, threads=threads, rounds=rounds, warmup=1)
     return {k: v.median_ms for k, v in lat.items()}
@@ -588,7 +590,6 @@ def time_models(
 
 def layer_macs(model: onnx.ModelProto, layers: list[str], x: np.ndarray) -> dict[str, int]:
     """Multiply-accumulates of each layer for input ``x`` (shapes observed by running the model)."""
-    import onnxruntime as ort
 
     nodes = {n.name: n for n in model.graph.node if n.name in layers}
     inits = {i.name: i for i in model.graph.initializer}
@@ -598,7 +599,6 @@ def layer_macs(model: onnx.ModelProto, layers: list[str], x: np.ndarray) -> dict
         for t in (n.input[0], n.output[0], n.input[1] if n.op_type in ("MatMul", "Gemm") else ""):
             if t and t not in inits and t not in wanted:
                 wanted.append(t)
-    from ocrquant.analysis.graph import with_outputs
 
     probe = with_outputs(model, wanted, {t: onnx.TensorProto.FLOAT for t in wanted})
     so = ort.SessionOptions()
@@ -629,80 +629,6 @@ def layer_macs(model: onnx.ModelProto, layers: list[str], x: np.ndarray) -> dict
             k = a[-2] if trans_a else a[-1]
             macs[name] = int(np.prod(out)) * int(k)
     return macs
-
-
-# ------------------------------------------------------------------------------------ the pipeline pair
-@dataclass
-class QuantizedPair:
-    """The configured INT8 model and the pipeline's float graph (every node excluded)."""
-
-    quantized: Any  # QuantResult
-    reference: Path
-    float_model: Path
-    task: str
-
-
-def pinned_config(config: Any, quantized: str | Path) -> Any:
-    """``config`` with the method, options, calibration size and algorithms the pipeline actually
-    used for ``quantized`` (read from its sidecar).
-
-    Every later model of an analysis (the float reference, a variant with layers kept float, the
-    final mixed-precision model) must repeat that float stage exactly; with ``method="auto"`` a new
-    run would search again, and could choose differently once layers are excluded.
-    """
-    import dataclasses
-
-    settings = read_sidecar(quantized)["settings"]
-    return dataclasses.replace(
-        config,
-        method=settings["method"],
-        method_options=dict(settings["method_options"]),
-        calib_size=settings["calib_size"],
-        algorithms=list(settings["algorithms"]),
-        extra_algorithms=[],
-    )
-
-
-def quantize_pair(
-    model: str | Path,
-    task: str | None,
-    calib: Dataset,
-    work_dir: Path,
-    config: Any = None,
-) -> QuantizedPair:
-    """Run the quantization pipeline twice (see the module doc); the second run hits the calibration
-    cache the first one filled."""
-    import dataclasses
-
-    from ocrquant.quantization import QuantConfig, quantize
-    from ocrquant.zoo.resolve import resolve_model
-
-    # the plain Q/DQ layout: VariantBuilder edits these models' Q/DQ nodes, and a graph rewrite (a Mul
-    # folded into a DequantizeLinear's scale) would leave nothing to give a float block back
-    cfg = dataclasses.replace(config or QuantConfig(), graph_passes=False)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    base = quantize(model, task, calib, work_dir / "int8.onnx", cfg)
-    qmodel = onnx.load(str(base.output))
-    nodes = [n for n in qmodel.graph.node if n.op_type not in Q_OPS]
-    # Not every node: with an empty selection ORT's QDQQuantizer quantizes *all* nodes. One node without
-    # float initializers stays selected; only initializers are read from this model, so the Q/DQ pair it
-    # gets does not matter. A data-movement node if there is one, else one ORT's quantizer keeps in the
-    # graph (not a Relu/Clip: it may fold those into a QuantizeLinear); PP-OCRv3 det has no
-    # Reshape/Transpose, its keeper is a Concat or Resize.
-    inits = {i.name for i in qmodel.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
-    unweighted = [n for n in nodes if not any(i in inits for i in n.input)]
-    keeper = next((n.name for n in unweighted if n.op_type in PASSTHROUGH_OPS), None) or next(
-        (n.name for n in unweighted if n.op_type in KEEPER_FALLBACK_OPS), None
-    )
-    if keeper is None:
-        raise OcrQuantError(
-            "cannot build the float reference: the model has no Reshape/Transpose/Concat/Resize node"
-        )
-    ref_cfg = dataclasses.replace(
-        pinned_config(cfg, base.output), exclude=sorted({n.name for n in nodes if n.name != keeper})
-    )
-    ref = quantize(model, base.task, calib, work_dir / "reference.onnx", ref_cfg)
-    return QuantizedPair(base, Path(ref.output), Path(resolve_model(model).path), base.task)
 
 
 # ------------------------------------------------------------------------------------ the analysis
@@ -788,7 +714,6 @@ def analyze_layers(
     on_row: Callable[[LayerSensitivity], None] | None = None,
 ) -> SensitivityResult:
     """Score every quantized layer in ``mode`` (see the module doc); the library core of the command."""
-    from tqdm import tqdm
 
     if mode not in MODES:
         raise OcrQuantError(f"unknown sensitivity mode '{mode}' (known: {', '.join(MODES)})")
@@ -861,97 +786,12 @@ def analyze_layers(
     )
 
 
-def sensitivity(
-    model: str | Path,
-    task: str | None,
-    calib_data: str | Path,
-    *,
-    val_data: str | Path | None = None,
-    val_size: int = 300,
-    mode: str = "only-float",
-    metric: bool = True,
-    snr: bool = True,
-    granularity: str = "block",
-    latency: str = "estimate",
-    config: Any = None,
-    threads: int = 2,
-    snr_samples: int = 64,
-    work_dir: str | Path | None = None,
-    json_path: str | Path | None = None,
-    plot_path: str | Path | None = None,
-    progress: bool = True,
-    input_shape: tuple[int, int, int, int] | None = None,
-) -> SensitivityResult:
-    """``ocrquant sensitivity``: quantize (pipeline, twice), split validation off the calibration
-    directory, score every quantized layer, write JSON/PNG if asked. ``input_shape`` fixes the model
-    input for calibration and validation alike (``api.input_shape_options``)."""
-    from dataclasses import replace
-
-    from ocrquant.api import build_task, infer_task, input_shape_options
-    from ocrquant.quantization import QuantConfig
-    from ocrquant.zoo.resolve import resolve_model
-
-    cfg = config or QuantConfig()
-    if mode not in MODES:
-        raise OcrQuantError(f"unknown sensitivity mode '{mode}' (known: {', '.join(MODES)})")
-    if not (metric or snr):
-        raise OcrQuantError("nothing to measure: enable the metric, the SNR or both")
-    resolved = resolve_model(model)
-    task_name = infer_task(resolved, task)
-    if input_shape is not None:
-        cfg = replace(cfg, task_options={**cfg.task_options, **input_shape_options(task_name, input_shape)})
-    calib = open_dataset(Path(calib_data), task_name)
-    val = open_dataset(Path(val_data), task_name) if val_data is not None else None
-    split = split_calibration(calib, cfg.calib_size, cfg.seed, val_size, val_data=val)
-    with scratch_dir("sens") as tmp:
-        work = Path(work_dir) if work_dir is not None else Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        pair = quantize_pair(model, task_name, calib, work, cfg)
-        task_obj = build_task(task_name, resolved, cfg.task_options)
-        builder = VariantBuilder(
-            onnx.load(str(pair.quantized.output)), onnx.load(str(pair.reference)), granularity
-        )
-        validator = Validator(
-            task_obj,
-            split.validation,
-            pair.float_model,
-            threads=threads,
-            snr_samples=snr_samples if snr else 0,
-            metric=metric,
-            progress=progress,
-        )
-        result = analyze_layers(
-            builder, validator, Path(pair.quantized.output), mode=mode, latency=latency, work_dir=work
-        )
-    result.model = str(resolved.path)
-    result.rank_by = "metric" if metric else "snr"
-    result.validation = split.describe()
-    result.settings = {
-        "target": cfg.target,
-        "method": cfg.method,
-        "calib_size": len(split.calibration),
-        "threads": threads,
-        "snr_samples": validator.snr_count,
-        "metric": metric,
-        "granularity": granularity,
-    }
-    if json_path is not None:
-        result.save(json_path)
-    if plot_path is not None:
-        plot_sensitivity(result, plot_path)
-    return result
-
-
 def plot_sensitivity(result: SensitivityResult, path: str | Path) -> Path:
     """PNG: metric delta per layer (bars, graph order) and output SNR (line, right axis)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = sorted(result.rows, key=lambda r: r.depth)
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(8, 0.28 * len(rows)), 5), dpi=110)
+    fig = Figure(figsize=(max(8, 0.28 * len(rows)), 5), dpi=110)
+    ax = fig.subplots()
     deltas = [r.delta_points if r.delta_points is not None else 0.0 for r in rows]
     ax.bar(x, deltas, color=["tab:red" if d < 0 else "tab:blue" for d in deltas])
     ax.set_ylabel(
@@ -970,5 +810,4 @@ def plot_sensitivity(result: SensitivityResult, path: str | Path) -> Path:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return Path(path)

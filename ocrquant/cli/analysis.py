@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
+import numpy as np
 import typer
 from rich.table import Table
 
+from ocrquant.analysis.binio import bin2npy, npy2bin, read_bin, write_bin
+from ocrquant.analysis.compare import compare_from_dump, compare_models
+from ocrquant.analysis.dump import dump_model, dump_pair
+from ocrquant.analysis.graph import float_reference
+from ocrquant.analysis.inputs import load_inputs
+from ocrquant.analysis.plot import plot_snr
+from ocrquant.analysis.profile import PROFILERS
+from ocrquant.analysis.sensitivity import json_safe
+from ocrquant.analysis.simulate import Simulator
+from ocrquant.analysis.simulate.agreement import compare_with_runtime, kernel_agreement
 from ocrquant.cli.common import (
     LimitOpt,
     ShapeOpt,
@@ -19,7 +31,11 @@ from ocrquant.cli.common import (
     console,
     guard_outputs,
 )
+from ocrquant.data import READ_POLICY
 from ocrquant.errors import OcrQuantError
+from ocrquant.fileio import write_json_atomic
+from ocrquant.onnx_shapes import declared_dims
+from ocrquant.zoo.resolve import resolve_model
 
 if TYPE_CHECKING:
     import onnx
@@ -54,8 +70,6 @@ def _inputs(
     shape: tuple | None,
     strict: bool = False,
 ):
-    from ocrquant.analysis.inputs import load_inputs
-    from ocrquant.data import READ_POLICY
 
     READ_POLICY.strict = strict
     if data is None:
@@ -65,7 +79,6 @@ def _inputs(
 
 
 def _model_path(model: str) -> Path:
-    from ocrquant.zoo.resolve import resolve_model
 
     return Path(resolve_model(model).path)
 
@@ -98,7 +111,6 @@ def dump_cmd(
     ] = False,
 ) -> None:
     """Save every intermediate tensor as OUT/{float,quant}/<index>__<name>/batch_<k>.npy (bounded memory)."""
-    from ocrquant.analysis.dump import dump_model, dump_pair
 
     guard_outputs([model, quant], folders=[out], datasets=[data])
     check_threads(threads)
@@ -112,7 +124,6 @@ def dump_cmd(
             f"wrote {len(index)} tensors x {len(arrays)} inputs to {out} (index: {out}/tensors.json)"
         )
         return
-    from ocrquant.analysis.graph import float_reference
 
     with float_reference(path, quant) as reference:
         index = dump_pair(
@@ -154,7 +165,6 @@ def compare_cmd(
     strict: StrictOpt = False,
 ) -> None:
     """Layer-wise float vs INT8 error (cosine, SNR, max/mean abs), worst SNR first."""
-    from ocrquant.analysis.compare import compare_from_dump, compare_models
 
     guard_outputs([float_model, quant_model, from_dump], files=[csv, json_out, plot], datasets=[data])
     check_threads(threads)
@@ -166,7 +176,6 @@ def compare_cmd(
         if float_model is None or quant_model is None:
             raise OcrQuantError("give FLOAT.onnx and INT8.onnx, or --from-dump DIR")
         _, arrays = _inputs(float_model, data, task, limit, input_shape, strict)
-        from ocrquant.analysis.graph import float_reference
 
         with float_reference(_model_path(float_model), quant_model) as reference:
             result = compare_models(
@@ -201,8 +210,6 @@ def compare_cmd(
         result.to_json(json_out)
         console.print(f"wrote {json_out}")
     if plot:
-        from ocrquant.analysis.plot import plot_snr
-
         plot_snr(result, plot)
         console.print(f"wrote {plot}")
     if sim:
@@ -212,7 +219,6 @@ def compare_cmd(
 def _print_agreement(
     model: Path, arrays, rounding: str, requant: str, threads: int, json_out: Path | None = None
 ) -> None:
-    from ocrquant.analysis.simulate.agreement import compare_with_runtime, kernel_agreement
 
     # float32 requantisation mirrors onnxruntime's fused kernels, so judge each kernel against those;
     # the fixed-point path is an accelerator's arithmetic, judged against the file's own semantics.
@@ -237,11 +243,6 @@ def _print_agreement(
         table.add_row(r.name, r.runtime, f"{r.cosine:.6f}", _fmt(r.snr_db, 2), _fmt(r.max_abs), rate)
     console.print(table)
     if json_out is not None:
-        from dataclasses import asdict
-
-        from ocrquant.analysis.sensitivity import json_safe
-        from ocrquant.fileio import write_json_atomic
-
         payload = {
             "model": str(model), "inputs": len(arrays), "rounding": rounding, "requant": requant,
             "outputs": [asdict(r) for r in rows], "kernels": [asdict(k) for k in kernels],
@@ -304,10 +305,6 @@ def simulate_cmd(
     ] = None,
 ) -> None:
     """Run a QDQ model as an integer accelerator would (int8 x int8 -> int32, fixed-point requantisation)."""
-    import numpy as np
-
-    from ocrquant.analysis.binio import read_bin, write_bin
-    from ocrquant.analysis.simulate import Simulator
 
     guard_outputs([model, input_bin], files=[output_bin, json_out], datasets=[data])
     if json_out is not None and not compare:
@@ -365,7 +362,6 @@ def simulate_cmd(
 def _check_declared_shape(model: onnx.ModelProto, shape: list[int], path: Path) -> None:
     """Refuse an input whose shape the model's first input does not declare (rank, or a fixed size):
     the model would fail deep inside a kernel, or run and give an output of the wrong shape."""
-    from ocrquant.onnx_shapes import declared_dims
 
     declared = declared_dims(model.graph.input[0], unknown=None)
     fixed_ok = all(not isinstance(d, int) or d <= 0 or d == s for d, s in zip(declared, shape, strict=False))
@@ -379,7 +375,6 @@ def npy2bin_cmd(
     dtype: Annotated[str | None, typer.Option(help="Convert to this dtype first (default: keep).")] = None,
 ) -> None:
     """Write a .npy tensor as raw little-endian C-order bytes."""
-    from ocrquant.analysis.binio import npy2bin
 
     guard_outputs([npy], files=[out])
     shape, dt = npy2bin(npy, out, dtype)
@@ -393,7 +388,6 @@ def bin2npy_cmd(
     dtype: Annotated[str, typer.Option(help="Element type.")] = "float32",
 ) -> None:
     """Read a raw tensor (checked against shape x dtype size) into a .npy file."""
-    from ocrquant.analysis.binio import bin2npy
 
     guard_outputs([bin_path], files=[out])
     arr = bin2npy(bin_path, out, _shape(shape, "--shape"), dtype)
@@ -423,10 +417,6 @@ def profile_cmd(
 ) -> None:
     """Per-node and per-op-type latency, MACs and parameters per layer (and, in OpenVINO, the
     precision each layer ran in)."""
-    from dataclasses import asdict
-
-    from ocrquant.analysis.profile import PROFILERS
-    from ocrquant.fileio import write_json_atomic
 
     if backend not in PROFILERS:
         raise OcrQuantError(f"--backend {backend}: profile knows {', '.join(PROFILERS)}")

@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ocrquant.analysis.bench import run_bench
 from ocrquant.cli.common import check_threads, console, guard_outputs
+from ocrquant.fileio import write_json_atomic
 
 
 def bench_cmd(
@@ -34,8 +36,6 @@ def bench_cmd(
     """Latency (median, p90, min) and throughput of every model on every backend at the task's real input
     sizes, all interleaved in one loop so the ratios hold on a busy machine; plus size on disk and peak
     RSS per backend session. The first model on the first backend is the baseline of the speed-up."""
-    from ocrquant.fileio import write_json_atomic
-    from ocrquant.runtime.bench import run_bench
 
     guard_outputs(list(model), files=[json_out], datasets=[data])
     check_threads(threads)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+
+from ocrquant.fileio import check_output
+from ocrquant.runtime.base import check_threads as check
 
 # Piped output (logs, CI, README examples) gets a wide table instead of rich's 80-column default.
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 200)
@@ -35,7 +39,6 @@ def guard_outputs(
     """Apply the output-path policy (:func:`ocrquant.fileio.check_output`) to every output a command
     will write, before it does any work; ``inputs`` are the files the user named (zoo names are
     ignored), ``datasets`` the folders of samples the command reads."""
-    from ocrquant.fileio import check_output
 
     given = [Path(str(i)) for i in inputs if i is not None and str(i)]
     sets = [Path(str(d)) for d in datasets if d is not None]
@@ -48,7 +51,6 @@ def guard_outputs(
 
 
 def _number(text: str, option_hint: str) -> float:
-    import math
 
     try:
         value = float(text)
@@ -93,7 +95,6 @@ def percent(text: str) -> float:
 
 def check_threads(threads: int) -> None:
     """The thread count every runtime session gets; see :func:`ocrquant.runtime.base.check_threads`."""
-    from ocrquant.runtime.base import check_threads as check
 
     check(threads)
 

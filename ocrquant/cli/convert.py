@@ -16,6 +16,8 @@ from rich.table import Table
 
 from ocrquant.cli.common import console, guard_outputs
 from ocrquant.errors import OcrQuantError
+from ocrquant.frontends.paddle import PaddleConvertConfig, convert_paddle, locate_model
+from ocrquant.frontends.torch import OPSET, convert_torch
 
 
 @dataclass
@@ -38,7 +40,6 @@ class ConvertArgs:
 
 
 def _convert_paddle(args: ConvertArgs) -> Any:
-    from ocrquant.frontends.paddle import PaddleConvertConfig, convert_paddle, locate_model
 
     program, params = locate_model(args.model_dir, args.model, args.params)
     config = PaddleConvertConfig(
@@ -53,7 +54,6 @@ def _convert_paddle(args: ConvertArgs) -> Any:
 
 
 def _convert_torch(args: ConvertArgs) -> Any:
-    from ocrquant.frontends.torch import OPSET, convert_torch
 
     if args.checkpoint is None:
         raise OcrQuantError("--framework torch needs --checkpoint FILE.pth (a state_dict)")

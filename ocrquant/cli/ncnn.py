@@ -8,8 +8,21 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ocrquant.api import build_task, infer_task
 from ocrquant.cli.common import LimitOpt, console, guard_outputs
+from ocrquant.data import load_image, open_dataset, sample_calibration
 from ocrquant.errors import OcrQuantError
+from ocrquant.frontends.ncnn_export import (
+    convert_onnx,
+    convert_torch_checkpoint,
+    ncnn_model_for,
+    torch_source,
+)
+from ocrquant.quantization.ncnn_int8 import quantize_ncnn, quantize_with_table
+from ocrquant.report import COLUMNS, row_cells
+from ocrquant.report.ncnn import ncnn_report
+from ocrquant.tasks import get_task_class
+from ocrquant.zoo.resolve import resolve_model
 
 ncnn_app = typer.Typer(
     help="ncnn: convert (pnnx), INT8 calibration table + INT8 model, float-vs-INT8 report.",
@@ -20,7 +33,6 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Zoo name or path t
 
 
 def _model_onnx(model: str) -> Path:
-    from ocrquant.zoo.resolve import resolve_model
 
     return resolve_model(model).path
 
@@ -36,7 +48,6 @@ def convert_cmd(
 ) -> None:
     """Convert to ncnn with pnnx (TorchScript route for torch-exported models, else ONNX), verified against
     onnxruntime on a real image at a size pnnx did not see; writes .param, .bin and the name-map .json."""
-    from ocrquant.frontends.ncnn_export import convert_onnx, convert_torch_checkpoint, torch_source
 
     guard_outputs([model], files=[output])
     onnx_path = _model_onnx(model)
@@ -97,9 +108,6 @@ def quantize_cmd(
 ) -> None:
     """Write ncnn's INT8 calibration table (per-channel weight scales, bottom blob scales from ocrquant's
     calibrator) and the INT8 model, as ncnn2table + ncnn2int8 would."""
-    from ocrquant.data import load_image, open_dataset, sample_calibration
-    from ocrquant.frontends.ncnn_export import ncnn_model_for
-    from ocrquant.quantization.ncnn_int8 import quantize_ncnn, quantize_with_table
 
     guard_outputs([model, table], files=[output], datasets=[calib_data])
     if model.endswith(".param"):
@@ -112,13 +120,10 @@ def quantize_cmd(
         return
     if calib_data is None:
         raise OcrQuantError("--calib-data (or --table) is required")
-    from ocrquant.api import build_task, infer_task
-    from ocrquant.zoo.resolve import resolve_model
 
     if model.endswith(".param"):
         if not task:
             raise OcrQuantError("--task is required with an ncnn .param model")
-        from ocrquant.tasks import get_task_class
 
         task_obj = get_task_class(task)()
     else:
@@ -179,8 +184,6 @@ def run_cmd(
     ] = 0.99,
 ) -> None:
     """Float vs INT8 in ncnn: metric on the test set, model size, interleaved latency per image."""
-    from ocrquant.quantization.ncnn_int8 import ncnn_report
-    from ocrquant.report import COLUMNS, row_cells
 
     guard_outputs([model], folders=[out], datasets=[data, calib_data])
     options = {k: v for k, v in {"canvas_size": canvas_size, "limit_side_len": limit_side_len}.items() if v}

@@ -10,6 +10,11 @@ import typer
 from rich.table import Table
 
 from ocrquant.cli.common import LimitOpt, StrictOpt, ThreadsOpt, console, guard_outputs, unit_interval
+from ocrquant.data import READ_POLICY
+from ocrquant.pipeline import PipelineConfig, build_pipeline
+from ocrquant.pipeline.evaluate import eval_e2e
+from ocrquant.pipeline.run import ocr_images
+from ocrquant.runtime import RuntimeOptions
 from ocrquant.zoo.registry import DEFAULT_CHAIN
 
 log = logging.getLogger("ocrquant")
@@ -64,8 +69,6 @@ def _build(
     det: str, cls: str, rec: str, precision: str, threads: int, drop_score: float, cls_thresh: float,
     rec_batch: int, limit_side_len: int | None, box_thresh: float | None, char_dict: Path | None,
 ) -> Any:  # fmt: skip
-    from ocrquant.pipeline import PipelineConfig, build_pipeline
-    from ocrquant.runtime import RuntimeOptions
 
     det_options = _det_options(limit_side_len, box_thresh)
     rec_options = {"char_dict": str(char_dict)} if char_dict else None
@@ -101,7 +104,6 @@ def ocr_cmd(
     char_dict: CharDictOpt = None,
 ) -> None:
     """Read the text in an image (or every image of a folder): detect, classify direction, recognise."""
-    from ocrquant.pipeline.run import ocr_images
 
     inputs = [source, det, cls, rec, char_dict, font]
     as_folder = draw is not None and (draw.is_dir() or source.is_dir() or draw.suffix == "")
@@ -181,10 +183,6 @@ def e2e_cmd(
     strict: StrictOpt = False,
 ) -> None:
     """Score the detect -> classify -> recognise chain with the ICDAR2015 end-to-end protocol."""
-    from ocrquant.data import READ_POLICY
-    from ocrquant.pipeline import PipelineConfig
-    from ocrquant.pipeline.evaluate import eval_e2e
-    from ocrquant.runtime import RuntimeOptions
 
     guard_outputs([det, cls, rec, vocab_dir, char_dict], files=[output], datasets=[data])
     READ_POLICY.strict = strict

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from ocrquant.api import infer_task, input_shape_options
 from ocrquant.cli.common import (
     RayOpt,
     ShapeOpt,
@@ -20,11 +21,16 @@ from ocrquant.cli.common import (
     percent,
     unit_interval,
 )
+from ocrquant.data import READ_POLICY
 from ocrquant.errors import OcrQuantError
-from ocrquant.fileio import read_sidecar
-from ocrquant.quantization.mixed_precision import DEFAULT_CONFIDENCE
+from ocrquant.fileio import read_sidecar, sidecar_path
+from ocrquant.quantization import QuantConfig
+from ocrquant.quantization.algorithms import create_algorithm
+from ocrquant.tuning import quantize
+from ocrquant.tuning.budget import DEFAULT_CONFIDENCE, escalate_to_budget, quantize_with_budget
 from ocrquant.tuning.executor import ExecutorConfig, executor_for
 from ocrquant.tuning.method_search import search_summary
+from ocrquant.zoo.resolve import resolve_model
 
 
 def algorithm_options(values: list[str] | None) -> dict[str, dict[str, Any]]:
@@ -41,7 +47,6 @@ def algorithm_options(values: list[str] | None) -> dict[str, dict[str, Any]]:
         except json.JSONDecodeError:
             parsed = text
         out.setdefault(name, {})[option] = parsed
-    from ocrquant.quantization.algorithms import create_algorithm
 
     for name, options in out.items():  # unknown names and options fail here, before any work
         create_algorithm(name, **options)
@@ -177,18 +182,12 @@ def quantize_cmd(
     ray_address: RayOpt = None,
 ) -> None:
     """Quantize a float model to INT8 (QDQ) with calibrated ranges; print what was quantized."""
-    from ocrquant.data import READ_POLICY
-    from ocrquant.fileio import sidecar_path
-    from ocrquant.quantization import QuantConfig, quantize
 
     guard_outputs([model, cache_dir], files=[output, sidecar_path(output)], datasets=[calib_data, val_data])
     READ_POLICY.strict = strict
 
     task_options: dict[str, Any] = {}
     if input_shape is not None:  # a fixed-shape model is calibrated at its own input size
-        from ocrquant.api import infer_task, input_shape_options
-        from ocrquant.zoo.resolve import resolve_model
-
         task_options = input_shape_options(infer_task(resolve_model(model), task), input_shape)
     # None: the target's per-task defaults (resolved once the task is known), plus --algo
     algorithms: list[str] | None = list(algo or []) if no_default_algos else None
@@ -210,8 +209,6 @@ def quantize_cmd(
         task_options=task_options,
     )
     if max_drop is not None:
-        from ocrquant.quantization.mixed_precision import quantize_with_budget
-
         result, search = quantize_with_budget(
             model,
             task,
@@ -225,8 +222,6 @@ def quantize_cmd(
         )
         console.print(search.summary())
     else:
-        from ocrquant.quantization.mixed_precision import escalate_to_budget
-
         with executor_for(ExecutorConfig(workers, ray_address)) as executor:
             result = quantize(model, task, calib_data, output, config, executor)
         result, search = escalate_to_budget(

@@ -9,6 +9,9 @@ import typer
 from rich.table import Table
 
 from ocrquant.cli.common import ShapeOpt, StrictOpt, check_threads, console, guard_outputs
+from ocrquant.data import READ_POLICY
+from ocrquant.quantization import QuantConfig
+from ocrquant.tuning.sensitivity import sensitivity
 
 
 def register(app: typer.Typer) -> None:
@@ -101,9 +104,6 @@ def sensitivity_cmd(
 ) -> None:
     """Rank quantized Conv/MatMul/Gemm layers by the task-metric change and output SNR when only that
     layer is float (or only that layer is quantized), with the latency cost of keeping it float."""
-    from ocrquant.analysis.sensitivity import sensitivity
-    from ocrquant.data import READ_POLICY
-    from ocrquant.quantization import QuantConfig
 
     guard_outputs([model], files=[json_out, plot], folders=[work_dir], datasets=[calib_data, val_data])
     check_threads(threads)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -77,8 +78,6 @@ def random_word(rng: np.random.Generator) -> str:
 
 def default_fonts() -> list[Path]:
     """DejaVu faces bundled with matplotlib: real TrueType fonts available offline on every install."""
-    import matplotlib
-
     ttf_dir = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
     fonts = [ttf_dir / name for name in DEFAULT_FONT_NAMES if (ttf_dir / name).is_file()]
     if not fonts:

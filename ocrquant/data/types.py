@@ -7,8 +7,10 @@ memory until it is evaluated, and a corrupt file is found, reported and skipped 
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from ocrquant.errors import OcrQuantError
 
@@ -123,10 +126,6 @@ def max_image_pixels() -> int:
 def _declared_size(data: np.ndarray) -> tuple[int, int] | None:
     """Width and height from the image header alone (Pillow reads no pixels to say them); None when
     Pillow does not know the format (OpenCV may still decode it)."""
-    import io
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
 
     limit = Image.MAX_IMAGE_PIXELS
     try:

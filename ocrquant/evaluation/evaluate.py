@@ -8,6 +8,7 @@ GIL), so the evaluation is bound by model time, not Python.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from ocrquant.data.types import READ_POLICY, Dataset, Sample, load_image, readable_images
 from ocrquant.errors import OcrQuantError
@@ -110,7 +112,6 @@ def resume_key(samples: list[Sample], root: Path) -> dict[str, str]:
     relative ``-d`` from another directory is another set) and a digest of its listing (each sample's
     key, image path, size and modification time, and ground truth), so an edited label or a replaced
     image starts a fresh run."""
-    import hashlib
 
     h = hashlib.sha256()
     for s in samples:
@@ -350,7 +351,6 @@ def _jsonable(config: Any) -> dict[str, Any]:
 
 
 def progress_bar(total: int, initial: int, enabled: bool, desc: str):  # noqa: ANN202
-    from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="img", leave=False)
 

@@ -18,15 +18,25 @@ export returns, so a failed or interrupted conversion never leaves a half-writte
 from __future__ import annotations
 
 import importlib
+from importlib.util import find_spec
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from ocrquant.errors import OcrQuantError
+from ocrquant.errors import OcrQuantError, missing_extra
 from ocrquant.fileio import atomic_path
 
 if TYPE_CHECKING:
     from ocrquant.zoo.registry import ZooEntry
+
+__all__ = [
+    "FRONTENDS",
+    "convert_zoo_entry",
+    "converted_path",
+    "get_frontend",
+    "missing_extra",
+    "require_frontend",
+]
 
 FRONTENDS: dict[str, str] = {
     "paddle": "ocrquant.frontends.paddle",
@@ -48,16 +58,9 @@ def get_frontend(framework: str) -> ModuleType:
     return importlib.import_module(FRONTENDS[framework])
 
 
-def missing_extra(extra: str, what: str, exc: ImportError | None = None) -> OcrQuantError:
-    """The one-line error for a feature whose optional dependencies are not installed."""
-    missing = f" ({exc.name} not found)" if exc is not None and exc.name else ""
-    return OcrQuantError(f"{what} needs the optional extra{missing}: pip install 'ocrquant[{extra}]'")
-
-
 def require_frontend(framework: str, what: str) -> None:
     """Raise the missing-extra error when ``framework``'s modules are not installed (without importing
     them: paddle takes seconds to import)."""
-    from importlib.util import find_spec
 
     for module in FRONTEND_MODULES.get(framework, ()):
         if find_spec(module) is None:

@@ -42,12 +42,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import numpy_helper
 
-from ocrquant.errors import OcrQuantError
+from ocrquant.data import load_image, open_dataset, sample_root
+from ocrquant.errors import OcrQuantError, missing_extra
 from ocrquant.fileio import atomic_path, scratch_dir, sha256_file, write_json_atomic
+from ocrquant.frontends.torch import ARCHS, load_network, require_torch, resolve_arch, select_outputs
 from ocrquant.onnx_shapes import declared_dims
 
 log = logging.getLogger("ocrquant")
@@ -70,8 +74,6 @@ def require_ncnn() -> Any:
     try:
         import ncnn
     except ImportError as exc:
-        from ocrquant.frontends import missing_extra
-
         raise missing_extra(EXTRA, "the ncnn backend", exc) from None
     return ncnn
 
@@ -88,8 +90,6 @@ def pnnx_executable() -> Path:
     for c in candidates:
         if c.is_file():
             return c
-    from ocrquant.frontends import missing_extra
-
     raise missing_extra(EXTRA, "conversion to ncnn (pnnx)")
 
 
@@ -264,9 +264,6 @@ def verification_input(shape: list[int]) -> np.ndarray:
     Dynamic (-1) height/width become the image's size at max side 480, rounded to multiples of 32:
     a size neither pnnx probe used. Real pixels rather than noise, so activations are realistic.
     """
-    import cv2
-
-    from ocrquant.data import load_image, open_dataset, sample_root
 
     image = load_image(open_dataset(sample_root() / "det", "det").samples[0])
     n, c, h, w = shape
@@ -368,7 +365,6 @@ def max_abs_diff(reference: list[np.ndarray], other: list[np.ndarray]) -> float:
 
 
 def _ort_outputs(onnx_path: Path, x: np.ndarray) -> tuple[list[str], list[str], list[np.ndarray]]:
-    import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -473,13 +469,12 @@ def convert_torch_checkpoint(
 ) -> NcnnModel:
     """Convert a PyTorch checkpoint through TorchScript (a trace of ``arch`` with the weights loaded
     strictly by the torch frontend), verified against ``onnx_reference`` (the same network's ONNX)."""
-    from ocrquant.frontends.torch import _export_module, load_network, require_torch, resolve_arch
 
     torch = require_torch()
     checkpoint, onnx_reference = Path(checkpoint), Path(onnx_reference)
     target = Path(output) if output else default_param_path(onnx_reference)
     spec = resolve_arch(arch)
-    net = _export_module(load_network(spec, checkpoint), spec)
+    net = select_outputs(load_network(spec, checkpoint), spec)
     ref_model = onnx.load(str(onnx_reference), load_external_data=False)
     probe, probe2, verify, dynamic = _input_shapes(declared_dims(ref_model.graph.input[0], None))
     x = verification_input(verify)
@@ -520,7 +515,6 @@ def torch_source(onnx_path: Path) -> tuple[Path, str] | None:
         raise OcrQuantError("not a readable ONNX model", onnx_path) from None
     if meta.get("source_framework") != "torch" or not meta.get("source_model"):
         return None
-    from ocrquant.frontends.torch import ARCHS
 
     ckpt = onnx_path.parent / meta["source_model"]
     arch = meta.get("arch", "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -21,12 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
-from ocrquant.errors import OcrQuantError
+from ocrquant.data import load_image, open_dataset, sample_root
+from ocrquant.errors import OcrQuantError, missing_extra
 from ocrquant.fileio import atomic_path, scratch_dir
 from ocrquant.onnx_shapes import check_pinnable, declared_dims, static_output_shapes
-from ocrquant.runtime.paddle import paddle_model_files
-from ocrquant.tasks.base import get_task_class, layout_fits
+from ocrquant.tasks import get_task_class, make_config
+from ocrquant.tasks.base import layout_fits
 
 log = logging.getLogger("ocrquant")
 
@@ -34,6 +37,93 @@ if TYPE_CHECKING:
     from ocrquant.zoo.registry import ZooEntry
 
 EXTRA = "paddle"
+
+# Paddle 2.6's CPU IR pass ``self_attention_fuse_pass`` dies with SIGILL while loading PP-OCRv4 rec
+# on many x86 CPUs (PaddleOCR issue #11597, Paddle issue #64852); the model has no pattern it fuses.
+_BROKEN_PASSES = ("self_attention_fuse_pass",)
+_ONEDNN_CACHE = 10  # oneDNN primitive cache entries; PaddleOCR's bound for variable input shapes
+
+
+def paddle_model_files(model: Path) -> tuple[Path, Path]:
+    """``(program, params)`` for a ``.pdmodel`` file, or a directory holding exactly one."""
+    model = Path(model)
+    if model.is_dir():
+        found = sorted(model.glob("*.pdmodel"))
+        if len(found) != 1:
+            what = "no .pdmodel" if not found else f"{len(found)} .pdmodel files"
+            raise OcrQuantError(f"expected one Paddle inference model in the directory, found {what}", model)
+        model = found[0]
+    if model.suffix != ".pdmodel":
+        raise OcrQuantError("the paddle backend loads Paddle inference models (.pdmodel + .pdiparams)", model)
+    if not model.is_file():
+        raise OcrQuantError("model file not found", model)
+    params = model.with_suffix(".pdiparams")
+    if not params.is_file():
+        raise OcrQuantError(f"weights file {params.name} not found beside the model", model)
+    return model, params
+
+
+def paddle_error_line(exc: BaseException) -> str:
+    """The one informative line of a Paddle error: its ``...Error: message`` line, which follows the
+    Python stack of the model's export (from the exporter's machine) or a C++ traceback."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith("-")]
+    named = [ln for ln in lines if re.match(r"^[A-Za-z]+Error: ", ln)]
+    return (named[-1:] or lines[-1:] or [type(exc).__name__])[0][:300]
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def import_paddle_inference(what: str = "the paddle backend") -> Any:
+    """``paddle.inference``, or the one-line missing-extra error saying ``what`` needed it."""
+    os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ INFO/WARNING logging on stderr
+    try:
+        import paddle.inference as paddle_infer
+    except ImportError as exc:
+        raise missing_extra("paddle", what, exc) from None
+    return paddle_infer
+
+
+def paddle_predictor(program: Path, params: Path, threads: int, optimization: str) -> Any:
+    """A CPU Paddle Inference predictor. ``optimization`` maps to Paddle's knobs: ``disable`` = no IR
+    passes; ``basic`` = IR passes; ``extended``/``all`` = IR passes plus oneDNN kernels (Paddle's fast
+    CPU path). ``threads=0`` means every core this process may use (Paddle's own default is one)."""
+    paddle_infer = import_paddle_inference()
+    config = paddle_infer.Config(str(program), str(params))
+    config.disable_gpu()
+    config.disable_glog_info()
+    config.set_cpu_math_library_num_threads(threads or _cores())
+    config.switch_ir_optim(optimization != "disable")
+    for name in _BROKEN_PASSES:
+        config.delete_pass(name)
+    if optimization in ("extended", "all"):
+        config.enable_mkldnn()
+        config.set_mkldnn_cache_capacity(_ONEDNN_CACHE)
+    config.enable_memory_optim()
+    try:
+        return paddle_infer.create_predictor(config)
+    except Exception as exc:  # Paddle raises its own C++-wrapped error types for a bad model
+        raise OcrQuantError(f"Paddle cannot load the model: {paddle_error_line(exc)}", program) from None
+
+
+def run_predictor(predictor: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Feed ``feeds`` (input name -> array), run, return every output in the program's order."""
+    for name, value in feeds.items():
+        handle = predictor.get_input_handle(name)
+        array = np.ascontiguousarray(value)
+        handle.reshape(list(array.shape))
+        handle.copy_from_cpu(array)
+    try:
+        predictor.run()
+    except Exception as exc:  # e.g. an input shape the model cannot take
+        raise OcrQuantError(f"Paddle inference failed: {paddle_error_line(exc)}") from None
+    return [predictor.get_output_handle(name).copy_to_cpu() for name in predictor.get_output_names()]
+
+
 PADDLE_TASKS = ("det", "cls", "rec")  # the PP-OCR model families, in the order guess_task tries them
 DEFAULT_TOLERANCE = 1e-3  # max abs diff on probabilities (sigmoid/softmax); float32 reorderings give ~1e-5
 
@@ -75,8 +165,6 @@ def _import_paddle2onnx() -> Any:
     try:
         import paddle2onnx
     except ImportError as exc:
-        from ocrquant.frontends import missing_extra
-
         raise missing_extra(EXTRA, "converting Paddle models", exc) from None
     return paddle2onnx
 
@@ -236,8 +324,6 @@ def verification_batches(task: str, input_shape: tuple[int, int, int, int] | Non
     Returns ``(keys, NCHW float32)`` pairs; with a fixed shape the batch matches it exactly (rec
     crops are zero-padded or cut to the fixed width, which is what the padding would contain).
     """
-    from ocrquant.data import load_image, open_dataset, sample_root
-    from ocrquant.tasks import get_task_class, make_config
 
     cls = get_task_class(task)
     options: dict[str, Any] = {}
@@ -266,16 +352,16 @@ def verification_batches(task: str, input_shape: tuple[int, int, int, int] | Non
 
 def max_abs_difference(onnx_path: Path, program: Path, batches: list[Any]) -> float:
     """Run Paddle Inference and onnxruntime on the same batches; the largest output difference."""
-    from ocrquant.runtime import RuntimeOptions, create_runner
-
     # one thread: a few images do not need more, and oversubscribed OpenMP threads (Paddle's oneDNN)
     # stall badly on a machine shared with other jobs
-    paddle_runner = create_runner(program, "paddle", RuntimeOptions(threads=1))
-    ort_runner = create_runner(onnx_path, "onnxruntime", RuntimeOptions(threads=1))
+    paddle = paddle_predictor(program, program.with_suffix(".pdiparams"), threads=1, optimization="all")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     worst = 0.0
     for _, inputs in batches:
-        expected = paddle_runner.run({paddle_runner.input_names[0]: inputs})
-        got = ort_runner.run({ort_runner.input_names[0]: inputs})
+        expected = run_predictor(paddle, {paddle.get_input_names()[0]: inputs})
+        got = session.run(None, {session.get_inputs()[0].name: inputs})
         if len(expected) != len(got):
             raise OcrQuantError(f"ONNX model has {len(got)} outputs, Paddle's has {len(expected)}", onnx_path)
         for e, g in zip(expected, got, strict=True):
@@ -295,8 +381,6 @@ def convert_paddle(
     started = time.perf_counter()
     _import_paddle2onnx()
     if config.verify:  # fail before the slow part when Paddle (needed for the check) is missing
-        from ocrquant.runtime.paddle import import_paddle_inference
-
         import_paddle_inference("checking a Paddle conversion against Paddle")
     model = export_onnx(program, params, config.opset)
     if config.input_shape is not None:

@@ -33,10 +33,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 
-from ocrquant.errors import OcrQuantError
+from ocrquant.data import load_image, open_dataset, sample_root
+from ocrquant.errors import OcrQuantError, missing_extra
 from ocrquant.fileio import atomic_path, sha256_file
 from ocrquant.onnx_shapes import declared_dims
+from ocrquant.tasks import get_task_class
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -57,8 +61,6 @@ def require_torch() -> Any:
     try:
         import torch
     except ImportError as exc:
-        from ocrquant.frontends import missing_extra
-
         raise missing_extra(EXTRA, "the PyTorch frontend", exc) from None
     return torch
 
@@ -73,6 +75,8 @@ class TorchArch:
     ``factory`` is ``"module:callable"`` returning an ``nn.Module``. ``outputs`` names the outputs to
     export and ``keep`` selects them (by index) from what ``forward`` returns (``None`` = all of them,
     named ``output_0``...). ``task`` is the ocrquant task whose preprocessing feeds the model.
+    ``checkpoints`` are the file names of published weights this architecture loads (the torch
+    backend runs a ``.pth`` by its name, as the zoo fetched it).
     """
 
     name: str
@@ -81,6 +85,7 @@ class TorchArch:
     outputs: tuple[str, ...] | None = None
     keep: tuple[int, ...] | None = None
     output_dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    checkpoints: tuple[str, ...] = ()
 
 
 ARCHS: dict[str, TorchArch] = {
@@ -93,8 +98,17 @@ ARCHS: dict[str, TorchArch] = {
         outputs=("maps",),
         keep=(0,),
         output_dynamic_axes={"maps": {0: "batch", 1: "map_height", 2: "map_width"}},
+        checkpoints=("craft_mlt_25k.pth",),
     ),
 }
+
+
+def arch_for_checkpoint(checkpoint: Path) -> TorchArch:
+    """The registered architecture whose published weights file this is (craft_mlt_25k.pth -> craft)."""
+    for arch in ARCHS.values():
+        if checkpoint.name in arch.checkpoints:
+            return arch
+    raise OcrQuantError("no registered architecture for this checkpoint (use `ocrquant convert`)", checkpoint)
 
 
 def resolve_arch(spec: str, task: str | None = None) -> TorchArch:
@@ -295,8 +309,6 @@ def export_torchscript(net: nn.Module, target: Path, probe_hw: tuple[int, int] =
 
 def verification_inputs(task: str | None, count: int) -> list[tuple[str, np.ndarray]]:
     """(image name, model input) for real images of the embedded sample, by the task's preprocessing."""
-    from ocrquant.data import load_image, open_dataset, sample_root
-    from ocrquant.tasks import get_task_class
 
     task_name = task or "det"
     task_obj = get_task_class(task_name)()
@@ -328,7 +340,6 @@ def _check_tolerance(worst: float, tolerance: float, what: str) -> None:
 def onnx_vs_torch(net: nn.Module, arch: TorchArch, onnx_path: Path, inputs: list[np.ndarray]) -> float:
     """Max abs difference between PyTorch and onnxruntime over ``inputs``."""
     torch = require_torch()
-    import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     module = select_outputs(net, arch)
@@ -391,7 +402,6 @@ class TorchConvertResult:
 
 def _finish_onnx(onnx_path: Path, props: dict[str, str]) -> tuple[int, dict[str, list], dict[str, list]]:
     """Record provenance in the ONNX metadata; return (opset, input shapes, output shapes)."""
-    import onnx
 
     model = onnx.load(str(onnx_path))
     existing = {p.key: p for p in model.metadata_props}

@@ -19,6 +19,7 @@ from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.zoo.fetch import cache_home
 from ocrquant.zoo.registry import DEFAULT_CHAIN, ZOO
 from ocrquant.zoo.resolve import ResolvedModel, read_header, resolve_model
+from ocrquant.zoo.task import build_task
 
 PRECISIONS = ("fp32", "int8")
 DEFAULT_MODELS = DEFAULT_CHAIN
@@ -71,7 +72,6 @@ def load_stage(
     task_options: dict[str, Any] | None = None,
 ) -> StageModel:
     """Resolve, load and wrap one stage's model with its task."""
-    from ocrquant.api import build_task
 
     if stage not in STAGES:
         raise OcrQuantError(f"unknown pipeline stage '{stage}' (known: {', '.join(STAGES)})")

@@ -19,10 +19,12 @@ from functools import lru_cache
 from pathlib import Path
 
 import cv2
+import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ocrquant.errors import OcrQuantError
+from ocrquant.fileio import write_bytes_atomic
 from ocrquant.pipeline.core import OcrLine
 
 log = logging.getLogger("ocrquant")
@@ -60,8 +62,6 @@ def _fontconfig_cjk() -> str | None:
 
 
 def _fallback_font() -> str:
-    import matplotlib
-
     return str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf")
 
 
@@ -154,7 +154,6 @@ def save_drawing(
     path: str | Path, image: np.ndarray, lines: Sequence[OcrLine], font_path: str | None = None
 ) -> Path:
     """Draw and write the picture atomically (format from the suffix: .png, .jpg, ...)."""
-    from ocrquant.fileio import write_bytes_atomic
 
     path = Path(path)
     picture = cv2.cvtColor(draw_ocr(image, lines, font_path), cv2.COLOR_RGB2BGR)

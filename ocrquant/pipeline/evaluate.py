@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from ocrquant.data import open_dataset
 from ocrquant.data.types import Dataset, DetTarget, load_image
 from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation.evaluate import PartialLog, progress_bar, resume_key
 from ocrquant.fileio import file_fingerprint
 from ocrquant.metrics.e2e import LEXICON_FILES, E2EMetric, Lexicon, load_lexicon
+from ocrquant.pipeline.build import build_pipeline, load_stage
 from ocrquant.pipeline.core import STAGES, OcrPipeline, PipelineConfig, StageModel
 from ocrquant.zoo.registry import DEFAULT_CHAIN
 
@@ -248,8 +250,6 @@ def eval_e2e(
 ) -> E2EResult:
     """Build the pipeline from model specs, open the det dataset in ``data`` and run
     :func:`evaluate_e2e` (the one call ``ocrquant e2e`` and ``eval --task e2e`` need)."""
-    from ocrquant.data import open_dataset
-    from ocrquant.pipeline.build import build_pipeline
 
     pipeline = build_pipeline(
         det, cls, rec, precision=precision, config=config, backend=backend, runtime=runtime,
@@ -298,7 +298,6 @@ def chain_report(
     (``precision``/``recall``/``hmean`` are the first lexicon's), mean / p50 per-image pipeline latency,
     per-stage mean ms and total model size MB. With ``output_dir`` each row keeps a resumable
     ``<row>.json``."""
-    from ocrquant.pipeline.build import load_stage
 
     specs = {"det": (det_fp32, det_int8), "cls": (cls_fp32, cls_int8), "rec": (rec_fp32, rec_int8)}
     if (cls_fp32 is None) != (cls_int8 is None):

@@ -18,6 +18,7 @@ from ocrquant.data.types import read_image
 from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import write_json_atomic
 from ocrquant.pipeline.core import OcrPipeline
+from ocrquant.pipeline.draw import save_drawing
 
 log = logging.getLogger("ocrquant")
 
@@ -59,7 +60,6 @@ def ocr_images(
 ) -> dict[str, Any]:
     """OCR ``source`` (image or folder); returns (and with ``json_out`` writes) the report:
     ``{"models", "images": [{"image", "width", "height", "lines", "timing_ms", "dropped"}], "skipped"}``."""
-    from ocrquant.pipeline.draw import save_drawing
 
     source = Path(source)
     paths = list_images(source)

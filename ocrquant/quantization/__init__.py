@@ -1,13 +1,14 @@
 """Post-training INT8 quantization of OCR models (QDQ ONNX), with ranges this library owns.
 
-``quantize(model, task, calib_data, output, QuantConfig(...)) -> QuantResult`` runs the whole
-workflow; the pieces (prepare, calibration, targets, QDQ writer, algorithms) are usable alone.
+``quantize_recipe(model, task, calib_data, output, QuantConfig(...)) -> QuantResult`` runs one recipe
+(range method + algorithms); the pieces (prepare, calibration, targets, QDQ writer, algorithms) are
+usable alone. ``method="auto"``, the default, is a search over recipes: :func:`ocrquant.tuning.quantize`.
 """
 
 from ocrquant.fileio import sidecar_path
 from ocrquant.quantization.config import QuantConfig, QuantResult
 from ocrquant.quantization.graph import is_quantized
-from ocrquant.quantization.pipeline import quantize
+from ocrquant.quantization.pipeline import quantize_recipe
 from ocrquant.quantization.prepare import max_abs_diff, prepare_model
 from ocrquant.quantization.targets import TARGETS, TargetProfile, get_target
 
@@ -20,6 +21,6 @@ __all__ = [
     "is_quantized",
     "max_abs_diff",
     "prepare_model",
-    "quantize",
+    "quantize_recipe",
     "sidecar_path",
 ]

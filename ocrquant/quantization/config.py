@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from ocrquant.fileio import read_sidecar
 
 # Range method per task when none is given, measured on PP-OCRv3 with the ort-cpu defaults (det: first
 # 100 det_test images, hmean fp32 0.4376 -> min_max 0.3967, percentile 99.99 0.4184, 99.999 0.4232,
@@ -92,3 +94,22 @@ class QuantResult:
     timings: dict[str, float]
     algorithms: dict[str, Any]
     cache_hit: bool
+
+
+def pinned_config(config: Any, quantized: str | Path) -> Any:
+    """``config`` with the method, options, calibration size and algorithms the pipeline actually
+    used for ``quantized`` (read from its sidecar).
+
+    Every later model of an analysis (the float reference, a variant with layers kept float, the
+    final mixed-precision model) must repeat that float stage exactly; with ``method="auto"`` a new
+    run would search again, and could choose differently once layers are excluded.
+    """
+    settings = read_sidecar(quantized)["settings"]
+    return replace(
+        config,
+        method=settings["method"],
+        method_options=dict(settings["method_options"]),
+        calib_size=settings["calib_size"],
+        algorithms=list(settings["algorithms"]),
+        extra_algorithms=[],
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -155,3 +156,8 @@ def other_input(node: onnx.NodeProto, name: str) -> str | None:
     """The input of a two-input ``node`` that is not ``name`` (None if there is no single other)."""
     rest = [i for i in node.input if i != name]
     return rest[0] if len(rest) == 1 else None
+
+
+def attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    """A node's attributes as Python values (name -> value)."""
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}

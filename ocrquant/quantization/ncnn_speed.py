@@ -29,13 +29,16 @@ from tqdm import tqdm
 
 from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import scratch_dir
-from ocrquant.quantization.ncnn_int8 import (
+from ocrquant.frontends.ncnn_export import configure_options
+from ocrquant.frontends.ncnn_format import (
     Int8Table,
     Layer,
     NcnnParam,
     WeightRecord,
     write_int8_model,
 )
+from ocrquant.runtime import RuntimeOptions
+from ocrquant.runtime.ncnn import NcnnRunner
 
 
 @dataclass
@@ -79,10 +82,6 @@ def time_layers(
     (a preprocessed batch of one). ``float_model``: the float :class:`NcnnModel`; ``param`` and
     ``records``: its parsed ``.param`` and ``.bin`` (:func:`read_bin`), as the caller has them."""
     import ncnn
-
-    from ocrquant.frontends.ncnn_export import configure_options
-    from ocrquant.runtime import RuntimeOptions
-    from ocrquant.runtime.ncnn import NcnnRunner
 
     layers = param.by_name()
     data = Path(float_model.bin).read_bytes()

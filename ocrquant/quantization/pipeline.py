@@ -39,6 +39,9 @@ from ocrquant.quantization.qdq import (
 )
 from ocrquant.quantization.targets import cpu_has_vnni, get_target, host_profile
 from ocrquant.tasks import Task
+from ocrquant.zoo.fetch import cache_home
+from ocrquant.zoo.resolve import ResolvedModel, resolve_model
+from ocrquant.zoo.task import build_task, infer_task
 
 log = logging.getLogger("ocrquant")
 
@@ -90,44 +93,45 @@ def calibration_batch_size(wanted: int, task: Task, model: Any) -> int:
 
 
 def default_cache_dir() -> Path:
-    from ocrquant.zoo.fetch import cache_home
 
     return cache_home() / "calib"
 
 
-def quantize(
-    model_path: str | Path,
-    task_name: str | None,
-    calib_dataset: str | Path | Dataset,
-    output: str | Path,
-    config: QuantConfig | None = None,
-    executor: Any = None,
-) -> QuantResult:
-    """Quantize a float OCR model with calibration images from ``calib_dataset``; write ``output``
-    (QDQ ONNX) and ``<output stem>.quant.json``. ``model_path`` may be a zoo name. ``executor``
-    (:mod:`ocrquant.tuning.executor`) runs ``--method auto``'s candidates; None: in this process."""
-    from ocrquant.api import build_task, infer_task
-    from ocrquant.zoo.resolve import resolve_model
-
-    cfg = config or QuantConfig()
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    profile = host_profile(get_target(cfg.target))
-    fuse_hardswish = profile.fuse_hardswish if cfg.fuse_hardswish is None else cfg.fuse_hardswish
-    resolved = resolve_model(model_path)
-    task_name = infer_task(resolved, task_name)
-    task = build_task(task_name, resolved, cfg.task_options)  # refuses another task's model
+def float_model_task(resolved: ResolvedModel, task_name: str | None, config: QuantConfig) -> Task:
+    """The task ``resolved`` is quantized for; refuses another task's model and an INT8 one (before
+    any search or calibration starts)."""
+    task = build_task(infer_task(resolved, task_name), resolved, config.task_options)
     if is_quantized(load_model(resolved.path)):
         raise OcrQuantError(
             "model is already quantized (has QuantizeLinear/DequantizeLinear or QLinear* "
             "nodes); pass the float model",
             resolved.path,
         )
-    method, method_options = resolve_method(cfg, task_name)
-    if method == "auto":  # choose the range method on held-out calibration-side images
-        from ocrquant.tuning.method_search import quantize_auto  # the tuning layer sits above
+    return task
 
-        return quantize_auto(model_path, task_name, calib_dataset, output, cfg, executor=executor)[0]
+
+def quantize_recipe(
+    model_path: str | Path,
+    task_name: str | None,
+    calib_dataset: str | Path | Dataset,
+    output: str | Path,
+    config: QuantConfig | None = None,
+) -> QuantResult:
+    """Quantize a float OCR model with one recipe (range method, algorithms) and calibration images
+    from ``calib_dataset``; write ``output`` (QDQ ONNX) and ``<output stem>.quant.json``.
+    ``model_path`` may be a zoo name. ``method="auto"`` is a search over recipes, which the tuning
+    layer runs (:func:`ocrquant.tuning.quantize`)."""
+    cfg = config or QuantConfig()
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    profile = host_profile(get_target(cfg.target))
+    fuse_hardswish = profile.fuse_hardswish if cfg.fuse_hardswish is None else cfg.fuse_hardswish
+    resolved = resolve_model(model_path)
+    task = float_model_task(resolved, task_name, cfg)
+    task_name = task.name
+    method, method_options = resolve_method(cfg, task_name)
+    if method == "auto":
+        raise ValueError("method 'auto' is a search over recipes: call ocrquant.tuning.quantize")
     algorithms = [
         create_algorithm(n, **cfg.algorithm_options.get(n, {})) for n in algorithm_names(cfg, task_name)
     ]

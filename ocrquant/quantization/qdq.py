@@ -21,12 +21,17 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from onnxruntime.quantization import QuantType
+from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
 from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import atomic_path, scratch_dir
 from ocrquant.quantization.graph import (
     WEIGHTED_OPS,
     consumers,
+    get_attr,
     initializers,
     is_quantized,
     producers,
@@ -35,7 +40,7 @@ from ocrquant.quantization.graph import (
 )
 from ocrquant.quantization.qdq_passes import QDQ_PASSES
 from ocrquant.quantization.saturation import PAIR_LAYOUT_OPS, pair_safe_scale
-from ocrquant.quantization.targets import QTYPES, TargetProfile, compute_scale_zp
+from ocrquant.quantization.targets import PASSTHROUGH_SCALE_NUDGE, QTYPES, TargetProfile, compute_scale_zp
 
 log = logging.getLogger("ocrquant")
 
@@ -103,7 +108,6 @@ def check_names(model: onnx.ModelProto, exclude: list[str], tensors: list[str], 
     """Refuse an ``--exclude`` pattern that matches no node (name or op type) and an ``--int16`` name
     that is no tensor of the model: silently ignoring a misspelt layer quantizes what the user asked
     to keep."""
-    from ocrquant.errors import OcrQuantError
 
     for pattern in exclude:
         if not any(matches(node, [pattern]) for node in model.graph.node):
@@ -257,7 +261,6 @@ def passthrough_ranges(
     input's range times ``1 + PASSTHROUGH_SCALE_NUDGE``: the same grid as far as any 8-bit code can
     tell (exact requantization, no second calibration of a tensor whose values are the input's), yet
     a scale the runtime sees as different, so it keeps the fast float op instead of fusing Q/DQ away."""
-    from ocrquant.quantization.targets import PASSTHROUGH_SCALE_NUDGE
 
     out = dict(ranges)
     for node in model.graph.node:
@@ -308,7 +311,6 @@ def drop_qdq_pairs(qmodel: onnx.ModelProto, tensors: set[str]) -> None:
 
 
 def _qtype(dtype: str):
-    from onnxruntime.quantization import QuantType
 
     return {
         "int8": QuantType.QInt8,
@@ -448,7 +450,6 @@ def _narrowed(
 
 
 def _is_depthwise(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
-    from ocrquant.quantization.graph import get_attr
 
     if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
         return False
@@ -495,10 +496,6 @@ def write_qdq_model(
 
     Returns the sidecar body (tensors, node counts, float nodes); the caller adds settings and writes it.
     """
-    from onnxruntime.quantization import QuantFormat  # noqa: F401  (import check: ORT quantization present)
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
-    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
     if is_quantized(model):
         raise OcrQuantError("model is already quantized; pass the float model")

@@ -7,7 +7,9 @@ adding a backend is one more :class:`TargetProfile` in :data:`TARGETS`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -299,7 +301,6 @@ def cpu_has_vnni(cpuinfo: str = "/proc/cpuinfo") -> bool:
     cls model loses 3.8 points with the fused kernels and none at all when the same QDQ model runs
     unfused (ORT_DISABLE_ALL, exact integer emulation). Non-x86 or unreadable: assume no saturation.
     """
-    import platform
 
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return True
@@ -322,7 +323,6 @@ def host_profile(profile: TargetProfile, has_vnni: bool | None = None) -> Target
         has_vnni = cpu_has_vnni()
     if has_vnni:
         return profile
-    import dataclasses
 
     return dataclasses.replace(
         profile, weight_dtype=profile.weight_dtype_without_vnni, weight_dtype_without_vnni=None

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 
 from ocrquant.errors import OcrQuantError
+from ocrquant.quantization.graph import attributes
 
 Tensor = torch.Tensor
 OpFn = Callable[[list[Any], dict[str, Any]], Tensor]
@@ -46,10 +47,6 @@ def op(*names: str) -> Callable[[OpFn], OpFn]:
         return fn
 
     return deco
-
-
-def attributes(node: onnx.NodeProto) -> dict[str, Any]:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _pads(a: dict[str, Any]) -> tuple[int, int]:

@@ -16,9 +16,15 @@ from typing import Any
 
 import cv2
 import numpy as np
+from matplotlib.figure import Figure
 
+from ocrquant.analysis.compare import compare_models
+from ocrquant.analysis.graph import float_reference
+from ocrquant.analysis.plot import plot_snr
+from ocrquant.data import load_image
+from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation.evaluate import preprocessed_inputs
-from ocrquant.fileio import write_bytes_atomic
+from ocrquant.fileio import atomic_path, write_bytes_atomic
 
 log = logging.getLogger("ocrquant")
 
@@ -82,10 +88,6 @@ def snr_figure(
 ) -> tuple[Path | None, list[tuple[str, str, float]]]:
     """SNR of every matched tensor along the depth (cumulative: the INT8 model as it runs) on a few
     test inputs, against the float graph the quantizer used; the PNG and the five worst layers."""
-    from ocrquant.analysis.compare import compare_models
-    from ocrquant.analysis.graph import float_reference
-    from ocrquant.analysis.plot import plot_snr
-    from ocrquant.errors import OcrQuantError
 
     try:
         with float_reference(float_model, int8_model) as reference:
@@ -123,7 +125,6 @@ def gallery(
 ) -> tuple[int, list[GalleryItem]]:
     """The disagreeing samples (count, and the first :data:`GALLERY_SIZE` drawn): det scenes with the
     FP32 boxes in green and the INT8 boxes in red; rec and cls crops with both readings and the truth."""
-    from ocrquant.data import load_image
 
     by_key = {s.key: s for s in dataset.samples}
     int8_by_key = {s["key"]: s for s in int8_samples}
@@ -177,16 +178,10 @@ def speed_size_figure(rows: list[Any], path: Path) -> Path | None:
     """Bars per model: median latency FP32 vs INT8, and file size, from the report rows."""
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ocrquant.fileio import atomic_path
-
     names = [f"{r.model}\n({r.task})" for r in rows]
     x = np.arange(len(rows))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6), dpi=100)
+    fig = Figure(figsize=(11, 3.6), dpi=100)
+    ax1, ax2 = fig.subplots(1, 2)
     for ax, (a, b), unit in (
         (ax1, ([r.float_ms for r in rows], [r.int8_ms for r in rows]), "ms per model call (median)"),
         (ax2, ([r.float_mb for r in rows], [r.int8_mb for r in rows]), "model file (MB)"),
@@ -200,5 +195,4 @@ def speed_size_figure(rows: list[Any], path: Path) -> Path | None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return path

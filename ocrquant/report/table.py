@@ -10,6 +10,10 @@ import platform
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import onnxruntime
+
+from ocrquant.evaluation.significance import paired_delta_interval
+
 
 @dataclass
 class ReportRow:
@@ -59,7 +63,6 @@ class ReportRow:
         """A row from the float and INT8 :class:`~ocrquant.evaluation.EvalResult` of one model, with both
         metric dicts (rounded) put first in ``details``; every runtime's report builds its row here.
         With the task object (and per-sample results) the delta gets its bootstrap interval."""
-        from ocrquant.evaluation.significance import paired_delta_interval
 
         interval = None
         if task_obj is not None:
@@ -129,7 +132,6 @@ def _delta_cell(row: ReportRow) -> str:
 
 
 def machine_description() -> str:
-    import onnxruntime
 
     cpu = platform.processor() or platform.machine()
     try:

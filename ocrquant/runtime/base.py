@@ -5,6 +5,7 @@ Comparing float vs INT8 vs another backend is then a loop over runners, not a fe
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +40,6 @@ def check_threads(threads: int) -> None:
     tens of thousands of threads until the kernel killed the process (exit 137, no message).
     The cap is the CPU count (at least 2, the default of ``run``); ``OCRQUANT_MAX_THREADS`` raises it
     for oversubscription experiments."""
-    import os
 
     cap = int(os.environ.get("OCRQUANT_MAX_THREADS") or max(os.cpu_count() or 1, 2))
     if threads < 0:
@@ -95,7 +95,6 @@ def register_backend(name: str) -> Callable[[type[Runner]], type[Runner]]:
 def create_runner(
     model: str | Path, backend: str = "onnxruntime", options: RuntimeOptions | None = None
 ) -> Runner:
-    import ocrquant.runtime  # noqa: F401  (registers built-in backends)
 
     if backend not in BACKENDS:
         raise OcrQuantError(f"unknown backend '{backend}' (known: {', '.join(sorted(BACKENDS))})")

@@ -22,6 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from ocrquant.errors import OcrQuantError
+from ocrquant.frontends.ncnn_export import (
+    configure_options,
+    load_ncnn_model,
+    ncnn_model_for,
+    require_ncnn,
+    to_rank,
+)
 from ocrquant.runtime.base import Runner, RuntimeOptions, register_backend
 
 try:
@@ -35,12 +42,6 @@ class NcnnRunner(Runner):
     model_format = "onnx"  # ``ResolvedModel.path_for`` hands us the ONNX file; we convert and cache
 
     def __init__(self, model: Path, options: RuntimeOptions) -> None:
-        from ocrquant.frontends.ncnn_export import (
-            configure_options,
-            load_ncnn_model,
-            ncnn_model_for,
-            require_ncnn,
-        )
 
         ncnn = require_ncnn()
         model = Path(model)
@@ -74,7 +75,6 @@ class NcnnRunner(Runner):
         return [b.name for b in self.model.outputs]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        from ocrquant.frontends.ncnn_export import to_rank
 
         missing = [b.name for b in self.model.inputs if b.name not in feeds]
         if missing:

@@ -11,18 +11,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ocrquant.errors import OcrQuantError
+from ocrquant.frontends.torch import arch_for_checkpoint, load_network, require_torch, select_outputs
 from ocrquant.runtime.base import Runner, RuntimeOptions, register_backend
-
-
-def _arch_for_checkpoint(checkpoint: Path) -> str:
-    """The zoo entry whose weights file this is decides the architecture (e.g. craft-mlt25k -> craft)."""
-    from ocrquant.zoo import ZOO
-
-    for entry in ZOO.values():
-        if entry.framework == "torch" and entry.model_file == checkpoint.name and entry.architecture:
-            return entry.architecture
-    raise OcrQuantError("no registered architecture for this checkpoint (use `ocrquant convert`)", checkpoint)
 
 
 @register_backend("torch")
@@ -30,12 +20,10 @@ class TorchRunner(Runner):
     model_format: ClassVar[str] = "torch"  # ResolvedModel.path_for() hands us the .pth
 
     def __init__(self, model: Path, options: RuntimeOptions) -> None:
-        from ocrquant.frontends.torch import load_network, require_torch, resolve_arch, select_outputs
-
         torch = require_torch()
         if options.threads:
             torch.set_num_threads(options.threads)
-        arch = resolve_arch(_arch_for_checkpoint(model))
+        arch = arch_for_checkpoint(model)
         self._torch = torch
         self._net = select_outputs(load_network(arch, model), arch)
         self._outputs = list(arch.outputs or ("output_0",))

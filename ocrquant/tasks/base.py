@@ -116,7 +116,6 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
 
 
 def get_task_class(name: str) -> type[Task]:
-    import ocrquant.tasks  # noqa: F401  (registers the built-in tasks)
 
     try:
         return TASKS[name]

@@ -15,6 +15,7 @@ import numpy as np
 import pyclipper
 from shapely.geometry import Polygon
 
+from ocrquant.data.types import max_image_pixels
 from ocrquant.errors import OcrQuantError
 from ocrquant.metrics.det_iou import DetMetric
 from ocrquant.tasks.base import Batch, Metric, Task, register_task
@@ -54,7 +55,6 @@ class DetConfig:
                 raise OcrQuantError(
                     f"--input-shape {h}x{w}: det needs positive heights and widths that are multiples of 32"
                 )
-            from ocrquant.data.types import max_image_pixels
 
             if h * w > max_image_pixels():
                 raise OcrQuantError(f"--input-shape {h}x{w}: over the limit of {max_image_pixels()} pixels")

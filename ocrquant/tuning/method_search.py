@@ -23,24 +23,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
-from ocrquant.api import build_task, infer_task
 from ocrquant.data import Dataset, open_dataset
 from ocrquant.data.calibration import image_id
 from ocrquant.data.split import split_calibration
 from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation import evaluate
-from ocrquant.evaluation.evaluate import EvalResult, fidelity_samples
+from ocrquant.evaluation.evaluate import EvalResult, fidelity_samples, preprocessed_inputs
 from ocrquant.evaluation.significance import paired_delta_interval
-from ocrquant.fileio import copy_quantized, read_sidecar, scratch_dir, write_sidecar
+from ocrquant.fileio import copy_quantized, read_sidecar, scratch_dir, sidecar_path, write_sidecar
 from ocrquant.quantization.algorithms.base import ALGORITHMS, create_algorithm
-from ocrquant.quantization.config import QdqStart, QuantConfig, QuantResult
-from ocrquant.quantization.pipeline import algorithm_names, quantize
+from ocrquant.quantization.algorithms.distill import float_logits, output_losses
+from ocrquant.quantization.config import QdqStart, QuantConfig, QuantResult, resolve_method
+from ocrquant.quantization.pipeline import algorithm_names, float_model_task, quantize_recipe
 from ocrquant.quantization.targets import get_target
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.tasks import Task
 from ocrquant.tuning.executor import Executor, InProcessExecutor, Trial
 from ocrquant.zoo.resolve import resolve_model
+from ocrquant.zoo.task import build_task, infer_task
 
 log = logging.getLogger("ocrquant")
 
@@ -88,7 +90,7 @@ class CandidateSpec:
 
 def run_candidate(spec: CandidateSpec) -> EvalResult:
     """Quantize one candidate and evaluate it on the held-out samples (what a trial does)."""
-    quantize(spec.model, spec.task.name, spec.calib, spec.output, spec.config)
+    quantize_recipe(spec.model, spec.task.name, spec.calib, spec.output, spec.config)
     return evaluate_on(spec.task, spec.output, spec.validation, spec.threads)
 
 
@@ -165,10 +167,6 @@ def quantize_auto(
 
     def held_out_loss(model_file: str | Path) -> Any:
         """Per-image output loss of ``model_file`` against the float model on the held-out images."""
-        import onnx
-
-        from ocrquant.evaluation.evaluate import preprocessed_inputs
-        from ocrquant.quantization.algorithms.distill import float_logits, output_losses
 
         if not held_out:
             held_out["inputs"] = preprocessed_inputs(task, val_set, len(val_set.samples))
@@ -227,7 +225,7 @@ def quantize_auto(
         )
         if search_names != names:
             t0 = time.perf_counter()
-            quantize(
+            quantize_recipe(
                 resolved.path,
                 task_name,
                 calib,
@@ -267,7 +265,7 @@ def quantize_auto(
                 save_prepass=prepass(cand),
             )
             t0 = time.perf_counter()
-            quantize(resolved.path, task_name, calib, cand, trial)
+            quantize_recipe(resolved.path, task_name, calib, cand, trial)
             seconds[extra] = round(time.perf_counter() - t0, 1)
             scores = _validate(cand)
             rows.append(
@@ -317,6 +315,25 @@ def quantize_auto(
     return result, side["method_search"]["candidates"]
 
 
+def quantize(
+    model_path: str | Path,
+    task_name: str | None,
+    calib_dataset: str | Path | Dataset,
+    output: str | Path,
+    config: QuantConfig | None = None,
+    executor: Executor | None = None,
+) -> QuantResult:
+    """Quantize a float OCR model: ``config``'s recipe, or (``method="auto"``, every task's default)
+    the recipe :func:`quantize_auto` picks on held-out calibration-side images, its trials run on
+    ``executor`` (None: in this process). Writes ``output`` and ``<output stem>.quant.json``."""
+    cfg = config or QuantConfig()
+    resolved = resolve_model(model_path)
+    task = float_model_task(resolved, task_name, cfg)  # refuses an INT8 or another task's model first
+    if resolve_method(cfg, task.name)[0] == "auto":
+        return quantize_auto(model_path, task.name, calib_dataset, output, cfg, executor=executor)[0]
+    return quantize_recipe(model_path, task.name, calib_dataset, output, cfg)
+
+
 def search_summary(search: dict[str, Any]) -> str:
     """One line saying what ``auto`` chose and what it tried, for the user to see which recipe ran:
     the range method among the candidates, the validated algorithms kept and not kept, and any not
@@ -364,11 +381,11 @@ def keep_learned(loss_with: Any, loss_without: Any, metric_ci: dict[str, float] 
 
 #: held-out drop (points) past which an ``auto`` model is not shipped as it is: with at least
 #: :data:`BUDGET_MIN_IMAGES` held-out images the budget search keeps its most sensitive blocks float
-#: (:func:`ocrquant.quantization.mixed_precision.escalate_to_budget`); with fewer, ``auto`` says so.
+#: (:func:`ocrquant.tuning.budget.escalate_to_budget`); with fewer, ``auto`` says so.
 DROP_WARNING_POINTS = 1.0
 #: held-out images the budget search needs to act on its own: below that one image is worth several
 #: tenths of a point and the search would chase single images (300 rec crops: a set that met 0.3 pt
-#: lost 2.2 on the test set, mixed_precision's module doc)
+#: lost 2.2 on the test set, budget.py's module doc)
 BUDGET_MIN_IMAGES = 1000
 
 
@@ -417,8 +434,6 @@ def _warn_unresolved(rows: list[dict[str, Any]], chosen: dict[str, Any], key: st
 
 
 def quantize_result_from_sidecar(output: Path, side: dict[str, Any], config: QuantConfig) -> QuantResult:
-    from ocrquant.fileio import sidecar_path
-
     return QuantResult(
         output=output, sidecar=sidecar_path(output), task=side.get("task", ""), target=config.target,
         method=str(config.method),

@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from ocrquant.errors import OcrQuantError
-from ocrquant.fileio import atomic_path, sha256_file
+from ocrquant.fileio import atomic_path, manifest_intact, sha256_file, write_manifest
 from ocrquant.zoo.registry import ZOO, WheelSource, ZooEntry
 
 log = logging.getLogger("ocrquant")
@@ -113,7 +113,6 @@ def fetch(name: str) -> Path:
     checked on every fetch: a truncated or edited cached model would otherwise fail, or score 0.0, on
     every later run. A damaged or unrecorded entry is extracted again from the wheel (itself checked
     against its pinned sha256)."""
-    from ocrquant.fileio import manifest_intact, write_manifest
 
     entry = get_entry(name)
     dest = model_dir(entry)

@@ -9,8 +9,11 @@ from typing import Any
 import onnx
 
 from ocrquant.errors import OcrQuantError
+from ocrquant.fileio import read_sidecar, sha256_file
+from ocrquant.frontends import convert_zoo_entry, converted_path, require_frontend
 from ocrquant.onnx_shapes import declared_input_shape, declared_output_shape, require_graph
-from ocrquant.zoo.fetch import fetch, get_entry
+from ocrquant.runtime import BACKENDS  # importing the package registers the backends
+from ocrquant.zoo.fetch import fetch, get_entry, model_dir
 from ocrquant.zoo.registry import ZOO, ZooEntry
 
 
@@ -34,7 +37,6 @@ class ResolvedModel:
     def path_for(self, backend: str) -> Path:
         """The file ``backend`` loads: the source file for a framework-native backend (``paddle`` runs
         the ``.pdmodel``), else the ONNX model. A backend says which by its ``model_format``."""
-        from ocrquant.runtime import BACKENDS  # importing the package registers the backends
 
         fmt = getattr(BACKENDS.get(backend), "model_format", "onnx")
         if fmt == "onnx":
@@ -73,17 +75,12 @@ def resolve_model(spec: str | Path) -> ResolvedModel:
     if spec_str in ZOO:
         entry = get_entry(spec_str)
         if entry.framework != "onnx":
-            from ocrquant.frontends import converted_path, require_frontend
-            from ocrquant.zoo.fetch import model_dir
-
             if not converted_path(model_dir(entry) / entry.model_file).is_file():
                 require_frontend(entry.framework, f"zoo model {entry.name} (a {entry.framework} model)")
         path = fetch(spec_str)
         extras = {k: path.parent / str(v) for k, v in entry.options.items() if isinstance(v, str)}
         source = None
         if entry.framework != "onnx":
-            from ocrquant.frontends import convert_zoo_entry
-
             source, path = path, convert_zoo_entry(entry, path)
         metadata, output_shape, input_shape = read_header_shapes(path)
         return ResolvedModel(
@@ -122,7 +119,6 @@ def file_task_and_preset(path: Path) -> tuple[str | None, dict[str, Any]]:
     with no flags: an INT8 model ocrquant wrote records both in its ``<stem>.quant.json`` sidecar; a
     file whose bytes are a zoo model's (rapidocr's ``PP-OCRv6_det_small.onnx`` copied out of its wheel)
     gets that entry's. (None, {}) otherwise."""
-    from ocrquant.fileio import read_sidecar
 
     try:
         side = read_sidecar(path)
@@ -139,7 +135,6 @@ def file_task_and_preset(path: Path) -> tuple[str | None, dict[str, Any]]:
 def zoo_entry_of_file(path: Path) -> ZooEntry | None:
     """The zoo entry whose model file has exactly these bytes (size compared first, so an unrelated
     file is not hashed)."""
-    from ocrquant.fileio import sha256_file
 
     known = [e for e in ZOO.values() if e.model_sha256]
     try:

@@ -12,6 +12,7 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from ocrquant.analysis.compare import ErrorStats
+from ocrquant.analysis.graph import load_model, tensor_elem_types, with_outputs
 from ocrquant.analysis.simulate.engine import SimReport, Simulator
 from ocrquant.analysis.simulate.qtypes import quantize_linear
 
@@ -116,7 +117,6 @@ def kernel_agreement(
     (rounding ties, float32 noise) from their amplification downstream. ``runtime``: a key of
     ``RUNTIME_MODES``; with "ort-optimized" the QuantizeLinear outputs are exposed as graph outputs,
     which leaves onnxruntime's QLinear* fusions in place (checked on the PP-OCRv3 det model)."""
-    from ocrquant.analysis.graph import load_model, tensor_elem_types, with_outputs
 
     model = load_model(model_path)
     q_names = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]

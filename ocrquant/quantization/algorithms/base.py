@@ -13,6 +13,7 @@ Algorithms read and write an :class:`AlgorithmContext`; the pipeline never knows
 
 from __future__ import annotations
 
+import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -60,7 +61,6 @@ class Algorithm(ABC):
     @classmethod
     def missing(cls) -> list[str]:
         """The required packages that are not installed."""
-        import importlib.util
 
         return [m for m in cls.requires if importlib.util.find_spec(m) is None]
 
@@ -85,7 +85,6 @@ def register_algorithm(name: str, stage: str) -> Callable[[type[Algorithm]], typ
 
 
 def create_algorithm(name: str, **options: Any) -> Algorithm:
-    import ocrquant.quantization.algorithms  # noqa: F401  (registers the built-in algorithms)
 
     try:
         cls = ALGORITHMS[name]

@@ -31,6 +31,7 @@ from onnx import numpy_helper
 
 from ocrquant.errors import OcrQuantError
 from ocrquant.quantization.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
+from ocrquant.quantization.algorithms.hs_cle import channel_min_max, equalising_scales
 from ocrquant.quantization.graph import consumers, get_attr, initializers
 
 HOMOGENEOUS = ("Relu",)
@@ -134,7 +135,6 @@ class CrossLayerEqualization(Algorithm):
 
     def activation_scales(self, lo: np.ndarray, hi: np.ndarray, depthwise: bool) -> np.ndarray:
         """Per-channel ``s`` from the activation's channel ranges (0 included, as the grid includes it)."""
-        from ocrquant.quantization.algorithms.hs_cle import equalising_scales
 
         alpha = self.alpha_depthwise if depthwise else self.alpha_dense
         return equalising_scales(np.maximum(hi, 0.0) - np.minimum(lo, 0.0), alpha, self.min_ratio)
@@ -142,7 +142,6 @@ class CrossLayerEqualization(Algorithm):
     def _apply_activation_ranges(self, ctx: AlgorithmContext, pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
         """One pass: each pair's scale comes from its own activation in the unchanged model. Exact
         rescaling leaves every other pair's activation as it was, so the statistics stay valid."""
-        from ocrquant.quantization.algorithms.hs_cle import channel_min_max
 
         if not pairs:
             return {"pairs": 0, "ranges": self.ranges}

@@ -33,12 +33,14 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnxruntime import GraphOptimizationLevel
 from tqdm import tqdm
 
 from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import atomic_path
 from ocrquant.quantization.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
 from ocrquant.quantization.calibration.stats import _session, augment_model
+from ocrquant.quantization.graph import attributes
 
 #: the last op's type -> (loss on the pre-activation of the quantized model, float pre-activation)
 LOSSES: dict[str, Callable[..., Any]] = {}
@@ -80,7 +82,6 @@ _LAYOUT_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Ident
 def output_head(model: onnx.ModelProto) -> tuple[str, str, dict[str, Any]]:
     """(last activation's op type, its input tensor, its attributes): the tensor the loss compares.
     ('', the graph output, {}) when the model ends in no activation with a registered loss."""
-    from ocrquant.quantization.torch_qdq import attributes
 
     producer = {o: n for n in model.graph.node for o in n.output}
     out = model.graph.output[0].name
@@ -110,7 +111,6 @@ def output_losses(model: onnx.ModelProto, inputs: list[np.ndarray], targets: lis
     ~0.4 pt) cannot resolve the change (``python benchmarks/distill_draws.py``).
     """
     import torch
-    from onnxruntime import GraphOptimizationLevel
 
     kind, q_logit, attrs = output_head(model)
     loss_fn = LOSSES.get(kind, _mse_loss)
@@ -190,7 +190,7 @@ class Distill(Algorithm):
     def apply(self, ctx: AlgorithmContext) -> dict[str, Any]:
         import torch
 
-        from ocrquant.quantization.torch_qdq import QDQModule
+        from ocrquant.quantization.torch_qdq import QDQModule  # needs torch (the [torch] extra)
 
         assert ctx.qdq_path is not None
         qmodel = onnx.load(str(ctx.qdq_path))
@@ -220,7 +220,6 @@ class Distill(Algorithm):
         def measure(model: onnx.ModelProto) -> tuple[float, float, int, int]:
             """One pass over the steps, without learning: the mean loss of ``model`` as onnxruntime runs
             it (fused kernels, what ships), the mean loss of the interpreter, steps and samples."""
-            from onnxruntime import GraphOptimizationLevel
 
             sess = _session(augment_model(model, [q_logit]), level=GraphOptimizationLevel.ORT_ENABLE_ALL)
             name = sess.get_inputs()[0].name

@@ -79,6 +79,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -86,10 +87,39 @@ from statistics import NormalDist
 from typing import Any
 
 import onnx
+from tqdm import tqdm
 
+from ocrquant.analysis.sensitivity import (
+    Score,
+    Validator,
+    VariantBuilder,
+    analyze_layers,
+    json_safe,
+    time_models,
+)
+from ocrquant.data import open_dataset
+from ocrquant.data.split import split_calibration
 from ocrquant.errors import OcrQuantError
-from ocrquant.fileio import atomic_path, copy_quantized, scratch_dir, write_json_atomic
-from ocrquant.quantization.config import QuantConfig, QuantResult
+from ocrquant.fileio import (
+    atomic_path,
+    copy_quantized,
+    read_sidecar,
+    scratch_dir,
+    sidecar_path,
+    write_json_atomic,
+)
+from ocrquant.quantization.algorithms import ALGORITHMS  # the package import registers them all
+from ocrquant.quantization.config import QuantConfig, QuantResult, pinned_config, resolve_method
+from ocrquant.quantization.pipeline import algorithm_names
+from ocrquant.tuning.method_search import (
+    BUDGET_MIN_IMAGES,
+    DROP_WARNING_POINTS,
+    calib_size_leaving_validation,
+    quantize,
+)
+from ocrquant.tuning.sensitivity import quantize_pair
+from ocrquant.zoo.resolve import resolve_model
+from ocrquant.zoo.task import build_task, infer_task
 
 log = logging.getLogger("ocrquant")
 
@@ -143,7 +173,6 @@ class SearchReport:
     sensitivity: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        from ocrquant.analysis.sensitivity import json_safe
 
         return json_safe(asdict(self))
 
@@ -345,7 +374,6 @@ def config_for(
 def _without_qdq_stage(config: QuantConfig) -> QuantConfig:
     """``config`` (pinned: explicit algorithm list) without the algorithms that rewrite the written
     QDQ model."""
-    from ocrquant.quantization.algorithms import ALGORITHMS  # the package import registers them all
 
     names = list(config.algorithms or [])
     return dataclasses.replace(config, algorithms=[n for n in names if ALGORITHMS[n].stage != "qdq"])
@@ -394,23 +422,6 @@ def quantize_with_budget(
     (skips its two pipeline runs). Writes ``output``, its pipeline
     sidecar and ``<output stem>.mixed.json`` (the report, every step with its metric and latency).
     """
-    from ocrquant.analysis.sensitivity import (
-        Score,
-        Validator,
-        VariantBuilder,
-        analyze_layers,
-        pinned_config,
-        quantize_pair,
-        time_models,
-    )
-    from ocrquant.api import build_task, infer_task
-    from ocrquant.data import open_dataset
-    from ocrquant.data.split import split_calibration
-    from ocrquant.fileio import sidecar_path
-    from ocrquant.quantization.config import resolve_method
-    from ocrquant.quantization.pipeline import algorithm_names, quantize
-    from ocrquant.tuning.method_search import calib_size_leaving_validation
-    from ocrquant.zoo.resolve import resolve_model
 
     if keep not in KEEP_MODES:
         raise OcrQuantError(f"unknown keep mode '{keep}' (known: {', '.join(KEEP_MODES)})")
@@ -515,8 +526,6 @@ def quantize_with_budget(
 
         bar = None
         if progress:
-            from tqdm import tqdm
-
             bar = tqdm(desc="mixed-precision search", unit="set", leave=False)
         cap = None if max_float_share is None else max(1, int(max_float_share * len(ranking)))
         chosen, steps, met = greedy_search(
@@ -628,8 +637,6 @@ def needs_budget(output: str | Path) -> float | None:
     """The held-out drop (points) of an ``auto``-written model when it calls for the budget search,
     else None: on at least ``BUDGET_MIN_IMAGES`` held-out images, its one-sided 90 % upper bound (the
     margin the search itself asks of a set, ``DEFAULT_CONFIDENCE``) passes ``DROP_WARNING_POINTS``."""
-    from ocrquant.fileio import read_sidecar
-    from ocrquant.tuning.method_search import BUDGET_MIN_IMAGES, DROP_WARNING_POINTS
 
     validation = read_sidecar(output).get("method_search", {}).get("validation", {})
     drop, size = validation.get("drop_points"), validation.get("size", 0)
@@ -664,11 +671,6 @@ def escalate_to_budget(
     (``ocrquant quantize -m ppocrv6-small-rec --calib-data .../rec_train``). ``--max-drop`` runs the
     uncapped search. Other models pass through untouched, and ``enabled=False`` (``--keep-all-int8``)
     only warns."""
-    import shutil
-
-    from ocrquant.analysis.sensitivity import pinned_config
-    from ocrquant.fileio import sidecar_path
-    from ocrquant.tuning.method_search import DROP_WARNING_POINTS
 
     drop = needs_budget(result.output)
     if drop is None:

@@ -32,10 +32,17 @@ from typing import Any
 
 import cv2
 import numpy as np
+import onnx
+import onnxruntime
+from tqdm import tqdm
 
+from ocrquant.data import load_image, open_dataset, sample_root
 from ocrquant.errors import OcrQuantError
 from ocrquant.runtime.base import BACKENDS, RuntimeOptions, create_runner
 from ocrquant.runtime.timing import interleaved_runs
+from ocrquant.tasks import get_task_class, make_config
+from ocrquant.zoo.resolve import resolve_model
+from ocrquant.zoo.task import build_task, infer_task
 
 # (label, N, C, H, W) per task: the sizes each task really runs at
 TASK_SHAPES: dict[str, list[tuple[str, tuple[int, int, int, int]]]] = {
@@ -98,10 +105,6 @@ class BenchResult:
 def describe_model(model: str | Path, task_name: str) -> BenchModel:
     """Resolve a zoo name or path; label, INT8-or-float, size on disk (with external data files). A
     model of another task than ``task_name`` is refused (it would fail inside the runtime)."""
-    import onnx
-
-    from ocrquant.api import build_task, infer_task
-    from ocrquant.zoo.resolve import resolve_model
 
     resolved = resolve_model(model)
     build_task(infer_task(resolved, task_name), resolved)
@@ -131,8 +134,6 @@ def make_inputs(
     Images are resized to the benchmark size first so the task's own normalisation (and padding
     rules) produce that shape exactly.
     """
-    from ocrquant.data import load_image, open_dataset
-    from ocrquant.tasks import get_task_class, make_config
 
     n, _, h, w = shape
     cls = get_task_class(task_name)
@@ -155,7 +156,6 @@ def make_inputs(
 
 
 def default_data(task_name: str) -> Path:
-    from ocrquant.data import sample_root
 
     return sample_root() / DATA_KIND[task_name]
 
@@ -189,10 +189,9 @@ def rss_probe(model: Path, backend: str, threads: int, shapes: list[list[int]]) 
     """In *this* process (meant to be a fresh one): RSS peak before and after session + one run per shape."""
     if backend == "openvino":
         import openvino  # noqa: F401  (count the runtime's import in the baseline, not the session)
-    elif backend == "onnxruntime":
-        import onnxruntime  # noqa: F401
-    # current RSS after the runtime's import, with the peak reset to it (import-time transients would
-    # otherwise hide a smaller session); fallback without /proc: the ru_maxrss high-water mark
+    # (onnxruntime is imported with this module.) Current RSS after the runtime's import, with the peak
+    # reset to it (import-time transients would otherwise hide a smaller session); fallback without
+    # /proc: the ru_maxrss high-water mark
     reset = _reset_peak_rss()
     before = _proc_status_mb("VmRSS") if reset else _maxrss_mb()
     runner = create_runner(model, backend, RuntimeOptions(threads=threads))
@@ -205,7 +204,7 @@ def rss_probe(model: Path, backend: str, threads: int, shapes: list[list[int]]) 
 def measure_rss(model: Path, backend: str, threads: int, shapes: list[list[int]]) -> dict[str, float]:
     """``rss_probe`` in a fresh Python subprocess, so no other session's memory is counted."""
     code = (
-        "import json,sys; from ocrquant.runtime.bench import rss_probe; "
+        "import json,sys; from ocrquant.analysis.bench import rss_probe; "
         "a=json.loads(sys.argv[1]); print(json.dumps(rss_probe(a['m'], a['b'], a['t'], a['s'])))"
     )
     arg = json.dumps({"m": str(model), "b": backend, "t": threads, "s": shapes})
@@ -241,7 +240,6 @@ def run_bench(
     if rounds < 1 or warmup < 0 or threads < 0:
         raise OcrQuantError("--rounds must be >= 1, warm-up and --threads >= 0")
     backends = backends or ["onnxruntime"]
-    import ocrquant.runtime  # noqa: F401  (registers the built-in backends)
 
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
@@ -284,7 +282,6 @@ def run_bench(
     if not runners:
         reasons = "; ".join(f"{u['model']} on {u['backend']}: {u['reason']}" for u in unsupported)
         raise OcrQuantError(f"no model could be loaded on any backend ({reasons})")
-    from tqdm import tqdm
 
     total = (warmup + rounds) * sum(len(v) for v in feeds.values())
     with tqdm(total=total, disable=not progress, desc=f"bench {task_name}", unit="call", leave=False) as bar:
@@ -332,7 +329,6 @@ def run_bench(
 
 
 def _settings(threads: int, rounds: int, warmup: int, inputs_per_shape: int, data: Path) -> dict[str, Any]:
-    import onnxruntime
 
     versions = {"onnxruntime": onnxruntime.__version__}
     try:

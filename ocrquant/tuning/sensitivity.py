@@ -1,0 +1,161 @@
+"""``ocrquant sensitivity`` as a job: quantize the model (the configured recipe, ``auto`` included) and
+its float reference once, split validation off the calibration directory, then rank every quantized
+layer with :func:`ocrquant.analysis.sensitivity.analyze_layers`.
+
+It sits in the tuning layer because the INT8 model it starts from may come from ``auto``'s search;
+the analysis below it only edits and scores the two models it is handed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from ocrquant.analysis.sensitivity import (
+    KEEPER_FALLBACK_OPS,
+    MODES,
+    PASSTHROUGH_OPS,
+    Q_OPS,
+    SensitivityResult,
+    Validator,
+    VariantBuilder,
+    analyze_layers,
+    plot_sensitivity,
+)
+from ocrquant.data import Dataset, open_dataset
+from ocrquant.data.split import split_calibration
+from ocrquant.errors import OcrQuantError
+from ocrquant.fileio import scratch_dir
+from ocrquant.quantization.config import QuantConfig, pinned_config
+from ocrquant.tuning.method_search import quantize
+from ocrquant.zoo.resolve import resolve_model
+from ocrquant.zoo.task import build_task, infer_task, input_shape_options
+
+
+# ------------------------------------------------------------------------------------ the pipeline pair
+@dataclass
+class QuantizedPair:
+    """The configured INT8 model and the pipeline's float graph (every node excluded)."""
+
+    quantized: Any  # QuantResult
+    reference: Path
+    float_model: Path
+    task: str
+
+
+def quantize_pair(
+    model: str | Path,
+    task: str | None,
+    calib: Dataset,
+    work_dir: Path,
+    config: Any = None,
+) -> QuantizedPair:
+    """Run the quantization pipeline twice (see the module doc); the second run hits the calibration
+    cache the first one filled."""
+    # the plain Q/DQ layout: VariantBuilder edits these models' Q/DQ nodes, and a graph rewrite (a Mul
+    # folded into a DequantizeLinear's scale) would leave nothing to give a float block back
+    cfg = dataclasses.replace(config or QuantConfig(), graph_passes=False)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    base = quantize(model, task, calib, work_dir / "int8.onnx", cfg)
+    qmodel = onnx.load(str(base.output))
+    nodes = [n for n in qmodel.graph.node if n.op_type not in Q_OPS]
+    # Not every node: with an empty selection ORT's QDQQuantizer quantizes *all* nodes. One node without
+    # float initializers stays selected; only initializers are read from this model, so the Q/DQ pair it
+    # gets does not matter. A data-movement node if there is one, else one ORT's quantizer keeps in the
+    # graph (not a Relu/Clip: it may fold those into a QuantizeLinear); PP-OCRv3 det has no
+    # Reshape/Transpose, its keeper is a Concat or Resize.
+    inits = {i.name for i in qmodel.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    unweighted = [n for n in nodes if not any(i in inits for i in n.input)]
+    keeper = next((n.name for n in unweighted if n.op_type in PASSTHROUGH_OPS), None) or next(
+        (n.name for n in unweighted if n.op_type in KEEPER_FALLBACK_OPS), None
+    )
+    if keeper is None:
+        raise OcrQuantError(
+            "cannot build the float reference: the model has no Reshape/Transpose/Concat/Resize node"
+        )
+    ref_cfg = dataclasses.replace(
+        pinned_config(cfg, base.output), exclude=sorted({n.name for n in nodes if n.name != keeper})
+    )
+    ref = quantize(model, base.task, calib, work_dir / "reference.onnx", ref_cfg)
+    return QuantizedPair(base, Path(ref.output), Path(resolve_model(model).path), base.task)
+
+
+def sensitivity(
+    model: str | Path,
+    task: str | None,
+    calib_data: str | Path,
+    *,
+    val_data: str | Path | None = None,
+    val_size: int = 300,
+    mode: str = "only-float",
+    metric: bool = True,
+    snr: bool = True,
+    granularity: str = "block",
+    latency: str = "estimate",
+    config: Any = None,
+    threads: int = 2,
+    snr_samples: int = 64,
+    work_dir: str | Path | None = None,
+    json_path: str | Path | None = None,
+    plot_path: str | Path | None = None,
+    progress: bool = True,
+    input_shape: tuple[int, int, int, int] | None = None,
+) -> SensitivityResult:
+    """``ocrquant sensitivity``: quantize (pipeline, twice), split validation off the calibration
+    directory, score every quantized layer, write JSON/PNG if asked. ``input_shape`` fixes the model
+    input for calibration and validation alike (``api.input_shape_options``)."""
+    cfg = config or QuantConfig()
+    if mode not in MODES:
+        raise OcrQuantError(f"unknown sensitivity mode '{mode}' (known: {', '.join(MODES)})")
+    if not (metric or snr):
+        raise OcrQuantError("nothing to measure: enable the metric, the SNR or both")
+    resolved = resolve_model(model)
+    task_name = infer_task(resolved, task)
+    if input_shape is not None:
+        cfg = dataclasses.replace(
+            cfg, task_options={**cfg.task_options, **input_shape_options(task_name, input_shape)}
+        )
+    calib = open_dataset(Path(calib_data), task_name)
+    val = open_dataset(Path(val_data), task_name) if val_data is not None else None
+    split = split_calibration(calib, cfg.calib_size, cfg.seed, val_size, val_data=val)
+    with scratch_dir("sens") as tmp:
+        work = Path(work_dir) if work_dir is not None else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        pair = quantize_pair(model, task_name, calib, work, cfg)
+        task_obj = build_task(task_name, resolved, cfg.task_options)
+        builder = VariantBuilder(
+            onnx.load(str(pair.quantized.output)), onnx.load(str(pair.reference)), granularity
+        )
+        validator = Validator(
+            task_obj,
+            split.validation,
+            pair.float_model,
+            threads=threads,
+            snr_samples=snr_samples if snr else 0,
+            metric=metric,
+            progress=progress,
+        )
+        result = analyze_layers(
+            builder, validator, Path(pair.quantized.output), mode=mode, latency=latency, work_dir=work
+        )
+    result.model = str(resolved.path)
+    result.rank_by = "metric" if metric else "snr"
+    result.validation = split.describe()
+    result.settings = {
+        "target": cfg.target,
+        "method": cfg.method,
+        "calib_size": len(split.calibration),
+        "threads": threads,
+        "snr_samples": validator.snr_count,
+        "metric": metric,
+        "granularity": granularity,
+    }
+    if json_path is not None:
+        result.save(json_path)
+    if plot_path is not None:
+        plot_sensitivity(result, plot_path)
+    return result
