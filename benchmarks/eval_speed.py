@@ -26,14 +26,25 @@ def main() -> None:
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--limit", type=int, default=None)
     args = ap.parse_args()
-    res = eval_model(args.model, args.shared / "det_test", task="det", backend=args.backend, limit=args.limit,
-                     runtime=RuntimeOptions(threads=args.threads), progress=False)
+    res = eval_model(
+        args.model,
+        args.shared / "det_test",
+        task="det",
+        backend=args.backend,
+        limit=args.limit,
+        runtime=RuntimeOptions(threads=args.threads),
+        progress=False,
+    )
     tm = res.timing
     ratio = tm["wall_s"] / max(tm["model_s"], 1e-9)
-    print(f"det {res.model} on {res.count} images ({args.backend}, {args.threads} threads): hmean "
-          f"{res.metrics['hmean']:.4f}")
-    print(f"wall {tm['wall_s']:.1f} s, model {tm['model_s']:.1f} s, wall/model {ratio:.3f} "
-          f"(need <= 1.25: {'PASS' if ratio <= 1.25 else 'FAIL'}); load avg {os.getloadavg()[0]:.1f}")
+    print(
+        f"det {res.model} on {res.count} images ({args.backend}, {args.threads} threads): hmean "
+        f"{res.metrics['hmean']:.4f}"
+    )
+    print(
+        f"wall {tm['wall_s']:.1f} s, model {tm['model_s']:.1f} s, wall/model {ratio:.3f} "
+        f"(need <= 1.25: {'PASS' if ratio <= 1.25 else 'FAIL'}); load avg {os.getloadavg()[0]:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,11 @@ from ocrquant.fileio import atomic_path
 from ocrquant.zoo.resolve import resolve_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data/icdar2015"
-JOBS = {"det": ("ppocrv3-det", "det_train", 1), "cls": ("ppocrv3-cls", "rec_train", 8),
-        "rec": ("ppocrv3-rec", "rec_train", 8)}
+JOBS = {
+    "det": ("ppocrv3-det", "det_train", 1),
+    "cls": ("ppocrv3-cls", "rec_train", 8),
+    "rec": ("ppocrv3-rec", "rec_train", 8),
+}
 
 
 class _Reader(CalibrationDataReader):
@@ -63,8 +66,15 @@ def stock_quantize(
         ort.InferenceSession(str(m13), so, providers=["CPUExecutionProvider"])
         name = onnx.load(str(opt), load_external_data=False).graph.input[0].name
         with atomic_path(out) as tmp_out:
-            quantize_static(str(opt), str(tmp_out), _Reader(name, batches), quant_format=QuantFormat.QDQ,
-                            per_channel=True, weight_type=QuantType.QInt8, activation_type=act_type)
+            quantize_static(
+                str(opt),
+                str(tmp_out),
+                _Reader(name, batches),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                activation_type=act_type,
+            )
     return out
 
 

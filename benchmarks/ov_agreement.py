@@ -55,16 +55,27 @@ def main() -> None:
                 b = ov_r.run({ov_r.input_names[0]: x})[0].ravel().astype(np.float64)
                 cos.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)))
                 diff = max(diff, float(np.abs(a - b).max()))
-            line = (f"{task} {prec}: cosine(ORT, OV) min {min(cos):.6f} mean {np.mean(cos):.6f}, "
-                    f"max|diff| {diff:.4g}")
+            line = (
+                f"{task} {prec}: cosine(ORT, OV) min {min(cos):.6f} mean {np.mean(cos):.6f}, "
+                f"max|diff| {diff:.4g}"
+            )
             if args.limit:
                 m = {}
                 for backend in ("onnxruntime", "openvino"):
-                    res = eval_model(model, args.shared / DATA[task], task=task, backend=backend,
-                                     limit=args.limit, runtime=opts, progress=False)
+                    res = eval_model(
+                        model,
+                        args.shared / DATA[task],
+                        task=task,
+                        backend=backend,
+                        limit=args.limit,
+                        runtime=opts,
+                        progress=False,
+                    )
                     m[backend] = res.metrics[PRIMARY[task]]
-                line += (f"; {PRIMARY[task]} on {args.limit} samples: ORT {m['onnxruntime']:.4f}, "
-                         f"OV {m['openvino']:.4f}")
+                line += (
+                    f"; {PRIMARY[task]} on {args.limit} samples: ORT {m['onnxruntime']:.4f}, "
+                    f"OV {m['openvino']:.4f}"
+                )
             print(line, flush=True)
 
 
