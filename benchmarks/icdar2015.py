@@ -37,7 +37,7 @@ from ocrquant.errors import OcrQuantError, run_script
 from ocrquant.evaluation.evaluate import EvalResult, cached_result
 from ocrquant.evaluation.significance import paired_delta_interval, paired_mean_interval
 from ocrquant.fileio import read_sidecar, write_json_atomic
-from ocrquant.pipeline.evaluate import eval_e2e
+from ocrquant.pipeline.evaluate import ChainSpec, E2EScoring, eval_e2e
 from ocrquant.quantization.targets import cpu_has_vnni
 from ocrquant.report.table import machine_description
 from ocrquant.runtime import RuntimeOptions
@@ -171,9 +171,9 @@ def main() -> None:
         summary["e2e"] = {}
         for label, chain in (("fp32", models), ("int8", int8_paths)):
             res = eval_e2e(
-                args.shared / "det_test", det=chain["det"], cls=chain["cls"], rec=chain["rec"],
-                lexicon="none", output=args.out / f"e2e.{label}.json", runtime=RuntimeOptions(threads=2),
-                progress=False,
+                args.shared / "det_test", ChainSpec(chain["det"], chain["cls"], chain["rec"]),
+                E2EScoring(lexicon="none", progress=False), output=args.out / f"e2e.{label}.json",
+                runtime=RuntimeOptions(threads=2),
             )  # fmt: skip
             summary["e2e"][label] = res.metrics
             print(f"  {label:14} {json.dumps(res.metrics)}")

@@ -27,7 +27,8 @@ from ocrquant.api import build_task
 from ocrquant.data import load_image, open_dataset
 from ocrquant.fileio import write_json_atomic
 from ocrquant.frontends.ncnn_export import ncnn_model_for
-from ocrquant.report.ncnn import ncnn_report
+from ocrquant.quantization.ncnn_int8 import NcnnQuantConfig
+from ocrquant.report.ncnn import NcnnReportConfig, ncnn_report
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.runtime.timing import interleaved_runs
 from ocrquant.zoo.resolve import resolve_model
@@ -61,9 +62,10 @@ def main() -> None:
     task = build_task(resolved.task or "det", resolved, options)
     out = args.out / resolved.name
     row = ncnn_report(
-        args.model, resolved.task, args.shared / "det_test", args.shared / "det_train", out_dir=out,
-        method=args.method, calib_size=args.calib_size, limit=args.limit, threads=args.threads[0],
-        latency_images=args.n, task_options=options, int8_layers=args.int8_layers,
+        args.model, resolved.task, args.shared / "det_test", args.shared / "det_train",
+        NcnnReportConfig(out_dir=out, calib_size=args.calib_size, limit=args.limit, threads=args.threads[0],
+                         latency_images=args.n, task_options=options),
+        NcnnQuantConfig(method=args.method, int8_layers=args.int8_layers, max_float=0),
     )  # fmt: skip
     report = {"model": resolved.name, "report": row.to_json(), "agreement": {}, "latency": {}}
     print(json.dumps(report["report"], indent=1, default=str))

@@ -32,18 +32,18 @@ from ocrquant.fileio import (
 )
 from ocrquant.onnx_shapes import declared_input_shape, pin_input_shape
 from ocrquant.pipeline.build import int8_model_path
-from ocrquant.pipeline.evaluate import chain_report, default_vocab_dir
+from ocrquant.pipeline.evaluate import ChainModels, E2EScoring, chain_report, default_vocab_dir
 from ocrquant.quantization import QuantConfig
 from ocrquant.quantization.graph import is_quantized
-from ocrquant.quantization.ncnn_int8 import DEFAULT_METHOD
+from ocrquant.quantization.ncnn_int8 import DEFAULT_METHOD, NcnnQuantConfig
 from ocrquant.report import ReportRow, render_markdown
 from ocrquant.report.figures import TaskFigures, speed_size_figure, task_figures
 from ocrquant.report.html import render_html
-from ocrquant.report.ncnn import ncnn_report
+from ocrquant.report.ncnn import NcnnReportConfig, ncnn_report
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.runtime.timing import interleaved_latency
 from ocrquant.tuning import quantize
-from ocrquant.tuning.budget import escalate_to_budget, quantize_with_budget
+from ocrquant.tuning.budget import BudgetConfig, escalate_to_budget, quantize_with_budget
 from ocrquant.tuning.executor import ExecutorConfig, executor_for
 from ocrquant.tuning.method_search import search_summary
 from ocrquant.zoo import ZOO
@@ -134,7 +134,6 @@ def _eval_cached(
         limit=cfg.limit,
         output=out,
         extra_settings={"model_path": str(model)},
-        keep_samples=True,
     )
     return result
 
@@ -233,7 +232,13 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
             )
         else:
             _, search = quantize_with_budget(
-                model.path, task_name, calib_set.root, None, int8_path, qcfg, budget, threads=cfg.threads
+                model.path,
+                task_name,
+                calib_set.root,
+                None,
+                int8_path,
+                qcfg,
+                BudgetConfig(budget, threads=cfg.threads),
             )
         if search is not None:
             log.info("[%s] %s", task_name, search.summary())
@@ -359,12 +364,14 @@ def run_task_ncnn(task_name: str, cfg: RunConfig) -> tuple[ReportRow, TaskFigure
         task_name,
         cfg.data[kind],
         cfg.calib_data[kind],
-        out_dir=cfg.out_dir / task_name,
-        method=cfg.method or DEFAULT_METHOD,
-        calib_size=cfg.calib_size,
-        limit=cfg.limit,
-        threads=cfg.threads,
-        latency_images=cfg.latency_inputs,
+        NcnnReportConfig(
+            out_dir=cfg.out_dir / task_name,
+            calib_size=cfg.calib_size,
+            limit=cfg.limit,
+            threads=cfg.threads,
+            latency_images=cfg.latency_inputs,
+        ),
+        NcnnQuantConfig(method=cfg.method or DEFAULT_METHOD, max_float=0),
     )
     return row, None
 
@@ -412,10 +419,13 @@ def run_e2e(cfg: RunConfig) -> list[dict[str, Any]]:
     q = {t: quantize_for_task(t, cfg) for t in ("det", "cls", "rec")}
     dataset = open_dataset(cfg.data["det"], "det")
     lexicon = "all" if default_vocab_dir(dataset.root) else None
-    return chain_report(
+    models = ChainModels(
         q["det"].model.path, q["det"].int8_path, q["cls"].model.path, q["cls"].int8_path,
-        q["rec"].model.path, q["rec"].int8_path, dataset, lexicon=lexicon, limit=cfg.limit,
-        output_dir=cfg.out_dir / "e2e", runtime=RuntimeOptions(threads=cfg.threads),
+        q["rec"].model.path, q["rec"].int8_path,
+    )  # fmt: skip
+    return chain_report(
+        models, dataset, E2EScoring(lexicon=lexicon, limit=cfg.limit), output_dir=cfg.out_dir / "e2e",
+        runtime=RuntimeOptions(threads=cfg.threads),
     )  # fmt: skip
 
 

@@ -94,13 +94,12 @@ def test_without_resize_fix_pnnx_leaves_a_layer_ncnn_refuses(det_ncnn, tmp_path:
 def det_int8(det_ncnn, tmp_path_factory: pytest.TempPathFactory):
     """INT8 model + table from ocrquant's calibration (2 real images), every layer ncnn can run INT8
     quantized (``int8_layers="all"``, what ncnn2int8 does)."""
-    from ocrquant.quantization.ncnn_int8 import quantize_ncnn
+    from ocrquant.quantization.ncnn_int8 import NcnnQuantConfig, quantize_ncnn
 
     inputs = _det_inputs(2)
     out = tmp_path_factory.mktemp("int8") / "det.int8.ncnn.param"
-    return quantize_ncnn(
-        det_ncnn[1].param, lambda: iter(inputs), out, calib_size=2, int8_layers="all", progress=False
-    )
+    config = NcnnQuantConfig(calib_size=2, int8_layers="all", progress=False)
+    return quantize_ncnn(det_ncnn[1].param, lambda: iter(inputs), out, config)
 
 
 def test_int8_model_loads_in_ncnn_and_tracks_fp32(det_ncnn, det_int8) -> None:
@@ -131,12 +130,14 @@ def test_only_layers_faster_in_int8_are_quantized(det_ncnn, det_int8, tmp_path: 
     model still loads in ncnn and tracks the float model."""
     import json
 
-    from ocrquant.quantization.ncnn_int8 import quantize_ncnn
+    from ocrquant.quantization.ncnn_int8 import NcnnQuantConfig, quantize_ncnn
     from ocrquant.runtime import create_runner
 
     inputs = _det_inputs(2)
     out = tmp_path / "det.fast.ncnn.param"
-    result = quantize_ncnn(det_ncnn[1].param, lambda: iter(inputs), out, calib_size=2, progress=False)
+    result = quantize_ncnn(
+        det_ncnn[1].param, lambda: iter(inputs), out, NcnnQuantConfig(calib_size=2, progress=False)
+    )
     speed = json.loads(out.with_suffix(".json").read_text())["speed"]
     timings = {t["layer"]: t for t in speed["layer_timings"]}
     assert set(timings) == set(det_int8.quantized_layers)  # every candidate was timed

@@ -284,14 +284,14 @@ def test_int8_zoo_model_must_be_quantized_first(tmp_path: Path, monkeypatch: pyt
 
 def test_chain_report_rows(tmp_path: Path) -> None:
     """The five rows of the chain report; FP32 files stand in for INT8 ones, so every row must agree."""
-    from ocrquant.pipeline.evaluate import chain_report
+    from ocrquant.pipeline.evaluate import ChainModels, E2EScoring, chain_report
     from ocrquant.zoo.resolve import resolve_model
 
     det, cls, rec = (str(resolve_model(f"ppocrv3-{s}").path) for s in ("det", "cls", "rec"))
     dataset = open_dataset(sample_root() / "det", "det")
     rows = chain_report(
-        det, det, cls, cls, rec, rec, dataset, limit=1, progress=False, runtime=RuntimeOptions(threads=2),
-        output_dir=tmp_path,
+        ChainModels(det, det, cls, cls, rec, rec), dataset, E2EScoring(limit=1, progress=False),
+        runtime=RuntimeOptions(threads=2), output_dir=tmp_path,
     )  # fmt: skip
     assert [r["row"] for r in rows] == ["fp32", "det-int8", "cls-int8", "rec-int8", "all-int8"]
     assert rows[4]["precisions"] == {"det": "int8", "cls": "int8", "rec": "int8"}

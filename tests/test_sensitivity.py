@@ -25,6 +25,7 @@ from ocrquant.quantization.algorithms.hs_cle import GATE_SUFFIX
 from ocrquant.tasks import get_task_class
 from ocrquant.tuning import quantize
 from ocrquant.tuning.budget import (
+    BudgetConfig,
     _subset_caution,
     config_for,
     greedy_search,
@@ -121,7 +122,7 @@ def test_bisecting_walk_finds_the_shortest_passing_prefix_in_log_steps():
     scores eight prefixes, bisection three (between the failing base and the passing full set)."""
     ranking = list("ABCDEFGHIJ")
     penalties = {c: 0.002 for c in ranking}
-    linear, lsteps, _ = greedy_search(ranking, _metric(penalties, []), 0.80, 0.5, prune=False)
+    linear, lsteps, _ = greedy_search(ranking, _metric(penalties, []), 0.80, 0.5, max_prune=0)
     calls: list[frozenset[str]] = []
     chosen, steps, met = greedy_search(
         ranking, _metric(penalties, calls), 0.80, 0.5, walk="bisect", max_prune=2
@@ -297,12 +298,9 @@ def test_quantize_with_budget_writes_the_model_and_a_report(cls_model, cls_setup
         None,
         out,
         cfg,
-        100.0,  # any model meets it: the search stops at the INT8 base
-        val_size=4,
-        threads=1,
-        latency=False,
+        # any model meets a 100-point budget: the search stops at the INT8 base
+        BudgetConfig(100.0, val_size=4, threads=1, latency=False, progress=False),
         pair=pair,  # reuse the fixture's two pipeline runs
-        progress=False,
     )
     assert out.is_file() and result.sidecar.is_file() and Path(report.report_path).is_file()
     assert report.met and report.chosen == [] and report.steps[0].action == "base"
@@ -330,8 +328,7 @@ def test_budget_search_rejects_a_confidence_outside_its_range(cls_model, tmp_pat
                 None,
                 tmp_path / "x.onnx",
                 None,
-                0.3,
-                confidence=level,
+                BudgetConfig(0.3, confidence=level),
             )
     assert not (tmp_path / "x.onnx").exists()
 
@@ -362,8 +359,8 @@ def test_budget_search_edits_a_model_without_bias_correction_and_validates_it_fo
     )
     out = tmp_path / "cls.bc.onnx"
     result, report = quantize_with_budget(
-        cls_model, "cls", sample_root() / "rec", None, out, cfg_bc, 100.0,
-        val_size=4, ranking=builder.layers[:2], threads=1, latency=False, progress=False,
+        cls_model, "cls", sample_root() / "rec", None, out, cfg_bc,
+        BudgetConfig(100.0, val_size=4, ranking=builder.layers[:2], threads=1, latency=False, progress=False),
     )  # fmt: skip
     assert "bias_correction" not in report.settings["search_algorithms"]
     # put back only if it raises the validation metric of the chosen set

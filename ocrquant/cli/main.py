@@ -39,7 +39,7 @@ from ocrquant.data import READ_POLICY
 from ocrquant.data.synth import generate
 from ocrquant.errors import OcrQuantError, describe_failure, one_line
 from ocrquant.fileio import sweep_orphans
-from ocrquant.pipeline.evaluate import default_vocab_dir, eval_e2e
+from ocrquant.pipeline.evaluate import ChainSpec, E2EScoring, default_vocab_dir, eval_e2e
 from ocrquant.report import CHAIN_COLUMNS, chain_cells, row_cells
 from ocrquant.runtime import RuntimeOptions
 from ocrquant.tasks import get_task_class
@@ -248,14 +248,16 @@ def _eval_e2e(
     cls_spec = specs.get("cls", DEFAULT_CHAIN["cls"])
 
     lexicon = "all" if default_vocab_dir(data) else None  # lexicon figures where ICDAR's lexicons are present
-    result = eval_e2e(
-        data,
+    chain = ChainSpec(
         det=specs.get("det", DEFAULT_CHAIN["det"]),
         cls=None if cls_spec == "none" else cls_spec,
         rec=specs.get("rec", DEFAULT_CHAIN["rec"]),
-        lexicon=lexicon,
+    )
+    result = eval_e2e(
+        data,
+        chain,
+        E2EScoring(lexicon=lexicon, limit=limit),
         data_format=data_format,
-        limit=limit,
         output=output,
         backend=backend,
         runtime=RuntimeOptions(threads=threads),

@@ -18,9 +18,9 @@ from ocrquant.frontends.ncnn_export import (
     ncnn_model_for,
     torch_source,
 )
-from ocrquant.quantization.ncnn_int8 import quantize_ncnn, quantize_with_table
+from ocrquant.quantization.ncnn_int8 import NcnnQuantConfig, quantize_ncnn, quantize_with_table
 from ocrquant.report import COLUMNS, row_cells
-from ocrquant.report.ncnn import ncnn_report
+from ocrquant.report.ncnn import NcnnReportConfig, ncnn_report
 from ocrquant.tasks import get_task_class
 from ocrquant.zoo.resolve import resolve_model
 
@@ -139,11 +139,13 @@ def quantize_cmd(
         float_param,
         inputs,
         output,
-        calib_size=len(picked),
-        method=method,
-        exclude=exclude or (),
-        int8_layers=int8_layers,
-        threads=threads,
+        NcnnQuantConfig(
+            calib_size=len(picked),
+            method=method,
+            exclude=tuple(exclude or ()),
+            int8_layers=int8_layers,
+            threads=threads,
+        ),
     )
     console.print(
         f"wrote {result.param}, {result.bin.name}, table {result.table.name}: "
@@ -192,17 +194,16 @@ def run_cmd(
         task,
         data,
         calib_data,
-        out_dir=out,
-        method=method,
-        calib_size=calib_size,
-        limit=limit,
-        threads=threads,
-        latency_images=latency_images,
-        task_options=options,
-        compare_onnxruntime=onnxruntime,
-        int8_layers=int8_layers,
-        max_float=max_float,
-        target_cos=target_cos,
+        NcnnReportConfig(
+            out_dir=out,
+            calib_size=calib_size,
+            limit=limit,
+            threads=threads,
+            latency_images=latency_images,
+            task_options=options,
+            compare_onnxruntime=onnxruntime,
+        ),
+        NcnnQuantConfig(method=method, int8_layers=int8_layers, max_float=max_float, target_cos=target_cos),
     )
     table = Table(*COLUMNS, title=f"ocrquant ncnn run -> {out}")
     table.add_row(*row_cells(row))

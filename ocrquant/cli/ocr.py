@@ -12,7 +12,7 @@ from rich.table import Table
 from ocrquant.cli.common import LimitOpt, StrictOpt, ThreadsOpt, console, guard_outputs, unit_interval
 from ocrquant.data import READ_POLICY
 from ocrquant.pipeline import PipelineConfig, build_pipeline
-from ocrquant.pipeline.evaluate import eval_e2e
+from ocrquant.pipeline.evaluate import ChainSpec, E2EScoring, eval_e2e
 from ocrquant.pipeline.run import ocr_images
 from ocrquant.runtime import RuntimeOptions
 from ocrquant.zoo.registry import DEFAULT_CHAIN
@@ -187,12 +187,14 @@ def e2e_cmd(
     guard_outputs([det, cls, rec, vocab_dir, char_dict], files=[output], datasets=[data])
     READ_POLICY.strict = strict
     lexicons = [x for x in lexicon.split(",") if x.strip()]
+    chain = ChainSpec(
+        det, cls, rec, precision, _det_options(limit_side_len, box_thresh),
+        {"char_dict": str(char_dict)} if char_dict else None,
+    )  # fmt: skip
     result = eval_e2e(
-        data, det=det, cls=cls, rec=rec, precision=precision, lexicon=lexicons,
-        vocab_dir=vocab_dir, snap=snap, data_format=data_format, limit=limit, output=output,
+        data, chain, E2EScoring(lexicons, vocab_dir, snap, limit), data_format=data_format, output=output,
         config=PipelineConfig(drop_score=drop_score, cls_thresh=cls_thresh, rec_batch_size=rec_batch),
-        runtime=RuntimeOptions(threads=threads), det_options=_det_options(limit_side_len, box_thresh),
-        rec_options={"char_dict": str(char_dict)} if char_dict else None,
+        runtime=RuntimeOptions(threads=threads),
     )  # fmt: skip
     table = Table(title=f"e2e | {result.data} | {result.count} images", title_justify="left")
     for col in ("lexicon", "precision", "recall", "hmean", "correct", "gt care", "det care"):

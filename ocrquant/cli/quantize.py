@@ -27,7 +27,7 @@ from ocrquant.fileio import read_sidecar, sidecar_path
 from ocrquant.quantization import QuantConfig
 from ocrquant.quantization.algorithms import create_algorithm
 from ocrquant.tuning import quantize
-from ocrquant.tuning.budget import DEFAULT_CONFIDENCE, escalate_to_budget, quantize_with_budget
+from ocrquant.tuning.budget import DEFAULT_CONFIDENCE, BudgetConfig, escalate_to_budget, quantize_with_budget
 from ocrquant.tuning.executor import ExecutorConfig, executor_for
 from ocrquant.tuning.method_search import search_summary
 from ocrquant.zoo.resolve import resolve_model
@@ -216,9 +216,7 @@ def quantize_cmd(
             val_data,
             output,
             config,
-            max_drop,
-            val_size=val_size,
-            confidence=confidence,
+            BudgetConfig(max_drop, val_size=val_size, confidence=confidence),
         )
         console.print(search.summary())
     else:

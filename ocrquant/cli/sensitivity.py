@@ -11,7 +11,7 @@ from rich.table import Table
 from ocrquant.cli.common import ShapeOpt, StrictOpt, check_threads, console, guard_outputs
 from ocrquant.data import READ_POLICY
 from ocrquant.quantization import QuantConfig
-from ocrquant.tuning.sensitivity import sensitivity
+from ocrquant.tuning.sensitivity import SensitivityConfig, sensitivity
 
 
 def register(app: typer.Typer) -> None:
@@ -109,25 +109,21 @@ def sensitivity_cmd(
     check_threads(threads)
     READ_POLICY.strict = strict
     config = QuantConfig(target=target, calib_size=calib_size, seed=seed, method=method)
-    result = sensitivity(
-        model,
-        task,
-        calib_data,
-        val_data=val_data,
+    options = SensitivityConfig(
         val_size=val_size,
         mode=mode,
         metric=metric,
         snr=snr,
         granularity=granularity,
         latency=latency,
-        config=config,
         threads=threads,
         snr_samples=snr_samples,
-        work_dir=work_dir,
-        json_path=json_out,
-        plot_path=plot,
         input_shape=input_shape,
     )
+    result = sensitivity(
+        model, task, calib_data, options, config, val_data=val_data, work_dir=work_dir, json_path=json_out,
+        plot_path=plot,
+    )  # fmt: skip
     v = result.validation
     base = "INT8" if result.mode == "only-float" else "FP32"
     scores = (

@@ -221,7 +221,6 @@ def evaluate(
     output: Path | None = None,
     progress: bool = True,
     extra_settings: dict[str, Any] | None = None,
-    keep_samples: bool = True,
     image_transform: ImageTransform | None = None,
 ) -> EvalResult:
     """Run ``task`` with ``runner`` over ``dataset``; resumable through ``output``'s partial file.
@@ -253,8 +252,6 @@ def evaluate(
     }
     finished = _finished_result(output, settings)
     if finished is not None:
-        if not keep_samples:
-            finished.samples = []
         return finished
     partial = PartialLog(output.with_suffix(".partial.jsonl") if output else None, settings)
     todo = [s for s in samples if s.key not in partial.done]
@@ -295,8 +292,6 @@ def evaluate(
     result = _summarise(
         task, samples, partial.done, settings, model_name, dataset, wall_s, model_s, len(todo)
     )
-    if not keep_samples:
-        result.samples = []
     partial.finish(output, result.to_json(), completed)
     return result
 
@@ -362,7 +357,7 @@ def fidelity(task: Task, result: EvalResult, reference: EvalResult) -> dict[str,
     the quantity quantization controls. Accuracy against labels adds the noise of the samples a
     variant gets right by luck (the float model was wrong and the perturbed one happens to be
     right), which does not carry over to other data; fidelity counts those as changes too, and it
-    needs no labels. Both results must hold their per-sample predictions (``keep_samples``).
+    needs no labels. Both results must hold their per-sample predictions.
     """
     metric = task.new_metric()
     fidelity_samples(metric, result, reference)
@@ -374,7 +369,7 @@ def fidelity_samples(metric: Any, result: EvalResult, reference: EvalResult) -> 
     the per-sample figures (``{"key", "figures"}``, as in ``EvalResult.samples``) for resampling."""
     targets = {s["key"]: s["prediction"] for s in reference.samples}
     if not result.samples or not targets:
-        raise OcrQuantError("fidelity needs per-sample predictions of both evaluations (keep_samples)")
+        raise OcrQuantError("fidelity needs per-sample predictions of both evaluations")
     out = []
     for s in result.samples:
         if s["key"] in targets:

@@ -364,31 +364,38 @@ def max_abs_diff(reference: list[np.ndarray], other: list[np.ndarray]) -> float:
     return worst
 
 
-def _ort_outputs(onnx_path: Path, x: np.ndarray) -> tuple[list[str], list[str], list[np.ndarray]]:
+@dataclass
+class OrtReference:
+    """onnxruntime's outputs of the source ONNX model on the verification input ``x``."""
+
+    input_names: list[str]
+    output_names: list[str]
+    x: np.ndarray
+    outputs: list[np.ndarray]
+
+
+def _ort_outputs(onnx_path: Path, x: np.ndarray) -> OrtReference:
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
     ins = [i.name for i in sess.get_inputs()]
     outs = [o.name for o in sess.get_outputs()]
-    return ins, outs, sess.run(None, {ins[0]: x})
+    return OrtReference(ins, outs, x, sess.run(None, {ins[0]: x}))
 
 
 def _finish(
-    workdir: Path,
     param: Path,
     binf: Path,
     onnx_path: Path,
-    ref_in: list[str],
-    ref_out: list[str],
-    x: np.ndarray,
-    ref: list[np.ndarray],
+    reference: OrtReference,
     target_param: Path,
     info: dict[str, Any],
     tolerance: float,
 ) -> NcnnModel:
     """Check, verify against onnxruntime, and move param/bin/sidecar to their destination atomically."""
     check_layers_known(param)
+    ref_in, ref_out, x, ref = reference.input_names, reference.output_names, reference.x, reference.outputs
     inputs = [BlobMap(n, f"in{i}", 4) for i, n in enumerate(ref_in)]
     outputs = [BlobMap(n, f"out{i}", r.ndim) for i, (n, r) in enumerate(zip(ref_out, ref, strict=True))]
     got = run_ncnn(param, binf, [(inputs[0].blob, x)], outputs)
@@ -438,21 +445,17 @@ def convert_onnx(
     probe, probe2, verify, dynamic = _input_shapes(declared_dims(graph_inputs[0], None))
     fixes = {name: fix(model) for name, fix in ONNX_FIXES.items()}
     x = verification_input(verify)
-    ref_in, ref_out, ref = _ort_outputs(onnx_path, x)
+    reference = _ort_outputs(onnx_path, x)
     with scratch_dir("pnnx") as tmp:
         work = Path(tmp)
         src = work / "model.onnx"
         onnx.save(model, str(src))
         param, binf = run_pnnx(src, work, probe, probe2 if dynamic else None)
         return _finish(
-            work,
             param,
             binf,
             onnx_path,
-            ref_in,
-            ref_out,
-            x,
-            ref,
+            reference,
             target,
             {"route": "onnx", "onnx_fixes": {k: v for k, v in fixes.items() if v}},
             tolerance,
@@ -478,7 +481,7 @@ def convert_torch_checkpoint(
     ref_model = onnx.load(str(onnx_reference), load_external_data=False)
     probe, probe2, verify, dynamic = _input_shapes(declared_dims(ref_model.graph.input[0], None))
     x = verification_input(verify)
-    ref_in, ref_out, ref = _ort_outputs(onnx_reference, x)
+    reference = _ort_outputs(onnx_reference, x)
     with scratch_dir("pnnx") as tmp:
         work = Path(tmp)
         src = work / "model.pt"
@@ -487,14 +490,10 @@ def convert_torch_checkpoint(
         traced.save(str(src))
         param, binf = run_pnnx(src, work, probe, probe2 if dynamic else None)
         return _finish(
-            work,
             param,
             binf,
             onnx_reference,
-            ref_in,
-            ref_out,
-            x,
-            ref,
+            reference,
             target,
             {"route": "torchscript", "arch": spec.name, "checkpoint": checkpoint.name},
             tolerance,

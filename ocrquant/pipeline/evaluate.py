@@ -228,37 +228,53 @@ def _summarise(
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class E2EScoring:
+    """How end-to-end results are scored: the lexicon(s) a recognised word may snap to (ICDAR2015's
+    protocol), how it snaps, and how many images."""
+
+    lexicon: str | Sequence[str] | None = None
+    vocab_dir: str | Path | None = None
+    snap: str = "letters"
+    limit: int | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    """The three stage models (zoo names or .onnx paths; cls None: no direction classifier), the
+    precision zoo names resolve to, and det's and rec's task options."""
+
+    det: str | Path = DEFAULT_CHAIN["det"]
+    cls: str | Path | None = DEFAULT_CHAIN["cls"]
+    rec: str | Path = DEFAULT_CHAIN["rec"]
+    precision: str = "fp32"
+    det_options: dict[str, Any] | None = None
+    rec_options: dict[str, Any] | None = None
+
+
 def eval_e2e(
     data: str | Path,
+    chain: ChainSpec | None = None,
+    scoring: E2EScoring | None = None,
     *,
-    det: str | Path = DEFAULT_CHAIN["det"],
-    cls: str | Path | None = DEFAULT_CHAIN["cls"],
-    rec: str | Path = DEFAULT_CHAIN["rec"],
-    precision: str = "fp32",
-    lexicon: str | Sequence[str] | None = None,
-    vocab_dir: str | Path | None = None,
-    snap: str = "letters",
     data_format: str | None = None,
-    limit: int | None = None,
     output: str | Path | None = None,
     config: PipelineConfig | None = None,
     backend: str = "onnxruntime",
     runtime: Any = None,
-    det_options: dict[str, Any] | None = None,
-    rec_options: dict[str, Any] | None = None,
-    progress: bool = True,
 ) -> E2EResult:
     """Build the pipeline from model specs, open the det dataset in ``data`` and run
     :func:`evaluate_e2e` (the one call ``ocrquant e2e`` and ``eval --task e2e`` need)."""
-
+    c, sc = chain or ChainSpec(), scoring or E2EScoring()
     pipeline = build_pipeline(
-        det, cls, rec, precision=precision, config=config, backend=backend, runtime=runtime,
-        det_options=det_options, rec_options=rec_options,
+        c.det, c.cls, c.rec, precision=c.precision, config=config, backend=backend, runtime=runtime,
+        det_options=c.det_options, rec_options=c.rec_options,
     )  # fmt: skip
     dataset = open_dataset(Path(data), "det", data_format)
     return evaluate_e2e(
-        pipeline, dataset, lexicon, vocab_dir=vocab_dir, snap=snap, limit=limit, output=output,
-        progress=progress, extra_settings={"backend": backend, "size_mb": round(pipeline.size_mb, 3)},
+        pipeline, dataset, sc.lexicon, vocab_dir=sc.vocab_dir, snap=sc.snap, limit=sc.limit, output=output,
+        progress=sc.progress, extra_settings={"backend": backend, "size_mb": round(pipeline.size_mb, 3)},
     )  # fmt: skip
 
 
@@ -271,25 +287,28 @@ CHAIN_ROWS: tuple[tuple[str, dict[str, str]], ...] = (
 )
 
 
+@dataclass(frozen=True)
+class ChainModels:
+    """Each stage's FP32 and INT8 model (zoo names or .onnx paths); no cls: both None."""
+
+    det_fp32: str | Path
+    det_int8: str | Path
+    cls_fp32: str | Path | None
+    cls_int8: str | Path | None
+    rec_fp32: str | Path
+    rec_int8: str | Path
+
+
 def chain_report(
-    det_fp32: str | Path,
-    det_int8: str | Path,
-    cls_fp32: str | Path | None,
-    cls_int8: str | Path | None,
-    rec_fp32: str | Path,
-    rec_int8: str | Path,
+    models: ChainModels,
     dataset: Dataset,
+    scoring: E2EScoring | None = None,
     *,
-    lexicon: str | Sequence[str] | None = None,
-    vocab_dir: str | Path | None = None,
-    snap: str = "letters",
-    limit: int | None = None,
     output_dir: str | Path | None = None,
     config: PipelineConfig | None = None,
     backend: str = "onnxruntime",
     runtime: Any = None,
     stage_options: dict[str, dict[str, Any]] | None = None,
-    progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Where does INT8 cost end-to-end accuracy? Five chains over the same images: all FP32, each stage
     INT8 alone, all INT8 (without a cls model, the cls-int8 row is left out). Models are given as zoo
@@ -299,8 +318,14 @@ def chain_report(
     per-stage mean ms and total model size MB. With ``output_dir`` each row keeps a resumable
     ``<row>.json``."""
 
-    specs = {"det": (det_fp32, det_int8), "cls": (cls_fp32, cls_int8), "rec": (rec_fp32, rec_int8)}
-    if (cls_fp32 is None) != (cls_int8 is None):
+    m, sc = models, scoring or E2EScoring()
+    cls_fp32 = m.cls_fp32
+    specs = {
+        "det": (m.det_fp32, m.det_int8),
+        "cls": (m.cls_fp32, m.cls_int8),
+        "rec": (m.rec_fp32, m.rec_int8),
+    }
+    if (m.cls_fp32 is None) != (m.cls_int8 is None):
         raise OcrQuantError("give both cls models (FP32 and INT8) or neither")
     stage_options = stage_options or {}
     loaded: dict[tuple[str, str], StageModel] = {}
@@ -322,8 +347,9 @@ def chain_report(
         stages = {s: loaded[(s, p)] for s, p in precisions.items() if (s, p) in loaded}
         pipeline = OcrPipeline.from_stages(stages["det"], stages.get("cls"), stages["rec"], config)
         result = evaluate_e2e(
-            pipeline, dataset, lexicon, vocab_dir=vocab_dir, snap=snap, limit=limit,
-            output=out_dir / f"{row_name}.json" if out_dir else None, progress=progress, keep_samples=False,
+            pipeline, dataset, sc.lexicon, vocab_dir=sc.vocab_dir, snap=sc.snap, limit=sc.limit,
+            output=out_dir / f"{row_name}.json" if out_dir else None, progress=sc.progress,
+            keep_samples=False,
             extra_settings={"chain_row": row_name},
         )  # fmt: skip
         first = next(iter(result.metrics.values()))

@@ -262,24 +262,31 @@ class NcnnInt8Result:
     slower_in_int8: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class NcnnQuantConfig:
+    """How ncnn INT8 is calibrated and which layers get INT8 (see :func:`quantize_ncnn`)."""
+
+    calib_size: int | None = None  # how many inputs calib_inputs yields (progress total); None: unknown
+    method: str = DEFAULT_METHOD
+    method_options: dict[str, Any] | None = None
+    exclude: tuple[str, ...] = ()  # layers kept float
+    int8_layers: str = "faster"  # INT8_LAYER_CHOICES
+    min_gain: float = 0.05
+    target_cos: float = 0.99
+    max_float: int = 8
+    threads: int = 0
+    progress: bool = True
+
+
 def quantize_ncnn(
     float_param: str | Path,
     calib_inputs: Callable[[], Iterable[np.ndarray]],
     out_param: str | Path,
+    config: NcnnQuantConfig | None = None,
     *,
-    calib_size: int | None = None,
-    method: str = DEFAULT_METHOD,
-    method_options: dict[str, Any] | None = None,
-    exclude: Iterable[str] = (),
     stats_cache: Path | None = None,
     stats_key: str = "",
-    int8_layers: str = "faster",
-    min_gain: float = 0.05,
     fallback_inputs: list[np.ndarray] | None = None,
-    target_cos: float = 0.99,
-    max_float: int = 8,
-    threads: int = 0,
-    progress: bool = True,
 ) -> NcnnInt8Result:
     """Float ncnn model + calibration inputs -> calibration table + INT8 model (+ sidecar JSON).
 
@@ -294,7 +301,15 @@ def quantize_ncnn(
     ``fallback_inputs`` (a few calibration images), :func:`sensitivity_fallback` picks up to
     ``max_float`` layers to keep float until the INT8 output reaches ``target_cos``.
     """
-
+    cfg = config or NcnnQuantConfig()
+    calib_size, method, method_options, exclude = cfg.calib_size, cfg.method, cfg.method_options, cfg.exclude
+    int8_layers, min_gain, target_cos, max_float = (
+        cfg.int8_layers,
+        cfg.min_gain,
+        cfg.target_cos,
+        cfg.max_float,
+    )
+    threads, progress = cfg.threads, cfg.progress
     if int8_layers not in INT8_LAYER_CHOICES:
         raise OcrQuantError(f"unknown int8_layers '{int8_layers}' (known: {', '.join(INT8_LAYER_CHOICES)})")
     float_model = load_ncnn_model(float_param)

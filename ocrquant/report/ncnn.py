@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from ocrquant.evaluation import EvalResult, evaluate
 from ocrquant.evaluation.evaluate import preprocessed_inputs
 from ocrquant.frontends.ncnn_export import ncnn_model_for
 from ocrquant.quantization.ncnn_int8 import (
-    DEFAULT_METHOD,
+    NcnnQuantConfig,
     quantize_ncnn,
     read_sidecar,
 )
@@ -62,29 +63,31 @@ def _eval_once(
     )
 
 
+@dataclass(frozen=True)
+class NcnnReportConfig:
+    """Where the ncnn report writes and how it evaluates and times (the INT8 recipe is a
+    :class:`NcnnQuantConfig`)."""
+
+    out_dir: Path = Path("runs/ncnn")
+    calib_size: int = 200
+    seed: int = 0
+    limit: int | None = None  # test images scored (None: all)
+    threads: int = 2
+    latency_images: int = 10
+    latency_rounds: int = 3
+    task_options: dict[str, Any] | None = None
+    compare_onnxruntime: bool = True
+    fallback_images: int = 3
+    progress: bool = True
+
+
 def ncnn_report(
     model: str | Path,
     task: str | None,
     test_data: str | Path,
     calib_data: str | Path,
-    *,
-    out_dir: str | Path = Path("runs/ncnn"),
-    method: str = DEFAULT_METHOD,
-    method_options: dict[str, Any] | None = None,
-    calib_size: int = 200,
-    seed: int = 0,
-    limit: int | None = None,
-    threads: int = 2,
-    latency_images: int = 10,
-    latency_rounds: int = 3,
-    task_options: dict[str, Any] | None = None,
-    exclude: Iterable[str] = (),
-    compare_onnxruntime: bool = True,
-    int8_layers: str = "faster",
-    max_float: int = 0,
-    target_cos: float = 0.99,
-    fallback_images: int = 3,
-    progress: bool = True,
+    report: NcnnReportConfig | None = None,
+    quant: NcnnQuantConfig | None = None,
 ) -> Any:
     """Float vs INT8 in ncnn for one model: metric on ``test_data``, model size, interleaved latency.
 
@@ -93,10 +96,15 @@ def ncnn_report(
     model is also evaluated with onnxruntime, so the report proves the ncnn float model scores the same.
     ``int8_layers``: see :func:`quantize_ncnn` (``faster``: only the layers INT8 speeds up here).
     ``max_float`` > 0 enables :func:`sensitivity_fallback` on the first ``fallback_images`` calibration
-    images. Returns a :class:`ocrquant.report.ReportRow` (``details`` holds the rest).
+    images. Returns a :class:`ocrquant.report.ReportRow` (``details`` holds the rest). ``quant`` None:
+    the default recipe with no layer kept float by the sensitivity fallback.
     """
-
-    out_dir = Path(out_dir)
+    rep = report or NcnnReportConfig()
+    quant = quant or NcnnQuantConfig(max_float=0)
+    out_dir, calib_size, seed, limit = Path(rep.out_dir), rep.calib_size, rep.seed, rep.limit
+    threads, latency_images, latency_rounds = rep.threads, rep.latency_images, rep.latency_rounds
+    task_options, fallback_images, progress = rep.task_options, rep.fallback_images, rep.progress
+    method, int8_layers, max_float = quant.method, quant.int8_layers, quant.max_float
     resolved = resolve_model(model)
     task_name = infer_task(resolved, task)
     task_obj = build_task(task_name, resolved, task_options)
@@ -120,20 +128,12 @@ def ncnn_report(
         float_model.param,
         calib_inputs,
         int8_param,
-        calib_size=len(picked),
-        method=method,
-        method_options=method_options,
-        exclude=exclude,
+        replace(quant, calib_size=len(picked), threads=threads, progress=progress),
         stats_cache=out_dir / f"{resolved.name}.ncnn_stats.npz",
         stats_key=stats_key,
-        int8_layers=int8_layers,
         fallback_inputs=[task_obj.preprocess([load_image(s)]).inputs for s in picked[:fallback_images]]
         if max_float > 0
         else None,
-        target_cos=target_cos,
-        max_float=max_float,
-        threads=threads,
-        progress=progress,
     )
     opts = RuntimeOptions(threads=threads)
     runners = {
@@ -154,7 +154,7 @@ def ncnn_report(
             settings,
         )
     ort_metric = None
-    if compare_onnxruntime:
+    if rep.compare_onnxruntime:
         ort_runner = create_runner(resolved.path, "onnxruntime", opts)
         ort_res = _eval_once(
             task_obj,

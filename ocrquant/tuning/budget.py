@@ -257,7 +257,6 @@ def greedy_search(
     reference: float,
     max_drop_points: float,
     *,
-    prune: bool = True,
     max_layers: int | None = None,
     on_step: Callable[[SearchStep], None] | None = None,
     spread: Callable[[frozenset[str]], float | None] | None = None,
@@ -274,7 +273,7 @@ def greedy_search(
     ``walk``: "linear" adds one layer at a time; "bisect" finds the shortest passing prefix of the
     ranking by bisection between the INT8 base (fails) and every candidate (passes), about log2(n)
     evaluations instead of up to n. ``max_prune``: try removing at most this many of the chosen layers
-    (the last added first); None: all.
+    (the last added first); None: all; 0: no pruning.
     """
     if walk not in WALKS:
         raise OcrQuantError(f"unknown search walk '{walk}' (known: {', '.join(WALKS)})")
@@ -319,7 +318,7 @@ def greedy_search(
             break
         chosen.append(layer)
         met = evaluate("add", layer, chosen)
-    if not met or not prune:
+    if not met or max_prune == 0:
         return chosen, steps, met
     # Pruning, least sensitive (last added) first: an early, very sensitive layer is the least likely
     # to be redundant, so trying it last gives the others the chance to go first.
@@ -379,6 +378,30 @@ def _without_qdq_stage(config: QuantConfig) -> QuantConfig:
     return dataclasses.replace(config, algorithms=[n for n in names if ALGORITHMS[n].stage != "qdq"])
 
 
+@dataclass(frozen=True)
+class BudgetConfig:
+    """What the budget search keeps within (``max_drop`` points below FP32 on the validation images)
+    and how it ranks, walks and judges layer sets (the module doc says why each default)."""
+
+    max_drop: float
+    val_size: int | None = None  # None: the task's BUDGET_VAL_SIZE
+    keep: str = "float"  # KEEP_MODES
+    granularity: str = "block"
+    mode: str = "only-quantized"
+    rank_by: str = "auto"
+    rank_size: int = 500
+    ranking: Sequence[str] | None = None  # None: computed by the sensitivity analysis
+    threads: int = 2
+    snr_samples: int = 64
+    latency: bool = True
+    prune: bool = True
+    progress: bool = True
+    confidence: float = DEFAULT_CONFIDENCE
+    walk: str = "bisect"
+    max_prune: int | None = 8
+    max_float_share: float | None = None  # None: no cap
+
+
 def quantize_with_budget(
     model_path: str | Path,
     task: str | None,
@@ -386,27 +409,11 @@ def quantize_with_budget(
     val_dataset: str | Path | None,
     output: str | Path,
     config: QuantConfig | None,
-    max_drop: float,
+    budget: BudgetConfig,
     *,
-    val_size: int | None = None,
-    keep: str = "float",
-    granularity: str = "block",
-    mode: str = "only-quantized",
-    rank_by: str = "auto",
-    rank_size: int = 500,
-    ranking: Sequence[str] | None = None,
-    threads: int = 2,
-    snr_samples: int = 64,
-    latency: bool = True,
-    prune: bool = True,
     work_dir: str | Path | None = None,
     report_path: str | Path | None = None,
     pair: Any = None,
-    progress: bool = True,
-    confidence: float = DEFAULT_CONFIDENCE,
-    walk: str = "bisect",
-    max_prune: int | None = 8,
-    max_float_share: float | None = None,
 ) -> tuple[QuantResult, SearchReport]:
     """Quantize ``model_path`` keeping the fewest sensitive layers float/int16 such that the primary
     metric on the validation subset drops at most ``max_drop`` points below FP32.
@@ -422,6 +429,11 @@ def quantize_with_budget(
     (skips its two pipeline runs). Writes ``output``, its pipeline
     sidecar and ``<output stem>.mixed.json`` (the report, every step with its metric and latency).
     """
+    max_drop, val_size, keep, granularity = budget.max_drop, budget.val_size, budget.keep, budget.granularity
+    mode, rank_by, rank_size, ranking = budget.mode, budget.rank_by, budget.rank_size, budget.ranking
+    threads, snr_samples, latency, prune = budget.threads, budget.snr_samples, budget.latency, budget.prune
+    progress, confidence, walk = budget.progress, budget.confidence, budget.walk
+    max_prune, max_float_share = budget.max_prune, budget.max_float_share
 
     if keep not in KEEP_MODES:
         raise OcrQuantError(f"unknown keep mode '{keep}' (known: {', '.join(KEEP_MODES)})")
@@ -533,13 +545,12 @@ def quantize_with_budget(
             score,
             validator.fp32.metric,
             max_drop,
-            prune=prune,
             max_layers=cap,
             on_step=(lambda s: _show_step(bar, s)) if bar is not None else None,
             spread=spread,
             z=z,
             walk=walk,
-            max_prune=max_prune,
+            max_prune=max_prune if prune else 0,
         )
         if bar is not None:
             bar.close()
@@ -703,10 +714,9 @@ def escalate_to_budget(
             None,
             output,
             pinned_config(config, output),
-            DROP_WARNING_POINTS,
-            threads=threads,
-            progress=progress,
-            max_float_share=AUTO_MAX_FLOAT_SHARE,
+            BudgetConfig(
+                DROP_WARNING_POINTS, threads=threads, progress=progress, max_float_share=AUTO_MAX_FLOAT_SHARE
+            ),
         )
         if report.met:
             return searched, report

@@ -84,30 +84,42 @@ def quantize_pair(
     return QuantizedPair(base, Path(ref.output), Path(resolve_model(model).path), base.task)
 
 
+@dataclass(frozen=True)
+class SensitivityConfig:
+    """What ``ocrquant sensitivity`` measures per layer and on which validation images."""
+
+    val_size: int = 300
+    mode: str = "only-float"  # MODES
+    metric: bool = True  # the task's primary metric with the layer's choice
+    snr: bool = True  # the model output's SNR against FP32
+    granularity: str = "block"
+    latency: str = "estimate"  # LATENCY_SOURCES
+    threads: int = 2
+    snr_samples: int = 64
+    progress: bool = True
+    input_shape: tuple[int, int, int, int] | None = None  # fixes the model input (api.input_shape_options)
+
+
 def sensitivity(
     model: str | Path,
     task: str | None,
     calib_data: str | Path,
+    options: SensitivityConfig,
+    config: QuantConfig | None = None,
     *,
     val_data: str | Path | None = None,
-    val_size: int = 300,
-    mode: str = "only-float",
-    metric: bool = True,
-    snr: bool = True,
-    granularity: str = "block",
-    latency: str = "estimate",
-    config: Any = None,
-    threads: int = 2,
-    snr_samples: int = 64,
     work_dir: str | Path | None = None,
     json_path: str | Path | None = None,
     plot_path: str | Path | None = None,
-    progress: bool = True,
-    input_shape: tuple[int, int, int, int] | None = None,
 ) -> SensitivityResult:
     """``ocrquant sensitivity``: quantize (pipeline, twice), split validation off the calibration
     directory, score every quantized layer, write JSON/PNG if asked. ``input_shape`` fixes the model
     input for calibration and validation alike (``api.input_shape_options``)."""
+    val_size, mode, metric, snr = options.val_size, options.mode, options.metric, options.snr
+    granularity, latency, threads, snr_samples = (
+        options.granularity, options.latency, options.threads, options.snr_samples,
+    )  # fmt: skip
+    progress, input_shape = options.progress, options.input_shape
     cfg = config or QuantConfig()
     if mode not in MODES:
         raise OcrQuantError(f"unknown sensitivity mode '{mode}' (known: {', '.join(MODES)})")

@@ -145,6 +145,11 @@ def _steps(batches: Iterable[np.ndarray], per_step: int, max_values: int) -> Ite
         yield np.concatenate(held)
 
 
+#: learning rate of the activation-scale multipliers (``learn_activations``): ten times the
+#: weights' default ``lr``
+ACTIVATION_LR = 1e-3
+
+
 @register_algorithm("distill", stage="qdq")
 class Distill(Algorithm):
     """Learn weight-scale multipliers and biases against the float model's output (needs torch)."""
@@ -164,7 +169,6 @@ class Distill(Algorithm):
         max_batches: int | None = None,
         seed: int = 0,
         learn_activations: bool = False,
-        activation_lr: float = 1e-3,
     ) -> None:
         if epochs < 1 or lr <= 0 or samples_per_step < 1 or data_size < 0:
             raise OcrQuantError("distill: epochs and samples_per_step must be >= 1, lr > 0, data_size >= 0")
@@ -172,7 +176,7 @@ class Distill(Algorithm):
         self.data_size = data_size
         self.samples_per_step, self.max_values_per_step = samples_per_step, max_values_per_step
         self.max_batches, self.seed = max_batches, seed
-        self.learn_activations, self.activation_lr = learn_activations, activation_lr
+        self.learn_activations = learn_activations
 
     def _batches(self, ctx: AlgorithmContext) -> Callable[[], Iterable[np.ndarray]]:
         """The batch factory to learn from: more inputs than the calibration pick where the calibration
@@ -209,7 +213,7 @@ class Distill(Algorithm):
         params = [*(net.log_alpha.parameters() if learn_scales else ()), *net.bias.parameters()]
         # an activation range is one number per tensor, and its multiplier moves far more than the
         # per-channel weight multipliers (measured: 7-13 % against +-0.5 %), so it gets its own step
-        groups = [{"params": params}, {"params": list(net.log_beta.parameters()), "lr": self.activation_lr}]
+        groups = [{"params": params}, {"params": list(net.log_beta.parameters()), "lr": ACTIVATION_LR}]
         opt = torch.optim.Adam([g for g in groups if g["params"]], lr=self.lr)
 
         batches = self._batches(ctx)
