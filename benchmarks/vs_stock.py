@@ -6,7 +6,7 @@ models with
     default activations (QInt8) and with QUInt8 activations (S8 activations do not fuse into QLinearConv
     on this x86 build, U8 do), after onnxruntime's recommended preparation;
   * NNCF ``nncf.quantize`` on the ONNX model, preset MIXED (``pip install nncf==3.4.0``: the bench extra);
-  * ocrquant ``ocrquant.quantization.quantize`` with the default ``QuantConfig``;
+  * ocrquant ``ocrquant.tuning.quantize`` with the default ``QuantConfig``;
 then evaluates every model (and FP32) with ocrquant's evaluator on the test split and times them
 interleaved (``interleaved_latency``: FP32 and all INT8 models of one task in turn, spinning off), and
 prints one table plus, per task, "ocrquant's drop <= best stock drop?" and "ocrquant INT8 faster than FP32?".
