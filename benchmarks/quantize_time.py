@@ -10,12 +10,14 @@ the CPU.
 
   python benchmarks/quantize_time.py [--chain v3] [--tasks det cls rec] [--workers 0 2]
 
-Writes ``runs/quantize-time/quantize_time.json`` (read by ``benchmarks/results.py``).
+Writes ``runs/quantize-time/quantize_time.json`` (read by ``benchmarks/results.py``), keeping the rows an
+earlier run on this host wrote for the tasks not measured now.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -55,6 +57,21 @@ def timed_quantize(model: str, task: str, calib: Path, workers: int, scratch: Pa
             "command": " ".join(["ocrquant", *shown])}  # fmt: skip
 
 
+def kept_rows(out: Path, host: str, tasks: list[str]) -> list[dict]:
+    """The rows an earlier run on this host wrote for the other tasks (one task's defaults take minutes
+    to an hour, so tasks are measured one run at a time); each row names the command that made it."""
+    if not out.is_file():
+        return []
+    old = json.loads(out.read_text())
+    if old.get("host") != host:
+        return []
+    return [
+        {**r, "benchmark_command": r.get("benchmark_command", old.get("command", ""))}
+        for r in old["rows"]
+        if r["task"] not in tasks
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chain", default="v3", choices=sorted(CHAINS))
@@ -81,7 +98,9 @@ def main() -> None:
     command = f"python benchmarks/quantize_time.py --chain {args.chain} --tasks {' '.join(args.tasks)} " + (
         f"--workers {' '.join(map(str, args.workers))}"
     )
-    write_json_atomic(args.out, {"host": host, "command": command, "rows": rows})
+    for row in rows:
+        row["benchmark_command"] = command
+    write_json_atomic(args.out, {"host": host, "rows": kept_rows(args.out, host, args.tasks) + rows})
     print(f"wrote {args.out}", file=sys.stderr)
 
 

@@ -371,9 +371,11 @@ def quantize_time_section(path: Path) -> list[str]:
     if not path.is_file():
         return [*lines, "Not measured here: `python benchmarks/quantize_time.py`.", ""]
     s = json.loads(path.read_text())
+    commands = list(dict.fromkeys(r.get("benchmark_command", s.get("command", "")) for r in s["rows"]))
     lines += [
-        f"Command: `{s['command']}`. Host: {s['host']}. Each row is one `ocrquant quantize` process with "
-        "its own empty calibration cache; phases from the sidecar's `method_search.seconds`.",
+        f"Commands: {', '.join(f'`{c}`' for c in commands)}. Host: {s['host']}. Each row is one "
+        "`ocrquant quantize` process with its own empty calibration cache; phases from the sidecar's "
+        "`method_search.seconds`.",
         "",
         "| model | workers | minutes | recipe | phases (s) | load start / end |",
         "|---|---|---|---|---|---|",

@@ -23,7 +23,7 @@ from ocrquant.quantization.calibration import (
     create_calibrator,
 )
 from ocrquant.quantization.graph import float_tensors
-from ocrquant.quantization.targets import compute_scale_zp, is_pow2
+from ocrquant.quantization.targets import compute_scale_zp, get_target, is_pow2
 from ocrquant.tuning import quantize
 from tests.conftest import quantize_cls_variants, sample_cls_inputs
 
@@ -626,14 +626,17 @@ def test_the_budget_search_follows_auto_only_past_a_point_on_enough_images(tmp_p
     assert "kept all-INT8 as asked" in caplog.records[-1].getMessage()
 
 
-def test_auto_method_picks_the_best_candidate_and_validates_bias_correction(cls_model, tmp_path):
+def test_auto_method_picks_the_best_candidate_and_validates_bias_correction(cls_model, tmp_path, monkeypatch):
     """``auto`` compares the range methods on held-out calibration-side crops by fidelity to the
-    float model, then tries the profile's validated algorithms in turn (AdaRound, bias correction,
-    output distillation; distill recorded as skipped without torch), each kept only if it raises that
-    held-out fidelity without lowering held-out accuracy."""
+    float model, then tries the profile's validated algorithms in turn (here all three: AdaRound, bias
+    correction, output distillation; distill recorded as skipped without torch), each kept only if it
+    raises that held-out fidelity without lowering held-out accuracy."""
     import importlib.util
 
     from ocrquant.tuning.method_search import quantize_auto
+
+    every = ("adaround", "bias_correction", "distill")
+    monkeypatch.setitem(get_target("ort-cpu").task_validated_algorithms, "cls", every)
 
     cfg = QuantConfig(
         method="auto",
