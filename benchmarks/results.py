@@ -373,7 +373,7 @@ def quantize_time_section(path: Path) -> list[str]:
     s = json.loads(path.read_text())
     commands = list(dict.fromkeys(r.get("benchmark_command", s.get("command", "")) for r in s["rows"]))
     lines += [
-        f"Commands: {', '.join(f'`{c}`' for c in commands)}. Host: {s['host']}. Each row is one "
+        f"Command: {' and '.join(f'`{c}`' for c in commands)}. Host: {s['host']}. Each row is one "
         "`ocrquant quantize` process with its own empty calibration cache; phases from the sidecar's "
         "`method_search.seconds`.",
         "",
