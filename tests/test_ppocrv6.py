@@ -65,13 +65,15 @@ def test_wrong_dictionary_is_one_line_naming_both_sizes(tmp_path: Path) -> None:
         build_task("rec", resolve_model(model), {"char_dict": str(chars)})
     assert "18710" in str(err.value) and "6625" in str(err.value)
 
-    from ocrquant.cli.main import app
+    from ocrquant.cli.main import register_commands
 
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
     cv2.imwrite(str(data / "images" / "w.png"), np.full((32, 100, 3), 255, np.uint8))
     (data / "gt.txt").write_text('w.png, "x"\n', encoding="utf-8")
-    result = CliRunner().invoke(app, ["eval", "-m", str(model), "-d", str(data), "--char-dict", str(chars)])
+    result = CliRunner().invoke(
+        register_commands(), ["eval", "-m", str(model), "-d", str(data), "--char-dict", str(chars)]
+    )
     assert result.exit_code != 0 and "18710" in str(result.exception) and "6625" in str(result.exception)
 
 

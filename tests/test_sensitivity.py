@@ -32,7 +32,7 @@ from ocrquant.tuning.budget import (
     quantize_with_budget,
 )
 from ocrquant.tuning.method_search import calib_size_leaving_validation
-from ocrquant.tuning.sensitivity import quantize_pair
+from ocrquant.tuning.pair import quantize_pair
 from tests.conftest import zoo_model_path
 
 

@@ -155,7 +155,7 @@ def test_convert_user_factory_with_torchscript_and_cli(torch, tmp_path: Path) ->
     """The whole step on a user's ``module:factory`` network, checked on real sample images."""
     from typer.testing import CliRunner
 
-    from ocrquant.cli.main import app
+    from ocrquant.cli.main import register_commands
     from ocrquant.frontends.torch import convert_torch
     from ocrquant.zoo.resolve import read_header
 
@@ -172,7 +172,7 @@ def test_convert_user_factory_with_torchscript_and_cli(torch, tmp_path: Path) ->
     assert meta["source_framework"] == "torch" and len(meta["source_sha256"]) == 64
 
     out = tmp_path / "cli.onnx"
-    result = CliRunner().invoke(app, [
+    result = CliRunner().invoke(register_commands(), [
         "convert", "--framework", "torch", "--arch", "tests.test_torch_frontend:tiny_net", "--task", "det",
         "--checkpoint", str(tmp_path / "tiny.pth"), "--output", str(out),
     ])  # fmt: skip

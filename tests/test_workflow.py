@@ -11,7 +11,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from ocrquant.cli.main import app
+from ocrquant.cli.main import register_commands
 
 
 def test_run_writes_report_and_resumes(cls_model: Path, tmp_path: Path) -> None:
@@ -21,7 +21,7 @@ def test_run_writes_report_and_resumes(cls_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = ["run", "--task", "cls", "-m", f"cls={model}", "--method", "min_max", "--calib-size", "8",
             "--latency-inputs", "2", "--limit", "24", "-o", str(out)]  # fmt: skip
-    first = CliRunner().invoke(app, args)
+    first = CliRunner().invoke(register_commands(), args)
     assert first.exit_code == 0, first.output
     report = json.loads((out / "report.json").read_text())
     (row,) = report["rows"]
@@ -32,7 +32,7 @@ def test_run_writes_report_and_resumes(cls_model: Path, tmp_path: Path) -> None:
     assert "auto search" not in row["details"]  # a method given: no search to report
     int8 = out / "cls" / "cls.int8.onnx"
     stamp = int8.stat().st_mtime_ns
-    second = CliRunner().invoke(app, args)
+    second = CliRunner().invoke(register_commands(), args)
     assert second.exit_code == 0, second.output
     assert int8.stat().st_mtime_ns == stamp  # the quantize step was found done, not redone
     assert json.loads((out / "report.json").read_text())["rows"][0]["int8_metric"] == row["int8_metric"]
@@ -40,8 +40,9 @@ def test_run_writes_report_and_resumes(cls_model: Path, tmp_path: Path) -> None:
     # --int8 scores a model made before (here the one just written) instead of quantizing: the same
     # figures, no calibration, the given file untouched
     given = tmp_path / "run-given"
-    third = CliRunner().invoke(app, ["run", "--task", "cls", "-m", str(model), "--int8", str(int8),
-                                     "--latency-inputs", "2", "--limit", "24", "-o", str(given)])  # fmt: skip
+    args = ["run", "--task", "cls", "-m", str(model), "--int8", str(int8), "--latency-inputs", "2",
+            "--limit", "24", "-o", str(given)]  # fmt: skip
+    third = CliRunner().invoke(register_commands(), args)
     assert third.exit_code == 0, third.output
     (again,) = json.loads((given / "report.json").read_text())["rows"]
     assert again["int8_metric"] == row["int8_metric"] and again["float_metric"] == row["float_metric"]
@@ -56,7 +57,7 @@ def test_run_with_a_budget_searches_on_held_out_images(cls_model: Path, tmp_path
     out = tmp_path / "run"
     args = ["run", "--task", "cls", "-m", f"cls={model}", "--method", "min_max", "--calib-size", "8",
             "--latency-inputs", "2", "--limit", "8", "--max-drop", "cls=100", "-o", str(out)]  # fmt: skip
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(register_commands(), args)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["max drop (points)"] == {"cls": 100.0}
@@ -126,7 +127,7 @@ def test_run_with_an_input_shape_scores_and_quantizes_the_pinned_model(tmp_path:
     args = ["run", "--task", "rec", "-m", f"rec={model}", "--method", "min_max", "--calib-size", "8",
             "--input-shape", "-1", "3", "48", "320", "--batch-size", "4", "--calib-batch-size", "4",
             "--latency-inputs", "2", "--limit", "16", "-o", str(out)]  # fmt: skip
-    done = CliRunner().invoke(app, args)
+    done = CliRunner().invoke(register_commands(), args)
     assert done.exit_code == 0, done.output
     pinned, int8 = out / "rec" / "rec.fixed.onnx", out / "rec" / "rec.int8.onnx"
     for path in (pinned, int8):

@@ -117,7 +117,7 @@ from ocrquant.tuning.method_search import (
     calib_size_leaving_validation,
     quantize,
 )
-from ocrquant.tuning.sensitivity import quantize_pair
+from ocrquant.tuning.pair import quantize_pair
 from ocrquant.zoo.resolve import resolve_model
 from ocrquant.zoo.task import build_task, infer_task
 
