@@ -381,7 +381,9 @@ def quantize_time_section(path: Path) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for r in s["rows"]:
-        phases = ", ".join(f"{k} {v}" for k, v in r["phases"].items() if k != "executor")
+        phases = ", ".join(f"{k} {v}" for k, v in r["phases"].items() if k != "executor") or (
+            "not recorded: the budget search after auto wrote the sidecar anew"
+        )
         load = " / ".join(f"{x:.1f}" for x in r["load_average"])
         lines.append(f"| {r['model']} | {r['workers'] or 'in-process'} | {r['seconds'] / 60:.1f} | "
                      f"{recipe_text(r['recipe'])} | {phases} | {load} |")  # fmt: skip
