@@ -328,10 +328,13 @@ def quantize(
     ``executor`` (None: in this process). Writes ``output`` and ``<output stem>.quant.json``."""
     cfg = config or QuantConfig()
     resolved = resolve_model(model_path)
-    task = float_model_task(resolved, task_name, cfg)  # refuses an INT8 or another task's model first
-    if resolve_method(cfg, task.name)[0] == "auto":
-        return quantize_auto(model_path, task.name, calib_dataset, output, cfg, executor=executor)[0]
-    return quantize_recipe(model_path, task.name, calib_dataset, output, cfg)
+    name = infer_task(resolved, task_name)
+    if resolve_method(cfg, name)[0] != "auto":
+        return quantize_recipe(model_path, name, calib_dataset, output, cfg)  # it checks the model itself
+    # an INT8 or another task's model is refused here, before any trial (a trial's error would come
+    # back wrapped in the executor's)
+    float_model_task(resolved, name, cfg)
+    return quantize_auto(model_path, name, calib_dataset, output, cfg, executor=executor)[0]
 
 
 def search_summary(search: dict[str, Any]) -> str:
