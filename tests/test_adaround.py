@@ -64,6 +64,8 @@ def test_receptive_fields_times_weights_is_onnxruntimes_conv(cin, cout, k, strid
     rows = reduction_major(w, "Conv").reshape(group, cout // group, -1)
     ours = np.einsum("ngk,gok->ngo", fields, rows).reshape(fields.shape[0], cout)
     np.testing.assert_allclose(ours, np.moveaxis(y, 1, -1).reshape(-1, cout), atol=1e-4)
+    pick = rng.choice(fields.shape[0], fields.shape[0] // 3, replace=False)  # a sample, gathered alone
+    np.testing.assert_array_equal(conv_patches(x, node, (k, k), group, pick), fields[pick])
 
 
 @pytest.mark.parametrize(

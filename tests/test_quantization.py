@@ -139,6 +139,31 @@ def test_prepared_model_equals_original(cls_model, prepared, cls_inputs):
     assert max_abs_diff(cls_model, prepared, cls_inputs) < 1e-4
 
 
+def test_observed_model_is_exact(prepared, cls_inputs):
+    """The per-layer algorithms run only the part of the graph a tensor needs: the same values as the
+    whole graph gives, from fewer nodes (and the model input itself, from none)."""
+    import onnxruntime as ort
+
+    from ocrquant.quantization.calibration.stats import _session, augment_model, observed_model
+
+    model = onnx.load(str(prepared))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    early, late = convs[2].input[0], convs[-1].output[0]
+    pruned = observed_model(model, [early])
+    assert 0 < len(pruned.graph.node) < len(model.graph.node) / 4
+    assert [o.name for o in pruned.graph.output] == [early]
+    whole = _session(augment_model(model, [early, late]))
+    part = _session(observed_model(model, [early, late]))
+    name = whole.get_inputs()[0].name
+    for x in cls_inputs[:3]:
+        a, b = whole.run([early, late], {name: x}), part.run([early, late], {name: x})
+        assert all(np.array_equal(u, v) for u, v in zip(a, b, strict=True))
+    only_input = observed_model(model, [name])
+    assert len(only_input.graph.node) == 0 and not only_input.graph.initializer
+    out = ort.InferenceSession(only_input.SerializeToString()).run(None, {name: cls_inputs[0]})[0]
+    assert np.array_equal(out, cls_inputs[0])
+
+
 def _affine_block_model(path: Path) -> None:
     """PP-LCNetV3's pattern: Conv -> a*x+b -> HardSwish -> a*x+b -> Conv 1x1 (foldable both sides),
     then -> a*x+b -> padded 3x3 depthwise Conv (must stay: the padded border would see b)."""
@@ -624,6 +649,33 @@ def test_the_budget_search_follows_auto_only_past_a_point_on_enough_images(tmp_p
         same, search = escalate_to_budget(model, "rec", tmp_path, result, QuantConfig(), enabled=False)
     assert same is result and search is None
     assert "kept all-INT8 as asked" in caplog.records[-1].getMessage()
+
+
+def test_the_budget_search_after_auto_keeps_autos_record_in_the_sidecar(cls_model, tmp_path):
+    """When the search after ``auto`` rewrites the model, the sidecar it writes still says what ``auto``
+    ran (its trials' seconds, used by ``benchmarks/quantize_time.py``) and adds the search's own time
+    and the blocks it kept float."""
+    from ocrquant.fileio import read_sidecar, write_sidecar
+    from ocrquant.quantization import quantize_recipe
+    from ocrquant.tuning.budget import escalate_to_budget
+
+    out = tmp_path / "cls.int8.onnx"
+    cfg = QuantConfig(method="min_max", algorithms=[], calib_size=12, batch_size=4, progress=False,
+                      cache_dir=tmp_path / "cache")  # fmt: skip
+    result = quantize_recipe(cls_model, "cls", sample_root() / "rec", out, cfg)
+    search = {
+        "chosen": {"method": "min_max", "options": {}, "algorithms": []},
+        "validation": {"drop_points": 1.4, "drop_bound_points": 2.0, "size": 2000},  # as if auto lost 1.4
+        "seconds": {"range_candidates": 1.5},
+    }
+    write_sidecar(out, {**read_sidecar(out), "method_search": search})
+    written, report = escalate_to_budget(cls_model, "cls", sample_root() / "rec", result, cfg, threads=1,
+                                         progress=False)  # fmt: skip
+    assert report is not None and report.met  # the 48 sample crops: within a point
+    kept = read_sidecar(out)["method_search"]
+    assert kept["seconds"]["range_candidates"] == 1.5 and kept["seconds"]["budget_search"] > 0
+    assert kept["budget_search"]["float_blocks"] == report.chosen
+    assert kept["budget_search"]["report"] == "cls.int8.mixed.json" and written.output == out
 
 
 def test_auto_method_picks_the_best_candidate_and_validates_bias_correction(cls_model, tmp_path, monkeypatch):

@@ -80,6 +80,7 @@ import dataclasses
 import logging
 import math
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -107,6 +108,7 @@ from ocrquant.fileio import (
     scratch_dir,
     sidecar_path,
     write_json_atomic,
+    write_sidecar,
 )
 from ocrquant.quantization.algorithms import ALGORITHMS  # the package import registers them all
 from ocrquant.quantization.config import QuantConfig, QuantResult, pinned_config, resolve_method
@@ -707,6 +709,8 @@ def escalate_to_budget(
         kept = [Path(tmp) / "all_int8.onnx", Path(tmp) / "all_int8.quant.json"]
         copy_quantized(output, kept[0])
         shutil.copyfile(sidecar_path(output), kept[1])
+        search = read_sidecar(output).get("method_search")
+        t0 = time.perf_counter()
         searched, report = quantize_with_budget(
             model_path,
             task,
@@ -719,6 +723,14 @@ def escalate_to_budget(
             ),
         )
         if report.met:
+            if search is not None:  # the search wrote a sidecar of its own: auto's record stays in it
+                search.setdefault("seconds", {})["budget_search"] = round(time.perf_counter() - t0, 1)
+                # its validation figures are the all-INT8 model's; the written model's are in the report
+                search["budget_search"] = {
+                    "float_blocks": list(report.chosen),
+                    "report": output.stem + ".mixed.json",
+                }
+                write_sidecar(output, {**read_sidecar(output), "method_search": search})
             return searched, report
         copy_quantized(kept[0], output)
         with atomic_path(sidecar_path(output)) as dst:
