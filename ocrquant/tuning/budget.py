@@ -642,7 +642,7 @@ def quantize_with_budget(
 
 
 #: The largest share of the ranked blocks the automatic escalation after ``auto`` keeps float (see
-#: :func:`escalate_to_budget`); PP-OCRv3 rec's default floats 7 of 49.
+#: :func:`escalate_to_budget`): a few blocks, not a third of the model (the function says why).
 AUTO_MAX_FLOAT_SHARE = 0.15
 
 
@@ -673,9 +673,9 @@ def escalate_to_budget(
     (:func:`needs_budget`), rewrite ``result.output`` with the fewest sensitive blocks kept float that
     bring it within a point, with the range method and algorithms ``auto`` chose. Why by default: every
     quantizable layer in INT8 is the goal, but a model that may lose more than a point is not one to
-    ship; PP-OCRv3 rec loses 0.95 held-out points all-INT8 (1.06 on the test set) and 0.25 with 7 of 49
-    blocks float, at 1.88x instead of 2.03x FP32 speed (``ocrquant quantize -m
-    ppocrv3-rec --calib-data rec_train --max-drop 1.0``; its ``.mixed.json`` lists each step).
+    ship. When the search's model is written, the sidecar keeps ``auto``'s ``method_search`` record
+    (its phases' seconds, the all-INT8 model's held-out figures) and adds ``budget_search`` (the blocks
+    kept float, the report's name) and the search's seconds.
 
     A few blocks, not a third of the model: at most :data:`AUTO_MAX_FLOAT_SHARE` of the ranked blocks
     stay float. Where those do not reach the budget the all-INT8 model is kept and the drop said, since
