@@ -254,3 +254,58 @@ def test_unknown_op_is_named():
     )
     with pytest.raises(OcrQuantError, match="Einsum"):
         QDQModule(helper.make_model(graph))
+
+
+def test_fixed_scale_fake_quant_is_the_composite_bit_for_bit():
+    """The one-node fake quantization (fixed scales, what distill learns through by default) gives the
+    values and input gradient of the composite it replaces, bit for bit: halves that round either way,
+    both clipping edges, -0.0, a DequantizeLinear that rescales, uint8 and int8."""
+    from ocrquant.quantization.torch_qdq import _fake_quant_learned, _FakeQuant
+
+    gen = torch.Generator().manual_seed(0)
+    scale = torch.tensor(0.037, dtype=torch.float32)
+    ties = (torch.arange(-140, 141, dtype=torch.float32) + 0.5) * scale
+    x0 = torch.cat([torch.randn(4096, generator=gen) * 3, ties, torch.tensor([-0.0, 0.0, -1e-9])])
+    for zero, lo, hi, out_scale, out_zero in [
+        (0.0, -128, 127, scale, 0.0),
+        (17.0, 0, 255, scale, 17.0),
+        (3.0, 0, 255, scale * 1.5, 3.0),
+    ]:
+        grads, outs = [], []
+        for fn in (_fake_quant_learned, _FakeQuant.apply):
+            x = x0.clone().requires_grad_(True)
+            y = fn(x, scale, zero, lo, hi, out_scale, out_zero)
+            (y * torch.linspace(-1, 1, len(y))).sum().backward()
+            outs.append(y.detach())
+            grads.append(x.grad)
+        assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0].signbit(), outs[1].signbit())
+        assert torch.equal(grads[0], grads[1])
+        assert (grads[1] == 0).any() and (grads[1] != 0).any()  # both clipped and passed values
+
+
+def test_learning_steps_replay_the_same_pairs_and_compute_each_target_once_within_budget():
+    """Every pass yields the same (input, target) pairs; within the byte budget each input is read
+    and its target computed once, past it only the steps beyond the budget are made again."""
+    from ocrquant.quantization.algorithms.distill import LearningSteps
+
+    inputs = [np.full((2, 3), k, np.float32) for k in range(5)]
+    reads, targets = [], []
+
+    def make():
+        reads.append(1)
+        return iter(inputs)
+
+    def target(x):
+        targets.append(float(x[0, 0]))
+        return x * 2
+
+    pair_bytes = inputs[0].nbytes * 2
+    for budget, expected_targets in [(10 * pair_bytes, 5), (3 * pair_bytes, 5 + 2 + 2)]:
+        reads.clear(), targets.clear()
+        steps = LearningSteps(make, target, budget)
+        passes = [[(x.copy(), t.copy()) for x, t in steps] for _ in range(3)]
+        for p in passes:
+            assert [float(x[0, 0]) for x, _ in p] == [0, 1, 2, 3, 4]
+            assert all(np.array_equal(t, x * 2) for x, t in p)
+        assert len(targets) == expected_targets, (budget, targets)
+        assert len(reads) == (1 if budget > 5 * pair_bytes else 3)
