@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from ocrquant.data import sample_root
+from ocrquant.quantization.targets import cpu_has_vnni
 from tests.conftest import zoo_model_path
 
 #: zoo model, task, embedded sample folder, input shape for the commands (CRAFT: a smaller image, as
@@ -26,6 +27,13 @@ MODELS = [
     ("ppocrv4-rec", "rec", "rec", None),
     ("craft-mlt25k", "det-craft", "det", ("1", "3", "128", "256")),
 ]
+
+
+#: the model output's cosine to float on the one compared image, by whether the host has VNNI: without
+#: it the host profile narrows the weights (pair-safe int8 or a 7-bit grid, so that onnxruntime's
+#: saturating AVX2 kernels stay exact), and min_max ranges from 4 images cost more. Measured on PP-OCRv4
+#: rec, the lowest of the six: 0.861 on a 2-core AVX2 EPYC (Zen 3); above 0.9 with VNNI.
+MIN_OUTPUT_COSINE = {True: 0.9, False: 0.8}
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -70,7 +78,7 @@ def test_analysis_commands_run_on_the_int8_model_ocrquant_writes(name, task, fol
     assert len(layers) >= 10
     assert all(math.isfinite(r["cosine"]) for r in layers)
     deepest = max(layers, key=lambda r: r["depth"])
-    assert deepest["cosine"] > 0.9, deepest
+    assert deepest["cosine"] > MIN_OUTPUT_COSINE[cpu_has_vnni()], deepest
 
     # dump --quant: float and INT8 tensors of the chosen layers, paired, on disk
     dump = tmp_path / "dump"
@@ -88,10 +96,14 @@ def test_analysis_commands_run_on_the_int8_model_ocrquant_writes(name, task, fol
     _cli("compare", name, str(int8), "--from-dump", str(dump), "--json", str(from_dump))
     assert len(json.loads(from_dump.read_text())["layers"]) >= len(pairs)
 
-    # simulate --compare: the integer simulator reproduces onnxruntime's reference kernels
+    # simulate --compare: the integer simulator, with onnxruntime's arithmetic (ties to even, float32
+    # requantisation), reproduces onnxruntime's reference kernels. (Its default, an accelerator's
+    # half-away rounding and fixed-point multipliers, differs by a step at ties; on a deep model with
+    # small ranges those steps compound: PP-OCRv4 rec with the pair-safe weights of a host without
+    # VNNI reads cosine 0.911 that way and 0.998 this way.)
     sim = tmp_path / "sim.json"
     _cli("simulate", "-m", str(int8), "-d", data, "--task", task, "--limit", "1", "--compare",
-         "--json", str(sim), *shape_args)  # fmt: skip
+         "--rounding", "half_even", "--requant", "float32", "--json", str(sim), *shape_args)  # fmt: skip
     outputs = [o for o in json.loads(sim.read_text())["outputs"] if o["runtime"] == "ort-reference"]
     assert outputs and all(o["cosine"] > 0.99 for o in outputs), outputs
 

@@ -510,7 +510,10 @@ def test_ort_cpu_layout_every_conv_runs_as_qlinearconv(quantized_cls, tmp_path):
     opt = onnx.load(str(tmp_path / "opt.onnx"))
     prod = {o: n for n in opt.graph.node for o in n.output}
     (pool,) = [n for n in opt.graph.node if n.op_type == "MaxPool"]
-    assert prod[pool.input[0]].op_type == "DequantizeLinear"
+    src = prod[pool.input[0]]
+    while src.op_type == "ReorderInput":  # the float NCHWc MaxPool's layout change (AVX2 hosts)
+        src = prod[src.input[0]]
+    assert src.op_type == "DequantizeLinear"
     (node,) = [n for n in onnx.load(str(out)).graph.node if n.op_type == "MaxPool"]
     src, dst = side["tensors"][_pre_qdq(node.input[0])], side["tensors"][node.output[0]]
     assert dst["scale"] == pytest.approx(src["scale"] * (1 + 2**-12), rel=1e-6)
@@ -968,11 +971,18 @@ def test_fold_scalar_mul_removes_only_the_positive_scalar_mul_and_keeps_the_outp
     apply_qdq_passes(tmp_path / "wide.onnx", profile, body)
     assert body["graph_passes"]["fold_scalar_mul"]["count"] == 0
     assert np.abs(run["fold"] - y).max() < 0.05 * np.abs(y).max()
-    # and the integer simulator reads the rescaled DequantizeLinear the same way
+    # and the integer simulator reads the rescaled DequantizeLinear the same way as the file's own
+    # semantics (onnxruntime unfused: on a host without VNNI the fused u8 x s8 kernels saturate pairs
+    # of products, which this file's plain int8 weights reach and the simulator does not model)
     from ocrquant.analysis.simulate import Simulator
 
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    exact = ort.InferenceSession(str(tmp_path / "fold.onnx"), so, providers=["CPUExecutionProvider"])
     sim = Simulator(tmp_path / "fold.onnx").run({"x": x})["y"]
-    np.testing.assert_allclose(sim, run["fold"], rtol=0, atol=2 * t["c3"]["scale"] * 0.25 + 1e-6)
+    np.testing.assert_allclose(
+        sim, exact.run(None, {"x": x})[0], rtol=0, atol=2 * t["c3"]["scale"] * 0.25 + 1e-6
+    )
 
 
 def test_default_cls_model_folds_its_hardswish_divisions(quantized_cls):
