@@ -3,6 +3,7 @@ real cls model with real crops, target constraints, refusals and the calibration
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -14,6 +15,7 @@ from onnx import numpy_helper
 
 from ocrquant.data import sample_root
 from ocrquant.errors import OcrQuantError
+from ocrquant.fileio import read_sidecar
 from ocrquant.quantization import QuantConfig, is_quantized, max_abs_diff, prepare_model
 from ocrquant.quantization.calibration import (
     CALIBRATORS,
@@ -658,7 +660,7 @@ def test_the_budget_search_after_auto_keeps_autos_record_in_the_sidecar(cls_mode
     """When the search after ``auto`` rewrites the model, the sidecar it writes still says what ``auto``
     ran (its trials' seconds, used by ``benchmarks/quantize_time.py``) and adds the search's own time
     and the blocks it kept float."""
-    from ocrquant.fileio import read_sidecar, write_sidecar
+    from ocrquant.fileio import write_sidecar
     from ocrquant.quantization import quantize_recipe
     from ocrquant.tuning.budget import escalate_to_budget
 
@@ -1142,3 +1144,29 @@ def test_keep_learned_judges_by_the_output_loss_unless_the_labels_resolve_a_fall
     assert not keep_learned(higher, lower, {"low": -0.02, "high": 0.01})
     assert not keep_learned(lower, lower, {"low": 0.0, "high": 0.0})
     assert not keep_learned(lower, higher, {"low": -0.03, "high": -0.001})
+
+
+def test_a_float_stage_made_once_gives_the_same_model_and_is_used_only_where_its_key_matches(
+    cls_model, tmp_path
+):
+    """``auto`` makes the float stage (prepare, HS-CLE / act_cle) once and hands it to every trial: a
+    recipe given it writes the same model, byte for byte, as one that makes its own; a stage made for
+    other float-stage algorithms is not used (the recipe makes its own)."""
+    from ocrquant.quantization import quantize_recipe
+    from ocrquant.quantization.pipeline import prepare_float_stage
+
+    data = sample_root() / "rec"
+    cfg = QuantConfig(method="mse", algorithms=["act_cle"], calib_size=12, batch_size=4, progress=False,
+                      cache_dir=tmp_path / "cache")  # fmt: skip
+    stage = prepare_float_stage(cls_model, "cls", data, cfg)  # made for mse ranges, used for min_max
+    assert stage.reports["act_cle"] and stage.keep_float == {} and len(stage.key) == 64
+    own, given = tmp_path / "own.onnx", tmp_path / "given.onnx"
+    min_max = dataclasses.replace(cfg, method="min_max")
+    quantize_recipe(cls_model, "cls", data, own, min_max)
+    quantize_recipe(cls_model, "cls", data, given, min_max, stage)
+    assert given.read_bytes() == own.read_bytes()
+    assert read_sidecar(given)["float_reference_sha256"] == stage.sha256
+    plain = dataclasses.replace(cfg, algorithms=[])
+    assert prepare_float_stage(cls_model, "cls", data, plain).key != stage.key
+    quantize_recipe(cls_model, "cls", data, tmp_path / "plain.onnx", plain, stage)
+    assert "act_cle" not in read_sidecar(tmp_path / "plain.onnx")["algorithms"]

@@ -36,7 +36,13 @@ from ocrquant.fileio import copy_quantized, read_sidecar, scratch_dir, sidecar_p
 from ocrquant.quantization.algorithms.base import ALGORITHMS, create_algorithm
 from ocrquant.quantization.algorithms.distill import float_logits, output_losses
 from ocrquant.quantization.config import QdqStart, QuantConfig, QuantResult, resolve_method
-from ocrquant.quantization.pipeline import algorithm_names, float_model_task, quantize_recipe
+from ocrquant.quantization.pipeline import (
+    FloatStage,
+    algorithm_names,
+    float_model_task,
+    prepare_float_stage,
+    quantize_recipe,
+)
 from ocrquant.quantization.targets import get_target
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.tasks import Task
@@ -86,11 +92,12 @@ class CandidateSpec:
     output: str
     config: QuantConfig
     threads: int
+    float_stage: FloatStage | None = None  # made once for all candidates (they share it)
 
 
 def run_candidate(spec: CandidateSpec) -> EvalResult:
     """Quantize one candidate and evaluate it on the held-out samples (what a trial does)."""
-    quantize_recipe(spec.model, spec.task.name, spec.calib, spec.output, spec.config)
+    quantize_recipe(spec.model, spec.task.name, spec.calib, spec.output, spec.config, spec.float_stage)
     return evaluate_on(spec.task, spec.output, spec.validation, spec.threads)
 
 
@@ -183,6 +190,23 @@ def quantize_auto(
         scratch = Path(scratch)
         runner = executor or InProcessExecutor()
         threads = runner.threads()
+        # the float stage (prepare, HS-CLE / act_cle) is the same for every recipe tried: made once
+        t0 = time.perf_counter()
+        method0, options0 = CANDIDATES[0]
+        stage = prepare_float_stage(
+            resolved.path,
+            task_name,
+            calib,
+            replace(
+                config,
+                method=method0,
+                method_options=dict(options0),
+                calib_size=calib_size,
+                algorithms=search_names,
+                extra_algorithms=[],
+            ),
+        )
+        float_seconds = round(time.perf_counter() - t0, 1)
         trials = []
         for method, options in CANDIDATES:
             cand = scratch / f"{output.stem}.{_tag(method, options)}.onnx"
@@ -197,12 +221,16 @@ def quantize_auto(
                 save_prepass=prepass(cand),
                 progress=config.progress and runner.name == "in-process",
             )
-            spec = CandidateSpec(str(resolved.path), task, calib, val_set, str(cand), cfg, threads)
+            spec = CandidateSpec(str(resolved.path), task, calib, val_set, str(cand), cfg, threads, stage)
             trials.append(Trial(_tag(method, options), spec))
         # the first candidate fills the calibration cache; the rest read it, side by side
         t0 = time.perf_counter()
         results = runner.map(run_candidate, trials[:1]) + runner.map(run_candidate, trials[1:])
-        seconds = {"range_candidates": round(time.perf_counter() - t0, 1), "executor": runner.name}
+        seconds = {
+            "float_stage": float_seconds,
+            "range_candidates": round(time.perf_counter() - t0, 1),
+            "executor": runner.name,
+        }
         for i, (trial, res) in enumerate(zip(trials, results, strict=True)):
             method, options = trial.spec.config.method, trial.spec.config.method_options
             scores = _validate(trial.spec.output, res)
@@ -233,6 +261,7 @@ def quantize_auto(
                 replace(
                     final_cfg, algorithms=names, extra_algorithms=[], save_prepass=prepass(chosen["file"])
                 ),
+                stage,
             )
             chosen["all_algorithms"] = _validate(chosen["file"])
             seconds["qdq_algorithms"] = round(time.perf_counter() - t0, 1)
@@ -265,7 +294,7 @@ def quantize_auto(
                 save_prepass=prepass(cand),
             )
             t0 = time.perf_counter()
-            quantize_recipe(resolved.path, task_name, calib, cand, trial)
+            quantize_recipe(resolved.path, task_name, calib, cand, trial, stage)
             seconds[extra] = round(time.perf_counter() - t0, 1)
             scores = _validate(cand)
             rows.append(
