@@ -224,22 +224,30 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
     if not _quantized_already(int8_path, key_file, qkey):
         log.info("[%s] quantizing %s (up to %d calibration images)", task_name, model.name, cfg.calib_size)
 
-        if budget is None:
-            with executor_for(cfg.executor) as executor:
+        with executor_for(cfg.executor) as executor:
+            if budget is None:
                 result = quantize(model.path, task_name, calib_set, int8_path, qcfg, executor)
-            _, search = escalate_to_budget(
-                model.path, task_name, calib_set.root, result, qcfg, not cfg.keep_all_int8, cfg.threads
-            )
-        else:
-            _, search = quantize_with_budget(
-                model.path,
-                task_name,
-                calib_set.root,
-                None,
-                int8_path,
-                qcfg,
-                BudgetConfig(budget, threads=cfg.threads),
-            )
+                _, search = escalate_to_budget(
+                    model.path,
+                    task_name,
+                    calib_set.root,
+                    result,
+                    qcfg,
+                    not cfg.keep_all_int8,
+                    cfg.threads,
+                    executor=executor,
+                )
+            else:
+                _, search = quantize_with_budget(
+                    model.path,
+                    task_name,
+                    calib_set.root,
+                    None,
+                    int8_path,
+                    qcfg,
+                    BudgetConfig(budget, threads=cfg.threads),
+                    executor=executor,
+                )
         if search is not None:
             log.info("[%s] %s", task_name, search.summary())
         write_json_atomic(key_file, {"key": qkey, "int8_sha256": sha256_file(int8_path)})

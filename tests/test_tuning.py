@@ -113,3 +113,56 @@ def test_an_address_that_does_not_answer_is_one_line_exit_2(cls_model, tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "127.0.0.1:9" in lines[0] and "does not answer" in lines[0], proc.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def _probe_rows(result) -> list[tuple]:
+    return [(r.name, r.metric, r.delta_points, r.snr_db, r.fidelity) for r in result.rows]
+
+
+@pytest.mark.skipif(not HAS_RAY, reason="the ray extra is not installed")
+def test_sensitivity_probes_score_the_same_in_workers_and_on_ray(cls_model, tmp_path):
+    """The budget search's ranking and ``ocrquant sensitivity`` score one variant per layer; as probes
+    on two local workers and on a local Ray instance (each worker decoding the validation crops and
+    running FP32 once) every row equals the in-process one."""
+    import onnx
+    import ray
+
+    from ocrquant.analysis.sensitivity import Validator, VariantBuilder, analyze_layers
+    from ocrquant.data import open_dataset
+    from ocrquant.data.split import split_calibration
+    from ocrquant.tasks import get_task_class
+    from ocrquant.tuning.pair import quantize_pair
+    from ocrquant.tuning.probes import executor_scorer
+
+    ds = open_dataset(sample_root() / "rec", "cls")
+    cfg = QuantConfig(
+        method="min_max", calib_size=16, batch_size=4, cache_dir=tmp_path / "cache", progress=False
+    )
+    pair = quantize_pair(cls_model, "cls", ds, tmp_path, cfg)
+    builder = VariantBuilder(onnx.load(str(pair.quantized.output)), onnx.load(str(pair.reference)))
+    split = split_calibration(ds, cfg.calib_size, cfg.seed, 24)
+    validator = Validator(
+        get_task_class("cls")(), split.validation, pair.float_model, threads=1, progress=False
+    )
+    layers = builder.layers[:10]
+
+    def rank(executor) -> list[tuple]:
+        result = analyze_layers(builder, validator, Path(pair.quantized.output), mode="only-quantized",
+                                latency="none", work_dir=tmp_path, layers=layers,
+                                scorer=executor_scorer(executor, validator))  # fmt: skip
+        return _probe_rows(result)
+
+    here = rank(None)
+    assert len(here) == 10 and len({r[3] for r in here}) > 1  # the layers do differ
+    workers = ProcessExecutor(2)
+    try:
+        assert rank(workers) == here
+    finally:
+        workers.close()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        executor = create_executor(ExecutorConfig(ray_address="auto"))
+        assert rank(executor) == here
+        executor.close()
+    finally:
+        ray.shutdown()

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,6 +85,9 @@ Q_OPS = ("QuantizeLinear", "DequantizeLinear")
 FLOAT_SUFFIX = "__float"
 PASSTHROUGH_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
 KEEPER_FALLBACK_OPS = ("Concat", "Resize", "MaxPool", "GlobalAveragePool", "Sigmoid")
+#: variants built and handed to the scorer at a time: enough to keep a few workers busy, few enough
+#: that the models held at once stay small (PP-OCRv3 rec: ~10 MB each)
+PROBE_CHUNK = 8
 
 
 # ------------------------------------------------------------------------------------ graph variants
@@ -477,6 +481,37 @@ class Score:
     stats: np.ndarray | None = field(default=None, repr=False)
 
 
+@dataclass(frozen=True)
+class ValidatorSpec:
+    """What a :class:`Validator` is made from, picklable: a worker process or a Ray node that gets it
+    makes the same validator (same images, same FP32 reference) and so the same scores. The model and
+    the images are read by path (on a cluster, from a file system every node sees)."""
+
+    task: Any
+    samples: tuple[Sample, ...]
+    float_model: str
+    threads: int = 2
+    snr_samples: int = 64
+    metric: bool = True
+    optimization: str = "all"
+
+    def build(self, progress: bool = False) -> Validator:
+        return Validator(
+            self.task,
+            list(self.samples),
+            self.float_model,
+            threads=self.threads,
+            snr_samples=self.snr_samples,
+            metric=self.metric,
+            optimization=self.optimization,
+            progress=progress,
+        )
+
+
+#: scores of named variants, in order (:func:`analyze_layers`'s ``scorer``)
+Scorer = Callable[[list[tuple[str, onnx.ModelProto]]], list[Score]]
+
+
 class Validator:
     """The validation subset decoded and preprocessed once, scored against FP32 for every variant.
 
@@ -499,6 +534,9 @@ class Validator:
         progress: bool = True,
     ) -> None:
 
+        self.spec = ValidatorSpec(
+            task, tuple(samples), str(float_model), threads, snr_samples, metric, optimization
+        )
         self.task = task
         self.optimization = optimization  # ORT graph optimization: "all" runs the fused integer kernels
         self.float_model_path = Path(float_model)
@@ -553,6 +591,16 @@ class Validator:
             fid = float(agreement.result()[agreement.primary])
         stats = np.asarray(rows, dtype=float) if rows else None
         return Score(primary, {k: float(v) for k, v in figures.items()}, snr, fid, stats)
+
+    def score_models(self, named: list[tuple[str, onnx.ModelProto]]) -> list[Score]:
+        """Score in-memory models one after another here (the default :data:`Scorer`)."""
+        scores = []
+        with tempfile.TemporaryDirectory(prefix="ocrquant-variant-") as tmp:
+            path = Path(tmp) / "variant.onnx"
+            for _, model in named:
+                onnx.save(model, str(path))
+                scores.append(self.score(path))
+        return scores
 
     def drop_se_points(self, score: Score) -> float | None:
         """Standard error, in points, of ``score``'s drop below FP32 on data like the validation
@@ -711,8 +759,11 @@ def analyze_layers(
     layers: list[str] | None = None,
     rounds: int = 5,
     on_row: Callable[[LayerSensitivity], None] | None = None,
+    scorer: Scorer | None = None,
 ) -> SensitivityResult:
-    """Score every quantized layer in ``mode`` (see the module doc); the library core of the command."""
+    """Score every quantized layer in ``mode`` (see the module doc); the library core of the command.
+    ``scorer``: where the variants are scored, :data:`PROBE_CHUNK` at a time (the tuning layer's
+    executor: local processes or a Ray cluster); None: one after another with ``validator``."""
 
     if mode not in MODES:
         raise OcrQuantError(f"unknown sensitivity mode '{mode}' (known: {', '.join(MODES)})")
@@ -736,39 +787,41 @@ def analyze_layers(
         ms_per_mac = (lat_ms["all_float"] - lat_ms["int8"]) / total if total else None
     baseline = int8.metric if mode == "only-float" else validator.fp32.metric
     rows = []
-    variant = work_dir / "variant.onnx"
     position = {n: i for i, n in enumerate(builder.layers)}
-    for name in tqdm(layers, desc=f"sensitivity ({mode})", disable=not validator.progress, leave=False):
-        if mode == "only-float":
-            builder.save(variant, float_layers=[name])
-        else:
-            builder.save(variant, only_quantized=name)
-        s = validator.score(variant)
-        cost = None
-        if latency == "measure" and inputs:
-            fl = (
-                variant
-                if mode == "only-float"
-                else builder.save(work_dir / "float_one.onnx", float_layers=[name])
-            )
-            t = time_models({"int8": int8_model, "float": fl}, inputs, validator.threads, rounds)
-            cost = t["float"] - t["int8"]
-        elif latency == "estimate" and ms_per_mac is not None and name in macs:
-            cost = macs[name] * ms_per_mac
-        row = LayerSensitivity(
-            name,
-            builder.op_types[name],
-            position[name],
-            macs.get(name),
-            None if math.isnan(s.metric) else s.metric,
-            None if math.isnan(s.metric) else 100.0 * (s.metric - baseline),
-            s.snr_db,
-            cost,
-            s.fidelity,
+    score_many = scorer or validator.score_models
+
+    def variant(name: str) -> onnx.ModelProto:
+        return (
+            builder.build(float_layers=[name]) if mode == "only-float" else builder.build(only_quantized=name)
         )
-        rows.append(row)
-        if on_row is not None:
-            on_row(row)
+
+    bar = tqdm(total=len(layers), desc=f"sensitivity ({mode})", disable=not validator.progress, leave=False)
+    for start in range(0, len(layers), PROBE_CHUNK):
+        chunk = layers[start : start + PROBE_CHUNK]
+        for name, s in zip(chunk, score_many([(n, variant(n)) for n in chunk]), strict=True):
+            cost = None
+            if latency == "measure" and inputs:
+                fl = builder.save(work_dir / "float_one.onnx", float_layers=[name])
+                t = time_models({"int8": int8_model, "float": fl}, inputs, validator.threads, rounds)
+                cost = t["float"] - t["int8"]
+            elif latency == "estimate" and ms_per_mac is not None and name in macs:
+                cost = macs[name] * ms_per_mac
+            row = LayerSensitivity(
+                name,
+                builder.op_types[name],
+                position[name],
+                macs.get(name),
+                None if math.isnan(s.metric) else s.metric,
+                None if math.isnan(s.metric) else 100.0 * (s.metric - baseline),
+                s.snr_db,
+                cost,
+                s.fidelity,
+            )
+            rows.append(row)
+            bar.update(1)
+            if on_row is not None:
+                on_row(row)
+    bar.close()
     return SensitivityResult(
         task=validator.task.name,
         model="",

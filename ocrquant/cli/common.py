@@ -122,8 +122,9 @@ WorkersOpt = Annotated[
     int,
     typer.Option(
         "--workers",
-        help="Run the search's independent trials (auto's range candidates) in N local processes, "
-        "each with cores/N runtime threads (0 or 1: in this process).",
+        help="Run the search's independent trials (auto's range candidates, the budget search's and "
+        "sensitivity's per-layer probes) in N local processes, each with cores/N runtime threads "
+        "(0 or 1: in this process).",
         min=0,
     ),
 ]

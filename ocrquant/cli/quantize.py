@@ -208,25 +208,26 @@ def quantize_cmd(
         algorithm_options=algorithm_options(algo_option),
         task_options=task_options,
     )
-    if max_drop is not None:
-        result, search = quantize_with_budget(
-            model,
-            task,
-            calib_data,
-            val_data,
-            output,
-            config,
-            BudgetConfig(max_drop, val_size=val_size, confidence=confidence),
-        )
-        console.print(search.summary())
-    else:
-        with executor_for(ExecutorConfig(workers, ray_address)) as executor:
-            result = quantize(model, task, calib_data, output, config, executor)
-        result, search = escalate_to_budget(
-            model, result.task, calib_data, result, config, enabled=not keep_all_int8
-        )
-        if search is not None:
+    with executor_for(ExecutorConfig(workers, ray_address)) as executor:
+        if max_drop is not None:
+            result, search = quantize_with_budget(
+                model,
+                task,
+                calib_data,
+                val_data,
+                output,
+                config,
+                BudgetConfig(max_drop, val_size=val_size, confidence=confidence),
+                executor=executor,
+            )
             console.print(search.summary())
+        else:
+            result = quantize(model, task, calib_data, output, config, executor)
+            result, search = escalate_to_budget(
+                model, result.task, calib_data, result, config, enabled=not keep_all_int8, executor=executor
+            )
+            if search is not None:
+                console.print(search.summary())
     table = Table(
         title=f"{result.task} | {result.target} | {result.method} | "
         f"{result.num_calibration_images} calibration images"

@@ -8,9 +8,18 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ocrquant.cli.common import ShapeOpt, StrictOpt, check_threads, console, guard_outputs
+from ocrquant.cli.common import (
+    RayOpt,
+    ShapeOpt,
+    StrictOpt,
+    WorkersOpt,
+    check_threads,
+    console,
+    guard_outputs,
+)
 from ocrquant.data import READ_POLICY
 from ocrquant.quantization import QuantConfig
+from ocrquant.tuning.executor import ExecutorConfig, executor_for
 from ocrquant.tuning.sensitivity import SensitivityConfig, sensitivity
 
 
@@ -101,6 +110,8 @@ def sensitivity_cmd(
     top: Annotated[int, typer.Option(help="Print the N most sensitive layers (0 = all).", min=0)] = 0,
     strict: StrictOpt = False,
     input_shape: ShapeOpt = None,
+    workers: WorkersOpt = 0,
+    ray_address: RayOpt = None,
 ) -> None:
     """Rank quantized Conv/MatMul/Gemm layers by the task-metric change and output SNR when only that
     layer is float (or only that layer is quantized), with the latency cost of keeping it float."""
@@ -120,10 +131,11 @@ def sensitivity_cmd(
         snr_samples=snr_samples,
         input_shape=input_shape,
     )
-    result = sensitivity(
-        model, task, calib_data, options, config, val_data=val_data, work_dir=work_dir, json_path=json_out,
-        plot_path=plot,
-    )  # fmt: skip
+    with executor_for(ExecutorConfig(workers, ray_address)) as executor:
+        result = sensitivity(
+            model, task, calib_data, options, config, val_data=val_data, work_dir=work_dir,
+            json_path=json_out, plot_path=plot, executor=executor,
+        )  # fmt: skip
     v = result.validation
     base = "INT8" if result.mode == "only-float" else "FP32"
     scores = (

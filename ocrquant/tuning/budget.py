@@ -113,6 +113,7 @@ from ocrquant.fileio import (
 from ocrquant.quantization.algorithms import ALGORITHMS  # the package import registers them all
 from ocrquant.quantization.config import QuantConfig, QuantResult, pinned_config, resolve_method
 from ocrquant.quantization.pipeline import algorithm_names
+from ocrquant.tuning.executor import Executor
 from ocrquant.tuning.method_search import (
     BUDGET_MIN_IMAGES,
     DROP_WARNING_POINTS,
@@ -120,6 +121,7 @@ from ocrquant.tuning.method_search import (
     quantize,
 )
 from ocrquant.tuning.pair import quantize_pair
+from ocrquant.tuning.probes import executor_scorer
 from ocrquant.zoo.resolve import resolve_model
 from ocrquant.zoo.task import build_task, infer_task
 
@@ -414,8 +416,8 @@ def quantize_with_budget(
     budget: BudgetConfig,
     *,
     work_dir: str | Path | None = None,
-    report_path: str | Path | None = None,
     pair: Any = None,
+    executor: Executor | None = None,
 ) -> tuple[QuantResult, SearchReport]:
     """Quantize ``model_path`` keeping the fewest sensitive layers float/int16 such that the primary
     metric on the validation subset drops at most ``max_drop`` points below FP32.
@@ -428,8 +430,10 @@ def quantize_with_budget(
     most this share of the ranked layers float (the search reports the budget unmet beyond it; None: no
     cap). ``pair``: a
     :class:`~ocrquant.analysis.sensitivity.QuantizedPair` from an earlier run with the same ``config``
-    (skips its two pipeline runs). Writes ``output``, its pipeline
-    sidecar and ``<output stem>.mixed.json`` (the report, every step with its metric and latency).
+    (skips its two pipeline runs). ``executor``: where the ranking's probes run (one per block, the
+    search's parallel part; :mod:`ocrquant.tuning.probes`); None: in this process. Writes ``output``,
+    its pipeline sidecar and ``<output stem>.mixed.json`` (the report, every step with its metric and
+    latency).
     """
     max_drop, val_size, keep, granularity = budget.max_drop, budget.val_size, budget.keep, budget.granularity
     mode, rank_by, rank_size, ranking = budget.mode, budget.rank_by, budget.rank_size, budget.ranking
@@ -504,7 +508,15 @@ def quantize_with_budget(
                     metric=rank_by != "snr",
                     progress=progress,
                 )
-            sens = analyze_layers(builder, ranker, int8_path, mode=mode, latency="none", work_dir=work)
+            sens = analyze_layers(
+                builder,
+                ranker,
+                int8_path,
+                mode=mode,
+                latency="none",
+                work_dir=work,
+                scorer=executor_scorer(executor, ranker),
+            )
             ranking = sens.ranking(rank_by)
             analysis = [asdict(row) for row in sens.ranked(rank_by)]
         else:
@@ -637,7 +649,7 @@ def quantize_with_budget(
             "caution": caution,
         },
     )
-    report.save(report_path or output.with_name(output.stem + ".mixed.json"))
+    report.save(output.with_name(output.stem + ".mixed.json"))
     return result, report
 
 
@@ -668,6 +680,7 @@ def escalate_to_budget(
     enabled: bool = True,
     threads: int = 2,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> tuple[QuantResult, SearchReport | None]:
     """After ``auto``: if its model may lose more than a point on enough held-out images
     (:func:`needs_budget`), rewrite ``result.output`` with the fewest sensitive blocks kept float that
@@ -683,7 +696,7 @@ def escalate_to_budget(
     all-INT8 on 4000 held-out crops, 0.73 with 17 of 70 blocks float and still missed the bound with 19
     (``ocrquant quantize -m ppocrv6-small-rec --calib-data .../rec_train``). ``--max-drop`` runs the
     uncapped search. Other models pass through untouched, and ``enabled=False`` (``--keep-all-int8``)
-    only warns."""
+    only warns. ``executor``: where the search's ranking probes run (None: here)."""
 
     drop = needs_budget(result.output)
     if drop is None:
@@ -721,6 +734,7 @@ def escalate_to_budget(
             BudgetConfig(
                 DROP_WARNING_POINTS, threads=threads, progress=progress, max_float_share=AUTO_MAX_FLOAT_SHARE
             ),
+            executor=executor,
         )
         if report.met:
             if search is not None:  # the search wrote a sidecar of its own: auto's record stays in it

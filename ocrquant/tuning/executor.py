@@ -1,10 +1,12 @@
 """Where trials run: one interface, three places (in this process, local worker processes, a Ray cluster).
 
-A search (``auto``'s range candidates, later the budget search's sets and sensitivity probes) hands a
-list of :class:`Trial` to :meth:`Executor.map` and gets their results back in the same order. A trial
-is a pure function of its spec (model file, config, sample ids): nothing it reads depends on which
-process runs it, so the same search gives the same recipe and scores wherever it runs
-(``tests/test_tuning.py`` checks in-process against two local workers and a local Ray instance).
+A search (``auto``'s range candidates; the per-layer probes of the budget search's ranking and of
+``ocrquant sensitivity``, :mod:`ocrquant.tuning.probes`) hands a list of :class:`Trial` to
+:meth:`Executor.map` and gets their results back in the same order. A trial is a pure function of its
+spec (model file or bytes, config, sample ids): nothing it reads depends on which process runs it, so
+the same search gives the same recipe and scores wherever it runs (``tests/test_tuning.py`` checks
+in-process against two local workers and a local Ray instance). The budget search's walk over layer
+sets stays in the caller: each set it scores depends on the last one's result.
 
 Failures come back as values, not as a worker's traceback: :func:`run_guarded` wraps each call, and a
 failed trial raises :class:`TrialFailed` in the caller, naming the trial, the worker (host, pid) and

@@ -27,7 +27,9 @@ from ocrquant.data.split import split_calibration
 from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import scratch_dir
 from ocrquant.quantization.config import QuantConfig
+from ocrquant.tuning.executor import Executor
 from ocrquant.tuning.pair import quantize_pair
+from ocrquant.tuning.probes import executor_scorer
 from ocrquant.zoo.resolve import resolve_model
 from ocrquant.zoo.task import build_task, infer_task, input_shape_options
 
@@ -59,10 +61,12 @@ def sensitivity(
     work_dir: str | Path | None = None,
     json_path: str | Path | None = None,
     plot_path: str | Path | None = None,
+    executor: Executor | None = None,
 ) -> SensitivityResult:
     """``ocrquant sensitivity``: quantize (pipeline, twice), split validation off the calibration
     directory, score every quantized layer, write JSON/PNG if asked. ``input_shape`` fixes the model
-    input for calibration and validation alike (``api.input_shape_options``)."""
+    input for calibration and validation alike (``api.input_shape_options``). ``executor``: where the
+    per-layer probes are scored (:mod:`ocrquant.tuning.probes`); None: in this process."""
     val_size, mode, metric, snr = options.val_size, options.mode, options.metric, options.snr
     granularity, latency, threads, snr_samples = (
         options.granularity, options.latency, options.threads, options.snr_samples,
@@ -100,7 +104,13 @@ def sensitivity(
             progress=progress,
         )
         result = analyze_layers(
-            builder, validator, Path(pair.quantized.output), mode=mode, latency=latency, work_dir=work
+            builder,
+            validator,
+            Path(pair.quantized.output),
+            mode=mode,
+            latency=latency,
+            work_dir=work,
+            scorer=executor_scorer(executor, validator),
         )
     result.model = str(resolved.path)
     result.rank_by = "metric" if metric else "snr"
