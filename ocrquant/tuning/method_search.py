@@ -190,24 +190,7 @@ def quantize_auto(
         scratch = Path(scratch)
         runner = executor or InProcessExecutor()
         threads = runner.threads()
-        # the float stage (prepare, HS-CLE / act_cle) is the same for every recipe tried: made once
-        t0 = time.perf_counter()
-        method0, options0 = CANDIDATES[0]
-        stage = prepare_float_stage(
-            resolved.path,
-            task_name,
-            calib,
-            replace(
-                config,
-                method=method0,
-                method_options=dict(options0),
-                calib_size=calib_size,
-                algorithms=search_names,
-                extra_algorithms=[],
-            ),
-        )
-        float_seconds = round(time.perf_counter() - t0, 1)
-        trials = []
+        candidates = []
         for method, options in CANDIDATES:
             cand = scratch / f"{output.stem}.{_tag(method, options)}.onnx"
             cfg = replace(
@@ -221,8 +204,18 @@ def quantize_auto(
                 save_prepass=prepass(cand),
                 progress=config.progress and runner.name == "in-process",
             )
-            spec = CandidateSpec(str(resolved.path), task, calib, val_set, str(cand), cfg, threads, stage)
-            trials.append(Trial(_tag(method, options), spec))
+            candidates.append((_tag(method, options), cand, cfg))
+        # the float stage (prepare, HS-CLE / act_cle) is the same for every recipe tried: made once
+        t0 = time.perf_counter()
+        stage = prepare_float_stage(
+            resolved.path, task_name, calib, replace(candidates[0][2], progress=config.progress)
+        )
+        float_seconds = round(time.perf_counter() - t0, 1)
+        model = str(resolved.path)
+        trials = [
+            Trial(tag, CandidateSpec(model, task, calib, val_set, str(cand), cfg, threads, stage))
+            for tag, cand, cfg in candidates
+        ]
         # the first candidate fills the calibration cache; the rest read it, side by side
         t0 = time.perf_counter()
         results = runner.map(run_candidate, trials[:1]) + runner.map(run_candidate, trials[1:])
