@@ -14,7 +14,11 @@ again re-times only what is not saved):
   python benchmarks/quantize_time.py --workers 0 2             # ocrquant quantize's own time
   python benchmarks/results.py                                 # -> docs/results.md, README's table
 
-A missing artefact leaves its section saying which command makes it.
+  python benchmarks/denormals.py                               # denormal weights, onnxruntime FP32
+
+A section whose artefact is not in this checkout keeps the text it has in ``docs/results.md`` (made
+by that command on the host it names); one that was never measured says which command makes it. So
+a host that runs one command refreshes that section and leaves the others as they were measured.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ CHAIN_TITLES = {
     "v6": "PP-OCRv6 small chain on ICDAR2015 (the embedded default's models)",
     "v3": "PP-OCRv3 chain on ICDAR2015 (the seed's models)",
 }
+MISSING = "Not measured here: "  # how a section starts whose artefact this checkout lacks
 METRIC_NAMES = {"acc": "acc", "norm_edit_sim": "1-NED", "hmean": "hmean", "precision": "P", "recall": "R"}
 
 
@@ -132,13 +137,16 @@ def headline_table(args: argparse.Namespace) -> list[str]:
 
 
 def headline_section(args: argparse.Namespace) -> list[str]:
+    table = headline_table(args)
+    if len(table) == 2:
+        return ["## Summary (the README's table)", "", f"{MISSING}`python benchmarks/icdar2015.py`.", ""]
     return [
         "## Summary (the README's table)",
         "",
         "ICDAR2015 test sets, calibrated on the training sets, one INT8 model per task (`ocrquant quantize` "
         "defaults unless the row says the recipe was given); from the chain sections below.",
         "",
-        *headline_table(args),
+        *table,
         "",
     ]
 
@@ -178,7 +186,7 @@ def chain_section(chain: str, folder: Path) -> list[str]:
     lines = [f"## {CHAIN_TITLES[chain]}", ""]
     if not path.is_file():
         command = f"python benchmarks/icdar2015.py --chain {chain} --out {folder}"
-        return [*lines, f"Not measured here: `{command}`.", ""]
+        return [*lines, f"{MISSING}`{command}`.", ""]
     s = json.loads(path.read_text())
     lines += [
         f"Command: `{s['command']}`. Host: {s['host']}; `ocrquant bench`, FP32 and INT8 interleaved, "
@@ -228,7 +236,7 @@ def seed_section(folder: Path) -> list[str]:
     lines = ["## The vendor's NPU workflow (fixed shapes, all INT8)", ""]
     data = json.loads(path.read_text()) if path.is_file() else None
     if not isinstance(data, dict):  # absent, or written before the table recorded its host
-        return [*lines, f"Not measured here: `python benchmarks/seed_table.py --out {folder}`.", ""]
+        return [*lines, f"{MISSING}`python benchmarks/seed_table.py --out {folder}`.", ""]
     lines += [
         f"Command: `{data['command']}` (every row is one `ocrquant run`; the script's docstring lists "
         f"them). Host: {data['host']}. Test sets: ICDAR2015 det_test (500), rec_test (2077 crops; cls "
@@ -259,7 +267,7 @@ def speed_section(path: Path) -> list[str]:
     """Latency per model, precision and backend as ratios to onnxruntime FP32 (benchmarks/speed.py)."""
     lines = ["## Speed by backend (ratio to onnxruntime FP32)", ""]
     if not path.is_file():
-        return [*lines, "Not measured here: `python benchmarks/speed.py`.", ""]
+        return [*lines, f"{MISSING}`python benchmarks/speed.py`.", ""]
     s = json.loads(path.read_text())
     backends = sorted({r["backend"] for rows in s["chains"].values() for r in rows if "backend" in r})
     columns = [(p, b) for b in backends for p in ("fp32", "int8") if (p, b) != ("fp32", "onnxruntime")]
@@ -291,7 +299,7 @@ def first_command_section(folder: Path) -> list[str]:
     path = folder / "first_command.json"
     lines = ["## The README's first command, in a fresh clone", ""]
     if not path.is_file():
-        return [*lines, f"Not measured here: `python benchmarks/first_command.py --out {folder}`.", ""]
+        return [*lines, f"{MISSING}`python benchmarks/first_command.py --out {folder}`.", ""]
     s = json.loads(path.read_text())
     lines += [
         f"Command: `{s['command']}`. Host: {s['host']}. `{s['timed']}` took "
@@ -322,7 +330,7 @@ def pipeline_section(path: Path) -> list[str]:
     """Whole-chain images/s and e2e hmean against rapidocr 3.10's FP32 pipeline (benchmarks/pipeline.py)."""
     lines = ["## The whole chain against rapidocr 3.10 (images/s, e2e hmean)", ""]
     if not path.is_file():
-        return [*lines, "Not measured here: `python benchmarks/pipeline.py`.", ""]
+        return [*lines, f"{MISSING}`python benchmarks/pipeline.py`.", ""]
     s = json.loads(path.read_text())
     lines += [
         f"Command: `{s['command']}`. Host: {s['host']}. {s['images']} det_test images, each decoded once and "
@@ -342,7 +350,7 @@ def openvino_accuracy_section(path: Path) -> list[str]:
     """The INT8 files scored in OpenVINO against onnxruntime on the full test sets."""
     lines = ["## INT8 in OpenVINO against onnxruntime, full test sets", ""]
     if not path.is_file():
-        return [*lines, "Not measured here: `python benchmarks/openvino_accuracy.py`.", ""]
+        return [*lines, f"{MISSING}`python benchmarks/openvino_accuracy.py`.", ""]
     s = json.loads(path.read_text())
     lines += [
         f"Command: `{s['command']}`. Host: {s['host']}. The INT8 files of the chain sections, loaded by "
@@ -369,7 +377,7 @@ def quantize_time_section(path: Path) -> list[str]:
     """``ocrquant quantize``'s own wall time per task and executor (benchmarks/quantize_time.py)."""
     lines = ["## How long `ocrquant quantize` takes (defaults, empty calibration cache)", ""]
     if not path.is_file():
-        return [*lines, "Not measured here: `python benchmarks/quantize_time.py`.", ""]
+        return [*lines, f"{MISSING}`python benchmarks/quantize_time.py`.", ""]
     s = json.loads(path.read_text())
     commands = list(dict.fromkeys(r.get("benchmark_command", s.get("command", "")) for r in s["rows"]))
     lines += [
@@ -390,7 +398,55 @@ def quantize_time_section(path: Path) -> list[str]:
     return [*lines, ""]
 
 
-def render(args: argparse.Namespace) -> str:
+def previous_sections(text: str) -> dict[str, list[str]]:
+    """The sections of an earlier ``docs/results.md``, by heading line, each with its lines."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            current = sections.setdefault(line, [line])
+        elif current is not None:
+            current.append(line)
+    return sections
+
+
+def kept_if_missing(lines: list[str], previous: dict[str, list[str]]) -> list[str]:
+    """``lines``, or the earlier text of the same section where this checkout lacks its artefact."""
+    if not any(line.startswith(MISSING) for line in lines) or lines[0] not in previous:
+        return lines
+    kept = previous[lines[0]]
+    while kept and not kept[-1]:
+        kept = kept[:-1]
+    return [*kept, ""]
+
+
+def denormals_section(path: Path) -> list[str]:
+    """Denormal float weights and what they cost onnxruntime FP32 (benchmarks/denormals.py)."""
+    lines = ["## Denormal weights in onnxruntime FP32", ""]
+    if not path.is_file():
+        return [*lines, f"{MISSING}`python benchmarks/denormals.py`.", ""]
+    s = json.loads(path.read_text())
+    lines += [
+        f"Command: `{s['command']}`. Host: {s['host']}. Three sessions of each float model timed "
+        f"interleaved, {s['threads']} threads, {s['rounds']} rounds over {s['images']} real training "
+        f"images each, median per call, spinning off; the last column is the largest output difference "
+        f"from the file as shipped over those images.{load_text(s)}",
+        "",
+        "| model | input (first image) | denormal weights | FP32 as shipped, ms | with set_denormal_as_zero "
+        "| denormal weights zeroed | max abs difference (as zero / zeroed) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in s["models"]:
+        ms, d = r["ms"], r["max_abs_diff"]
+        lines.append(
+            f"| {r['model']} | {r['input']} | {r['denormal_weights']} | {ms['shipped']:.2f} "
+            f"| {ms['shipped'] / ms['denormal_as_zero']:.2f}x | {ms['shipped'] / ms['weights_zeroed']:.2f}x "
+            f"| {d['denormal_as_zero']:.3g} / {d['weights_zeroed']:.3g} |"
+        )
+    return [*lines, ""]
+
+
+def render(args: argparse.Namespace, previous: dict[str, list[str]]) -> str:
     sections: list[Callable[[], list[str]]] = [
         lambda: headline_section(args),
         lambda: chain_section("v6", args.v6),
@@ -401,6 +457,7 @@ def render(args: argparse.Namespace) -> str:
         lambda: quantize_time_section(args.quantize_time),
         lambda: seed_section(args.seed),
         lambda: first_command_section(args.first),
+        lambda: denormals_section(args.denormals),
     ]
     head = [
         "# Results",
@@ -411,7 +468,7 @@ def render(args: argparse.Namespace) -> str:
         "runs, so a ratio is a measurement on that host, not a constant.",
         "",
     ]
-    return "\n".join(head + [line for section in sections for line in section()])
+    return "\n".join(head + [line for section in sections for line in kept_if_missing(section(), previous)])
 
 
 def main() -> None:
@@ -424,12 +481,16 @@ def main() -> None:
     ap.add_argument("--pipeline", type=Path, default=Path("runs/pipeline/pipeline.json"))
     ap.add_argument("--openvino", type=Path, default=Path("runs/openvino/accuracy.json"))
     ap.add_argument("--quantize-time", type=Path, default=Path("runs/quantize-time/quantize_time.json"))
+    ap.add_argument("--denormals", type=Path, default=Path("runs/denormals/denormals.json"))
     ap.add_argument("--out", type=Path, default=Path("docs/results.md"))
     ap.add_argument("--readme", type=Path, default=Path("README.md"), help="its results table is rewritten")
     args = ap.parse_args()
-    text = render(args)
+    previous = previous_sections(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
+    text = render(args, previous)
     write_text_atomic(args.out, text)
-    update_readme(args.readme, headline_table(args))
+    table = headline_table(args)
+    if len(table) > 2:  # no chain measured in this checkout: the README keeps the table it has
+        update_readme(args.readme, table)
     print(text)
 
 

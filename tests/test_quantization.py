@@ -43,6 +43,18 @@ def fake_quant_mse(x: np.ndarray, lo: float, hi: float, spec: QSpec) -> float:
     return float(np.mean(((q - zp) * scale - x) ** 2))
 
 
+def test_a_range_below_the_smallest_normal_float_gets_a_normal_scale():
+    """A dead channel (PP-OCRv6 small rec's SE conv, weights ~1e-38) would get a denormal scale that a
+    flushing runtime reads as 0; it is zeros at that precision, so it gets scale 1.0 and code 0."""
+    tiny = float(np.finfo(np.float32).tiny)
+    lo = np.array([-2.0e-38, -1.0, 0.0])
+    hi = np.array([3.0e-38, 2.0, 0.0])
+    scale, zp = compute_scale_zp(-np.maximum(-lo, hi), np.maximum(-lo, hi), "int8", True)
+    assert scale.tolist() == [1.0, np.float32(2.0 / 127), 1.0] and zp.tolist() == [0, 0, 0]
+    scale, _ = compute_scale_zp(lo, hi, "uint8", False)
+    assert scale[0] == 1.0 and scale[1] == np.float32(3.0 / 255) and bool((scale >= tiny).all())
+
+
 # ------------------------------------------------------------------ calibrators on synthetic data
 def test_min_max_on_uniform_is_the_observed_range():
     x = np.random.default_rng(0).uniform(-2.0, 3.0, 200_000)

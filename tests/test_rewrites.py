@@ -1,5 +1,5 @@
-"""The target's prepare rewrites (quantization/rewrites.py) compute the same function as the patterns
-they replace, and touch nothing else."""
+"""The target's prepare rewrites (quantization/rewrites.py) and prepare's denormal flush compute the
+same function as what they replace, and touch nothing else."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from ocrquant.quantization.prepare import flush_denormal_weights
 from ocrquant.quantization.rewrites import PREPARE_REWRITES, apply_rewrites
 
 
@@ -120,3 +121,29 @@ def test_unknown_rewrite_names_the_known_ones():
     with pytest.raises(KeyError, match="gelu"):
         apply_rewrites(_resize_graph(2.0), ("no_such_rewrite",))
     assert {"gelu", "resize_x2", "reducemean_gap"} <= set(PREPARE_REWRITES)
+
+
+def test_denormal_weights_become_zero_and_nothing_else_changes():
+    """prepare_model zeroes float32 weights below the smallest normal number (Intel cores take a
+    microcode assist per multiply with one: PP-OCRv6 small det FP32 2.89x faster in onnxruntime);
+    normal values, zeros and non-float initializers stay as they are, and the output moves by less than
+    the smallest normal float32."""
+    tiny = np.finfo(np.float32).tiny
+    w = np.random.default_rng(3).normal(size=(4, 3, 1, 1)).astype(np.float32)
+    w[0, :, 0, 0] = [tiny / 4, -tiny / 1024, 0.0]  # two denormals and a zero
+    w[1, 0, 0, 0] = tiny  # the smallest normal number is not a denormal
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv")
+    model = _model([conv], {"w": w}, [1, 3, 5, 5], [1, 4, 5, 5])
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1, 2], np.int64), "shape"))
+    x = np.random.default_rng(4).normal(size=(1, 3, 5, 5)).astype(np.float32)
+    before = _run(model, x)
+    assert flush_denormal_weights(model) == 2
+    after = numpy_helper.to_array(model.graph.initializer[0])
+    expected = w.copy()
+    expected[0, :2, 0, 0] = 0.0
+    np.testing.assert_array_equal(after, expected)
+    assert numpy_helper.to_array(model.graph.initializer[1]).tolist() == [1, 2]
+    # channel 0 now sums no denormal products: it differs from before by less than a normal float32
+    np.testing.assert_allclose(_run(model, x), before, rtol=0, atol=tiny)
+    np.testing.assert_array_equal(_run(model, x)[0, 1:], before[0, 1:])
+    assert flush_denormal_weights(model) == 0

@@ -133,7 +133,11 @@ def compute_scale_zp(
     else:
         scale = (hi - lo) / (qmax - qmin)
         zp = np.zeros_like(scale)
-    scale = np.where(scale > 0, scale, 1.0)  # an all-zero tensor: any scale represents it exactly
+    # An all-zero tensor: any scale represents it exactly. A range below 127 x float32's smallest
+    # normal number (PP-OCRv6 small rec's dead SE channel, weights ~1e-38) is all zeros at that
+    # precision; its own scale would be denormal (2.6e-40, and 3e-42 for the bias it scales), which
+    # runtimes that flush denormals read as 0 and Intel cores multiply through a microcode assist.
+    scale = np.where(scale >= np.finfo(np.float32).tiny, scale, 1.0)
     scale = constrain(scale.astype(np.float32)).astype(np.float64)
     if not symmetric:
         zp = np.clip(np.round(qmin - lo / scale), qmin, qmax)
