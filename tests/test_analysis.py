@@ -25,7 +25,7 @@ from ocrquant.analysis import (
 )
 from ocrquant.analysis.binio import bin2npy, npy2bin, read_bin
 from ocrquant.analysis.compare import ErrorStats
-from ocrquant.analysis.profile import profile_model
+from ocrquant.analysis.profile import kernel_hints, profile_model
 from ocrquant.errors import OcrQuantError
 
 SHAPE = (1, 3, 16, 16)
@@ -287,6 +287,19 @@ def test_profile_times_nodes_and_counts_macs(models):
     assert 0 < q.qdq_share < 1 and q.total_macs == result.total_macs
     # the 8-channel depthwise conv is named as the slow-path kernel it is; the float model gets no hint
     assert result.hints == [] and len(q.hints) == 1 and "(8; e.g. dw)" in q.hints[0]
+
+
+def test_profile_names_denormal_weights_of_a_float_model():
+    """A float model with denormal weights (PP-OCRv6 small det ships 255958) gets a note naming how
+    many and where: the profile shows their cost on Intel cores, not the cause."""
+    model = _float_model()
+    w3 = next(i for i in model.graph.initializer if i.name == "w3")
+    values = numpy_helper.to_array(w3).copy()
+    values[0, :5] = np.finfo(np.float32).tiny / 8
+    w3.CopyFrom(numpy_helper.from_array(values, "w3"))
+    assert kernel_hints(_float_model()) == []
+    (hint,) = kernel_hints(model)
+    assert hint.startswith("5 float weights are denormal") and "5 in w3" in hint
 
 
 def test_profile_in_openvino_says_which_layers_ran_in_integers(models, tmp_path):

@@ -36,6 +36,7 @@ import onnx
 import onnxruntime
 from tqdm import tqdm
 
+from ocrquant.analysis.profile import kernel_hints
 from ocrquant.data import load_image, open_dataset, sample_root
 from ocrquant.errors import OcrQuantError
 from ocrquant.runtime.base import BACKENDS, RuntimeOptions, create_runner
@@ -62,6 +63,8 @@ class BenchModel:
     path: Path
     precision: str
     size_mb: float
+    #: what in the file keeps onnxruntime off its fast kernels (the profile's hints), one line each
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -91,6 +94,8 @@ class BenchResult:
     rows: list[BenchRow] = field(default_factory=list)
     #: model x backend pairs the backend could not load, with its one-line reason (the table goes on)
     unsupported: list[dict[str, str]] = field(default_factory=list)
+    #: per model label, what in its file slows onnxruntime (a speed-up over it includes that)
+    notes: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -99,6 +104,7 @@ class BenchResult:
             "settings": self.settings,
             "rows": [asdict(r) for r in self.rows],
             "unsupported": self.unsupported,
+            "notes": self.notes,
         }
 
 
@@ -123,7 +129,7 @@ def describe_model(model: str | Path, task_name: str) -> BenchModel:
                 size += (path.parent / entry.value).stat().st_size
     zoo_name = resolved.name and resolved.name != path.stem
     label = resolved.name if zoo_name else f"{path.parent.name}/{path.name}"
-    return BenchModel(label, path, "int8" if qdq else "fp32", round(size / 1e6, 3))
+    return BenchModel(label, path, "int8" if qdq else "fp32", round(size / 1e6, 3), kernel_hints(proto))
 
 
 def make_inputs(
@@ -305,6 +311,7 @@ def run_bench(
         f"{base_model} | {base_backend}",
         _settings(threads, rounds, warmup, INPUTS_PER_SHAPE, data),
         unsupported=unsupported,
+        notes={b.label: b.notes for b in bms if b.notes},
     )
     for key, (bm, backend, shape_label, shape) in meta.items():
         lt = lat[key]

@@ -24,6 +24,7 @@ import onnxruntime as ort
 from ocrquant.analysis.graph import GraphView, load_model
 from ocrquant.fileio import scratch_dir
 from ocrquant.quantization.graph import is_quantized
+from ocrquant.quantization.prepare import denormal_weights
 from ocrquant.quantization.qdq_passes import CHANNEL_ALIGN, slow_depthwise
 from ocrquant.runtime.base import RuntimeOptions
 from ocrquant.runtime.openvino import OpenVinoRunner  # imports openvino: only when asked for
@@ -256,13 +257,21 @@ PROFILERS = {"onnxruntime": profile_model, "openvino": profile_openvino}
 
 
 def kernel_hints(model: onnx.ModelProto) -> list[str]:
-    """What in a quantized graph keeps onnxruntime's CPU kernels off their fast path (the profile's
+    """What in a graph keeps onnxruntime's CPU kernels off their fast path (the profile's
     times show the cost, not the cause; these are the causes measured on the zoo models)."""
 
-    if not is_quantized(model):
-        return []
     hints = []
-    slow = slow_depthwise(model)
+    denormal = denormal_weights(model)
+    if denormal:
+        worst = max(denormal, key=denormal.__getitem__)
+        hints.append(
+            f"{sum(denormal.values())} float weights are denormal (below 1.2e-38; {denormal[worst]} in "
+            f"{worst}): an Intel core takes a microcode assist for every multiply with one, so onnxruntime "
+            "runs this model slower than it needs to there (PP-OCRv6 small det FP32: 2.89x, python "
+            "benchmarks/denormals.py), and a speed-up measured over it includes that; ocrquant's prepare "
+            "zeroes them with the same outputs"
+        )
+    slow = slow_depthwise(model) if is_quantized(model) else []
     if slow:
         widths = sorted({c for _, c in slow})
         hints.append(

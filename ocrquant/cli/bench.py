@@ -89,6 +89,9 @@ def bench_cmd(
         table.add_row(u["model"], "", u["backend"], "-", f"unsupported: {u['reason']}", *[""] * 7)
     # piped output: rich would squeeze 12 columns into 80; a terminal keeps its own width
     console.print(table, width=None if console.is_terminal else max(console.width, 150))
+    for label, notes in result.notes.items():
+        for note in notes:
+            console.print(f"note ({label}): {note}")
     if json_out:
         write_json_atomic(json_out, result.to_json())
         console.print(f"wrote {json_out}")

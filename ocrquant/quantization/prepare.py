@@ -365,6 +365,19 @@ def fold_scalar_affine(model: onnx.ModelProto) -> int:
     return count
 
 
+def denormal_weights(model: onnx.ModelProto) -> dict[str, int]:
+    """How many float32 values below the smallest normal float32 each initializer holds (those with any)."""
+    tiny = np.finfo(np.float32).tiny
+    counts = {}
+    for init in model.graph.initializer:  # a tensor whose data was not loaded is not counted
+        if init.data_type == onnx.TensorProto.FLOAT and init.data_location != onnx.TensorProto.EXTERNAL:
+            values = numpy_helper.to_array(init)
+            n = int(((values != 0) & (np.abs(values) < tiny)).sum())
+            if n:
+                counts[init.name] = n
+    return counts
+
+
 def flush_denormal_weights(model: onnx.ModelProto) -> int:
     """Set every float32 initializer value below the smallest normal float32 (denormals) to zero,
     in place; return how many values changed (why: the module docstring, "Denormal weights")."""
