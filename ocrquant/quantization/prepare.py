@@ -365,33 +365,31 @@ def fold_scalar_affine(model: onnx.ModelProto) -> int:
     return count
 
 
+def _denormals(init: onnx.TensorProto) -> tuple[np.ndarray, np.ndarray] | None:
+    """A loaded float32 initializer's values and the mask of its denormals (below the smallest normal
+    float32, not zero); None for other types and for data not loaded (external)."""
+    if init.data_type != onnx.TensorProto.FLOAT or init.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    values = numpy_helper.to_array(init)
+    return values, (values != 0) & (np.abs(values) < np.finfo(np.float32).tiny)
+
+
 def denormal_weights(model: onnx.ModelProto) -> dict[str, int]:
-    """How many float32 values below the smallest normal float32 each initializer holds (those with any)."""
-    tiny = np.finfo(np.float32).tiny
-    counts = {}
-    for init in model.graph.initializer:  # a tensor whose data was not loaded is not counted
-        if init.data_type == onnx.TensorProto.FLOAT and init.data_location != onnx.TensorProto.EXTERNAL:
-            values = numpy_helper.to_array(init)
-            n = int(((values != 0) & (np.abs(values) < tiny)).sum())
-            if n:
-                counts[init.name] = n
-    return counts
+    """How many denormal values each float32 initializer holds (those with any)."""
+    found = ((init.name, _denormals(init)) for init in model.graph.initializer)
+    return {name: n for name, d in found if d is not None and (n := int(d[1].sum()))}
 
 
 def flush_denormal_weights(model: onnx.ModelProto) -> int:
-    """Set every float32 initializer value below the smallest normal float32 (denormals) to zero,
-    in place; return how many values changed (why: the module docstring, "Denormal weights")."""
-    tiny = np.finfo(np.float32).tiny
+    """Set every denormal float32 initializer value to zero, in place; return how many changed (why:
+    the module docstring, "Denormal weights")."""
     count = 0
     for init in model.graph.initializer:
-        if init.data_type != onnx.TensorProto.FLOAT:
-            continue
-        values = numpy_helper.to_array(init)
-        denormal = (values != 0) & (np.abs(values) < tiny)
-        n = int(denormal.sum())
-        if n:
-            init.CopyFrom(numpy_helper.from_array(np.where(denormal, np.float32(0), values), init.name))
-            count += n
+        found = _denormals(init)
+        if found is not None and found[1].any():
+            values, mask = found
+            init.CopyFrom(numpy_helper.from_array(np.where(mask, np.float32(0), values), init.name))
+            count += int(mask.sum())
     return count
 
 
