@@ -32,6 +32,8 @@ from ocrquant.evaluation.evaluate import preprocessed_inputs
 from ocrquant.fileio import write_json_atomic
 from ocrquant.quantization.prepare import flush_denormal_weights
 from ocrquant.report.table import machine_description
+from ocrquant.runtime import RuntimeOptions
+from ocrquant.runtime.ort import session_options
 from ocrquant.zoo.resolve import resolve_model
 from ocrquant.zoo.task import build_task, infer_task
 
@@ -40,9 +42,7 @@ DATA = {"det": "det_train", "rec": "rec_train", "cls": "rec_train"}  # never the
 
 
 def session(model: str | bytes, threads: int, daz: bool) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so = session_options(RuntimeOptions(threads=threads))  # ocrquant's runner's: spinning off
     if daz:
         so.add_session_config_entry("session.set_denormal_as_zero", "1")
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])

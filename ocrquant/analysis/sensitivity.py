@@ -797,11 +797,15 @@ def analyze_layers(
 
     bar = tqdm(total=len(layers), desc=f"sensitivity ({mode})", disable=not validator.progress, leave=False)
     for start in range(0, len(layers), PROBE_CHUNK):
-        chunk = layers[start : start + PROBE_CHUNK]
-        for name, s in zip(chunk, score_many([(n, variant(n)) for n in chunk]), strict=True):
+        named = [(n, variant(n)) for n in layers[start : start + PROBE_CHUNK]]
+        for (name, model), s in zip(named, score_many(named), strict=True):
             cost = None
             if latency == "measure" and inputs:
-                fl = builder.save(work_dir / "float_one.onnx", float_layers=[name])
+                fl = work_dir / "float_one.onnx"  # the only-float variant is that model: not built twice
+                if mode == "only-float":
+                    onnx.save(model, str(fl))
+                else:
+                    builder.save(fl, float_layers=[name])
                 t = time_models({"int8": int8_model, "float": fl}, inputs, validator.threads, rounds)
                 cost = t["float"] - t["int8"]
             elif latency == "estimate" and ms_per_mac is not None and name in macs:
