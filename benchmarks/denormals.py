@@ -34,7 +34,7 @@ from ocrquant.quantization.prepare import flush_denormal_weights
 from ocrquant.report.table import machine_description
 from ocrquant.runtime import RuntimeOptions
 from ocrquant.runtime.ort import session_options
-from ocrquant.zoo.resolve import resolve_model
+from ocrquant.zoo.resolve import ResolvedModel, resolve_model
 from ocrquant.zoo.task import build_task, infer_task
 
 MODELS = ["ppocrv6-small-det", "ppocrv6-small-rec", "ppocrv6-cls", "ppocrv3-det", "ppocrv3-rec"]
@@ -48,12 +48,16 @@ def session(model: str | bytes, threads: int, daz: bool) -> ort.InferenceSession
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
-def measure(name: str, args: argparse.Namespace) -> dict:
-    """Count, time and compare one zoo model's three variants."""
+def real_inputs(name: str, args: argparse.Namespace) -> tuple[ResolvedModel, list[np.ndarray]]:
+    """A model and its preprocessed training images; a bad name, file or data folder fails here."""
     resolved = resolve_model(name)
     task = build_task(infer_task(resolved, None), resolved)
     dataset = open_dataset(args.data / DATA[task.name], task.name)
-    inputs = preprocessed_inputs(task, dataset, args.images)
+    return resolved, preprocessed_inputs(task, dataset, args.images)
+
+
+def measure(name: str, resolved: ResolvedModel, inputs: list[np.ndarray], args: argparse.Namespace) -> dict:
+    """Count, time and compare one model's three variants."""
     model = onnx.load(str(resolved.path))
     flushed = flush_denormal_weights(model)
     sessions = {
@@ -92,11 +96,12 @@ def main() -> None:
     result = {"host": host, "command": " ".join(["python", *sys.argv]), "threads": args.threads,
               "rounds": args.rounds, "images": args.images, "load_average": [os.getloadavg()[0]],
               "models": []}  # fmt: skip
+    prepared = {name: real_inputs(name, args) for name in args.models}  # every input checked first
     print(f"host: {host}\n")
     print("| model | input (first) | denormal weights | shipped ms | set_denormal_as_zero | weights zeroed "
           "| max abs diff (as zero / zeroed) |\n|---|---|---|---|---|---|---|")  # fmt: skip
     for name in args.models:
-        r = measure(name, args)
+        r = measure(name, *prepared[name], args)
         result["models"].append(r)
         ms, d = r["ms"], r["max_abs_diff"]
         daz, zeroed = ms["shipped"] / ms["denormal_as_zero"], ms["shipped"] / ms["weights_zeroed"]
