@@ -12,16 +12,20 @@ figures of each model:
 - test (``--test``): the metric, its paired 95 % interval against FP32, fidelity.
 
 Recipe: ``auto``'s pick for the task's shipped model (det: percentile 99.99, 140 images; cls:
-percentile 99.999, 200 crops) plus bias correction, then the same plus ``distill``; the held-out images
-are withheld from both (``QuantConfig.holdout``), as in ``auto``. Models and evaluations are written
-under ``--out`` and reused when present, so an interrupted run resumes. About 25 minutes per det draw
-on 2 cores (distill: 420 steps), 4 per cls draw.
+percentile 99.999, 200 crops) plus bias correction, then the same plus ``distill`` run for each number
+of passes over the learning data in ``--passes`` (default: 1, distill's default); the held-out images
+are withheld from all (``QuantConfig.holdout``), as in ``auto``. The seconds column is the run's
+qdq-stage time (bias correction, plus distill where it runs). Models and evaluations are written under
+``--out`` and reused when present, so an interrupted run resumes. About 10 minutes per det draw and
+pass count on 2 cores, 4 per cls draw.
 
   python benchmarks/distill_draws.py --seeds 0 1 2 --out runs/det-distill-draws \\
       --calib ../shared/data/icdar2015/det_train --test ../shared/data/icdar2015/det_test
   python benchmarks/distill_draws.py --task cls --model ppocrv3-cls --seeds 0 1 2 \\
       --out runs/cls-distill-draws --calib ../shared/data/icdar2015/rec_train \\
       --test ../shared/data/icdar2015/rec_test
+  python benchmarks/distill_draws.py --seeds 0 --passes 1 2 3 --out runs/det-distill-passes \
+      --calib ../shared/data/icdar2015/det_train
 """
 
 from __future__ import annotations
@@ -36,18 +40,18 @@ from ocrquant.api import build_task, eval_model, infer_task
 from ocrquant.data import Dataset, open_dataset
 from ocrquant.data.calibration import image_id
 from ocrquant.data.split import split_calibration
-from ocrquant.errors import run_script
+from ocrquant.errors import OcrQuantError, run_script
 from ocrquant.evaluation import evaluate
 from ocrquant.evaluation.evaluate import EvalResult, cached_result, fidelity, preprocessed_inputs
 from ocrquant.evaluation.significance import paired_delta_interval
-from ocrquant.fileio import write_json_atomic
+from ocrquant.fileio import read_sidecar, write_json_atomic
 from ocrquant.quantization.algorithms.distill import float_logits, output_losses
 from ocrquant.quantization.config import QuantConfig
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.tuning import quantize
 from ocrquant.zoo.resolve import resolve_model
 
-VARIANTS = {"base": ["bias_correction"], "distill": ["bias_correction", "distill"]}
+BASE = ["bias_correction"]
 #: task -> (percentile auto picked for the shipped model, calibration inputs, held-out inputs)
 RECIPES = {"det": (99.99, 140, 60), "cls": (99.999, 200, 2000)}
 OPTS = RuntimeOptions(threads=2, spinning=False)
@@ -62,10 +66,17 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--calib-size", type=int, default=None, help="default: the task's recipe")
     ap.add_argument("--val-size", type=int, default=None, help="default: the task's recipe")
+    ap.add_argument("--passes", type=int, nargs="+", default=[1], help="distill's passes over its data")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     percentile, calib_size, val_size = RECIPES[args.task]
     calib_size, val_size = args.calib_size or calib_size, args.val_size or val_size
+    if min(args.passes) < 1:
+        raise OcrQuantError("--passes: each count must be at least 1")
+    # variant -> (algorithms after the target's, distill's options): a pass count exactly
+    variants = {"base": (BASE, {})} | {
+        f"distill-{p}": ([*BASE, "distill"], {"distill": {"epochs": p, "min_steps": 1}}) for p in args.passes
+    }
 
     resolved = resolve_model(args.model)
     task = build_task(infer_task(resolved, args.task), resolved)  # another task's model: one line
@@ -96,7 +107,7 @@ def main() -> None:
         )
         key = fp32_val.settings["primary_metric"]
         losses: dict[str, np.ndarray] = {}
-        for variant, algos in VARIANTS.items():
+        for variant, (algos, options) in variants.items():
             model = args.out / f"seed{seed}.{variant}.onnx"
             if not model.exists():
                 cfg = QuantConfig(
@@ -105,6 +116,7 @@ def main() -> None:
                     calib_size=calib_size,
                     seed=seed,
                     extra_algorithms=algos,
+                    algorithm_options=options,
                     holdout=holdout,
                 )
                 quantize(resolved.path, task.name, calib, model, cfg)
@@ -117,7 +129,12 @@ def main() -> None:
                 "val_fp32": fp32_val.primary,
                 "val_fidelity": fidelity(task, q_val, fp32_val)[key],
                 "val_loss": float(losses[variant].mean()),
+                "val_loss_vs_base": float(losses[variant].mean() / losses["base"].mean()),
+                "qdq_stage_seconds": round(read_sidecar(model)["timings"]["write_s"], 1),
             }
+            if variant != "base":
+                lower = int((losses[variant] < losses["base"]).sum())
+                row["val_loss_lower_on_inputs"] = f"{lower}/{len(inputs)}"
             if fp32_test is not None:
                 q_test = cached_result(
                     args.out / f"seed{seed}.{variant}.test.json",
@@ -131,14 +148,12 @@ def main() -> None:
                     "test_fidelity": fidelity(task, q_test, fp32_test)[key],
                 }
             rows.append(row)
-        fewer = int((losses["distill"] < losses["base"]).sum())
-        rows[-1]["val_loss_lower_on_inputs"] = f"{fewer}/{len(inputs)}"
 
     print(
-        f"| draw | variant | held-out {key} (FP32) | held-out fidelity | held-out output loss "
-        f"| test {key} | delta pt (95 %) | test fidelity |"
+        f"| draw | variant | seconds | held-out {key} (FP32) | held-out fidelity | held-out output loss "
+        f"(vs base) | test {key} | delta pt (95 %) | test fidelity |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         test = "| |"
         if "test_metric" in r:
@@ -146,10 +161,11 @@ def main() -> None:
             test = f"{r['test_metric']:.4f} | {r['test_delta_pt']:+.2f} ({lo:+.2f}..{hi:+.2f})"
             test += f" | {r['test_fidelity']:.4f}"
         print(
-            f"| {r['seed']} | {r['variant']} | {r['val_metric']:.4f} ({r['val_fp32']:.4f}) "
-            f"| {r['val_fidelity']:.4f} | {r['val_loss']:.6f} | {test} |"
+            f"| {r['seed']} | {r['variant']} | {r['qdq_stage_seconds']:.0f} | {r['val_metric']:.4f} "
+            f"({r['val_fp32']:.4f}) | {r['val_fidelity']:.4f} | {r['val_loss']:.6f} "
+            f"({r['val_loss_vs_base']:.2f}) | {test} |"
         )
-    for variant in VARIANTS:
+    for variant in variants:
         sel = [r for r in rows if r["variant"] == variant and "test_delta_pt" in r]
         if sel:
             delta = np.mean([r["test_delta_pt"] for r in sel])

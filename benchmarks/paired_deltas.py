@@ -7,7 +7,7 @@ Evaluation JSONs are what ``ocrquant eval --output``, ``benchmarks/vs_stock.py``
 ``benchmarks/distill_draws.py`` write; each must hold its per-sample figures.
 
   python benchmarks/paired_deltas.py --fp32 runs/vs-stock-s17/det/eval/fp32.json \\
-      ocrquant=runs/det-distill-draws/seed1.distill.test.json \\
+      ocrquant=runs/det-distill-draws/seed1.distill-1.test.json \\
       entropy-u8=runs/vs-stock-s18-seed1/det/eval/ort-entropy-u8.json
 
 Rows print in the order given; "vs first" is the row minus the first row.

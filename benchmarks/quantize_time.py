@@ -8,7 +8,10 @@ candidates, the qdq-stage algorithms, each validated algorithm's trial). The zoo
 kept (fetching is not quantizing). The load average at start and end says whether other work shared
 the CPU.
 
-  python benchmarks/quantize_time.py [--chain v3] [--tasks det cls rec] [--workers 0 2]
+  python benchmarks/quantize_time.py [--chain v3] [--tasks det cls rec] [--workers 0 2] [--keep DIR]
+
+``--keep DIR`` copies each INT8 model and its sidecar there (``<task>.w<workers>.int8.onnx``), to be
+scored afterwards (``ocrquant eval``) without quantizing again.
 
 Writes ``runs/quantize-time/quantize_time.json`` (read by ``benchmarks/results.py``), keeping the rows an
 earlier run on this host wrote for the tasks not measured now.
@@ -28,7 +31,7 @@ from pathlib import Path
 from icdar2015 import CALIB, CHAINS
 
 from ocrquant.errors import OcrQuantError, run_script
-from ocrquant.fileio import read_sidecar, write_json_atomic
+from ocrquant.fileio import copy_quantized, read_sidecar, write_json_atomic, write_sidecar
 from ocrquant.report.table import machine_description
 
 
@@ -79,7 +82,10 @@ def main() -> None:
     ap.add_argument("--workers", nargs="+", type=int, default=[0])
     ap.add_argument("--shared", type=Path, default=Path("../shared/data/icdar2015"))
     ap.add_argument("--out", type=Path, default=Path("runs/quantize-time/quantize_time.json"))
+    ap.add_argument("--keep", type=Path, default=None, help="copy each INT8 model and sidecar here")
     args = ap.parse_args()
+    if args.keep and args.keep.exists() and not args.keep.is_dir():
+        raise OcrQuantError("--keep must name a folder", args.keep)
     host = machine_description()
     print(host, flush=True)
     rows = []
@@ -90,6 +96,10 @@ def main() -> None:
                     CHAINS[args.chain][task], task, args.shared / CALIB[task], workers, Path(tmp)
                 )
                 rows.append(row)
+                if args.keep:
+                    made = Path(tmp) / f"{task}.w{workers}.int8.onnx"
+                    copy_quantized(made, args.keep / made.name)
+                    write_sidecar(args.keep / made.name, read_sidecar(made))
                 phases = ", ".join(f"{k} {v}" for k, v in row["phases"].items())
                 print(f"  {row['model']:20} workers {workers}  {row['seconds'] / 60:5.1f} min  "
                       f"{row['recipe']['method']} {row['recipe']['algorithms']}  [{phases}]  "

@@ -27,6 +27,7 @@ from ocrquant.quantization.calibration import (
     collect_statistics,
     create_calibrator,
 )
+from ocrquant.quantization.calibration.stats import STATS_THREADS, _hist_range, _histogram, iterate_outputs
 from ocrquant.quantization.graph import float_tensors
 from ocrquant.quantization.targets import compute_scale_zp, get_target, is_pow2
 from ocrquant.runtime import RuntimeOptions, create_runner
@@ -245,6 +246,25 @@ def test_statistics_across_different_widths_work_for_every_method(prepared):
     for method in CALIBRATORS:
         ranges = create_calibrator(method).compute_ranges(stats, some)
         assert ranges and all(np.isfinite(v).all() and v[0] <= 0 <= v[1] for v in ranges.values()), method
+
+
+def test_statistics_reduced_in_threads_equal_one_thread_s(prepared):
+    """Each batch's tensors are reduced in ``STATS_THREADS`` threads: min, max and every histogram count
+    equal what one thread computes from the same model outputs, batch after batch."""
+    assert STATS_THREADS > 1
+    model = onnx.load(str(prepared))
+    tensors = float_tensors(model)[:40]
+    rng = np.random.default_rng(3)
+    inputs = [rng.uniform(-1, 1, (2, 3, 48, w)).astype(np.float32) for w in (96, 320, 160)]
+    stats = collect_statistics(model, tensors, lambda: iter(inputs), bins=512, progress=False)
+    outs = list(iterate_outputs(model, tensors, inputs, progress=False))  # the outputs it reduced
+    assert set(stats.tensors) == set(tensors)
+    for t, st in stats.tensors.items():
+        lo, hi = min(float(o[t].min()) for o in outs), max(float(o[t].max()) for o in outs)
+        assert (st.min, st.max) == (lo, hi), t
+        assert (st.hist_lo, st.hist_hi) == _hist_range(lo, hi), t
+        one_thread = sum(_histogram(o[t], st.hist_lo, st.hist_hi, 512) for o in outs)
+        assert np.array_equal(st.hist, one_thread), t
 
 
 def test_nan_during_calibration_names_the_tensor(prepared):
