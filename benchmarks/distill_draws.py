@@ -16,15 +16,15 @@ percentile 99.999, 200 crops) plus bias correction, then the same plus ``distill
 of passes over the learning data in ``--passes`` (default: 1, distill's default); the held-out images
 are withheld from all (``QuantConfig.holdout``), as in ``auto``. The seconds column is the run's
 qdq-stage time (bias correction, plus distill where it runs). Models and evaluations are written under
-``--out`` and reused when present, so an interrupted run resumes. About 10 minutes per det draw and
-pass count on 2 cores, 4 per cls draw.
+``--out`` and reused when present, so an interrupted run resumes. One det draw with ``--passes 1 3``
+took 14 minutes on the 2-core AMX Xeon (without ``--test``); a cls draw about 4 on 2 cores.
 
   python benchmarks/distill_draws.py --seeds 0 1 2 --out runs/det-distill-draws \\
       --calib ../shared/data/icdar2015/det_train --test ../shared/data/icdar2015/det_test
   python benchmarks/distill_draws.py --task cls --model ppocrv3-cls --seeds 0 1 2 \\
       --out runs/cls-distill-draws --calib ../shared/data/icdar2015/rec_train \\
       --test ../shared/data/icdar2015/rec_test
-  python benchmarks/distill_draws.py --seeds 0 --passes 1 2 3 --out runs/det-distill-passes \
+  python benchmarks/distill_draws.py --seeds 0 --passes 1 3 --out runs/det-distill-passes \\
       --calib ../shared/data/icdar2015/det_train
 """
 
