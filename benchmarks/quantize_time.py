@@ -14,7 +14,8 @@ the CPU.
 scored afterwards (``ocrquant eval``) without quantizing again.
 
 Writes ``runs/quantize-time/quantize_time.json`` (read by ``benchmarks/results.py``), keeping the rows an
-earlier run on this host wrote for the tasks not measured now.
+earlier run on this host wrote for the models not measured now (so ``--chain v6 --tasks det`` adds
+PP-OCRv6 det beside the PP-OCRv3 rows).
 """
 
 from __future__ import annotations
@@ -60,9 +61,10 @@ def timed_quantize(model: str, task: str, calib: Path, workers: int, scratch: Pa
             "command": " ".join(["ocrquant", *shown])}  # fmt: skip
 
 
-def kept_rows(out: Path, host: str, tasks: list[str]) -> list[dict]:
-    """The rows an earlier run on this host wrote for the other tasks (one task's defaults take minutes
-    to an hour, so tasks are measured one run at a time); each row names the command that made it."""
+def kept_rows(out: Path, host: str, models: list[str]) -> list[dict]:
+    """The rows an earlier run on this host wrote for the other models (one model's defaults take
+    minutes to an hour, so models and chains are measured one run at a time); each row names the
+    command that made it."""
     if not out.is_file():
         return []
     old = json.loads(out.read_text())
@@ -71,7 +73,7 @@ def kept_rows(out: Path, host: str, tasks: list[str]) -> list[dict]:
     return [
         {**r, "benchmark_command": r.get("benchmark_command", old.get("command", ""))}
         for r in old["rows"]
-        if r["task"] not in tasks
+        if r["model"] not in models
     ]
 
 
@@ -110,7 +112,8 @@ def main() -> None:
     )
     for row in rows:
         row["benchmark_command"] = command
-    write_json_atomic(args.out, {"host": host, "rows": kept_rows(args.out, host, args.tasks) + rows})
+    models = [CHAINS[args.chain][task] for task in args.tasks]
+    write_json_atomic(args.out, {"host": host, "rows": kept_rows(args.out, host, models) + rows})
     print(f"wrote {args.out}", file=sys.stderr)
 
 
