@@ -125,23 +125,36 @@ def headline_rows(chain: str, folder: Path) -> list[str]:
     return rows
 
 
-def headline_table(args: argparse.Namespace) -> list[str]:
+SUMMARY_HEADING = "## Summary (the README's table)"
+
+
+def earlier_rows(chain: str, previous: dict[str, list[str]]) -> list[str]:
+    """The earlier summary's rows of ``chain``'s models (``ppocrv6-...``), for a chain whose artefacts this
+    checkout lacks: one chain can be measured again on one host without dropping the other's rows."""
+    return [line for line in previous.get(SUMMARY_HEADING, []) if line.startswith(f"| ppocr{chain}-")]
+
+
+def headline_table(args: argparse.Namespace, previous: dict[str, list[str]]) -> list[str]:
     """The summary table, the one the README carries between its results markers."""
+    chains = ("v6", "v3")
+    measured = [headline_rows("v6", args.v6), headline_rows("v3", args.v3)]
+    if not any(measured):  # nothing measured in this checkout: the section stays as it was
+        return []
+    rows = [m or earlier_rows(c, previous) for c, m in zip(chains, measured, strict=True)]
     return [
         "| model | test set | FP32 | INT8 | delta, pt (95 % interval) | INT8 speed-up over FP32 "
         "| MB FP32 -> INT8 | host |",
         "|---|---|---|---|---|---|---|---|",
-        *headline_rows("v6", args.v6),
-        *headline_rows("v3", args.v3),
+        *(row for chain_rows in rows for row in chain_rows),
     ]
 
 
-def headline_section(args: argparse.Namespace) -> list[str]:
-    table = headline_table(args)
-    if len(table) == 2:
-        return ["## Summary (the README's table)", "", f"{MISSING}`python benchmarks/icdar2015.py`.", ""]
+def headline_section(args: argparse.Namespace, previous: dict[str, list[str]]) -> list[str]:
+    table = headline_table(args, previous)
+    if not table:
+        return [SUMMARY_HEADING, "", f"{MISSING}`python benchmarks/icdar2015.py`.", ""]
     return [
-        "## Summary (the README's table)",
+        SUMMARY_HEADING,
         "",
         "ICDAR2015 test sets, calibrated on the training sets, one INT8 model per task (`ocrquant quantize` "
         "defaults unless the row says the recipe was given); from the chain sections below.",
@@ -448,7 +461,7 @@ def denormals_section(path: Path) -> list[str]:
 
 def render(args: argparse.Namespace, previous: dict[str, list[str]]) -> str:
     sections: list[Callable[[], list[str]]] = [
-        lambda: headline_section(args),
+        lambda: headline_section(args, previous),
         lambda: chain_section("v6", args.v6),
         lambda: chain_section("v3", args.v3),
         lambda: speed_section(args.speed),
@@ -488,8 +501,8 @@ def main() -> None:
     previous = previous_sections(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
     text = render(args, previous)
     write_text_atomic(args.out, text)
-    table = headline_table(args)
-    if len(table) > 2:  # no chain measured in this checkout: the README keeps the table it has
+    table = headline_table(args, previous)
+    if table:  # empty where no chain was measured in this checkout: the README keeps its table
         update_readme(args.readme, table)
     print(text)
 
