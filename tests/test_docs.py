@@ -3,6 +3,9 @@ named commands), stays short, and nothing in the repository explains itself by w
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -55,3 +58,35 @@ def test_nothing_is_explained_by_work_sessions() -> None:
     if out.returncode not in (0, 1):
         pytest.skip(f"not a git checkout: {out.stderr.strip()}")
     assert out.stdout == "", out.stdout
+
+
+def _results_module():
+    spec = importlib.util.spec_from_file_location("results_script", ROOT / "benchmarks/results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_summary_keeps_the_other_chains_rows(tmp_path: Path) -> None:
+    """One chain measured again (its summary.json written) rewrites that chain's summary rows and keeps
+    the other chain's rows from the earlier docs/results.md; nothing measured keeps the table as it is."""
+    results = _results_module()
+    previous = results.previous_sections((ROOT / "docs/results.md").read_text(encoding="utf-8"))
+    v6_before = results.earlier_rows("v6", previous)
+    assert len(v6_before) == 3 and all(r.startswith("| ppocrv6-") for r in v6_before)
+    empty = argparse.Namespace(v6=tmp_path / "v6", v3=tmp_path / "v3")
+    assert results.headline_table(empty, previous) == []
+    bench = [{"shape": "544x960", "precision": p, "speedup": s, "size_mb": m}
+             for p, s, m in (("fp32", 1.0, 2.4), ("int8", 1.5, 0.9))]  # fmt: skip
+    accuracy = [{"metric": "hmean", "fp32": 0.4, "int8": 0.39, "low": -0.02, "high": 0.01}]
+    task = {"model": "ppocrv3-det", "test": "det_test", "samples": 500, "bench": bench,
+            "quantize_command": "ocrquant quantize -m ppocrv3-det", "accuracy": accuracy}  # fmt: skip
+    (tmp_path / "v3").mkdir()
+    summary = {"host": "A CPU, 2 cores, AVX2, Linux", "tasks": {"det": task}}
+    (tmp_path / "v3/summary.json").write_text(json.dumps(summary))
+    table = results.headline_table(empty, previous)
+    assert table[2 : 2 + len(v6_before)] == v6_before
+    assert table[2 + len(v6_before) :] == [
+        "| ppocrv3-det | det_test (500) | hmean 0.4000 | 0.3900 | -1.00 (-2.00 to +1.00) "
+        "| onnxruntime: 544x960 1.50x | 2.40 -> 0.90 | A CPU, 2 cores, AVX2 |"
+    ]
