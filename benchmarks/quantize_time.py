@@ -36,7 +36,9 @@ from ocrquant.fileio import copy_quantized, read_sidecar, write_json_atomic, wri
 from ocrquant.report.table import machine_description
 
 
-def timed_quantize(model: str, task: str, calib: Path, workers: int, scratch: Path) -> dict:
+def timed_quantize(
+    model: str, task: str, calib: Path, workers: int, scratch: Path, keep: Path | None
+) -> dict:
     out = scratch / f"{task}.w{workers}.int8.onnx"
     # the command as a user types it, then this run's own calibration cache (empty, so nothing is reused)
     shown = ["quantize", "-m", model, "--calib-data", str(calib), "-o", str(out)]
@@ -54,6 +56,9 @@ def timed_quantize(model: str, task: str, calib: Path, workers: int, scratch: Pa
         last = ([ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()] or [""])[-1]
         raise OcrQuantError(f"ocrquant quantize failed (exit {proc.returncode}): {last.strip()}", model)
     side = read_sidecar(out)
+    if keep:  # the model and its sidecar, to be scored later without quantizing again
+        copy_quantized(out, keep / out.name)
+        write_sidecar(keep / out.name, side)
     search = side.get("method_search", {})
     return {"task": task, "model": model, "workers": workers, "seconds": round(seconds, 1),
             "recipe": {k: side["settings"].get(k) for k in ("method", "method_options", "algorithms")},
@@ -88,6 +93,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.keep and args.keep.exists() and not args.keep.is_dir():
         raise OcrQuantError("--keep must name a folder", args.keep)
+    for task in args.tasks:  # before minutes of quantizing the other tasks
+        if not (args.shared / CALIB[task]).is_dir():
+            raise OcrQuantError("calibration directory not found", args.shared / CALIB[task])
     host = machine_description()
     print(host, flush=True)
     rows = []
@@ -95,13 +103,9 @@ def main() -> None:
         for task in args.tasks:
             for workers in args.workers:
                 row = timed_quantize(
-                    CHAINS[args.chain][task], task, args.shared / CALIB[task], workers, Path(tmp)
+                    CHAINS[args.chain][task], task, args.shared / CALIB[task], workers, Path(tmp), args.keep
                 )
                 rows.append(row)
-                if args.keep:
-                    made = Path(tmp) / f"{task}.w{workers}.int8.onnx"
-                    copy_quantized(made, args.keep / made.name)
-                    write_sidecar(args.keep / made.name, read_sidecar(made))
                 phases = ", ".join(f"{k} {v}" for k, v in row["phases"].items())
                 print(f"  {row['model']:20} workers {workers}  {row['seconds'] / 60:5.1f} min  "
                       f"{row['recipe']['method']} {row['recipe']['algorithms']}  [{phases}]  "

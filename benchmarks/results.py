@@ -136,16 +136,14 @@ def earlier_rows(chain: str, previous: dict[str, list[str]]) -> list[str]:
 
 def headline_table(args: argparse.Namespace, previous: dict[str, list[str]]) -> list[str]:
     """The summary table, the one the README carries between its results markers."""
-    chains = ("v6", "v3")
-    measured = [headline_rows("v6", args.v6), headline_rows("v3", args.v3)]
-    if not any(measured):  # nothing measured in this checkout: the section stays as it was
+    measured = {chain: headline_rows(chain, folder) for chain, folder in (("v6", args.v6), ("v3", args.v3))}
+    if not any(measured.values()):  # nothing measured in this checkout: the section stays as it was
         return []
-    rows = [m or earlier_rows(c, previous) for c, m in zip(chains, measured, strict=True)]
     return [
         "| model | test set | FP32 | INT8 | delta, pt (95 % interval) | INT8 speed-up over FP32 "
         "| MB FP32 -> INT8 | host |",
         "|---|---|---|---|---|---|---|---|",
-        *(row for chain_rows in rows for row in chain_rows),
+        *(row for chain, rows in measured.items() for row in rows or earlier_rows(chain, previous)),
     ]
 
 
