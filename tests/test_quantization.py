@@ -28,6 +28,7 @@ from ocrquant.quantization.calibration import (
     create_calibrator,
 )
 from ocrquant.quantization.calibration.stats import STATS_THREADS, _hist_range, _histogram, iterate_outputs
+from ocrquant.quantization.calibration.walk import GraphWalk
 from ocrquant.quantization.graph import float_tensors
 from ocrquant.quantization.targets import compute_scale_zp, get_target, is_pow2
 from ocrquant.runtime import RuntimeOptions, create_runner
@@ -165,7 +166,7 @@ def test_observed_model_is_exact(prepared, cls_inputs):
     whole graph gives, from fewer nodes (and the model input itself, from none)."""
     import onnxruntime as ort
 
-    from ocrquant.quantization.calibration.stats import _session, augment_model, observed_model
+    from ocrquant.quantization.calibration.stats import augment_model, observed_model, observer_session
 
     model = onnx.load(str(prepared))
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
@@ -173,8 +174,8 @@ def test_observed_model_is_exact(prepared, cls_inputs):
     pruned = observed_model(model, [early])
     assert 0 < len(pruned.graph.node) < len(model.graph.node) / 4
     assert [o.name for o in pruned.graph.output] == [early]
-    whole = _session(augment_model(model, [early, late]))
-    part = _session(observed_model(model, [early, late]))
+    whole = observer_session(augment_model(model, [early, late]))
+    part = observer_session(observed_model(model, [early, late]))
     name = whole.get_inputs()[0].name
     for x in cls_inputs[:3]:
         a, b = whole.run([early, late], {name: x}), part.run([early, late], {name: x})
@@ -183,6 +184,64 @@ def test_observed_model_is_exact(prepared, cls_inputs):
     assert len(only_input.graph.node) == 0 and not only_input.graph.initializer
     out = ort.InferenceSession(only_input.SerializeToString()).run(None, {name: cls_inputs[0]})[0]
     assert np.array_equal(out, cls_inputs[0])
+
+
+def test_graph_walk_equals_runs_from_the_input_as_biases_change(cls_model, cls_inputs, tmp_path):
+    """Bias correction walks the QDQ model forward layer by layer instead of re-running it from the
+    input per layer: every value it reads equals a run from the input of the model as it is at that
+    moment, also after a bias was changed whose DequantizeLinear the walk had already passed."""
+
+    variants = quantize_cls_variants(cls_model, tmp_path, {"plain": []}, calib_size=32, batch_size=4)
+    path = variants["plain"][1]
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv" and len(n.input) == 3]
+    inputs = cls_inputs[:3]
+    walk = GraphWalk(model, inputs)
+    over_budget = GraphWalk(model, inputs, max_bytes=1)  # reads from the input after its first step
+    held = 0
+    for conv in convs:
+        out = conv.output[0]
+        want = list(iterate_outputs(model, [out], inputs, progress=False))
+        for w in (walk, over_budget):
+            got = list(w.values(model, [out]))
+            assert all(np.array_equal(g[out], v[out]) for g, v in zip(got, want, strict=True))
+        bias = inits[producer[conv.input[2]].input[0]]
+        bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 7, bias.name))
+        walk.advance(model, [out])
+        over_budget.advance(model, [out])
+        held = max(held, len(walk.held()))
+    assert len(convs) > 10 and walk.cuts and not over_budget.cuts
+    # only what later nodes read is kept: a handful of maps, not the model's activations
+    assert 0 < held <= 4 and model.graph.input[0].name not in walk.held()
+
+
+def test_graph_walk_runs_a_graph_with_control_flow_from_its_input():
+    """An If body reads outer tensors implicitly, so such a graph is not cut; reads still work."""
+    from onnx import TensorProto, helper
+
+    def body(op: str) -> onnx.GraphProto:
+        out = helper.make_tensor_value_info("o", TensorProto.FLOAT, None)
+        return helper.make_graph([helper.make_node(op, ["r"], ["o"])], op, [], [out])
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("If", ["c"], ["y"], then_branch=body("Neg"), else_branch=body("Abs")),
+            helper.make_node("Mul", ["y", "y"], ["z"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        [helper.make_tensor("c", TensorProto.BOOL, [], [True])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.array([[-1.0, 2.0]], np.float32)
+    walk = GraphWalk(model, [x, 2 * x])
+    assert [v["r"].tolist() for v in walk.values(model, ["r"])] == [[[0, 2]], [[0, 4]]]
+    walk.advance(model, ["r"])
+    assert [v["z"].tolist() for v in walk.values(model, ["z"])] == [[[0, 4]], [[0, 16]]]
 
 
 def _affine_block_model(path: Path) -> None:

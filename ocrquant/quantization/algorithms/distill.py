@@ -40,7 +40,7 @@ from tqdm import tqdm
 from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import atomic_path
 from ocrquant.quantization.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
-from ocrquant.quantization.calibration.stats import _session, augment_model
+from ocrquant.quantization.calibration.stats import augment_model, observer_session
 from ocrquant.quantization.graph import attributes
 
 #: the last op's type -> (loss on the pre-activation of the quantized model, float pre-activation)
@@ -98,7 +98,7 @@ def float_logits(float_model: onnx.ModelProto, inputs: list[np.ndarray]) -> list
     """The float model's output before its last activation, per input: what :func:`output_losses`
     scores against (computed once, shared by every model compared on the same inputs)."""
     _, f_logit, _ = output_head(float_model)
-    reference = _session(augment_model(float_model, [f_logit]))
+    reference = observer_session(augment_model(float_model, [f_logit]))
     name = reference.get_inputs()[0].name
     return [reference.run([f_logit], {name: x})[0] for x in inputs]
 
@@ -115,7 +115,7 @@ def output_losses(model: onnx.ModelProto, inputs: list[np.ndarray], targets: lis
 
     kind, q_logit, attrs = output_head(model)
     loss_fn = LOSSES.get(kind, _mse_loss)
-    shipped = _session(augment_model(model, [q_logit]), level=GraphOptimizationLevel.ORT_ENABLE_ALL)
+    shipped = observer_session(augment_model(model, [q_logit]), level=GraphOptimizationLevel.ORT_ENABLE_ALL)
     name = shipped.get_inputs()[0].name
     with torch.no_grad():
         return np.array(
@@ -245,7 +245,7 @@ class Distill(Algorithm):
         if kind != f_kind:
             raise OcrQuantError(f"distill: the float model ends in '{f_kind}', the QDQ model in '{kind}'")
         loss_fn = LOSSES.get(kind, _mse_loss)
-        reference = _session(augment_model(ctx.model, [f_logit]))
+        reference = observer_session(augment_model(ctx.model, [f_logit]))
         in_name = reference.get_inputs()[0].name
 
         torch.manual_seed(self.seed)
@@ -271,7 +271,9 @@ class Distill(Algorithm):
             measured: a forward pass over every step, 0.2 s per det image, for a figure nothing decides
             on; the epochs' mean training loss shows what it saw.)"""
 
-            sess = _session(augment_model(model, [q_logit]), level=GraphOptimizationLevel.ORT_ENABLE_ALL)
+            sess = observer_session(
+                augment_model(model, [q_logit]), level=GraphOptimizationLevel.ORT_ENABLE_ALL
+            )
             name = sess.get_inputs()[0].name
             shipped, samples = [], 0
             with torch.no_grad():

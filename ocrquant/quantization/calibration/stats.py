@@ -140,7 +140,7 @@ def _outputs(tensors: list[str]) -> list[onnx.ValueInfoProto]:
     return [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors]
 
 
-def _session(
+def observer_session(
     model: onnx.ModelProto,
     threads: int = 0,
     level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -179,7 +179,7 @@ def iterate_outputs(
     level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if deployed else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     )
-    sess = _session(observed_model(model, tensors), level=level)
+    sess = observer_session(observed_model(model, tensors), level=level)
     input_name = sess.get_inputs()[0].name
     for x in tqdm(batches, total=total, desc=desc, unit="batch", disable=not progress, leave=False):
         outs = sess.run(tensors, {input_name: x})
