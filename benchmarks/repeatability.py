@@ -98,7 +98,7 @@ def main() -> None:
                 raise OcrQuantError(f"the MKL_CBWR={setting} process failed: {tail}", args.model)
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     print(
-        f"| MKL_CBWR | processes | distinct gradients among each process's {args.passes} passes | s per pass |"
+        f"| MKL_CBWR | processes | distinct gradients in each process's {args.passes} passes | s per pass |"
     )
     print("|---|---|---|---|")
     for setting in SETTINGS:
