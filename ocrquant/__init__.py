@@ -3,11 +3,12 @@
 import os
 
 # Intel MKL (torch's BLAS) picks code paths by buffer alignment unless told to be reproducible, so the
-# same learning run could give other floats in another process: distill on PP-OCRv6 small det wrote
-# other bytes in two runs of one command, and the gradients of its QDQ graph differed in 2 of 10
-# identical backward passes, in none of 10 with MKL_CBWR=AUTO, at the same speed (14.6 s;
-# ``python benchmarks/repeatability.py``). AUTO: the same results on one CPU and thread count. Read at
-# MKL's first call, so set before torch can make one; a value the user set is kept.
+# same learning run can compute other floats: distill on PP-OCRv6 small det wrote other bytes in two
+# runs of one command. 30 identical backward passes through that model's QDQ graph gave 2, 2, 1 and 4
+# distinct gradients in four processes with MKL's default, 1 in each with MKL_CBWR=AUTO, at 1.56 and
+# 1.53 s a pass (2-core AMX Xeon, ``python benchmarks/repeatability.py --model det.int8.onnx
+# --passes 30 --processes 4``). AUTO: the same results on one CPU and thread count. MKL reads it at
+# its first call, so it is set before torch can make one; a value the user set is kept.
 os.environ.setdefault("MKL_CBWR", "AUTO")
 
 __version__ = "0.1.0"

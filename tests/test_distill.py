@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -309,3 +313,15 @@ def test_learning_steps_replay_the_same_pairs_and_compute_each_target_once_withi
             assert all(np.array_equal(t, x * 2) for x, t in p)
         assert len(targets) == expected_targets, (budget, targets)
         assert len(reads) == (1 if budget > 5 * pair_bytes else 3)
+
+
+def test_import_asks_mkl_for_reproducible_results():
+    """Learning runs repeat themselves only where MKL is told to (``ocrquant/__init__.py``): the default
+    is set at import, before torch can call MKL, and a value the user chose is kept."""
+    probe = "import os, ocrquant; print(os.environ['MKL_CBWR'])"
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    got = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert got.stdout.strip() == "AUTO"
+    env["MKL_CBWR"] = "COMPATIBLE"
+    got = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert got.stdout.strip() == "COMPATIBLE"

@@ -34,8 +34,8 @@ def _has_subgraphs(model: onnx.ModelProto) -> bool:
 
 
 #: bytes of values a walk may hold (its input batches and frontier); past it the walk stops cutting and
-#: reads every tensor by a run from the input, as the per-layer algorithms did before it (one batch's
-#: activations alive at a time). Bias correction over 16 batches of 8 det_train images, 2-core AMX
+#: reads every tensor by a run from the input (one batch's activations alive at a time, each read
+#: costing the model's prefix up to it). Bias correction over 16 det_train images (one per batch), 2-core AMX
 #: Xeon: PP-OCRv3 det (544x960) holds at most 0.52 GB, peak resident 1.17 GB against 0.53 GB from the
 #: input, 8 s against 67 s; PP-OCRv6 small det (736x1280) holds 1.03 GB, peak resident 1.97 GB, 25 s
 #: (``/usr/bin/time -v ocrquant quantize -m ppocrv3-det --calib-data .../det_train --calib-size 140
