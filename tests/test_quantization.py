@@ -30,6 +30,7 @@ from ocrquant.quantization.calibration import (
 from ocrquant.quantization.calibration.stats import STATS_THREADS, _hist_range, _histogram, iterate_outputs
 from ocrquant.quantization.calibration.walk import GraphWalk
 from ocrquant.quantization.graph import float_tensors
+from ocrquant.quantization.pipeline import algorithm_names
 from ocrquant.quantization.targets import compute_scale_zp, get_target, is_pow2
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.tuning import quantize
@@ -419,6 +420,15 @@ def test_model_of_another_task_is_refused_before_calibration(cls_model, tmp_path
         quantize(cls_model, "det", sample_root() / "det", tmp_path / "o.onnx", QuantConfig(progress=False))
     assert str(cls_model) in str(err.value)
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_npu_pow2_migrates_rec_scales_and_leaves_cls_alone():
+    """PP-LCNet rec reads nothing on per-tensor power-of-two int8 without HS-CLE's scale migration
+    (targets.py: 0.0000 -> 0.4967 of 300 rec_train crops with mse); cls keeps the target's defaults
+    (on tensorrt, HS-CLE cost cls labels)."""
+    rec = algorithm_names(QuantConfig(target="npu-pow2"), "rec")
+    assert "hs_cle" in rec and "hs_floor" in rec
+    assert "hs_cle" not in algorithm_names(QuantConfig(target="npu-pow2"), "cls")
 
 
 def test_npu_pow2_scales_are_powers_of_two(cls_model, quantized_cls):
