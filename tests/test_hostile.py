@@ -341,6 +341,9 @@ def _cases() -> list[Case]:
         ("quantize-exclude-unknown", [*QUANT, "--method", "min_max", "--exclude", "no_such_layer"], "no_such_layer"),
         ("quantize-int16-unknown", [*QUANT, "--method", "min_max", "--int16", "no_such_layer"], "no_such_layer"),
         ("quantize-method-unknown", [*QUANT, "--method", "magic"], "magic"),
+        # auto (the default method) refuses a non-.onnx output before its search, writing nothing
+        ("quantize-auto-out-not-onnx", [*QUANT[:-1], "{o}/q.txt", "--calib-size", "4"], ".onnx"),
+        ("quantize-auto-out-onto-model", [*QUANT[:-1], CLS, "--calib-size", "4"], "also an input"),
         ("quantize-target-unknown", [*QUANT, "--target", "tpu9"], "tpu9"),
         ("eval-backend-unknown", [*EVAL, "--backend", "cuda9"], "cuda9"),
         ("eval-task-unknown", ["eval", "-m", CLS, "--task", "ner", "-d", REC], "ner"),

@@ -59,6 +59,18 @@ def algorithm_names(cfg: QuantConfig, task_name: str) -> list[str]:
     return names + [n for n in cfg.extra_algorithms if n not in names]
 
 
+def check_output(output: str | Path, model_path: str | Path) -> Path:
+    """``output`` as a path, or a one-line error if it cannot be the INT8 model's: not ``.onnx`` (the
+    sidecar and float reference are named from its stem), or the input model itself. Checked before
+    any work, so a refused command writes nothing."""
+    output = Path(output)
+    if output.suffix.lower() != ".onnx":
+        raise OcrQuantError("output must be an .onnx file", output)
+    if output.exists() and output.resolve() == Path(model_path).resolve():
+        raise OcrQuantError("output would overwrite the input model", output)
+    return output
+
+
 def calibration_batches(
     task: Task, samples: list[Sample], batch_size: int
 ) -> Callable[[], Iterator[np.ndarray]]:
@@ -258,11 +270,7 @@ def quantize_recipe(
     task_name = task.name
     method, method_options = resolve_method(cfg, task_name)
     calibrator = create_calibrator(method, **method_options)
-    output = Path(output)
-    if output.suffix.lower() != ".onnx":
-        raise OcrQuantError("output must be an .onnx file", output)
-    if output.exists() and output.resolve() == Path(resolved.path).resolve():
-        raise OcrQuantError("output would overwrite the input model", output)
+    output = check_output(output, resolved.path)
     batches = recipe.batches()
     reports: dict[str, Any] = {}
 

@@ -112,7 +112,7 @@ from ocrquant.fileio import (
 )
 from ocrquant.quantization.algorithms import ALGORITHMS  # the package import registers them all
 from ocrquant.quantization.config import QuantConfig, QuantResult, pinned_config, resolve_method
-from ocrquant.quantization.pipeline import algorithm_names
+from ocrquant.quantization.pipeline import algorithm_names, check_output
 from ocrquant.tuning.executor import Executor
 from ocrquant.tuning.method_search import (
     BUDGET_MIN_IMAGES,
@@ -451,10 +451,8 @@ def quantize_with_budget(
         raise OcrQuantError(f"confidence must be in [0.5, 1), got {confidence:g}")
     z = NormalDist().inv_cdf(confidence)
     cfg = config or QuantConfig()
-    output = Path(output)
-    if output.suffix.lower() != ".onnx":
-        raise OcrQuantError("output must be an .onnx file", output)
     resolved = resolve_model(model_path)
+    output = check_output(output, resolved.path)
     task_name = infer_task(resolved, task)
     calib = open_dataset(Path(calib_dataset), task_name)
     val = open_dataset(Path(val_dataset), task_name) if val_dataset is not None else None

@@ -39,6 +39,7 @@ from ocrquant.quantization.config import QdqStart, QuantConfig, QuantResult, res
 from ocrquant.quantization.pipeline import (
     FloatStage,
     algorithm_names,
+    check_output,
     float_model_task,
     prepare_float_stage,
     quantize_recipe,
@@ -350,6 +351,7 @@ def quantize(
     ``executor`` (None: in this process). Writes ``output`` and ``<output stem>.quant.json``."""
     cfg = config or QuantConfig()
     resolved = resolve_model(model_path)
+    check_output(output, resolved.path)  # before any trial: a refused command writes nothing
     name = infer_task(resolved, task_name)
     if resolve_method(cfg, name)[0] != "auto":
         return quantize_recipe(model_path, name, calib_dataset, output, cfg)  # it checks the model itself
