@@ -201,7 +201,7 @@ def test_graph_walk_equals_runs_from_the_input_as_biases_change(cls_model, cls_i
     inputs = cls_inputs[:3]
     walk = GraphWalk(model, inputs)
     over_budget = GraphWalk(model, inputs, max_bytes=1)  # reads from the input after its first step
-    held = 0
+    held, reads_held = 0, False
     for conv in convs:
         out = conv.output[0]
         want = list(iterate_outputs(model, [out], inputs, progress=False))
@@ -213,7 +213,13 @@ def test_graph_walk_equals_runs_from_the_input_as_biases_change(cls_model, cls_i
         walk.advance(model, [out])
         over_budget.advance(model, [out])
         held = max(held, len(walk.held()))
-    assert len(convs) > 10 and walk.cuts and not over_budget.cuts
+        if out in walk.held():  # a held tensor is read from the walk: the changed model's value
+            now = list(iterate_outputs(model, [out], inputs, progress=False))
+            assert all(
+                np.array_equal(g[out], v[out]) for g, v in zip(walk.values(model, [out]), now, strict=True)
+            )
+            reads_held = True
+    assert len(convs) > 10 and walk.cuts and not over_budget.cuts and reads_held
     # only what later nodes read is kept: a handful of maps, not the model's activations
     assert 0 < held <= 4 and model.graph.input[0].name not in walk.held()
 

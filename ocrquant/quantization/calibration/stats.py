@@ -98,6 +98,16 @@ def augment_model(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto
     return aug
 
 
+def has_subgraphs(model: onnx.ModelProto) -> bool:
+    """Whether a node holds a graph (If/Loop/Scan bodies, which read outer tensors implicitly, so the
+    graph cannot be cut into parts by its edges)."""
+    return any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for n in model.graph.node
+        for a in n.attribute
+    )
+
+
 def observed_model(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
     """A copy of ``model`` that computes ``tensors`` and nothing else: its outputs are ``tensors`` and
     its nodes those they depend on (with their initializers).
@@ -113,8 +123,7 @@ def observed_model(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProt
     graph = out.graph
     del graph.output[:]
     graph.output.extend(_outputs(tensors))
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in model.graph.node
-           for a in n.attribute):  # fmt: skip
+    if has_subgraphs(model):
         return out
     producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
     keep: set[int] = set()

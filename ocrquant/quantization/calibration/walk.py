@@ -10,7 +10,7 @@ computed so far that some later node still reads.
 
 The values are the ones a run from the input gives: each stretch is a sub-graph of the same nodes
 (same kernels, same initializers) fed the same input values; bias correction written either way gives
-the same bytes (``tests/test_quantization.py::test_bias_correction_walk_equals_prefix_runs``).
+the same bytes (``tests/test_quantization.py::test_graph_walk_equals_runs_from_the_input_as_biases_change``).
 """
 
 from __future__ import annotations
@@ -22,16 +22,7 @@ import onnx
 import onnxruntime as ort
 
 from ocrquant.errors import OcrQuantError
-from ocrquant.quantization.calibration.stats import observed_model, observer_session
-
-
-def _has_subgraphs(model: onnx.ModelProto) -> bool:
-    return any(
-        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-        for n in model.graph.node
-        for a in n.attribute
-    )
-
+from ocrquant.quantization.calibration.stats import has_subgraphs, observed_model, observer_session
 
 #: bytes of values a walk may hold (its input batches and frontier); past it the walk stops cutting and
 #: reads every tensor by a run from the input (one batch's activations alive at a time, each read
@@ -80,7 +71,7 @@ class GraphWalk:
         if not self._inputs:
             raise OcrQuantError("no calibration inputs")
         self._max_bytes = max_bytes
-        self._cut = not _has_subgraphs(model)
+        self._cut = not has_subgraphs(model)
         self._cursor = 0
         self._frontier: dict[str, list[np.ndarray]] = {self._input: self._inputs}
 
@@ -136,7 +127,7 @@ class GraphWalk:
         kept = [nodes[i] for i in sorted(keep)]
         made = {o for n in kept for o in n.output}
         read = {t for n in kept for t in n.input if t}
-        feeds = sorted((read - made - self._initializers) | (set(outputs) & set(self._frontier)))
+        feeds = sorted(read - made - self._initializers)
         missing = [t for t in feeds if t not in self._frontier]
         if missing:
             raise OcrQuantError(f"tensors {missing[:3]} are needed but were not kept by the walk")
@@ -154,11 +145,6 @@ class GraphWalk:
         )
         sub = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
         sub.functions.extend(model.functions)
-        # a frontier tensor asked for as an output passes through unchanged
-        for t in set(outputs) & set(self._frontier):
-            sub.graph.node.append(onnx.helper.make_node("Identity", [t], [t + "__walk"]))
-            sub.graph.output.remove(next(o for o in sub.graph.output if o.name == t))
-            sub.graph.output.append(onnx.ValueInfoProto(name=t + "__walk"))
         return sub
 
     def _run(self, sub: onnx.ModelProto) -> Iterator[list[np.ndarray]]:
@@ -171,15 +157,16 @@ class GraphWalk:
     def values(self, model: onnx.ModelProto, tensors: list[str]) -> Iterator[dict[str, np.ndarray]]:
         """``{tensor: value}`` per batch for ``tensors`` (at or after the cursor), the cursor left where
         it is."""
-        sub = (
-            self._stretch(model, self._end(tensors), tensors, all_nodes=False)
-            if self._cut
-            else observed_model(model, tensors)
-        )
-        names = [o.name for o in sub.graph.output]
-        for outs in self._run(sub):
-            got = dict(zip(names, outs, strict=True))
-            yield {t: got.get(t, got.get(t + "__walk")) for t in tensors}
+        if not self._cut:
+            for outs in self._run(observed_model(model, tensors)):
+                yield dict(zip(tensors, outs, strict=True))
+            return
+        # tensors the walk holds are read from it; the others from one stretch after the cursor
+        todo = [t for t in tensors if t not in self._frontier]
+        runs = self._run(self._stretch(model, self._end(todo), todo, all_nodes=False)) if todo else None
+        for b in range(self.num_batches):
+            got = dict(zip(todo, next(runs), strict=True)) if runs else {}
+            yield {t: got[t] if t in got else self._frontier[t][b] for t in tensors}
 
     def advance(self, model: onnx.ModelProto, tensors: list[str]) -> None:
         """Move the cursor past the producers of ``tensors``, computing the new frontier with ``model``
