@@ -8,6 +8,7 @@ dependency; its TextDetector / TextRecognizer run on the same files as ocrquant'
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -17,7 +18,12 @@ from typer.testing import CliRunner
 
 from ocrquant.api import build_task
 from ocrquant.data import load_image, open_dataset
+from ocrquant.data.types import Dataset
 from ocrquant.errors import OcrQuantError
+from ocrquant.fileio import read_sidecar
+from ocrquant.quantization import QuantConfig
+from ocrquant.quantization.pipeline import quantize_recipe
+from ocrquant.quantization.targets import get_target
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.zoo.registry import ZOO
 from ocrquant.zoo.resolve import resolve_model
@@ -196,3 +202,60 @@ def test_v6_rec_int8_keeps_readings_on_held_out_train_crops(icdar: Path, tmp_pat
     agreement = fidelity(task, int8, ref)["acc"]
     assert agreement > 0.85, agreement
     assert abs(int8.metrics["acc"] - ref.metrics["acc"]) < 0.05
+
+
+def _ort_kernels(path: Path, tmp_path: Path) -> dict[str, int]:
+    """Kernel counts of the graph onnxruntime runs (ORT_ENABLE_ALL), as it wrote it out."""
+    import onnx
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / f"{path.stem}.ort.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    kernels: dict[str, int] = {}
+    for node in onnx.load(so.optimized_model_filepath).graph.node:
+        kernels[node.op_type] = kernels.get(node.op_type, 0) + 1
+    return kernels
+
+
+@pytest.mark.shared
+def test_v6_det_gelus_run_as_integer_sigmoid_on_ort_cpu_and_stay_exact_for_openvino(
+    icdar: Path, tmp_path: Path
+) -> None:
+    """ort-cpu's det recipe turns PP-OCRv6 small det's 13 GELUs into x * sigmoid(1.702 x), which
+    onnxruntime runs as QLinearSigmoid + QLinearMul with the 1.702 folded into a scale (no float Gelu,
+    no QLinearMul by a constant left); the openvino target keeps the exact Gelu, and ort-cpu's rec
+    recipe does too. Both det files score 4 calibration images' maps close to FP32's."""
+    train = open_dataset(icdar / "det_train", "det")
+    calib = Dataset(train.root, "det", train.format, train.samples[:4])
+    model = resolve_model("ppocrv6-small-det")
+    shape = {"input_shape": [256, 448]}
+    base = QuantConfig(
+        method="percentile", calib_size=4, progress=False, cache_dir=tmp_path, task_options=shape
+    )
+    files = {}
+    for target in ("ort-cpu", "openvino"):
+        out = tmp_path / f"det.{target}.onnx"
+        quantize_recipe(model.path, "det", calib, out, replace(base, target=target))
+        files[target] = out
+    fused = {t: read_sidecar(f)["prepare"]["fused"] for t, f in files.items()}
+    assert fused["ort-cpu"]["gelu_sigmoid"] == 13 and "gelu_sigmoid" not in fused["openvino"]
+    assert fused["ort-cpu"]["ConvTranspose + Add -> bias"] == 2
+    ort_kernels = _ort_kernels(files["ort-cpu"], tmp_path)
+    assert ort_kernels["QLinearSigmoid"] == 13 and "Gelu" not in ort_kernels
+    assert ort_kernels["QLinearMul"] == 26  # the 13 SE gates and the 13 x * sigmoid products
+    assert _ort_kernels(files["openvino"], tmp_path)["Gelu"] == 13
+    assert "gelu_sigmoid" not in get_target("ort-cpu").for_task("rec").prepare_rewrites
+
+    x = build_task("det", model, shape).preprocess([load_image(calib.samples[0])]).inputs
+
+    def run(path: Path) -> np.ndarray:
+        runner = create_runner(path, "onnxruntime", RuntimeOptions(threads=2))
+        return runner.run({runner.input_names[0]: x})[0]
+
+    ref = run(model.path)
+    for target, path in files.items():
+        got = run(path)
+        agree = ((got > 0.3) == (ref > 0.3)).mean()
+        assert agree > 0.97, (target, agree)

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ocrquant.quantization.prepare import flush_denormal_weights
+from ocrquant.quantization.prepare import flush_denormal_weights, fold_convtranspose_bias
 from ocrquant.quantization.rewrites import PREPARE_REWRITES, apply_rewrites
 
 
@@ -147,3 +147,45 @@ def test_denormal_weights_become_zero_and_nothing_else_changes():
     np.testing.assert_allclose(_run(model, x), before, rtol=0, atol=tiny)
     np.testing.assert_array_equal(_run(model, x)[0, 1:], before[0, 1:])
     assert flush_denormal_weights(model) == 0
+
+
+def _gelu_node_graph():
+    gelu = helper.make_node("Gelu", ["x"], ["y"], name="gelu", domain="com.microsoft")
+    model = _model([gelu], {}, [2, 8, 4, 4], [2, 8, 4, 4])
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model
+
+
+def test_gelu_sigmoid_is_x_times_sigmoid_of_1702x_within_its_known_error():
+    """The one approximating rewrite: x * sigmoid(1.702 x), within 0.021 of GELU everywhere (largest
+    near |x| = 2.5) and exact at 0 and in the tails."""
+    model = _gelu_node_graph()
+    x = np.linspace(-8, 8, 2 * 8 * 4 * 4, dtype=np.float32).reshape(2, 8, 4, 4)
+    before = _run(model, x)
+    assert apply_rewrites(model, ("gelu_sigmoid",)) == {"gelu_sigmoid": 1}
+    assert _ops(model) == Counter({"Mul": 2, "Sigmoid": 1})
+    after = _run(model, x)
+    err = np.abs(after - before)
+    assert 0.015 < err.max() < 0.021
+    assert err[np.abs(x) > 7].max() < 1e-3 and err[np.abs(x) < 0.1].max() < 1e-3
+    np.testing.assert_allclose(after, x / (1 + np.exp(-1.702 * x)), atol=1e-5)
+
+
+def test_convtranspose_bias_add_folds_into_the_kernel_with_the_same_output():
+    """prepare folds DB's ConvTranspose + per-channel Add (paddle2onnx writes them apart) into the
+    ConvTranspose bias; a second Add of a full tensor is left alone."""
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(3, 4, 2, 2)).astype(np.float32)
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "w"], ["t"], name="up", strides=[2, 2], kernel_shape=[2, 2]),
+        helper.make_node("Add", ["t", "b"], ["y"], name="bias"),
+    ]
+    model = _model(nodes, {"w": w, "b": rng.normal(size=(1, 4, 1, 1))}, [1, 3, 5, 5], [1, 4, 10, 10])
+    x = rng.normal(size=(1, 3, 5, 5)).astype(np.float32)
+    before = _run(model, x)
+    assert fold_convtranspose_bias(model) == 1
+    assert _ops(model) == Counter({"ConvTranspose": 1})
+    np.testing.assert_allclose(_run(model, x), before, rtol=0, atol=1e-6)
+
+    full = _model(nodes, {"w": w, "b": rng.normal(size=(1, 4, 10, 10))}, [1, 3, 5, 5], [1, 4, 10, 10])
+    assert fold_convtranspose_bias(full) == 0

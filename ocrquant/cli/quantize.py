@@ -89,7 +89,7 @@ def quantize_cmd(
         float | None, typer.Option(help="Percentile for --method percentile (0-100].", parser=percent)
     ] = None,
     target: Annotated[
-        str, typer.Option(help="Deployment target: ort-cpu, tensorrt or npu-pow2.")
+        str, typer.Option(help="Deployment target: ort-cpu, openvino, tensorrt or npu-pow2.")
     ] = "ort-cpu",
     calib_size: Annotated[
         int, typer.Option("--calib-size", help="Calibration images (random, seeded).", min=1)

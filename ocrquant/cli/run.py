@@ -107,7 +107,9 @@ def run_cmd(
     method: Annotated[
         str | None, typer.Option(help="Calibration method (default: the target's best).")
     ] = None,
-    target: Annotated[str, typer.Option(help="Target profile: ort-cpu, tensorrt, npu-pow2.")] = "ort-cpu",
+    target: Annotated[
+        str, typer.Option(help="Target profile: ort-cpu, openvino, tensorrt, npu-pow2.")
+    ] = "ort-cpu",
     calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images.", min=1)] = 200,
     limit: LimitOpt = None,
     threads: Annotated[int, typer.Option(help="Runtime threads for evaluation and latency.", min=0)] = 2,

@@ -185,10 +185,10 @@ class _Recipe:
 def _resolve_recipe(
     model_path: str | Path, task_name: str | None, calib_dataset: str | Path | Dataset, cfg: QuantConfig
 ) -> _Recipe:
-    profile = host_profile(get_target(cfg.target))
-    fuse_hardswish = profile.fuse_hardswish if cfg.fuse_hardswish is None else cfg.fuse_hardswish
     resolved = resolve_model(model_path)
     task = float_model_task(resolved, task_name, cfg)
+    profile = host_profile(get_target(cfg.target)).for_task(task.name)
+    fuse_hardswish = profile.fuse_hardswish if cfg.fuse_hardswish is None else cfg.fuse_hardswish
     method, _ = resolve_method(cfg, task.name)
     if method == "auto":
         raise ValueError("method 'auto' is a search over recipes: call ocrquant.tuning.quantize")

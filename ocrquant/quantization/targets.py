@@ -84,6 +84,9 @@ class TargetProfile:
     # Exact float rewrites preparation applies for this target's kernels, by name
     # (quantization/rewrites.py PREPARE_REWRITES), each with its measured reason there.
     prepare_rewrites: tuple[str, ...] = ()
+    # per-task replacements of ``prepare_rewrites``, where an approximating rewrite measured harmless
+    # for one task and not for another (see :meth:`for_task`)
+    task_prepare_rewrites: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Algorithms this target's models get by default (see QuantConfig.algorithms), and per-task
     # replacements of that list where a task measured differently.
     default_algorithms: tuple[str, ...] = ()
@@ -102,6 +105,12 @@ class TargetProfile:
     # order; ort-cpu folds a Mul by a positive constant (HardSwish's /6) into the next DQs' scale and pads
     # channel groups to the widths its fast integer Conv kernels take.
     qdq_passes: tuple[str, ...] = ()
+
+    def for_task(self, task: str) -> TargetProfile:
+        """This profile as it quantizes ``task``'s model: that task's prepare rewrites in place of the
+        default list, so that the profile recorded in a sidecar names what was actually applied."""
+        rewrites = self.task_prepare_rewrites.get(task, self.prepare_rewrites)
+        return dataclasses.replace(self, prepare_rewrites=rewrites, task_prepare_rewrites={})
 
     def constrain(self, scale: np.ndarray) -> np.ndarray:
         return SCALE_CONSTRAINTS[self.scale_constraint](np.asarray(scale, dtype=np.float32))
@@ -217,14 +226,15 @@ def register_target(profile: TargetProfile) -> TargetProfile:
 # * PP-OCRv6's GELU (exported as Div/Erf/Add/Mul/Mul) fused into com.microsoft.Gelu, its SE
 #   squeeze (ReduceMean over H, W) as GlobalAveragePool, nearest Resizes by 4/8 as chains of 2s:
 #   exact rewrites, each measured in quantization/rewrites.py (``benchmarks/layout_ops.py``).
-#   Gelu has no integer kernel, so it runs in float between a DQ and a Q (boundary op).
+#   Gelu has no integer kernel, so it runs in float between a DQ and a Q (boundary op); on det it
+#   becomes x * sigmoid(1.702 x), integer QLinearSigmoid + QLinearMul (an approximation, measured there).
 ORT_CPU_FLOAT_PASSTHROUGH = ("MaxPool",)
 ORT_CPU_LAYOUT_OPS = tuple(op for op in ORT_CPU_OPS if op != "ConvTranspose")
 #: relative scale raise for the Q after a float pass-through op: a code q (|q - zp| <= 255) comes back
 #: as round(q / (1 + 2**-12)) = q, so the requantization is exact, while the scales differ in float32
 PASSTHROUGH_SCALE_NUDGE = 2.0**-12
 
-register_target(
+ORT_CPU = register_target(
     TargetProfile(
         name="ort-cpu",
         description="onnxruntime CPU: uint8 asymmetric activations, per-channel symmetric int8 weights "
@@ -239,6 +249,9 @@ register_target(
         float_passthrough_ops=ORT_CPU_FLOAT_PASSTHROUGH,
         fuse_hardswish=False,
         prepare_rewrites=("gelu", "resize_x2", "reducemean_gap"),
+        # det's GELUs in integer kernels as x * sigmoid(1.702 x): quantization/rewrites.py measures
+        # the speed and why rec keeps the exact Gelu
+        task_prepare_rewrites={"det": ("gelu", "gelu_sigmoid", "resize_x2", "reducemean_gap")},
         default_algorithms=("hs_cle", "hs_floor", "weight_width"),
         # det: HS-CLE's gate convs run at full image resolution there; measured first 100 det_test
         # images hmean 0.4266 with vs 0.4232 without (noise level), det kernel time +20% with it.
@@ -272,6 +285,19 @@ register_target(
         # align_channels (`ocrquant bench --rounds 30`, 2 threads): cls 1.02x -> 1.18x FP32 at
         # batch 1, 0.92x -> 1.32x at batch 8
         qdq_passes=("fold_scalar_mul", "align_channels", "fold_constant_qdq"),
+    )
+)
+# OpenVINO (CPU plugin) runs the ort-cpu files as written (its low-precision transformations take
+# the same uint8/int8 QDQ layout; the OpenVINO figures in docs/results.md are of ort-cpu files), but it
+# has a fused float Gelu of its own, so det's sigmoid GELU only costs it: PP-OCRv6 small det at 544x960,
+# 2 threads, f32 hint, 2-core AMX Xeon, 20 interleaved calls: 37.6 ms with the exact Gelu, 42.8 ms
+# with x * sigmoid(1.702 x) (FP32 68.6 ms); ``python benchmarks/speed.py`` times the written models.
+register_target(
+    dataclasses.replace(
+        ORT_CPU,
+        name="openvino",
+        description="OpenVINO CPU: the ort-cpu layout, with every GELU kept exact (OpenVINO fuses its own)",
+        task_prepare_rewrites={},
     )
 )
 register_target(
