@@ -27,15 +27,15 @@ harmless (``TargetProfile.task_prepare_rewrites``):
   Gimpel; largest difference 0.0203, at |x| near 2.5). onnxruntime has no integer Gelu, so the exact op
   runs in float between a DequantizeLinear and a QuantizeLinear: three passes over the tensor. The
   sigmoid form quantizes into QLinearSigmoid (a 256-entry table) and QLinearMul, with the Mul by 1.702
-  folded into the next DequantizeLinear's scale (``fold_scalar_mul``): two integer passes. On the
-  default PP-OCRv6 small INT8 models (2-core AMX Xeon, onnxruntime 1.32, 2 threads, one interleaved
-  loop, median of 8 / 40 calls, scratch script ``/tmp/lut/time.py`` of the notes): det at 544x960
-  73.5 -> 60.3 ms (FP32 with zeroed denormals 92.8 ms), rec at 48x320 9.8 -> 8.1 ms. Accuracy on the
-  training sets (not the test sets): det_train hmean 0.2809 -> 0.2956 (FP32 0.2802, 200 images),
-  rec_train accuracy 0.7807 -> 0.7686 (FP32 0.7961, 4468 crops): at 8 bits the approximation moves
-  half of the 256 output codes by 1-3 steps, which rec's character logits feel and det's thresholded
-  probability map does not. So ort-cpu applies it to det only. OpenVINO, which has its own fused
-  Gelu, runs the det model 34.9 -> 37.7 ms with it (``python benchmarks/speed.py`` measures both).
+  folded into the next DequantizeLinear's scale (``fold_scalar_mul``): two integer passes. At 8 bits it
+  moves about half of the 256 output codes by 1-3 steps. ``python benchmarks/gelu_sigmoid.py`` (same
+  recipe with either form, calibrated on half of the training set, scored on the other half; 2-core AMX
+  Xeon, 2 threads): PP-OCRv6 small det at 544x960 runs 80.5 -> 65.7 ms in onnxruntime, held-out hmean
+  0.2733 -> 0.2796 (FP32 0.2674), agreement with FP32's boxes 0.936 -> 0.920; rec at 48x320 10.8 ->
+  9.4 ms, held-out accuracy 0.7601 -> 0.7538 (FP32 0.7717), readings equal to FP32's 0.868 -> 0.836.
+  So ort-cpu applies it to det only, where the thresholded map keeps its hmean and the speed-up is
+  largest. OpenVINO fuses a float Gelu of its own and runs the sigmoid form slower (det 40.2 -> 47.1
+  ms), so the ``openvino`` target keeps the exact op.
 """
 
 from __future__ import annotations

@@ -289,9 +289,9 @@ ORT_CPU = register_target(
 )
 # OpenVINO (CPU plugin) runs the ort-cpu files as written (its low-precision transformations take
 # the same uint8/int8 QDQ layout; the OpenVINO figures in docs/results.md are of ort-cpu files), but it
-# has a fused float Gelu of its own, so det's sigmoid GELU only costs it: PP-OCRv6 small det at 544x960,
-# 2 threads, f32 hint, 2-core AMX Xeon, 20 interleaved calls: 37.6 ms with the exact Gelu, 42.8 ms
-# with x * sigmoid(1.702 x) (FP32 68.6 ms); ``python benchmarks/speed.py`` times the written models.
+# fuses a float Gelu of its own, so det's sigmoid GELU only costs it: PP-OCRv6 small det at 544x960,
+# 40.2 ms with the exact Gelu, 47.1 ms with x * sigmoid(1.702 x) (OpenVINO FP32 79.9 ms; 2-core AMX
+# Xeon, ``python benchmarks/gelu_sigmoid.py``).
 register_target(
     dataclasses.replace(
         ORT_CPU,
