@@ -151,11 +151,10 @@ def task_summary(chain: str, task: str, args: argparse.Namespace) -> tuple[Path,
     flushed = flushed_float(model, args.out)
     models = [model, path] + ([flushed] if flushed else [])
     bench = run_bench(models, task, shapes=shapes, rounds=args.rounds, progress=False, memory=False)
-    flushed_ms = {r.shape: r.median_ms for r in bench.rows if flushed and r.model.endswith(flushed.name)}
+    ours = [r for r in bench.rows if not (flushed and r.model.endswith(flushed.name))]
+    flushed_ms = {r.shape: r.median_ms for r in bench.rows if r not in ours}
     speed = []
-    for row in bench.rows:
-        if flushed and row.model.endswith(flushed.name):
-            continue
+    for row in ours:
         entry = {"shape": row.shape, "precision": row.precision, "median_ms": row.median_ms,
                  "speedup": row.speedup_vs_baseline, "size_mb": row.size_mb}  # fmt: skip
         extra = ""

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 from typer.testing import CliRunner
 
@@ -206,9 +208,6 @@ def test_v6_rec_int8_keeps_readings_on_held_out_train_crops(icdar: Path, tmp_pat
 
 def _ort_kernels(path: Path, tmp_path: Path) -> dict[str, int]:
     """Kernel counts of the graph onnxruntime runs (ORT_ENABLE_ALL), as it wrote it out."""
-    import onnx
-    import onnxruntime as ort
-
     so = ort.SessionOptions()
     so.optimized_model_filepath = str(tmp_path / f"{path.stem}.ort.onnx")
     so.log_severity_level = 3

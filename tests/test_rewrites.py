@@ -185,6 +185,7 @@ def test_convtranspose_bias_add_folds_into_the_kernel_with_the_same_output():
     before = _run(model, x)
     assert fold_convtranspose_bias(model) == 1
     assert _ops(model) == Counter({"ConvTranspose": 1})
+    assert [i.name for i in model.graph.initializer] == ["w", "up_bias"]  # the Add's constant went with it
     np.testing.assert_allclose(_run(model, x), before, rtol=0, atol=1e-6)
 
     full = _model(nodes, {"w": w, "b": rng.normal(size=(1, 4, 10, 10))}, [1, 3, 5, 5], [1, 4, 10, 10])

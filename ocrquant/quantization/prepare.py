@@ -381,6 +381,7 @@ def fold_convtranspose_bias(model: onnx.ModelProto) -> int:
     cons = consumers(model)
     outputs = {o.name for o in model.graph.output}
     drop: set[int] = set()
+    constants: set[str] = set()
     for node in model.graph.node:
         if node.op_type != "ConvTranspose" or len(node.input) < 2 or node.input[1] not in inits:
             continue
@@ -395,10 +396,11 @@ def fold_convtranspose_bias(model: onnx.ModelProto) -> int:
         group = next((a.i for a in node.attribute if a.name == "group"), 1) or 1
         channels = w.shape[1] * group
         value = numpy_helper.to_array(inits[other]).astype(np.float64)
+        if value.ndim > w.ndim:
+            continue
         # per output channel: broadcast to the output's rank, every axis but the channel axis is 1
         shape = (1,) * (w.ndim - value.ndim) + value.shape
-        per_channel = all(d == 1 for i, d in enumerate(shape) if i != 1) and shape[1] in (1, channels)
-        if value.ndim > w.ndim or not per_channel:
+        if any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, channels):
             continue
         bias = np.zeros(channels)
         if len(node.input) > 2 and node.input[2]:
@@ -413,10 +415,15 @@ def fold_convtranspose_bias(model: onnx.ModelProto) -> int:
         node.input.append(name)
         node.output[0] = add.output[0]
         drop.add(id(add))
+        constants.add(other)
     if drop:
         kept = [n for n in model.graph.node if id(n) not in drop]
         del model.graph.node[:]
         model.graph.node.extend(kept)
+        # the Adds' constants, where nothing else reads them (onnxruntime warns of unused initializers)
+        read = {i for n in kept for i in n.input}
+        for init in [t for t in model.graph.initializer if t.name in constants - read]:
+            model.graph.initializer.remove(init)
     return len(drop)
 
 

@@ -229,6 +229,8 @@ def register_target(profile: TargetProfile) -> TargetProfile:
 #   Gelu has no integer kernel, so it runs in float between a DQ and a Q (boundary op); on det it
 #   becomes x * sigmoid(1.702 x), integer QLinearSigmoid + QLinearMul (an approximation, measured there).
 ORT_CPU_FLOAT_PASSTHROUGH = ("MaxPool",)
+#: the exact prepare rewrites of ort-cpu, GELU fusion first (quantization/rewrites.py)
+ORT_CPU_REWRITES = ("gelu", "resize_x2", "reducemean_gap")
 ORT_CPU_LAYOUT_OPS = tuple(op for op in ORT_CPU_OPS if op != "ConvTranspose")
 #: relative scale raise for the Q after a float pass-through op: a code q (|q - zp| <= 255) comes back
 #: as round(q / (1 + 2**-12)) = q, so the requantization is exact, while the scales differ in float32
@@ -248,10 +250,10 @@ ORT_CPU = register_target(
         boundary_ops=("HardSwish", "HardSigmoid", "Gelu"),
         float_passthrough_ops=ORT_CPU_FLOAT_PASSTHROUGH,
         fuse_hardswish=False,
-        prepare_rewrites=("gelu", "resize_x2", "reducemean_gap"),
-        # det's GELUs in integer kernels as x * sigmoid(1.702 x): quantization/rewrites.py measures
-        # the speed and why rec keeps the exact Gelu
-        task_prepare_rewrites={"det": ("gelu", "gelu_sigmoid", "resize_x2", "reducemean_gap")},
+        prepare_rewrites=ORT_CPU_REWRITES,
+        # det's GELUs in integer kernels as x * sigmoid(1.702 x), right after fusing them:
+        # quantization/rewrites.py measures the speed and why rec keeps the exact Gelu
+        task_prepare_rewrites={"det": ("gelu", "gelu_sigmoid", *ORT_CPU_REWRITES[1:])},
         default_algorithms=("hs_cle", "hs_floor", "weight_width"),
         # det: HS-CLE's gate convs run at full image resolution there; measured first 100 det_test
         # images hmean 0.4266 with vs 0.4232 without (noise level), det kernel time +20% with it.
