@@ -112,6 +112,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("runs/gelu"))
     args = ap.parse_args()
+    for task in args.tasks:  # a missing or unreadable dataset fails here, before anything is written
+        open_dataset(args.shared / TRAIN[task], task)
     args.out.mkdir(parents=True, exist_ok=True)
     host = machine_description()
     print(f"host: {host}", flush=True)
