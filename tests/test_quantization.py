@@ -505,6 +505,78 @@ def test_hs_cle_keeps_the_float_function(cls_model, cls_inputs, tmp_path, fuse):
     assert max_abs_diff(prep, out, cls_inputs) < 1e-4
 
 
+def test_hs_scale_keeps_the_float_function_and_evens_the_next_conv_input(cls_model, cls_inputs, tmp_path):
+    """hs_scale (the openvino target's HS-CLE): each HardSwish stays one op, a per-channel Mul after it
+    divides its output by ``s`` and the consumer Conv takes ``s`` back: exact up to float rounding,
+    and a depthwise consumer then reads channels of one range (alpha 1)."""
+    from ocrquant.quantization.algorithms import AlgorithmContext, create_algorithm
+    from ocrquant.quantization.algorithms.hs_cle import channel_min_max
+
+    prep = tmp_path / "prep.onnx"
+    prepare_model(cls_model, prep, fuse_hardswish=True)
+    before = Counter(n.op_type for n in onnx.load(str(prep)).graph.node)
+    ctx = AlgorithmContext(
+        model=onnx.load(str(prep)), profile=get_target("openvino"), batches=lambda: iter(cls_inputs),
+        work_dir=tmp_path, progress=False,
+    )  # fmt: skip
+    report = create_algorithm("hs_scale").apply(ctx)
+    assert report["edges"] >= 5 and report["min_scale"] < 0.5
+    after = Counter(n.op_type for n in ctx.model.graph.node)
+    assert after["HardSwish"] == before["HardSwish"] and after["Mul"] == before["Mul"] + report["edges"]
+    assert after["Conv"] == before["Conv"]  # no gate convs, unlike hs_cle
+    out = tmp_path / "scaled.onnx"
+    onnx.save(ctx.model, str(out))
+    assert max_abs_diff(prep, out, cls_inputs) < 1e-4
+    readers = {i: n for n in ctx.model.graph.node for i in n.input}
+    scaled = [n.output[0] for n in ctx.model.graph.node if n.name.endswith("_hsscale")]
+    dw = [t for t in scaled if any(a.name == "group" and a.i > 1 for a in readers[t].attribute)]
+    assert dw
+    lo, hi = channel_min_max(ctx.model, dw, lambda: iter(cls_inputs), 32, False)
+    for t in dw:
+        r = np.maximum(hi[t], 0) - np.minimum(lo[t], 0)
+        alive = r > 1e-2 * r.max()
+        assert np.allclose(r[alive], r.max(), rtol=1e-3), t
+
+
+def test_openvino_layout_quantizes_only_what_its_integer_kernels_read(cls_model, cls_inputs, tmp_path):
+    """--target openvino: Q/DQ only on the inputs of Conv/MatMul/Gemm/Add/Concat (never between a
+    Conv and its HardSwish), HardSwish whole, no padded channels; plain OpenVINO compiles the file
+    as written and runs every convolution in 8-bit integers; labels as the float model's."""
+    pytest.importorskip("openvino", reason="openvino extra not installed (pip install 'ocrquant[openvino]')")
+    from ocrquant.analysis.profile import PROFILERS
+    from ocrquant.quantization.targets import OPENVINO_OPS
+
+    out = tmp_path / "cls.ov.onnx"
+    cfg = QuantConfig(method="min_max", calib_size=16, batch_size=4, target="openvino", cache_dir=tmp_path,
+                      progress=False)  # fmt: skip
+    quantize(cls_model, "cls", sample_root() / "rec", out, cfg)
+    side = read_sidecar(out)
+    assert side["settings"]["algorithms"] == ["hs_scale", "weight_width"]
+    assert side["algorithms"]["hs_scale"]["edges"] > 0 and "align_channels" not in side["graph_passes"]
+    q = onnx.load(str(out))
+    prod = {o: n for n in q.graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in q.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    activation_dqs = [n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in prod]
+    assert activation_dqs
+    assert {r.op_type for dq in activation_dqs for r in readers[dq.output[0]]} <= set(OPENVINO_OPS)
+    hardswish = [n for n in q.graph.node if n.op_type == "HardSwish"]
+    assert len(hardswish) >= 5 and {prod[h.input[0]].op_type for h in hardswish} == {"Conv"}
+    assert [r.op_type for r in readers[q.graph.input[0].name]] == ["QuantizeLinear"]  # the stem is int8 too
+
+    profile = PROFILERS["openvino"](out, cls_inputs[:2], runs=2, threads=1)
+    convs = [n for n in profile.nodes if "Convolution" in n.op_type]
+    assert convs and {n.precision for n in convs} <= {"i8", "u8"}
+
+    def labels(path: Path) -> np.ndarray:
+        runner = create_runner(path, "openvino", RuntimeOptions(threads=1))
+        return np.array([runner.run({runner.input_names[0]: x})[0].argmax() for x in cls_inputs])
+
+    assert (labels(out) == labels(cls_model)).mean() >= 0.9
+
+
 def test_activation_cle_keeps_the_float_function_and_evens_the_channels(cls_model, cls_inputs, tmp_path):
     """CLE with activation ranges: exact rescaling of Conv -> ReLU -> Conv pairs, after which each
     depthwise-consumed activation has every channel's range equal to the widest (alpha 1)."""

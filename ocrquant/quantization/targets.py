@@ -289,17 +289,36 @@ ORT_CPU = register_target(
         qdq_passes=("fold_scalar_mul", "align_channels", "fold_constant_qdq"),
     )
 )
-# OpenVINO (CPU plugin) runs the ort-cpu files as written (its low-precision transformations take
-# the same uint8/int8 QDQ layout; the OpenVINO figures in docs/results.md are of ort-cpu files), but it
-# fuses a float Gelu of its own, so det's sigmoid GELU only costs it: PP-OCRv6 small det at 544x960,
-# 40.2 ms with the exact Gelu, 47.1 ms with x * sigmoid(1.702 x) (OpenVINO FP32 79.9 ms; 2-core AMX
-# Xeon, ``python benchmarks/gelu_sigmoid.py``).
+# OpenVINO (CPU plugin) quantizes the way NNCF lays a model out for it: Q/DQ on the *inputs* of the
+# ops with an integer kernel there (Conv, MatMul, Gemm, and the residual Add and Concat, whose int8
+# outputs feed the next Conv without a requantize), never on a Conv's output. OpenVINO then runs each
+# ``Conv -> bias -> activation -> (per-channel Mul) -> Q`` as one int8 kernel with float post-ops, so
+# HardSwish stays one fused op and GELU OpenVINO's own exact kernel; what ort-cpu adds for its QLinear
+# fusions only costs here: HS-CLE's gate Conv + Mul per HardSwish, the decomposed HardSwish, Q/DQ on
+# activations and SE Muls, padded channel groups, det's sigmoid GELU. HardSwish channel ranges are
+# equalised by ``hs_scale`` instead (a per-channel Mul after the HardSwish, fused into the kernel; without
+# it PP-OCRv3 rec reads nothing, as with no HS-CLE on ort-cpu). ConvTranspose stays float (int8 measured
+# no faster, 53.9 vs 53.0 ms on v6 det). Measured by ``python benchmarks/openvino_target.py``
+# (docs/results.md): speed-up over OpenVINO FP32 of this layout against the ort-cpu file in OpenVINO.
+OPENVINO_OPS = ("Conv", "MatMul", "Gemm", "Add", "Concat")
 register_target(
     dataclasses.replace(
         ORT_CPU,
         name="openvino",
-        description="OpenVINO CPU: the ort-cpu layout, with every GELU kept exact (OpenVINO fuses its own)",
+        description="OpenVINO CPU: uint8 asymmetric activations and per-channel symmetric int8 weights on "
+        "the inputs of Conv/MatMul/Gemm/Add/Concat only (OpenVINO fuses each Conv with its activation "
+        "and the next Q into one int8 kernel), HardSwish and GELU kept whole, HardSwish ranges equalised "
+        "by a fused per-channel Mul",
+        op_types=OPENVINO_OPS,
+        boundary_ops=(),
+        float_passthrough_ops=(),
+        fuse_hardswish=True,
+        prepare_rewrites=ORT_CPU_REWRITES,
         task_prepare_rewrites={},
+        ort_extra_options={"OpTypesToExcludeOutputQuantization": ["Conv", "ConvTranspose", "MatMul", "Gemm"]},
+        default_algorithms=("hs_scale", "weight_width"),
+        task_algorithms={"det": ("act_cle", "hs_scale", "weight_width")},
+        qdq_passes=("fold_scalar_mul", "fold_constant_qdq"),
     )
 )
 register_target(

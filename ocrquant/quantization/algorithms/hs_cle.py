@@ -368,3 +368,77 @@ def _gain(changed: dict[str, list[float]], ranges: dict[str, tuple[float, float]
         return 1.0
     g = [(ranges[y][1] - old) / max(ranges[y][1] - new, 1e-12) for y, (old, new) in changed.items()]
     return float(np.mean(g))
+
+
+@register_algorithm("hs_scale", stage="float")
+class HardSwishOutputScale(Algorithm):
+    """HS-CLE for a runtime that quantizes only the inputs of its weighted ops (``--target openvino``).
+
+    There the pre-activation ``y`` never gets a Q/DQ: OpenVINO runs ``Conv -> HardSwish`` as one
+    integer convolution with the HardSwish (and any per-channel multiply after it) as float post-ops,
+    and quantizes only what the next Conv reads. So only ``z = HS(y)`` needs equalised channels:
+    ``z / s`` as a per-channel ``Mul`` right after the HardSwish, ``s`` into the consumer's input
+    channels -- exact in float, and free at run time (a post-op of the producer's kernel), where the
+    four-op scaled HardSwish of :class:`HardSwishCLE` adds a depthwise gate Conv and a Mul per edge
+    that OpenVINO runs as separate kernels. ``s`` is :func:`equalising_scales` of ``z``'s channel
+    ranges (exponent 1 for a depthwise consumer, 0.5 for a dense one, as in HS-CLE).
+    """
+
+    def __init__(
+        self,
+        alpha_dense: float = 0.5,
+        alpha_depthwise: float = 1.0,
+        min_ratio: float = 1e-3,
+        max_batches: int = 32,
+    ) -> None:
+        self.alpha_dense = alpha_dense
+        self.alpha_depthwise = alpha_depthwise
+        self.min_ratio = min_ratio
+        self.max_batches = max_batches
+
+    def apply(self, ctx: AlgorithmContext) -> dict[str, Any]:
+        model = ctx.model
+        edges = find_hardswish_edges(model)
+        if not edges:
+            return {"edges": 0}
+        mins, maxs = channel_min_max(model, [e.z for e in edges], ctx.batches, self.max_batches, ctx.progress)
+        inits = initializers(model)
+        inserted: dict[str, onnx.NodeProto] = {}  # z -> the Mul that reads it
+        spread = []
+        for e in edges:
+            r = np.maximum(maxs[e.z], 0.0) - np.minimum(mins[e.z], 0.0)
+            alpha = self.alpha_depthwise if e.depthwise else self.alpha_dense
+            s = equalising_scales(r, alpha, self.min_ratio)
+            wc = numpy_helper.to_array(inits[e.consumer.input[1]]).astype(np.float64)
+            _set(inits, e.consumer.input[1], wc * s.reshape((-1, 1, 1, 1) if e.depthwise else (1, -1, 1, 1)))
+            scaled = f"{e.z}_hsscale"
+            inv = f"{scaled}_inv"
+            model.graph.initializer.append(
+                numpy_helper.from_array((1.0 / s).astype(np.float32).reshape(1, -1, 1, 1), inv)
+            )
+            reader = e.affine[0] if e.affine else e.consumer
+            reader.input[list(reader.input).index(e.z)] = scaled
+            for node in e.affine:  # as in HardSwishCLE: + b becomes + b / s per channel
+                if node.op_type in ("Add", "Sub"):
+                    k = next(i for i, t in enumerate(node.input) if _scalar(inits, t) is not None)
+                    name = f"{node.name or node.output[0]}_hsscale_b"
+                    b = _scalar(inits, node.input[k]) / s
+                    model.graph.initializer.append(
+                        numpy_helper.from_array(b.astype(np.float32).reshape(1, -1, 1, 1), name)
+                    )
+                    inits[name] = model.graph.initializer[-1]
+                    node.input[k] = name
+            inserted[e.z] = helper.make_node("Mul", [e.z, inv], [scaled], name=f"{e.producer.name}_hsscale")
+            spread.append(float(s.min()))
+        nodes = []
+        for node in model.graph.node:
+            nodes.append(node)
+            nodes.extend(inserted[o] for o in node.output if o in inserted)
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        return {
+            "edges": len(edges),
+            "depthwise_consumers": sum(e.depthwise for e in edges),
+            "min_scale": min(spread),
+            "layers": [e.producer.name for e in edges],
+        }
