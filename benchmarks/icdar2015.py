@@ -62,18 +62,18 @@ def bench_shapes(chain: str, task: str) -> list[str]:
     return [DET_SHAPE[chain]] if task == "det" else BENCH_SHAPES[task]
 
 
-def quantized(model: str, task: str, shared: Path, out: Path) -> tuple[Path, dict]:
+def quantized(model: str, task: str, shared: Path, out: Path, target: str | None = None) -> tuple[Path, dict]:
     """The default INT8 model for ``task``, made by the ``ocrquant quantize`` command itself (its
-    defaults, the budget escalation included), and how: ``{"command", "seconds"}``, kept in
-    ``<task>.quantize.json``. An INT8 model already in ``out`` is used as it is, with what that file
-    says about it (nothing where it was made some other way)."""
+    defaults, the budget escalation included; ``--target target`` where given), and how:
+    ``{"command", "seconds"}``, kept in ``<task>.quantize.json``. An INT8 model already in ``out`` is
+    used as it is, with what that file says about it (nothing where it was made some other way)."""
     path = out / f"{task}.int8.onnx"
     timing = out / f"{task}.quantize.json"
     if path.is_file() and read_sidecar(path):
         made = json.loads(timing.read_text()) if timing.is_file() else {}
         return path, {"command": made.get("command"), "seconds": made.get("seconds")}
     cmd = [sys.executable, "-m", "ocrquant.cli.main", "quantize", "-m", model, "--calib-data",
-           str(shared / CALIB[task]), "-o", str(path)]  # fmt: skip
+           str(shared / CALIB[task]), "-o", str(path), *(["--target", target] if target else [])]  # fmt: skip
     t = time.perf_counter()
     with open(out / f"{task}.quantize.log", "w", encoding="utf-8") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
