@@ -8,7 +8,9 @@ machine falls on every pipeline alike):
 * ``rapidocr-fp32``: ``rapidocr.RapidOCR`` with the zoo's v6 files, its own settings, 2 onnxruntime threads;
 * ``ocrquant-fp32``: ocrquant's pipeline (``ocrquant ocr``) with the same float models;
 * ``ocrquant-int8`` per backend: the INT8 models ``benchmarks/icdar2015.py --chain v6`` wrote into
-  ``runs/v6`` (``ocrquant quantize`` defaults), on onnxruntime and OpenVINO.
+  ``runs/v6`` (``ocrquant quantize`` defaults), on onnxruntime and OpenVINO;
+* ``ocrquant-int8-openvino-target``: where ``benchmarks/openvino_target.py`` made them, the
+  ``--target openvino`` models (``runs/openvino-target/v6``) on OpenVINO.
 
 Each image is decoded once and handed to every pipeline as the same array, so the times are the
 pipelines' (pre-processing, models, post-processing), not the decoder's. Every pipeline's lines are
@@ -80,6 +82,8 @@ def main() -> None:
         "--runs", type=Path, default=Path("runs/v6"), help="where icdar2015.py wrote the INT8 chain"
     )
     ap.add_argument("--backends", nargs="+", default=["onnxruntime", "openvino"])
+    ap.add_argument("--openvino-runs", type=Path, default=Path("runs/openvino-target/v6"),
+                    help="the --target openvino chain (benchmarks/openvino_target.py)")  # fmt: skip
     ap.add_argument("--limit", type=int, default=0, help="first N det_test images (0: all 500)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/pipeline/pipeline.json"))
@@ -96,6 +100,12 @@ def main() -> None:
     for backend in args.backends:
         models = {t: str(p) for t, p in int8.items()}
         pipelines[f"ocrquant-int8-{backend}"] = ocrquant_pipeline(models, "int8", backend, args.threads)
+    ov_target = {t: args.openvino_runs / f"{t}.int8.onnx" for t in ("det", "cls", "rec")}
+    if "openvino" in args.backends and all(p.is_file() for p in ov_target.values()):
+        models = {t: str(p) for t, p in ov_target.items()}
+        pipelines["ocrquant-int8-openvino-target"] = ocrquant_pipeline(
+            models, "int8", "openvino", args.threads
+        )
     dataset = open_dataset(args.shared / "det_test", "det")
     samples = dataset.samples[: args.limit] if args.limit else dataset.samples
     names = list(pipelines)

@@ -11,6 +11,7 @@ again re-times only what is not saved):
   python benchmarks/first_command.py --out runs/first-command  # the README's first command, timed
   python benchmarks/pipeline.py                                # whole chain against rapidocr 3.10
   python benchmarks/openvino_accuracy.py                       # INT8 in OpenVINO vs onnxruntime, full sets
+  python benchmarks/openvino_target.py                         # --target openvino: speed, accuracy
   python benchmarks/quantize_time.py --workers 0 2             # ocrquant quantize's own time
   python benchmarks/results.py                                 # -> docs/results.md, README's table
 
@@ -393,6 +394,51 @@ def openvino_accuracy_section(path: Path) -> list[str]:
     return [*lines, ""]
 
 
+def openvino_target_section(path: Path) -> list[str]:
+    """``--target openvino`` files: OpenVINO speed against FP32 and the ort-cpu file, full-set accuracy."""
+    lines = ["## `--target openvino`: the layout OpenVINO fuses, against the ort-cpu file", ""]
+    if not path.is_file():
+        return [*lines, f"{MISSING}`python benchmarks/openvino_target.py`.", ""]
+    s = json.loads(path.read_text())
+    lines += [
+        f"Command: `{s['command']}`. Host: {s['host']}. Each task's models timed in one interleaved loop, "
+        "2 threads, median per call, onnxruntime spinning off, OpenVINO static shapes and an f32 precision "
+        "hint; plain OpenVINO loads each file as written. INT8 ort-cpu = the chain sections' default files, "
+        "INT8 openvino = `ocrquant quantize` defaults with `--target openvino`. Accuracy: the openvino file "
+        f"in OpenVINO on the full test set, deltas with their paired 95 % interval.{load_text(s)}",
+        "",
+        "| chain | task | input | ORT FP32 ms | OpenVINO FP32 | OpenVINO INT8 ort-cpu "
+        "| OpenVINO INT8 openvino | openvino over OpenVINO FP32 | openvino file in ORT "
+        "| metric: FP32 / ORT INT8 ort-cpu / OpenVINO INT8 openvino | openvino - FP32, pt "
+        "| openvino - ORT INT8, pt |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in s["rows"]:
+        a = r["accuracy"]
+        deltas = [
+            f"{pt(a['openvino_int8'] - a[ref])}" + (f" [{pt(a[k][0])}, {pt(a[k][1])}]" if a.get(k) else "")
+            for ref, k in (("fp32", "vs_fp32"), ("ort_int8", "vs_ort_int8"))
+        ]
+        for shape in dict.fromkeys(x["shape"] for x in r["speed"]):
+            ms = {(x["file"], x["backend"]): x["median_ms"] for x in r["speed"] if x["shape"] == shape}
+            ort32 = ms[("fp32", "onnxruntime")]
+            ratio = {k: f"{ort32 / v:.2f}x" for k, v in ms.items()}
+            over_ov = ms[("fp32", "openvino")] / ms[("openvino", "openvino")]
+            scores = f"{a['metric']} {a['fp32']:.4f} / {a['ort_int8']:.4f} / {a['openvino_int8']:.4f}"
+            lines.append(
+                f"| {r['chain']} | {r['task']} | {shape} | {ort32:.2f} | {ratio[('fp32', 'openvino')]} "
+                f"| {ratio[('ort-cpu', 'openvino')]} | {ratio[('openvino', 'openvino')]} "
+                f"| **{over_ov:.2f}x** | {ratio[('openvino', 'onnxruntime')]} | {scores} "
+                f"| {deltas[0]} | {deltas[1]} |"
+            )
+    lines += [
+        "",
+        "Speed ratios are to onnxruntime FP32, except the bold column (to OpenVINO FP32). The openvino "
+        "file is for OpenVINO: onnxruntime runs its convolutions in float between Q/DQ (the column after).",
+    ]
+    return [*lines, ""]
+
+
 def quantize_time_section(path: Path) -> list[str]:
     """``ocrquant quantize``'s own wall time per task and executor (benchmarks/quantize_time.py)."""
     lines = ["## How long `ocrquant quantize` takes (defaults, empty calibration cache)", ""]
@@ -474,6 +520,7 @@ def render(args: argparse.Namespace, previous: dict[str, list[str]]) -> str:
         lambda: speed_section(args.speed),
         lambda: pipeline_section(args.pipeline),
         lambda: openvino_accuracy_section(args.openvino),
+        lambda: openvino_target_section(args.openvino_target),
         lambda: quantize_time_section(args.quantize_time),
         lambda: seed_section(args.seed),
         lambda: first_command_section(args.first),
@@ -500,6 +547,7 @@ def main() -> None:
     ap.add_argument("--speed", type=Path, default=Path("runs/speed/speed.json"))
     ap.add_argument("--pipeline", type=Path, default=Path("runs/pipeline/pipeline.json"))
     ap.add_argument("--openvino", type=Path, default=Path("runs/openvino/accuracy.json"))
+    ap.add_argument("--openvino-target", type=Path, default=Path("runs/openvino-target/summary.json"))
     ap.add_argument("--quantize-time", type=Path, default=Path("runs/quantize-time/quantize_time.json"))
     ap.add_argument("--denormals", type=Path, default=Path("runs/denormals/denormals.json"))
     ap.add_argument("--out", type=Path, default=Path("docs/results.md"))

@@ -112,10 +112,11 @@ def quantize_cmd(
         list[str] | None,
         typer.Option(
             "--algo",
-            help="Extra accuracy algorithm (repeatable): cle, act_cle, hs_cle, hs_floor, adaround, "
-            "bias_correction, distill (output distillation, needs the torch extra), fallback. "
-            "The target's defaults (ort-cpu: hs_cle, hs_floor, weight_width; "
-            "det: act_cle instead of hs_cle) always run unless --no-default-algos.",
+            help="Extra accuracy algorithm (repeatable): cle, act_cle, hs_cle, hs_scale, hs_floor, "
+            "adaround, bias_correction, distill (output distillation, needs the torch extra), fallback. "
+            "The target's defaults (ort-cpu: hs_cle, hs_floor, weight_width, det: act_cle instead of "
+            "hs_cle; openvino: hs_scale, weight_width, det: act_cle too) always run unless "
+            "--no-default-algos.",
         ),
     ] = None,
     algo_option: Annotated[
