@@ -296,10 +296,13 @@ ORT_CPU = register_target(
 # HardSwish stays one fused op and GELU OpenVINO's own exact kernel; what ort-cpu adds for its QLinear
 # fusions only costs here: HS-CLE's gate Conv + Mul per HardSwish, the decomposed HardSwish, Q/DQ on
 # activations and SE Muls, padded channel groups, det's sigmoid GELU. HardSwish channel ranges are
-# equalised by ``hs_scale`` instead (a per-channel Mul after the HardSwish, fused into the kernel; without
-# it PP-OCRv3 rec reads nothing, as with no HS-CLE on ort-cpu). ConvTranspose stays float (int8 measured
-# no faster, 53.9 vs 53.0 ms on v6 det). Measured by ``python benchmarks/openvino_target.py``
-# (docs/results.md): speed-up over OpenVINO FP32 of this layout against the ort-cpu file in OpenVINO.
+# equalised by ``hs_scale`` instead (a per-channel Mul after the HardSwish, a post-op of the producer's
+# kernel; without it PP-OCRv3 rec reads nothing, as with no HS-CLE on ort-cpu; docs/quantization.md).
+# ConvTranspose stays float (int8 53.0 vs float 53.9 ms on v6 det at 736x1312, within run-to-run
+# noise). ``python benchmarks/openvino_target.py`` (docs/results.md), 2-core AMX Xeon, speed-up over
+# OpenVINO FP32 of this layout against the ort-cpu file: PP-OCRv6 small det 2.10x vs 1.77x, v6 small rec
+# 1.72x vs 1.54x (batch 1), PP-OCRv3 rec 1.28x vs 1.11x, det 1.72x vs 1.61x; every full-test-set metric
+# inside its paired interval of the ort-cpu file in onnxruntime, except PP-OCRv3 rec's, higher.
 OPENVINO_OPS = ("Conv", "MatMul", "Gemm", "Add", "Concat")
 register_target(
     dataclasses.replace(
