@@ -47,7 +47,7 @@ def decision_differs(task: str, a: dict, b: dict) -> bool:
     return (fa["det_care"], fa["matched"]) != (fb["det_care"], fb["matched"])
 
 
-def _evaluated(
+def evaluated_on(
     model: Path, task: str, args: argparse.Namespace, backend: str, options: RuntimeOptions
 ) -> EvalResult:
     """The INT8 model on the task's full test set with ``backend``, kept beside it and reused."""
@@ -68,7 +68,7 @@ def compare(chain: str, task: str, args: argparse.Namespace) -> dict:
         hint = f"run python benchmarks/icdar2015.py --chain {chain}"
         raise OcrQuantError(f"no INT8 model or its onnxruntime result: {hint}", runs)
     ort = EvalResult.read(ort_file)
-    ov = _evaluated(model, task, args, "openvino", RuntimeOptions(threads=2))
+    ov = evaluated_on(model, task, args, "openvino", RuntimeOptions(threads=2))
     metric = build_task(task, resolve_model(CHAINS[chain][task])).new_metric()
     ci = paired_delta_interval(metric, ort.samples, ov.samples)
     by_key = {s["key"]: s for s in ort.samples}
@@ -81,7 +81,7 @@ def compare(chain: str, task: str, args: argparse.Namespace) -> dict:
     delta = 100 * (row["openvino"] - row["onnxruntime"])
     interval = f"95% [{100 * row['low']:+.2f}, {100 * row['high']:+.2f}]" if ci else ""
     if task in args.emulation_tasks:
-        emulated = _evaluated(
+        emulated = evaluated_on(
             model, task, args, "onnxruntime", RuntimeOptions(threads=2, optimization="disable")
         )
         ref = {s["key"]: s for s in emulated.samples}

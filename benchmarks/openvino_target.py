@@ -26,9 +26,9 @@ import sys
 from pathlib import Path
 
 from icdar2015 import CALIB, CHAINS, TEST, bench_shapes, quantized
-from openvino_accuracy import _evaluated, decision_differs
+from openvino_accuracy import decision_differs, evaluated_on
 
-from ocrquant.analysis.bench import describe_model, run_bench
+from ocrquant.analysis.bench import run_bench
 from ocrquant.api import build_task
 from ocrquant.data import open_dataset
 from ocrquant.errors import OcrQuantError, run_script
@@ -47,7 +47,7 @@ def accuracy(chain: str, task: str, model: Path, args: argparse.Namespace) -> di
     if not (fp32_file.is_file() and ort_file.is_file()):
         raise OcrQuantError(f"no FP32/INT8 result: run python benchmarks/icdar2015.py --chain {chain}", runs)
     fp32, ort = EvalResult.read(fp32_file), EvalResult.read(ort_file)
-    ov = _evaluated(model, task, args, "openvino", RuntimeOptions(threads=2))
+    ov = evaluated_on(model, task, args, "openvino", RuntimeOptions(threads=2))
     metric = build_task(task, resolve_model(CHAINS[chain][task])).new_metric()
     primary = ort.settings["primary_metric"]
     row = {"metric": primary, "fp32": fp32.metrics[primary], "ort_int8": ort.metrics[primary],
@@ -75,9 +75,8 @@ def speed(chain: str, task: str, model: Path, args: argparse.Namespace) -> list[
         list(files.values()), task, backends=["onnxruntime", "openvino"], shapes=bench_shapes(chain, task),
         rounds=args.rounds, threads=2, progress=False, memory=False,
     )  # fmt: skip
-    described = {k: describe_model(v, task) for k, v in files.items()}  # the bench's labels, either form
-    labels = {label: k for k, d in described.items() for label in (d.label, str(d.path))}
-    rows = [{"file": labels.get(r.model, r.model), "backend": r.backend, "shape": r.shape,
+    labels = dict(zip(bench.labels, files, strict=True))
+    rows = [{"file": labels[r.model], "backend": r.backend, "shape": r.shape,
              "median_ms": r.median_ms} for r in bench.rows]  # fmt: skip
     for shape in dict.fromkeys(r["shape"] for r in rows):
         ms = {(r["file"], r["backend"]): r["median_ms"] for r in rows if r["shape"] == shape}

@@ -96,6 +96,8 @@ class BenchResult:
     unsupported: list[dict[str, str]] = field(default_factory=list)
     #: per model label, what in its file slows onnxruntime (a speed-up over it includes that)
     notes: dict[str, list[str]] = field(default_factory=dict)
+    #: each model's label (the rows' ``model``), in the order the models were given
+    labels: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -105,6 +107,7 @@ class BenchResult:
             "rows": [asdict(r) for r in self.rows],
             "unsupported": self.unsupported,
             "notes": self.notes,
+            "labels": self.labels,
         }
 
 
@@ -312,6 +315,7 @@ def run_bench(
         _settings(threads, rounds, warmup, INPUTS_PER_SHAPE, data),
         unsupported=unsupported,
         notes={b.label: b.notes for b in bms if b.notes},
+        labels=[b.label for b in bms],
     )
     for key, (bm, backend, shape_label, shape) in meta.items():
         lt = lat[key]

@@ -187,6 +187,12 @@ ORT_CPU_OPS = ACCELERATOR_OPS + (
     "Softmax",
 )
 
+#: onnxruntime QDQQuantizer option: Q/DQ on the inputs of the weighted ops, not on their outputs, so the
+#: runtime fuses each with what follows it (TensorRT's and OpenVINO's layout)
+INPUTS_ONLY_OF_WEIGHTED_OPS = {
+    "OpTypesToExcludeOutputQuantization": ["Conv", "ConvTranspose", "MatMul", "Gemm"]
+}
+
 TARGETS: dict[str, TargetProfile] = {}
 
 
@@ -316,9 +322,8 @@ register_target(
         boundary_ops=(),
         float_passthrough_ops=(),
         fuse_hardswish=True,
-        prepare_rewrites=ORT_CPU_REWRITES,
         task_prepare_rewrites={},
-        ort_extra_options={"OpTypesToExcludeOutputQuantization": ["Conv", "ConvTranspose", "MatMul", "Gemm"]},
+        ort_extra_options=INPUTS_ONLY_OF_WEIGHTED_OPS,
         default_algorithms=("hs_scale", "weight_width"),
         task_algorithms={"det": ("act_cle", "hs_scale", "weight_width")},
         qdq_passes=("fold_scalar_mul", "fold_constant_qdq"),
@@ -333,10 +338,7 @@ register_target(
         activation_dtype="int8",
         activation_symmetric=True,
         per_channel=True,
-        ort_extra_options={
-            "DedicatedQDQPair": True,
-            "OpTypesToExcludeOutputQuantization": ["Conv", "ConvTranspose", "MatMul", "Gemm"],
-        },
+        ort_extra_options={"DedicatedQDQPair": True, **INPUTS_ONLY_OF_WEIGHTED_OPS},
         # PP-LCNet rec (PP-OCRv3) with per-tensor activations and no scale migration reads nothing:
         # 300 rec_train crops, mse ranges, --keep-all-int8, acc 0.0000 (min_max and percentile 99.99:
         # 0.0000 / 0.0100; FP32 0.7267); its HardSwish outputs span [-0.375, 35] with most channels

@@ -237,6 +237,27 @@ class _Equaliser(Algorithm):
         self.min_ratio = min_ratio
         self.max_batches = max_batches
 
+    def equalising(self, edge: HardSwishEdge, ranges: np.ndarray) -> np.ndarray:
+        """``s`` for ``edge`` from its channel ranges, with the exponent of its consumer's kind."""
+        alpha = self.alpha_depthwise if edge.depthwise else self.alpha_dense
+        return equalising_scales(ranges, alpha, self.min_ratio)
+
+    @staticmethod
+    def scale_consumer(inits: dict, edge: HardSwishEdge, s: np.ndarray) -> None:
+        """Multiply the consumer Conv's input channel ``c`` by ``s_c`` (a depthwise consumer: its
+        filter ``c``; a dense one: weight column ``c``), taking back what its input was divided by."""
+        w = numpy_helper.to_array(inits[edge.consumer.input[1]]).astype(np.float64)
+        _set(inits, edge.consumer.input[1], w * s.reshape((-1, 1, 1, 1) if edge.depthwise else (1, -1, 1, 1)))
+
+    @staticmethod
+    def report(edges: list[HardSwishEdge], scales: list[np.ndarray]) -> dict[str, Any]:
+        return {
+            "edges": len(edges),
+            "depthwise_consumers": sum(e.depthwise for e in edges),
+            "min_scale": min(float(s.min()) for s in scales),
+            "layers": [e.producer.name for e in edges],
+        }
+
 
 @register_algorithm("hs_cle", stage="float")
 class HardSwishCLE(_Equaliser):
@@ -248,8 +269,7 @@ class HardSwishCLE(_Equaliser):
         pre_lo = np.maximum(np.minimum(mins[edge.y], 0.0), -3.0)
         r_pre = np.maximum(maxs[edge.y], 0.0) - pre_lo
         r_post = np.maximum(maxs[edge.z], 0.0) - np.minimum(mins[edge.z], 0.0)
-        alpha = self.alpha_depthwise if edge.depthwise else self.alpha_dense
-        return equalising_scales(np.maximum(r_pre, r_post), alpha, self.min_ratio)
+        return self.equalising(edge, np.maximum(r_pre, r_post))
 
     def _rescaled_hardswish(
         self, model: onnx.ModelProto, e: HardSwishEdge, s: np.ndarray, ctx: AlgorithmContext
@@ -305,7 +325,7 @@ class HardSwishCLE(_Equaliser):
         inits = initializers(model)
         new_nodes: dict[int, list[onnx.NodeProto]] = {}  # node id -> nodes that replace it
         record: dict[str, tuple[list[float], list[float]]] = {}
-        spread = []
+        spread: list[np.ndarray] = []
         for e in edges:
             s = self.scales(e, mins, maxs)
             shape = (-1, 1, 1, 1)
@@ -314,23 +334,17 @@ class HardSwishCLE(_Equaliser):
             if len(e.producer.input) > 2 and e.producer.input[2] in inits:
                 b = numpy_helper.to_array(inits[e.producer.input[2]]).astype(np.float64)
                 _set(inits, e.producer.input[2], b / s)
-            wc = numpy_helper.to_array(inits[e.consumer.input[1]]).astype(np.float64)
-            _set(inits, e.consumer.input[1], wc * s.reshape(shape if e.depthwise else (1, -1, 1, 1)))
+            self.scale_consumer(inits, e, s)
             new_nodes.update(self._rescaled_hardswish(model, e, s, ctx))
             _rescale_affine(model, inits, e.affine, s, "_hscle_b")
             # Per-channel facts the floor needs, in the rescaled domain: y_c = x_c / s_c.
             record[e.y] = ((s).tolist(), (mins[e.y] / s).tolist())
-            spread.append(float(s.min()))
+            spread.append(s)
         nodes = [n for node in model.graph.node for n in new_nodes.get(id(node), [node])]
         del model.graph.node[:]
         model.graph.node.extend(nodes)
         ctx.extras[EXTRA_KEY] = record
-        return {
-            "edges": len(edges),
-            "depthwise_consumers": sum(e.depthwise for e in edges),
-            "min_scale": min(spread),
-            "layers": [e.producer.name for e in edges],
-        }
+        return self.report(edges, spread)
 
 
 @register_algorithm("hs_floor", stage="plan")
@@ -408,13 +422,10 @@ class HardSwishOutputScale(_Equaliser):
         mins, maxs = channel_min_max(model, [e.z for e in edges], ctx.batches, self.max_batches, ctx.progress)
         inits = initializers(model)
         inserted: dict[str, onnx.NodeProto] = {}  # z -> the Mul that reads it
-        spread = []
+        spread: list[np.ndarray] = []
         for e in edges:
-            r = np.maximum(maxs[e.z], 0.0) - np.minimum(mins[e.z], 0.0)
-            alpha = self.alpha_depthwise if e.depthwise else self.alpha_dense
-            s = equalising_scales(r, alpha, self.min_ratio)
-            wc = numpy_helper.to_array(inits[e.consumer.input[1]]).astype(np.float64)
-            _set(inits, e.consumer.input[1], wc * s.reshape((-1, 1, 1, 1) if e.depthwise else (1, -1, 1, 1)))
+            s = self.equalising(e, np.maximum(maxs[e.z], 0.0) - np.minimum(mins[e.z], 0.0))
+            self.scale_consumer(inits, e, s)
             scaled = f"{e.z}_hsscale"
             inv = f"{scaled}_inv"
             model.graph.initializer.append(
@@ -424,16 +435,11 @@ class HardSwishOutputScale(_Equaliser):
             reader.input[list(reader.input).index(e.z)] = scaled
             _rescale_affine(model, inits, e.affine, s, "_hsscale_b")
             inserted[e.z] = helper.make_node("Mul", [e.z, inv], [scaled], name=f"{e.producer.name}_hsscale")
-            spread.append(float(s.min()))
+            spread.append(s)
         nodes = []
         for node in model.graph.node:
             nodes.append(node)
             nodes.extend(inserted[o] for o in node.output if o in inserted)
         del model.graph.node[:]
         model.graph.node.extend(nodes)
-        return {
-            "edges": len(edges),
-            "depthwise_consumers": sum(e.depthwise for e in edges),
-            "min_scale": min(spread),
-            "layers": [e.producer.name for e in edges],
-        }
+        return self.report(edges, spread)
