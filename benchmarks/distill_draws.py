@@ -119,7 +119,7 @@ def main() -> None:
                     algorithm_options=options,
                     holdout=holdout,
                 )
-                quantize(resolved.path, task.name, calib, model, cfg)
+                quantize(resolved, task.name, calib, model, cfg)
             q_val = cached_result(args.out / f"seed{seed}.{variant}.val.json", lambda m=model: held_out(m))
             losses[variant] = output_losses(onnx.load(str(model)), inputs, targets)
             row = {

@@ -117,7 +117,7 @@ def main() -> None:
                 extra_algorithms=algos,
                 holdout=sorted({image_id(s) for s in split.validation}),
             )
-            quantize(resolved.path, task.name, calib, model, cfg)
+            quantize(resolved, task.name, calib, model, cfg)
         res = cached_result(args.out / f"{name}.val.json", lambda m=model, n=name: held_out(m, n))
         rows.append((name, res.primary, fidelity(task, res, fp32)[fp32.settings["primary_metric"]]))
 

@@ -81,7 +81,7 @@ def task_rows(task_name: str, args: argparse.Namespace, targets: dict[str, str])
     for name, target in targets.items():
         path = args.out / f"{task_name}.{name}.int8.onnx"
         cfg = QuantConfig(target=target, progress=False, **RECIPES[task_name])
-        quantize_recipe(model.path, task_name, calib, path, cfg)
+        quantize_recipe(model, task_name, calib, path, cfg)
         got = evaluate(task, create_runner(path, "onnxruntime", opts), held, progress=False)
         agree = fidelity(task, got, ref)[primary]
         out["variants"][name] = {"metric": got.metrics[primary], "agreement_with_fp32": agree}

@@ -67,7 +67,7 @@ def main() -> None:
                         target=target, method="kl", method_options={"mse_guard": guard}, calib_size=50,
                         batch_size=1, task_options=input_shape_options("det", SHAPE), progress=False,
                     )  # fmt: skip
-                    quantize(model.path, "det", calib, out, cfg)
+                    quantize(model, "det", calib, out, cfg)
                     figures.append(hmean(out, task, holdout))
                 print(f"| {name} | {target} | {fp32:.4f} | {figures[0]:.4f} | {figures[1]:.4f} |", flush=True)
 

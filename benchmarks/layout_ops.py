@@ -1,16 +1,20 @@
 """onnxruntime's integer graph, one pattern at a time: the measurements behind ort-cpu's prepare
-rewrites (ocrquant/quantization/rewrites.py).
+rewrites (ocrquant/quantization/rewrites.py) and its NHWC upsample pass.
 
 Each case builds two uint8 QDQ graphs of the same function and times them interleaved in one loop,
 onnxruntime CPU, 2 threads, spinning off. The last column is the largest difference between their
-output codes: 0 for the Resize and ReduceMean pairs (exact rewrites); for GELU the decomposed graph
+output codes: 0 for the Resize, upsample and ReduceMean pairs (exact rewrites); for GELU the decomposed graph
 rounds its four intermediates to 8 bits, which the fused one does not.
 
 * GELU as PaddleOCR exports it (Div, Erf, Add, Mul, Mul, each with its Q/DQ as a QDQ quantizer lays
   it out) vs one ``com.microsoft.Gelu`` between a DQ and a Q, on PP-OCRv6 small det's and rec's
   largest GELU tensors;
 * a nearest Resize by 8 and by 4 vs a chain of Resizes by 2, on PP-OCRv6 small det's neck shapes;
-* ReduceMean over H and W (PP-OCRv6's SE squeeze) vs GlobalAveragePool.
+* ReduceMean over H and W (PP-OCRv6's SE squeeze) vs GlobalAveragePool;
+* a nearest Resize by 2 between two QLinearConvs, which onnxruntime runs on NHWC data, vs the graph
+  ort-cpu's ``nhwc_upsample`` pass writes (ocrquant/quantization/qdq_passes.py), on PP-OCRv3 det's
+  largest neck upsample at 544x960 and PP-OCRv6 small det's at 736x1312 (the times include the two
+  convolutions, which both graphs share).
 
   python benchmarks/layout_ops.py [--rounds 40]
 
@@ -28,6 +32,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from ocrquant.quantization.qdq_passes import rewrite_nhwc_upsample
 from ocrquant.quantization.targets import cpu_has_vnni
 from ocrquant.report.table import machine_description
 
@@ -109,6 +114,35 @@ def resize_cases(shape: list[int], factor: int) -> tuple[onnx.ModelProto, onnx.M
     return chain([factor]), chain([2] * int(round(math.log2(factor))))
 
 
+def upsample_cases(shape: list[int]) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """A nearest Resize by 2 between two 1x1 QLinearConvs (so onnxruntime runs it on NHWC data, as in
+    a det neck) vs the same graph after ort-cpu's ``nhwc_upsample`` pass."""
+    attrs = {"mode": "nearest", "nearest_mode": "floor", "coordinate_transformation_mode": "asymmetric"}
+    c = shape[1]
+    weights = np.random.default_rng(1).integers(-90, 90, size=(c, c, 1, 1), dtype=np.int8)
+    inits = [numpy_helper.from_array(weights, "w"), _const("sw", 0.002), _const("zw", 0, np.int8)]
+    inits += [_const("roi", []), _const("by2", [1, 1, 2, 2])]
+    nodes = [helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wf"])]
+    for i, (src, dst) in enumerate((("x", "a"), ("u", "y"))):
+        nodes += [
+            helper.make_node("DequantizeLinear", [src, "si", "zi"], [f"{src}f"]),
+            helper.make_node("Conv", [f"{src}f", "wf"], [f"c{i}"]),
+            helper.make_node("QuantizeLinear", [f"c{i}", "si", "zi"], [dst]),
+        ]
+        if i == 0:
+            nodes += [
+                helper.make_node("DequantizeLinear", ["a", "si", "zi"], ["af"]),
+                helper.make_node("Resize", ["af", "roi", "by2"], ["r"], **attrs),
+                helper.make_node("QuantizeLinear", ["r", "si", "zi"], ["u"]),
+            ]
+    out_shape = [shape[0], c, shape[2] * 2, shape[3] * 2]
+    old = _graph(nodes, inits, shape, out_shape)
+    new = onnx.ModelProto()
+    new.CopyFrom(old)
+    assert rewrite_nhwc_upsample(new), "the pass found no Resize"
+    return old, new
+
+
 def reducemean_cases(shape: list[int]) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     out_shape = [shape[0], shape[1], 1, 1]
 
@@ -158,6 +192,8 @@ def main() -> None:
         ("GELU decomposed -> Gelu, rec 1x384x6x80", gelu_cases, [1, 384, 6, 80], ()),
         ("Resize x8 -> 3 x Resize x2, 1x24x23x41", resize_cases, [1, 24, 23, 41], (8,)),
         ("Resize x4 -> 2 x Resize x2, 1x96x46x82", resize_cases, [1, 96, 46, 82], (4,)),
+        ("NHWC Resize x2 -> Expand (nhwc_upsample), 1x96x68x120", upsample_cases, [1, 96, 68, 120], ()),
+        ("NHWC Resize x2 -> Expand (nhwc_upsample), 1x96x92x164", upsample_cases, [1, 96, 92, 164], ()),
         ("ReduceMean(H, W) -> GlobalAveragePool, 1x96x184x328", reducemean_cases, [1, 96, 184, 328], ()),
         ("ReduceMean(H, W) -> GlobalAveragePool, rec 1x96x12x80", reducemean_cases, [1, 96, 12, 80], ()),
     ]

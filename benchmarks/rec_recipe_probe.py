@@ -99,7 +99,7 @@ def main() -> None:
                 calib_size=CALIB_SIZE, cache_dir=Path(tmp) / "cache", progress=False, **VARIANTS[name]
             )
             t = time.perf_counter()
-            quantize(model.path, "rec", ds, out, cfg)
+            quantize(model, "rec", ds, out, cfg)
             seconds = time.perf_counter() - t
             frames, texts, _ = run(out)
             frame = float(np.mean(np.concatenate([a == b for a, b in zip(frames, ref_frames, strict=True)])))

@@ -332,7 +332,13 @@ def build_models(task_name: str, job: Job, args: argparse.Namespace, out_dir: Pa
     if wanted(args, row.variant) and not out.exists():
         t = time.perf_counter()
         try:
-            quantize(job.model, task_name, calib_set, out, QuantConfig(seed=args.seed, progress=False))
+            quantize(
+                resolve_model(job.model),
+                task_name,
+                calib_set,
+                out,
+                QuantConfig(seed=args.seed, progress=False),
+            )
             print(f"[{task_name}] ocrquant: {time.perf_counter() - t:.0f} s", flush=True)
         except Exception as exc:  # noqa: BLE001
             row.error = f"{type(exc).__name__}: {exc}"[:300]

@@ -226,11 +226,11 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
 
         with executor_for(cfg.executor) as executor:
             if budget is None:
-                result = quantize(model.path, task_name, calib_set, int8_path, qcfg, executor)
+                result = quantize(model, task_name, calib_set, int8_path, qcfg, executor)
                 _, search = escalate_to_budget(
-                    model.path,
+                    model,
                     task_name,
-                    calib_set.root,
+                    calib_set,
                     result,
                     qcfg,
                     not cfg.keep_all_int8,
@@ -239,9 +239,9 @@ def quantize_for_task(task_name: str, cfg: RunConfig) -> Quantized:
                 )
             else:
                 _, search = quantize_with_budget(
-                    model.path,
+                    model,
                     task_name,
-                    calib_set.root,
+                    calib_set,
                     None,
                     int8_path,
                     qcfg,
@@ -268,7 +268,7 @@ def _pinned_proto(model: ResolvedModel, shape: tuple[int, int, int, int]) -> Any
 
 def _write_pinned(model: ResolvedModel, task_name: str, pinned: Any, out: Path) -> ResolvedModel:
     """The pinned model as ``<name>.fixed.onnx`` in the run folder, with a sidecar recording the task
-    and the zoo preset (the quantizer reads them when it opens the file); the framework source
+    and the zoo preset (whatever opens the file by path later reads them); the framework source
     (``--framework paddle``) stays the original."""
 
     path = out / f"{model.name}.fixed.onnx"

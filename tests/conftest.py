@@ -49,13 +49,21 @@ def quantize_cls_variants(
     """Quantize ``model`` (cls) on the embedded sample crops once per variant, ``{name: algorithm list}``,
     with min_max ranges and the shared calibration cache in ``out_dir``: ``{name: (QuantResult, path)}``.
     Why: the algorithm tests compare a model with and without one algorithm, everything else equal."""
-    from ocrquant.data import sample_root
     from ocrquant.quantization import QuantConfig
     from ocrquant.tuning import quantize
+    from ocrquant.zoo.resolve import resolve_model
 
     results = {}
     for name, algos in variants.items():
         cfg = QuantConfig(method="min_max", cache_dir=out_dir, algorithms=algos, progress=False, **config)
         path = out_dir / f"cls.{name}.onnx"
-        results[name] = (quantize(model, "cls", sample_root() / "rec", path, cfg), path)
+        results[name] = (quantize(resolve_model(model), "cls", sample_calib(), path, cfg), path)
     return results
+
+
+def sample_calib(task: str = "cls"):  # -> ocrquant.data.Dataset
+    """The embedded sample's word crops (cls, rec) or images (det), opened as the CLI opens a
+    calibration set before it hands it to the quantizer."""
+    from ocrquant.data import open_dataset, sample_root
+
+    return open_dataset(sample_root() / ("det" if task.startswith("det") else "rec"), task)

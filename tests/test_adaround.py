@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ocrquant.data import sample_root
+from ocrquant.data import open_dataset, sample_root
 from ocrquant.errors import OcrQuantError
 from ocrquant.quantization import QuantConfig
 from ocrquant.quantization.algorithms.adaround import choose_rounding, conv_patches
@@ -24,6 +24,7 @@ from ocrquant.quantization.saturation import (
     worst_pair_sum,
 )
 from ocrquant.tuning import quantize
+from ocrquant.zoo.resolve import resolve_model
 from tests.conftest import quantize_cls_variants, sample_cls_inputs
 
 
@@ -200,10 +201,10 @@ def test_a_run_continued_from_a_saved_qdq_model_writes_the_same_model(cls_model,
         "method": "min_max", "cache_dir": tmp_path, "progress": False, "calib_size": 16,
         "algorithm_options": {"adaround": {"max_batches": 1, "fields_per_batch": 256}},
     }  # fmt: skip
-    data = sample_root() / "rec"
+    data, cls = open_dataset(sample_root() / "rec", "cls"), resolve_model(cls_model)
     both = tmp_path / "both.onnx"
     quantize(
-        cls_model,
+        cls,
         "cls",
         data,
         both,
@@ -211,7 +212,7 @@ def test_a_run_continued_from_a_saved_qdq_model_writes_the_same_model(cls_model,
     )
     first, prepass = tmp_path / "ada.onnx", tmp_path / "ada.prepass.onnx"
     ada = quantize(
-        cls_model,
+        cls,
         "cls",
         data,
         first,
@@ -220,7 +221,7 @@ def test_a_run_continued_from_a_saved_qdq_model_writes_the_same_model(cls_model,
     start = QdqStart(prepass, ("adaround",), ada.algorithms)
     continued = tmp_path / "continued.onnx"
     result = quantize(
-        cls_model, "cls", data, continued,
+        cls, "cls", data, continued,
         QuantConfig(algorithms=[*defaults, "adaround", "bias_correction"], qdq_start=start, **common),
     )  # fmt: skip
     assert result.algorithms["adaround"] == ada.algorithms["adaround"]
@@ -231,7 +232,7 @@ def test_a_run_continued_from_a_saved_qdq_model_writes_the_same_model(cls_model,
         np.testing.assert_array_equal(got[name], value, err_msg=name)
     with pytest.raises(OcrQuantError, match="cannot continue"):
         quantize(
-            cls_model,
+            cls,
             "cls",
             data,
             tmp_path / "x.onnx",

@@ -373,11 +373,13 @@ def test_compare_uses_the_float_model_that_was_quantized(tmp_path):
     from ocrquant.quantization import QuantConfig
     from ocrquant.quantization.prepare import prepare_model
     from ocrquant.tuning import quantize
-    from tests.conftest import zoo_model_path
+    from ocrquant.zoo.resolve import resolve_model
+    from tests.conftest import sample_calib, zoo_model_path
 
     model = zoo_model_path("ppocrv3-cls")
     int8 = tmp_path / "cls.int8.onnx"
-    result = quantize(model, "cls", sample_root() / "rec", int8, QuantConfig(method="min_max", calib_size=16))
+    cfg = QuantConfig(method="min_max", calib_size=16)
+    result = quantize(resolve_model(model), "cls", sample_calib(), int8, cfg)
     assert "hs_cle" in result.algorithms and float_reference_path(int8).is_file()
     settings = read_sidecar(int8)["settings"]
     rewrites = tuple(settings["target"].get("prepare_rewrites") or ())

@@ -247,19 +247,20 @@ def test_missing_extra_is_reported_before_any_download(tmp_path: Path, monkeypat
 
 def test_damaged_calibration_cache_is_recomputed(tmp_path: Path, caplog) -> None:
     """A calibration cache entry that still loads but was altered would give wrong ranges silently."""
-    from ocrquant.data import sample_root
     from ocrquant.quantization import QuantConfig
     from ocrquant.tuning import quantize
+    from ocrquant.zoo.resolve import resolve_model
+    from tests.conftest import sample_calib
 
     model = zoo_model_path("ppocrv3-cls")
     cfg = QuantConfig(method="min_max", calib_size=8, cache_dir=tmp_path / "calib", progress=False)
-    first = quantize(model, "cls", sample_root() / "rec", tmp_path / "a.onnx", cfg)
+    first = quantize(resolve_model(model), "cls", sample_calib(), tmp_path / "a.onnx", cfg)
     assert not first.cache_hit
     (npz,) = (tmp_path / "calib").glob("*.npz")
     data = bytearray(npz.read_bytes())
     data[len(data) // 2] ^= 0xFF
     npz.write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING, logger="ocrquant"):
-        again = quantize(model, "cls", sample_root() / "rec", tmp_path / "b.onnx", cfg)
+        again = quantize(resolve_model(model), "cls", sample_calib(), tmp_path / "b.onnx", cfg)
     assert not again.cache_hit and "damaged calibration cache" in caplog.text
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()

@@ -193,7 +193,7 @@ def test_v6_rec_int8_keeps_readings_on_held_out_train_crops(icdar: Path, tmp_pat
     model = resolve_model("ppocrv6-small-rec")
     out = tmp_path / "rec.int8.onnx"
     cfg = QuantConfig(method="mse", calib_size=64, cache_dir=tmp_path / "cache", progress=False)
-    result = quantize(model.path, "rec", calib, out, cfg)
+    result = quantize(model, "rec", calib, out, cfg)
     for op in ("Conv", "MatMul"):
         assert result.node_counts[op]["float"] == 0, result.float_nodes
         assert result.node_counts[op]["quantized"] > 0
@@ -236,7 +236,7 @@ def test_v6_det_gelus_run_as_integer_sigmoid_on_ort_cpu_and_stay_exact_for_openv
     files = {}
     for target in ("ort-cpu", "openvino"):
         out = tmp_path / f"det.{target}.onnx"
-        quantize_recipe(model.path, "det", calib, out, replace(base, target=target))
+        quantize_recipe(model, "det", calib, out, replace(base, target=target))
         files[target] = out
     fused = {t: read_sidecar(f)["prepare"]["fused"] for t, f in files.items()}
     assert fused["ort-cpu"]["gelu_sigmoid"] == 13 and "gelu_sigmoid" not in fused["openvino"]

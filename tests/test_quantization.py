@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from ocrquant.data import open_dataset, sample_root
+from ocrquant.data import open_dataset
 from ocrquant.data.types import Dataset
 from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation import evaluate
@@ -36,7 +36,7 @@ from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.tuning import quantize
 from ocrquant.zoo.resolve import resolve_model
 from ocrquant.zoo.task import build_task
-from tests.conftest import quantize_cls_variants, sample_cls_inputs
+from tests.conftest import quantize_cls_variants, sample_calib, sample_cls_inputs
 
 
 def stats_of(x: np.ndarray, bins: int = 2048) -> TensorStats:
@@ -345,7 +345,7 @@ def quantized_cls(cls_model, tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("q")
     out = tmp / "cls.int8.onnx"
     cfg = QuantConfig(method="min_max", calib_size=16, batch_size=4, cache_dir=tmp / "cache", progress=False)
-    result = quantize(cls_model, "cls", sample_root() / "rec", out, cfg)
+    result = quantize(resolve_model(cls_model), "cls", sample_calib(), out, cfg)
     assert not result.cache_hit
     return out, tmp
 
@@ -406,7 +406,7 @@ def test_second_method_reuses_the_calibration_cache(cls_model, quantized_cls):
         exclude=["Gemm"],
         progress=False,
     )
-    result = quantize(cls_model, "cls", sample_root() / "rec", tmp / "cls.pct.onnx", cfg)
+    result = quantize(resolve_model(cls_model), "cls", sample_calib(), tmp / "cls.pct.onnx", cfg)
     assert result.cache_hit
     assert result.node_counts["Gemm"] == {"quantized": 0, "float": 1}
     assert any("excluded by 'Gemm'" in v["reason"] for v in result.float_nodes.values())
@@ -415,7 +415,7 @@ def test_second_method_reuses_the_calibration_cache(cls_model, quantized_cls):
 def test_already_quantized_model_is_refused(quantized_cls):
     out, tmp = quantized_cls
     with pytest.raises(OcrQuantError, match="already quantized"):
-        quantize(out, "cls", sample_root() / "rec", tmp / "again.onnx", QuantConfig(progress=False))
+        quantize(resolve_model(out), "cls", sample_calib(), tmp / "again.onnx", QuantConfig(progress=False))
     assert not (tmp / "again.onnx").exists()
 
 
@@ -423,7 +423,13 @@ def test_model_of_another_task_is_refused_before_calibration(cls_model, tmp_path
     """A cls model given as det: one error naming the file and the shapes, not an onnxruntime failure
     inside calibration, and no output."""
     with pytest.raises(OcrQuantError, match=r"output has shape \?x2, a det model's is N x 1 x H x W") as err:
-        quantize(cls_model, "det", sample_root() / "det", tmp_path / "o.onnx", QuantConfig(progress=False))
+        quantize(
+            resolve_model(cls_model),
+            "det",
+            sample_calib("det"),
+            tmp_path / "o.onnx",
+            QuantConfig(progress=False),
+        )
     assert str(cls_model) in str(err.value)
     assert not (tmp_path / "o.onnx").exists()
 
@@ -448,7 +454,7 @@ def test_npu_pow2_scales_are_powers_of_two(cls_model, quantized_cls):
         cache_dir=tmp / "cache",
         progress=False,
     )
-    quantize(cls_model, "cls", sample_root() / "rec", out, cfg)
+    quantize(resolve_model(cls_model), "cls", sample_calib(), out, cfg)
     model = onnx.load(str(out))
     inits = {i.name: i for i in model.graph.initializer}
     scales = [
@@ -467,9 +473,22 @@ def test_npu_pow2_scales_are_powers_of_two(cls_model, quantized_cls):
 
 
 def test_empty_calibration_dir_is_a_clear_error(cls_model, tmp_path):
+    """An empty folder is refused where it is opened, naming it; a calibration set with no samples
+    (a filtered one) is refused by the quantizer before anything is written."""
     (tmp_path / "empty").mkdir()
-    with pytest.raises(OcrQuantError):
-        quantize(cls_model, "cls", tmp_path / "empty", tmp_path / "o.onnx", QuantConfig(progress=False))
+    with pytest.raises(OcrQuantError, match="no images found") as err:
+        open_dataset(tmp_path / "empty", "cls")
+    assert str(tmp_path / "empty") in str(err.value)
+    calib = sample_calib()
+    empty = Dataset(calib.root, "cls", calib.format, [])
+    with pytest.raises(OcrQuantError, match="calibration set has no cls samples"):
+        quantize(
+            resolve_model(cls_model),
+            "cls",
+            empty,
+            tmp_path / "o.onnx",
+            QuantConfig("min_max", progress=False),
+        )
     assert not (tmp_path / "o.onnx").exists()
 
 
@@ -549,7 +568,7 @@ def test_openvino_layout_quantizes_only_what_its_integer_kernels_read(cls_model,
     out = tmp_path / "cls.ov.onnx"
     cfg = QuantConfig(method="min_max", calib_size=16, batch_size=4, target="openvino", cache_dir=tmp_path,
                       progress=False)  # fmt: skip
-    quantize(cls_model, "cls", sample_root() / "rec", out, cfg)
+    quantize(resolve_model(cls_model), "cls", sample_calib(), out, cfg)
     side = read_sidecar(out)
     assert side["settings"]["algorithms"] == ["hs_scale", "weight_width"]
     assert side["algorithms"]["hs_scale"]["edges"] > 0 and "align_channels" not in side["graph_passes"]
@@ -806,7 +825,7 @@ def test_auto_warns_when_the_held_out_drop_passes_a_point(caplog):
     assert "--max-drop" in record.getMessage()
 
 
-def test_the_budget_search_follows_auto_only_past_a_point_on_enough_images(tmp_path, caplog):
+def test_the_budget_search_follows_auto_only_past_a_point_on_enough_images(cls_model, tmp_path, caplog):
     """The rule that turns on the budget search after ``auto``, read from the sidecar ``auto`` wrote:
     a one-sided 90 % bound of the held-out drop past one point, on at least 1000 held-out images.
     Otherwise, or for a model not chosen by ``auto`` (no method search), the model passes through;
@@ -836,7 +855,9 @@ def test_the_budget_search_follows_auto_only_past_a_point_on_enough_images(tmp_p
         node_counts={}, float_nodes={}, timings={}, algorithms={}, cache_hit=False,
     )  # fmt: skip
     with caplog.at_level("WARNING", logger="ocrquant"):
-        same, search = escalate_to_budget(model, "rec", tmp_path, result, QuantConfig(), enabled=False)
+        same, search = escalate_to_budget(
+            resolve_model(cls_model), "cls", sample_calib(), result, QuantConfig(), enabled=False
+        )
     assert same is result and search is None
     assert "kept all-INT8 as asked" in caplog.records[-1].getMessage()
 
@@ -852,15 +873,16 @@ def test_the_budget_search_after_auto_keeps_autos_record_in_the_sidecar(cls_mode
     out = tmp_path / "cls.int8.onnx"
     cfg = QuantConfig(method="min_max", algorithms=[], calib_size=12, batch_size=4, progress=False,
                       cache_dir=tmp_path / "cache")  # fmt: skip
-    result = quantize_recipe(cls_model, "cls", sample_root() / "rec", out, cfg)
+    result = quantize_recipe(resolve_model(cls_model), "cls", sample_calib(), out, cfg)
     search = {
         "chosen": {"method": "min_max", "options": {}, "algorithms": []},
         "validation": {"drop_points": 1.4, "drop_bound_points": 2.0, "size": 2000},  # as if auto lost 1.4
         "seconds": {"range_candidates": 1.5},
     }
     write_sidecar(out, {**read_sidecar(out), "method_search": search})
-    written, report = escalate_to_budget(cls_model, "cls", sample_root() / "rec", result, cfg, threads=1,
-                                         progress=False)  # fmt: skip
+    written, report = escalate_to_budget(
+        resolve_model(cls_model), "cls", sample_calib(), result, cfg, threads=1, progress=False
+    )
     assert report is not None and report.met  # the 48 sample crops: within a point
     kept = read_sidecar(out)["method_search"]
     assert kept["seconds"]["range_candidates"] == 1.5 and kept["seconds"]["budget_search"] > 0
@@ -893,7 +915,7 @@ def test_auto_method_picks_the_best_candidate_and_validates_bias_correction(cls_
         progress=False,
     )
     out = tmp_path / "cls.auto.onnx"
-    _, rows = quantize_auto(cls_model, "cls", sample_root() / "rec", out, cfg, val_size=24)
+    _, rows = quantize_auto(resolve_model(cls_model), "cls", sample_calib(), out, cfg, val_size=24)
     side = json.loads(out.with_name("cls.auto.quant.json").read_text())
     search = side["method_search"]
     methods, trials = search["candidates"][:4], search["candidates"][4:]
@@ -1291,6 +1313,97 @@ def test_align_channels_pads_groups_exactly_and_keeps_every_conv_fused(tmp_path)
     assert _fused_convs(paths["aligned"]) == _fused_convs(paths["plain"]) == Counter(QLinearConv=6)
 
 
+def _fpn_model() -> onnx.ModelProto:
+    """A DB-style neck: a top map upsampled by 2 into an Add with a lateral Conv, that sum upsampled by
+    2 again, the top upsampled by 4, both into a Concat and a last Conv (nearest, floor, asymmetric)."""
+    from onnx import helper
+
+    rng = np.random.default_rng(11)
+    inits = {
+        "w1": rng.normal(0, 0.3, (8, 3, 3, 3)),
+        "w2": rng.normal(0, 0.3, (8, 8, 3, 3)),
+        "wl": rng.normal(0, 0.3, (8, 8, 1, 1)),
+        "wo": rng.normal(0, 0.3, (4, 16, 1, 1)),
+        "by2": [1, 1, 2, 2],
+        "by4": [1, 1, 4, 4],
+        "roi": np.zeros(0),
+    }
+    nearest = {"mode": "nearest", "nearest_mode": "floor", "coordinate_transformation_mode": "asymmetric"}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["a"], ["ar"], name="r1"),
+        helper.make_node("Conv", ["ar", "w2"], ["top"], name="c2", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Conv", ["ar", "wl"], ["lat"], name="lateral"),
+        helper.make_node("Resize", ["top", "roi", "by2"], ["up"], name="up2", **nearest),
+        helper.make_node("Add", ["lat", "up"], ["sum"], name="add"),
+        helper.make_node("Resize", ["sum", "roi", "by2"], ["sum_up"], name="sum_up2", **nearest),
+        helper.make_node("Resize", ["top", "roi", "by4"], ["top_up"], name="top_up4", **nearest),
+        helper.make_node("Concat", ["sum_up", "top_up"], ["cat"], name="cat", axis=1),
+        helper.make_node("Conv", ["cat", "wo"], ["y"], name="out"),
+    ]
+    return _xy_model("fpn", nodes, inits, [1, 3, 32, 48], [1, 4, 32, 48])
+
+
+def test_nhwc_upsample_keeps_the_integers_and_leaves_no_transpose_in_onnxruntime(tmp_path):
+    """ort-cpu's ``nhwc_upsample``: every nearest Resize becomes an integer Expand (the Add after the
+    first one runs in NHWC, the upsample of its output reads those bytes); onnxruntime computes the
+    same integers at every optimisation level, and its optimised graph keeps no more Transposes than
+    the plain model's (its NHWC layout cancels all the pass wrote)."""
+    import dataclasses
+
+    import onnxruntime as ort
+
+    from ocrquant.quantization.qdq import QuantPlan, apply_qdq_passes, write_qdq_model
+    from ocrquant.quantization.targets import get_target
+
+    model = _fpn_model()
+    rng = np.random.default_rng(12)
+    xs = [rng.normal(size=(1, 3, 32, 48)).astype(np.float32) for _ in range(3)]
+    inner = [o for n in model.graph.node for o in n.output]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(
+        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in ["x", *inner]]
+    )
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    runs = [dict(zip(["x", *inner], sess.run(None, {"x": x}), strict=True)) for x in xs]
+    ranges = {
+        n: (min(min(float(r[n].min()) for r in runs), 0.0), max(float(r[n].max()) for r in runs))
+        for n in ["x", *inner]
+    }
+    profile = get_target("ort-cpu")
+    assert "nhwc_upsample" in profile.qdq_passes
+    paths, bodies = {}, {}
+    for name, passes in (("nhwc", ("nhwc_upsample",)), ("plain", ())):
+        plan = QuantPlan(profile=dataclasses.replace(profile, qdq_passes=passes), ranges=dict(ranges))
+        paths[name] = tmp_path / f"{name}.onnx"
+        bodies[name] = write_qdq_model(model, plan, paths[name])
+        apply_qdq_passes(paths[name], plan.profile, bodies[name])
+    record = bodies["nhwc"]["graph_passes"]["nhwc_upsample"]["rewrites"]
+    assert {r["node"]: (r["factor"], r["nhwc_add"]) for r in record.values()} == {
+        "up2": (2, True), "sum_up2": (2, False), "top_up4": (4, False),
+    }  # fmt: skip
+    written = onnx.load(str(paths["nhwc"]))
+    onnx.checker.check_model(written)
+    assert not [n for n in written.graph.node if n.op_type == "Resize"]
+    optimised = {}
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        run = {}
+        for k, p in paths.items():
+            so = ort.SessionOptions()
+            so.graph_optimization_level = level
+            so.optimized_model_filepath = str(tmp_path / f"{k}.{int(level)}.opt.onnx")
+            run[k] = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+            optimised[k] = Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+        for x in xs:
+            got = {k: s.run(None, {"x": x})[0] for k, s in run.items()}
+            np.testing.assert_array_equal(got["nhwc"], got["plain"])
+    assert optimised["nhwc"]["Transpose"] == optimised["plain"]["Transpose"]
+    assert optimised["nhwc"]["Expand"] == 3 and optimised["nhwc"]["Resize"] == 0
+    assert optimised["plain"]["Resize"] == 3
+
+
 def test_align_channels_leaves_a_blocked_group_and_says_why(caplog):
     """A depthwise group that a graph output reads cannot grow: the pass leaves it, and warns with
     the reason (the slow kernel path stays). The pass works on float Convs as well."""
@@ -1340,20 +1453,20 @@ def test_a_float_stage_made_once_gives_the_same_model_and_is_used_only_where_its
     from ocrquant.quantization import quantize_recipe
     from ocrquant.quantization.pipeline import prepare_float_stage
 
-    data = sample_root() / "rec"
+    data, cls = sample_calib(), resolve_model(cls_model)
     cfg = QuantConfig(method="mse", algorithms=["act_cle"], calib_size=12, batch_size=4, progress=False,
                       cache_dir=tmp_path / "cache")  # fmt: skip
-    stage = prepare_float_stage(cls_model, "cls", data, cfg)  # made for mse ranges, used for min_max
+    stage = prepare_float_stage(cls, "cls", data, cfg)  # made for mse ranges, used for min_max
     assert stage.reports["act_cle"] and stage.keep_float == {} and len(stage.key) == 64
     own, given = tmp_path / "own.onnx", tmp_path / "given.onnx"
     min_max = dataclasses.replace(cfg, method="min_max")
-    quantize_recipe(cls_model, "cls", data, own, min_max)
-    quantize_recipe(cls_model, "cls", data, given, min_max, stage)
+    quantize_recipe(cls, "cls", data, own, min_max)
+    quantize_recipe(cls, "cls", data, given, min_max, stage)
     assert given.read_bytes() == own.read_bytes()
     assert read_sidecar(given)["float_reference_sha256"] == stage.sha256
     plain = dataclasses.replace(cfg, algorithms=[])
-    assert prepare_float_stage(cls_model, "cls", data, plain).key != stage.key
-    quantize_recipe(cls_model, "cls", data, tmp_path / "plain.onnx", plain, stage)
+    assert prepare_float_stage(cls, "cls", data, plain).key != stage.key
+    quantize_recipe(cls, "cls", data, tmp_path / "plain.onnx", plain, stage)
     assert "act_cle" not in read_sidecar(tmp_path / "plain.onnx")["algorithms"]
 
 
@@ -1370,7 +1483,7 @@ def test_tensorrt_target_reads_ppocrv3_rec(icdar: Path, tmp_path: Path) -> None:
     cfg = QuantConfig(
         method="mse", target="tensorrt", calib_size=48, cache_dir=tmp_path / "c", progress=False
     )
-    result = quantize(model.path, "rec", calib, out, cfg)
+    result = quantize(model, "rec", calib, out, cfg)
     task = build_task("rec", model)
     opts = RuntimeOptions(threads=2)
     ref = evaluate(task, create_runner(model.path, "onnxruntime", opts), held, progress=False)

@@ -33,6 +33,7 @@ from ocrquant.tuning.budget import (
 )
 from ocrquant.tuning.method_search import calib_size_leaving_validation
 from ocrquant.tuning.pair import quantize_pair
+from ocrquant.zoo.resolve import resolve_model
 from tests.conftest import zoo_model_path
 
 
@@ -191,7 +192,7 @@ def cls_setup(cls_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sens")
     ds = open_dataset(sample_root() / "rec", "cls")
     cfg = QuantConfig(method="min_max", calib_size=16, batch_size=4, cache_dir=tmp / "cache", progress=False)
-    pair = quantize_pair(cls_model, "cls", ds, tmp, cfg)
+    pair = quantize_pair(resolve_model(cls_model), "cls", ds, tmp, cfg)
     builder = VariantBuilder(onnx.load(str(pair.quantized.output)), onnx.load(str(pair.reference)))
     split = split_calibration(ds, cfg.calib_size, cfg.seed, 6)
     validator = Validator(
@@ -249,7 +250,9 @@ def test_float_variant_equals_the_pipelines_exclude(cls_setup, granularity, coun
     nodes = builder.float_nodes(layers)
     assert (len(nodes) > len(layers)) == (granularity == "block")
     cfg_x = dataclasses.replace(cfg, exclude=nodes, graph_passes=False)  # the pair's plain Q/DQ layout
-    excluded = quantize(pair.float_model, "cls", ds, tmp / f"excluded_{granularity}.onnx", cfg_x)
+    excluded = quantize(
+        resolve_model(pair.float_model), "cls", ds, tmp / f"excluded_{granularity}.onnx", cfg_x
+    )
     assert all(excluded.float_nodes[n]["reason"].startswith("excluded") for n in layers)
     qdq = [
         sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(p)).graph.node)
@@ -292,9 +295,9 @@ def test_quantize_with_budget_writes_the_model_and_a_report(cls_model, cls_setup
     pair, builder, _, cfg, _, _ = cls_setup
     out = tmp_path / "cls.mixed.onnx"
     result, report = quantize_with_budget(
-        cls_model,
+        resolve_model(cls_model),
         "cls",
-        sample_root() / "rec",
+        open_dataset(sample_root() / "rec", "cls"),
         None,
         out,
         cfg,
@@ -322,9 +325,9 @@ def test_budget_search_rejects_a_confidence_outside_its_range(cls_model, tmp_pat
     for level in (0.3, 1.0):
         with pytest.raises(OcrQuantError, match="confidence must be in"):
             quantize_with_budget(
-                cls_model,
+                resolve_model(cls_model),
                 "cls",
-                sample_root() / "rec",
+                open_dataset(sample_root() / "rec", "cls"),
                 None,
                 tmp_path / "x.onnx",
                 None,
@@ -359,7 +362,7 @@ def test_budget_search_edits_a_model_without_bias_correction_and_validates_it_fo
     )
     out = tmp_path / "cls.bc.onnx"
     result, report = quantize_with_budget(
-        cls_model, "cls", sample_root() / "rec", None, out, cfg_bc,
+        resolve_model(cls_model), "cls", open_dataset(sample_root() / "rec", "cls"), None, out, cfg_bc,
         BudgetConfig(100.0, val_size=4, ranking=builder.layers[:2], threads=1, latency=False, progress=False),
     )  # fmt: skip
     assert "bias_correction" not in report.settings["search_algorithms"]
@@ -379,7 +382,7 @@ def test_float_reference_for_a_model_without_reshape_or_transpose(tmp_path):
     ds = open_dataset(sample_root() / "det", "det")
     cache = tmp_path / "cache"
     cfg = QuantConfig(method="min_max", calib_size=2, batch_size=1, cache_dir=cache, progress=False)
-    pair = quantize_pair(det_model, "det", ds, tmp_path, cfg)
+    pair = quantize_pair(resolve_model(det_model), "det", ds, tmp_path, cfg)
     ref = onnx.load(str(pair.reference))
     kept = {n.op_type for n in ref.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")}
     assert not {"Reshape", "Transpose"} & kept

@@ -24,6 +24,8 @@ from ocrquant.tuning.executor import (
     create_executor,
 )
 from ocrquant.tuning.method_search import quantize_auto
+from ocrquant.zoo.resolve import resolve_model
+from tests.conftest import sample_calib
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 
@@ -37,7 +39,9 @@ def _config(tmp_path: Path) -> QuantConfig:
 
 
 def _search(cls_model: Path, out: Path, executor) -> tuple[list[dict], dict]:
-    _, rows = quantize_auto(cls_model, "cls", sample_root() / "rec", out, _config(out.parent), 24, executor)
+    _, rows = quantize_auto(
+        resolve_model(cls_model), "cls", sample_calib(), out, _config(out.parent), 24, executor
+    )
     side = method_search.read_sidecar(out)
     return rows, side["method_search"]["chosen"]
 
@@ -90,7 +94,9 @@ def test_a_failing_trial_names_itself_and_its_worker_and_leaves_no_model(cls_mod
     executor = ProcessExecutor(2)
     try:
         with pytest.raises(TrialFailed) as err:
-            quantize_auto(cls_model, "cls", sample_root() / "rec", out, _config(tmp_path), 24, executor)
+            quantize_auto(
+                resolve_model(cls_model), "cls", sample_calib(), out, _config(tmp_path), 24, executor
+            )
     finally:
         executor.close()
     message = str(err.value)
@@ -138,7 +144,7 @@ def test_sensitivity_probes_score_the_same_in_workers_and_on_ray(cls_model, tmp_
     cfg = QuantConfig(
         method="min_max", calib_size=16, batch_size=4, cache_dir=tmp_path / "cache", progress=False
     )
-    pair = quantize_pair(cls_model, "cls", ds, tmp_path, cfg)
+    pair = quantize_pair(resolve_model(cls_model), "cls", ds, tmp_path, cfg)
     builder = VariantBuilder(onnx.load(str(pair.quantized.output)), onnx.load(str(pair.reference)))
     split = split_calibration(ds, cfg.calib_size, cfg.seed, 24)
     validator = Validator(

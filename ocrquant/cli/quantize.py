@@ -21,7 +21,7 @@ from ocrquant.cli.common import (
     percent,
     unit_interval,
 )
-from ocrquant.data import READ_POLICY
+from ocrquant.data import READ_POLICY, open_dataset
 from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import read_sidecar, sidecar_path
 from ocrquant.quantization import QuantConfig
@@ -187,9 +187,14 @@ def quantize_cmd(
     guard_outputs([model, cache_dir], files=[output, sidecar_path(output)], datasets=[calib_data, val_data])
     READ_POLICY.strict = strict
 
+    # resolved once: everything below works on these objects
+    resolved = resolve_model(model)
+    task_name = infer_task(resolved, task)
+    calib = open_dataset(calib_data, task_name)
+    val = open_dataset(val_data, task_name) if val_data is not None else None
     task_options: dict[str, Any] = {}
     if input_shape is not None:  # a fixed-shape model is calibrated at its own input size
-        task_options = input_shape_options(infer_task(resolve_model(model), task), input_shape)
+        task_options = input_shape_options(task_name, input_shape)
     # None: the target's per-task defaults (resolved once the task is known), plus --algo
     algorithms: list[str] | None = list(algo or []) if no_default_algos else None
     config = QuantConfig(
@@ -212,10 +217,10 @@ def quantize_cmd(
     with executor_for(ExecutorConfig(workers, ray_address)) as executor:
         if max_drop is not None:
             result, search = quantize_with_budget(
-                model,
-                task,
-                calib_data,
-                val_data,
+                resolved,
+                task_name,
+                calib,
+                val,
                 output,
                 config,
                 BudgetConfig(max_drop, val_size=val_size, confidence=confidence),
@@ -223,9 +228,9 @@ def quantize_cmd(
             )
             console.print(search.summary())
         else:
-            result = quantize(model, task, calib_data, output, config, executor)
+            result = quantize(resolved, task_name, calib, output, config, executor)
             result, search = escalate_to_budget(
-                model, result.task, calib_data, result, config, enabled=not keep_all_int8, executor=executor
+                resolved, result.task, calib, result, config, enabled=not keep_all_int8, executor=executor
             )
             if search is not None:
                 console.print(search.summary())

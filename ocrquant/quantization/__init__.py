@@ -1,8 +1,9 @@
 """Post-training INT8 quantization of OCR models (QDQ ONNX), with ranges this library owns.
 
-``quantize_recipe(model, task, calib_data, output, QuantConfig(...)) -> QuantResult`` runs one recipe
-(range method + algorithms); the pieces (prepare, calibration, targets, QDQ writer, algorithms) are
-usable alone. ``method="auto"``, the default, is a search over recipes: :func:`ocrquant.tuning.quantize`.
+``quantize_recipe(resolve_model(spec), task, open_dataset(folder, task), output, QuantConfig(...))``
+runs one recipe (range method + algorithms) on the model and calibration set resolved and opened once
+by the caller; the pieces (prepare, calibration, targets, QDQ writer, algorithms) are usable alone.
+``method="auto"``, the default, is a search over recipes: :func:`ocrquant.tuning.quantize`.
 """
 
 from ocrquant.fileio import sidecar_path

@@ -59,6 +59,17 @@ def default_opset(model: onnx.ModelProto) -> int:
     return 0
 
 
+def nearest_floor_asymmetric(node: onnx.NodeProto) -> bool:
+    """A Resize whose output element ``i`` copies input element ``i // k`` per axis (nearest, floor,
+    asymmetric): exact to rewrite as repeats, since it interpolates nothing."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    return (
+        attrs.get("mode", b"nearest") == b"nearest"
+        and attrs.get("nearest_mode", b"round_prefer_floor") == b"floor"
+        and attrs.get("coordinate_transformation_mode", b"half_pixel") == b"asymmetric"
+    )
+
+
 def initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {i.name: i for i in model.graph.initializer}
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ocrquant.data import Dataset, Sample, open_dataset, readable_images, sample_calibration
+from ocrquant.data import Dataset, Sample, readable_images, sample_calibration
 from ocrquant.data.calibration import extend_calibration
 from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import atomic_path, float_reference_path, scratch_dir, sha256_file, write_sidecar
@@ -42,7 +42,7 @@ from ocrquant.quantization.qdq import (
 from ocrquant.quantization.targets import cpu_has_vnni, get_target, host_profile
 from ocrquant.tasks import Task
 from ocrquant.zoo.fetch import cache_home
-from ocrquant.zoo.resolve import ResolvedModel, resolve_model
+from ocrquant.zoo.resolve import ResolvedModel
 from ocrquant.zoo.task import build_task, infer_task
 
 log = logging.getLogger("ocrquant")
@@ -183,9 +183,8 @@ class _Recipe:
 
 
 def _resolve_recipe(
-    model_path: str | Path, task_name: str | None, calib_dataset: str | Path | Dataset, cfg: QuantConfig
+    resolved: ResolvedModel, task_name: str | None, dataset: Dataset, cfg: QuantConfig
 ) -> _Recipe:
-    resolved = resolve_model(model_path)
     task = float_model_task(resolved, task_name, cfg)
     profile = host_profile(get_target(cfg.target)).for_task(task.name)
     fuse_hardswish = profile.fuse_hardswish if cfg.fuse_hardswish is None else cfg.fuse_hardswish
@@ -195,9 +194,6 @@ def _resolve_recipe(
     algorithms = [
         create_algorithm(n, **cfg.algorithm_options.get(n, {})) for n in algorithm_names(cfg, task.name)
     ]
-    dataset = (
-        calib_dataset if isinstance(calib_dataset, Dataset) else open_dataset(Path(calib_dataset), task.name)
-    )
     if not dataset.samples:
         raise OcrQuantError(f"calibration set has no {task.name} samples", dataset.root)
     if cfg.calib_size > len(dataset.samples):
@@ -240,31 +236,33 @@ def _make_float_stage(recipe: _Recipe, key: str) -> FloatStage:
 
 
 def prepare_float_stage(
-    model_path: str | Path, task_name: str | None, calib_dataset: str | Path | Dataset, config: QuantConfig
+    model: ResolvedModel, task_name: str | None, calib: Dataset, config: QuantConfig
 ) -> FloatStage:
-    """The float stage of ``quantize_recipe(model_path, task_name, calib_dataset, ..., config)``,
-    made once for trials that share it (:class:`FloatStage`)."""
-    recipe = _resolve_recipe(model_path, task_name, calib_dataset, config)
+    """The float stage of ``quantize_recipe(model, task_name, calib, ..., config)``, made once for
+    trials that share it (:class:`FloatStage`)."""
+    recipe = _resolve_recipe(model, task_name, calib, config)
     return _make_float_stage(recipe, recipe.float_stage_key())
 
 
 def quantize_recipe(
-    model_path: str | Path,
+    model: ResolvedModel,
     task_name: str | None,
-    calib_dataset: str | Path | Dataset,
+    calib: Dataset,
     output: str | Path,
     config: QuantConfig | None = None,
     float_stage: FloatStage | None = None,
 ) -> QuantResult:
     """Quantize a float OCR model with one recipe (range method, algorithms) and calibration images
-    from ``calib_dataset``; write ``output`` (QDQ ONNX) and ``<output stem>.quant.json``.
-    ``model_path`` may be a zoo name. ``method="auto"`` is a search over recipes, which the tuning
-    layer runs (:func:`ocrquant.tuning.quantize`). ``float_stage``: this recipe's float stage made
-    beforehand (:func:`prepare_float_stage`); used only where its key is this recipe's, else made here."""
+    from ``calib``; write ``output`` (QDQ ONNX) and ``<output stem>.quant.json``. ``model`` and
+    ``calib`` come resolved and opened (:func:`ocrquant.zoo.resolve.resolve_model`,
+    :func:`ocrquant.data.open_dataset`, once, by the CLI or API). ``method="auto"`` is a search over
+    recipes, which the tuning layer runs (:func:`ocrquant.tuning.quantize`). ``float_stage``: this
+    recipe's float stage made beforehand (:func:`prepare_float_stage`); used only where its key is this
+    recipe's, else made here."""
     cfg = config or QuantConfig()
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    recipe = _resolve_recipe(model_path, task_name, calib_dataset, cfg)
+    recipe = _resolve_recipe(model, task_name, calib, cfg)
     resolved, task, profile, algorithms = recipe.resolved, recipe.task, recipe.profile, recipe.algorithms
     dataset, samples, batch_size = recipe.dataset, recipe.samples, recipe.batch_size
     task_name = task.name

@@ -16,10 +16,16 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from ocrquant.onnx_qdq import fold_constant_qdq
-from ocrquant.quantization.graph import consumers, initializers, producers, remove_nodes
+from ocrquant.quantization.graph import (
+    consumers,
+    initializers,
+    nearest_floor_asymmetric,
+    producers,
+    remove_nodes,
+)
 
 
 @dataclass(frozen=True)
@@ -434,3 +440,199 @@ def rewrite_align_channels(qmodel: onnx.ModelProto, align: int = CHANNEL_ALIGN) 
 
 
 register_qdq_pass(QDQPass("align_channels", rewrite_align_channels))
+
+
+# --------------------------------------------------------------------------- nhwc_upsample
+# onnxruntime runs a QDQ graph's convolutions as NHWC QLinearConvs and moves the layout-agnostic ops
+# between them to NHWC too, Resize included (its scales become [1, k, k, 1]). Its uint8 nearest Resize
+# has a fast path only for NCHW by 2; in NHWC it copies element by element: 2.43 ms for one 96-channel
+# 68x120 map by 2 (PP-OCRv3 det's largest, at 544x960), while Expand, which copies whole C-byte rows,
+# takes 0.30 ms for the same bytes. A nearest (floor, asymmetric) upsample by k is a repeat, so
+# DQ -> Resize -> Q with one grid on both sides (onnxruntime drops such pairs and resizes the integers)
+# becomes, on the integers themselves,
+#   Transpose(NCHW -> NHWC) -> Unsqueeze(2, 4) -> Expand(1, 1, k, 1, k, 1) -> Reshape(N, kH, kW, C)
+#   -> Transpose(NHWC -> NCHW)
+# the same integers, element for element, and onnxruntime cancels the Transposes against the ones its
+# NHWC layout puts around the neighbouring QLinear ops. Not where the upsample feeds an Add (an FPN's
+# top-down path): onnxruntime's first optimisation level, which runs before its QDQ fusion, moves the
+# closing Transpose onto the Add's input (the Add's other input is still an NCHW Conv there) and its
+# NHWC layout pass later leaves it: 9 Transposes stayed in PP-OCRv3 det, as long as the Resizes they
+# replaced. So such an Add runs in NHWC as written, its other input's integers transposed in and its
+# output's out (each cancelled by the layout pass), and an upsample reading that output reads its
+# NHWC bytes directly. The runtime still sees a valid NCHW ONNX graph; other runtimes run the
+# Transposes as written, so only the ort-cpu target asks for the pass.
+# ``python benchmarks/layout_ops.py`` times the pattern alone; ``ocrquant profile --compare``
+# on PP-OCRv3/v6 det shows Resize's share of the INT8 model going.
+def _nearest_factor(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> int | None:
+    """k when ``node`` is a 4-D nearest (floor, asymmetric) Resize by a constant ``[1, 1, k, k]``
+    (integer k >= 2, no ``sizes``), else None."""
+    if node.op_type != "Resize" or len(node.input) < 3 or not nearest_floor_asymmetric(node):
+        return None
+    if len(node.input) > 3 and node.input[3] or node.input[2] not in inits:
+        return None
+    scales = numpy_helper.to_array(inits[node.input[2]])
+    if scales.shape != (4,) or scales[0] != 1 or scales[1] != 1 or scales[2] != scales[3]:
+        return None
+    k = float(scales[2])
+    return int(k) if k >= 2 and k == int(k) else None
+
+
+def _grid(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple[Any, ...] | None:
+    """A Q/DQ node's (scale, zero point, its type) when both are per-tensor constants."""
+    scale, zero = _param(inits, node, 1), _param(inits, node, 2)
+    if scale is None or scale.size != 1 or (zero is not None and zero.size != 1):
+        return None
+    return (
+        float(scale.reshape(-1)[0]),
+        0 if zero is None else int(zero.reshape(-1)[0]),
+        str(getattr(zero, "dtype", "")),
+    )
+
+
+TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
+
+
+@dataclass
+class _Edit:
+    """Nodes to put in place of, before or after existing ones, and the ones to delete."""
+
+    replace: dict[int, list[onnx.NodeProto]] = field(default_factory=dict)
+    before: dict[int, list[onnx.NodeProto]] = field(default_factory=dict)
+    after: dict[int, list[onnx.NodeProto]] = field(default_factory=dict)
+    dead: set[int] = field(default_factory=set)
+
+    def apply(self, model: onnx.ModelProto) -> None:
+        nodes: list[onnx.NodeProto] = []
+        for old in model.graph.node:
+            nodes += self.before.get(id(old), [])
+            if id(old) in self.replace:
+                nodes += self.replace[id(old)]
+            elif id(old) not in self.dead:
+                nodes.append(old)
+            nodes += self.after.get(id(old), [])
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        remove_nodes(model, set())  # the initializers only the deleted nodes read
+
+
+def _upsample_chain(
+    name: str, source: str, nhwc: str | None, k: int, out: str, model: onnx.ModelProto
+) -> list[onnx.NodeProto]:
+    """The integer upsample of ``source`` (NCHW) by ``k`` into ``out``: NHWC bytes when ``nhwc`` names
+    ``source`` already transposed (an Add the pass moved to NHWC wrote it), else transposed here."""
+    t = f"{name}_nhwc"
+    axes, times, by_k = f"{t}_axes", f"{t}_times", f"{t}_by_k"
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([2, 4], np.int64), axes),
+            numpy_helper.from_array(np.array([1, 1, k, 1, k, 1], np.int64), times),
+            numpy_helper.from_array(np.array([1, k, k, 1], np.int64), by_k),
+        ]
+    )
+    chain = [] if nhwc else [helper.make_node("Transpose", [source], [t], name=t, perm=TO_NHWC)]
+    src = nhwc or t
+    return chain + [
+        helper.make_node("Unsqueeze", [src, axes], [f"{t}_6d"], name=f"{t}_6d"),
+        helper.make_node("Expand", [f"{t}_6d", times], [f"{t}_repeat"], name=f"{t}_repeat"),
+        helper.make_node("Shape", [src], [f"{t}_shape"], name=f"{t}_shape"),
+        helper.make_node("Mul", [f"{t}_shape", by_k], [f"{t}_up_shape"], name=f"{t}_up_shape"),
+        helper.make_node("Reshape", [f"{t}_repeat", f"{t}_up_shape"], [out], name=f"{t}_up"),
+    ]
+
+
+def _nhwc_add(
+    up: str, readers: list[onnx.NodeProto], prod: dict[str, onnx.NodeProto], cons, inits
+) -> list[tuple[onnx.NodeProto, onnx.NodeProto, onnx.NodeProto, onnx.NodeProto]] | None:
+    """Each reader DQ of the upsample ``up`` with the Add it feeds, the Add's other input's DQ and the
+    one Q after it, when every reader is such (the Add then runs in NHWC); else None."""
+    found = []
+    for dq in readers:
+        adds = cons.get(dq.output[0], [])
+        if dq.op_type != "DequantizeLinear" or len(adds) != 1 or adds[0].op_type != "Add":
+            return None
+        add = adds[0]
+        other = [i for i in add.input if i != dq.output[0]]
+        lat = prod.get(other[0]) if len(add.input) == 2 and len(other) == 1 else None
+        qs = cons.get(add.output[0], [])
+        if lat is None or lat.op_type != "DequantizeLinear" or lat.input[0] in inits:
+            return None
+        if len(qs) != 1 or qs[0].op_type != "QuantizeLinear" or _grid(lat, inits) is None:
+            return None
+        found.append((dq, add, lat, qs[0]))
+    return found
+
+
+def rewrite_nhwc_upsample(qmodel: onnx.ModelProto) -> dict[str, dict[str, Any]]:
+    """Replace DQ -> nearest Resize by k -> Q (one grid) with an NHWC integer upsample, and an Add
+    reading it with one in NHWC (see the comment above)."""
+    inits = initializers(qmodel)
+    prod, cons = producers(qmodel), consumers(qmodel)
+    outputs = {o.name for o in qmodel.graph.output}
+    edit = _Edit()
+    nhwc_of: dict[str, str] = {}  # an NCHW integer tensor -> the same bytes in NHWC, where written
+    backs: set[str] = set()  # the Transposes that take those back to NCHW
+    retyped: set[str] = set()  # float tensors an Add moved to NHWC: their declared shapes go
+    record: dict[str, dict[str, Any]] = {}
+    for node in qmodel.graph.node:
+        k = _nearest_factor(node, inits)
+        dq = prod.get(node.input[0]) if k is not None else None
+        if k is None or dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] in inits:
+            continue
+        qs, grid = cons.get(node.output[0], []), _grid(dq, inits)
+        if grid is None or not qs or node.output[0] in outputs:
+            continue
+        if any(
+            q.op_type != "QuantizeLinear" or _grid(q, inits) != grid or q.output[0] in outputs for q in qs
+        ):
+            continue
+        name, up = node.name or node.output[0], qs[0].output[0]
+        readers = [r for q in qs for r in cons.get(q.output[0], [])]
+        adds = _nhwc_add(up, readers, prod, cons, inits)
+        out = f"{up}_nhwc" if adds else f"{name}_nhwc_up"
+        chain = _upsample_chain(name, dq.input[0], nhwc_of.get(dq.input[0]), k, out, qmodel)
+        if adds:
+            for reader, add, lat, q in adds:
+                retyped.update([reader.output[0], lat.output[0], add.output[0]])  # now NHWC
+                reader.input[0] = out
+                t_lat = f"{lat.input[0]}_nhwc_{add.name or add.output[0]}"
+                edit.before[id(lat)] = [
+                    helper.make_node("Transpose", [lat.input[0]], [t_lat], name=t_lat, perm=TO_NHWC)
+                ]
+                lat.input[0] = t_lat
+                nchw = q.output[0]
+                q.output[0] = nhwc_of[nchw] = f"{nchw}_nhwc"
+                back = helper.make_node("Transpose", [q.output[0]], [nchw], name=f"{nchw}_nchw", perm=TO_NCHW)
+                edit.after[id(q)] = [back]
+                backs.add(back.name)
+        else:
+            chain.append(helper.make_node("Transpose", [out], [up], name=f"{name}_nhwc_nchw", perm=TO_NCHW))
+            for q in qs[1:]:  # the same grid: every reader of another Q reads the one result
+                for reader in cons.get(q.output[0], []):
+                    reader.input[:] = [up if i == q.output[0] else i for i in reader.input]
+        edit.replace[id(node)] = chain
+        edit.dead.update(id(q) for q in qs)
+        record[node.output[0]] = {"node": name, "factor": k, "nhwc_add": bool(adds), "scale": grid[0]}
+    if record:
+        edit.apply(qmodel)
+        for vi in qmodel.graph.value_info:
+            dims = vi.type.tensor_type.shape.dim
+            if vi.name in retyped and len(dims) == 4:
+                for d in dims:  # rank 4, sizes unknown
+                    d.Clear()
+        # what only the Resizes read: their DQs, then an Add's way back to NCHW that only such a DQ
+        # read (the upsample reads the NHWC bytes now); onnxruntime would run them for nothing
+        for kinds in (("DequantizeLinear",), ("Transpose",)):
+            read = {i for n in qmodel.graph.node for i in n.input} | outputs
+            unread = [
+                n
+                for n in qmodel.graph.node
+                if n.op_type in kinds
+                and (kinds[0] != "Transpose" or n.name in backs)
+                and n.output[0] not in read
+            ]
+            if unread:  # (the list keeps the nodes' wrappers, and so their ids, alive)
+                remove_nodes(qmodel, {id(n) for n in unread})
+    return record
+
+
+register_qdq_pass(QDQPass("nhwc_upsample", rewrite_nhwc_upsample))

@@ -47,7 +47,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ocrquant.quantization.graph import consumers, initializers, other_input, producers, single_reader
+from ocrquant.quantization.graph import (
+    consumers,
+    initializers,
+    nearest_floor_asymmetric,
+    other_input,
+    producers,
+    single_reader,
+)
 
 MS_DOMAIN = "com.microsoft"
 PrepareRewrite = Callable[[onnx.ModelProto], int]
@@ -184,15 +191,6 @@ def gelu_to_sigmoid(model: onnx.ModelProto) -> int:
     return len(anchors)
 
 
-def _nearest_floor_asymmetric(node: onnx.NodeProto) -> bool:
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    return (
-        attrs.get("mode", b"nearest") == b"nearest"
-        and attrs.get("nearest_mode", b"round_prefer_floor") == b"floor"
-        and attrs.get("coordinate_transformation_mode", b"half_pixel") == b"asymmetric"
-    )
-
-
 @register_rewrite("resize_x2")
 def split_nearest_resize(model: onnx.ModelProto) -> int:
     """Rewrite each nearest (floor, asymmetric) Resize whose scales are ``[1, 1, k, k]`` with k = 4
@@ -201,7 +199,7 @@ def split_nearest_resize(model: onnx.ModelProto) -> int:
     inits = initializers(model)
     anchors: list[tuple[onnx.NodeProto, list[onnx.NodeProto]]] = []
     for node in list(model.graph.node):
-        if node.op_type != "Resize" or len(node.input) != 3 or not _nearest_floor_asymmetric(node):
+        if node.op_type != "Resize" or len(node.input) != 3 or not nearest_floor_asymmetric(node):
             continue
         if node.input[2] not in inits:
             continue

@@ -291,8 +291,9 @@ ORT_CPU = register_target(
         },
         weight_dtype_without_vnni="int8p",
         # align_channels (`ocrquant bench --rounds 30`, 2 threads): cls 1.02x -> 1.18x FP32 at
-        # batch 1, 0.92x -> 1.32x at batch 8
-        qdq_passes=("fold_scalar_mul", "align_channels", "fold_constant_qdq"),
+        # batch 1, 0.92x -> 1.32x at batch 8; nhwc_upsample: det's nearest Resizes as integer
+        # Expands in onnxruntime's NHWC layout (quantization/qdq_passes.py measures it)
+        qdq_passes=("fold_scalar_mul", "align_channels", "nhwc_upsample", "fold_constant_qdq"),
     )
 )
 # OpenVINO (CPU plugin) quantizes the way NNCF lays a model out for it: Q/DQ on the *inputs* of the

@@ -98,7 +98,7 @@ from ocrquant.analysis.sensitivity import (
     json_safe,
     time_models,
 )
-from ocrquant.data import open_dataset
+from ocrquant.data import Dataset
 from ocrquant.data.split import split_calibration
 from ocrquant.errors import OcrQuantError
 from ocrquant.fileio import (
@@ -122,7 +122,7 @@ from ocrquant.tuning.method_search import (
 )
 from ocrquant.tuning.pair import quantize_pair
 from ocrquant.tuning.probes import executor_scorer
-from ocrquant.zoo.resolve import resolve_model
+from ocrquant.zoo.resolve import ResolvedModel
 from ocrquant.zoo.task import build_task, infer_task
 
 log = logging.getLogger("ocrquant")
@@ -407,10 +407,10 @@ class BudgetConfig:
 
 
 def quantize_with_budget(
-    model_path: str | Path,
+    model: ResolvedModel,
     task: str | None,
-    calib_dataset: str | Path,
-    val_dataset: str | Path | None,
+    calib: Dataset,
+    val: Dataset | None,
     output: str | Path,
     config: QuantConfig | None,
     budget: BudgetConfig,
@@ -419,16 +419,16 @@ def quantize_with_budget(
     pair: Any = None,
     executor: Executor | None = None,
 ) -> tuple[QuantResult, SearchReport]:
-    """Quantize ``model_path`` keeping the fewest sensitive layers float/int16 such that the primary
+    """Quantize ``model`` keeping the fewest sensitive layers float/int16 such that the primary
     metric on the validation subset drops at most ``max_drop`` points below FP32.
 
-    ``val_dataset`` None: validation images are drawn from ``calib_dataset`` minus the calibration
-    pick (never the test set); ``val_size`` None: the task's :data:`BUDGET_VAL_SIZE`. ``confidence``:
-    the one-sided level at which a set must meet the budget (0.5: the validation figure itself; see the
-    module doc). ``ranking`` None: computed
-    by the sensitivity analysis (``mode``, ``rank_by``, see the module doc). ``max_float_share``: keep at
-    most this share of the ranked layers float (the search reports the budget unmet beyond it; None: no
-    cap). ``pair``: a
+    ``model``, ``calib`` and ``val`` come resolved and opened by the CLI or API. ``val`` None:
+    validation images are drawn from ``calib`` minus the calibration pick (never the test set);
+    ``val_size`` None: the task's :data:`BUDGET_VAL_SIZE`. ``confidence``: the one-sided level at which
+    a set must meet the budget (0.5: the validation figure itself; see the module doc). ``ranking``
+    None: computed by the sensitivity analysis (``mode``, ``rank_by``, see the module doc).
+    ``max_float_share``: keep at most this share of the ranked layers float (the search reports the
+    budget unmet beyond it; None: no cap). ``pair``: a
     :class:`~ocrquant.analysis.sensitivity.QuantizedPair` from an earlier run with the same ``config``
     (skips its two pipeline runs). ``executor``: where the ranking's probes run (one per block, the
     search's parallel part; :mod:`ocrquant.tuning.probes`); None: in this process. Writes ``output``,
@@ -451,17 +451,14 @@ def quantize_with_budget(
         raise OcrQuantError(f"confidence must be in [0.5, 1), got {confidence:g}")
     z = NormalDist().inv_cdf(confidence)
     cfg = config or QuantConfig()
-    resolved = resolve_model(model_path)
-    output = check_output(output, resolved.path)
-    task_name = infer_task(resolved, task)
-    calib = open_dataset(Path(calib_dataset), task_name)
-    val = open_dataset(Path(val_dataset), task_name) if val_dataset is not None else None
+    output = check_output(output, model.path)
+    task_name = infer_task(model, task)
     n_val = val_size if val_size is not None else BUDGET_VAL_SIZE.get(task_name, 300)
     if val is None:  # validation images come out of the calibration directory, as auto takes them
         reserved = calib_size_leaving_validation(cfg.calib_size, len(calib.samples), n_val)
         cfg = dataclasses.replace(cfg, calib_size=reserved)
     split = split_calibration(calib, cfg.calib_size, cfg.seed, n_val, val_data=val)
-    task_obj = build_task(task_name, resolved, cfg.task_options)
+    task_obj = build_task(task_name, model, cfg.task_options)
 
     with scratch_dir("mixed") as tmp:
         work = Path(work_dir) if work_dir is not None else Path(tmp)
@@ -469,15 +466,15 @@ def quantize_with_budget(
         if pair is None and resolve_method(cfg, task_name)[0] != "auto":  # the algorithms are known now
             full = algorithm_names(cfg, task_name)
             cfg = dataclasses.replace(cfg, algorithms=full, extra_algorithms=[])
-            pair = quantize_pair(model_path, task_name, calib, work, _without_qdq_stage(cfg))
+            pair = quantize_pair(model, task_name, calib, work, _without_qdq_stage(cfg))
             cfg = dataclasses.replace(pinned_config(cfg, pair.quantized.output), algorithms=full)
         else:
             if pair is None:  # auto: the pair's run chooses the method and the algorithms
-                pair = quantize_pair(model_path, task_name, calib, work, cfg)
+                pair = quantize_pair(model, task_name, calib, work, cfg)
             cfg = pinned_config(cfg, pair.quantized.output)  # later models repeat the pair's float stage
             if _without_qdq_stage(cfg).algorithms != cfg.algorithms:
                 # see the module doc: edits of a bias-corrected model misjudge the sets
-                pair = quantize_pair(model_path, task_name, calib, work / "search", _without_qdq_stage(cfg))
+                pair = quantize_pair(model, task_name, calib, work / "search", _without_qdq_stage(cfg))
         search_cfg = _without_qdq_stage(cfg)
         int8_path = Path(pair.quantized.output)
         qmodel = onnx.load(str(int8_path))
@@ -530,7 +527,7 @@ def quantize_with_budget(
                     builder.save(path, float_layers=sorted(layers))
                 else:
                     quantize(
-                        model_path,
+                        model,
                         task_name,
                         calib,
                         path,
@@ -571,7 +568,7 @@ def quantize_with_budget(
             log.warning(caution)
 
         final_cfg = config_for(cfg, keep, chosen, qmodel, builder.float_nodes(chosen))
-        result = quantize(model_path, task_name, calib, output, final_cfg)
+        result = quantize(model, task_name, calib, output, final_cfg)
         final = validator.score(result.output)
         qdq_stage_check: dict[str, float] = {}
         if search_cfg.algorithms != cfg.algorithms:
@@ -581,7 +578,7 @@ def quantize_with_budget(
             qdq_stage_check = {"with": final.metric, "without": searched}
             if searched > final.metric:
                 final_cfg = config_for(search_cfg, keep, chosen, qmodel, builder.float_nodes(chosen))
-                result = quantize(model_path, task_name, calib, output, final_cfg)
+                result = quantize(model, task_name, calib, output, final_cfg)
                 final = validator.score(result.output)
         steps.append(
             judged_step(
@@ -608,7 +605,7 @@ def quantize_with_budget(
 
     report = SearchReport(
         task=task_name,
-        model=str(resolved.path),
+        model=str(model.path),
         keep=keep,
         metric_name=task_obj.new_metric().primary,
         max_drop_points=max_drop,
@@ -670,9 +667,9 @@ def needs_budget(output: str | Path) -> float | None:
 
 
 def escalate_to_budget(
-    model_path: str | Path,
+    model: ResolvedModel,
     task: str,
-    calib_dataset: str | Path,
+    calib: Dataset,
     result: QuantResult,
     config: QuantConfig,
     enabled: bool = True,
@@ -723,9 +720,9 @@ def escalate_to_budget(
         search = read_sidecar(output).get("method_search")
         t0 = time.perf_counter()
         searched, report = quantize_with_budget(
-            model_path,
+            model,
             task,
-            calib_dataset,
+            calib,
             None,
             output,
             pinned_config(config, output),

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ocrquant.data import Dataset, open_dataset
+from ocrquant.data import Dataset
 from ocrquant.data.calibration import image_id
 from ocrquant.data.split import split_calibration
 from ocrquant.errors import OcrQuantError
@@ -48,7 +48,7 @@ from ocrquant.quantization.targets import get_target
 from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.tasks import Task
 from ocrquant.tuning.executor import Executor, InProcessExecutor, Trial
-from ocrquant.zoo.resolve import resolve_model
+from ocrquant.zoo.resolve import ResolvedModel
 from ocrquant.zoo.task import build_task, infer_task
 
 log = logging.getLogger("ocrquant")
@@ -86,7 +86,7 @@ class CandidateSpec:
     evaluate it on ``validation``. Everything a worker needs, nothing it must look up; picklable, so
     the candidate runs the same in this process, a local worker or on a Ray node."""
 
-    model: str
+    model: ResolvedModel
     task: Task
     calib: Dataset
     validation: Dataset
@@ -108,9 +108,9 @@ def evaluate_on(task: Task, model_file: str | Path, dataset: Dataset, threads: i
 
 
 def quantize_auto(
-    model_path: str | Path,
+    resolved: ResolvedModel,
     task_name: str | None,
-    calib_dataset: str | Path | Dataset,
+    calib: Dataset,
     output: str | Path,
     config: QuantConfig,
     val_size: int | None = None,
@@ -124,11 +124,7 @@ def quantize_auto(
     run on ``executor`` (default: one after another in this process); the algorithm trials that
     follow build on each other and run here.
     """
-    resolved = resolve_model(model_path)
     task_name = infer_task(resolved, task_name)
-    calib = (
-        calib_dataset if isinstance(calib_dataset, Dataset) else open_dataset(Path(calib_dataset), task_name)
-    )
     n_val = val_size or VAL_SIZE.get(task_name, 200)
     if len(calib.samples) <= 1:
         raise OcrQuantError(
@@ -209,12 +205,11 @@ def quantize_auto(
         # the float stage (prepare, HS-CLE / act_cle) is the same for every recipe tried: made once
         t0 = time.perf_counter()
         stage = prepare_float_stage(
-            resolved.path, task_name, calib, replace(candidates[0][2], progress=config.progress)
+            resolved, task_name, calib, replace(candidates[0][2], progress=config.progress)
         )
         float_seconds = round(time.perf_counter() - t0, 1)
-        model = str(resolved.path)
         trials = [
-            Trial(tag, CandidateSpec(model, task, calib, val_set, str(cand), cfg, threads, stage))
+            Trial(tag, CandidateSpec(resolved, task, calib, val_set, str(cand), cfg, threads, stage))
             for tag, cand, cfg in candidates
         ]
         # the first candidate fills the calibration cache; the rest read it, side by side
@@ -248,7 +243,7 @@ def quantize_auto(
         if search_names != names:
             t0 = time.perf_counter()
             quantize_recipe(
-                resolved.path,
+                resolved,
                 task_name,
                 calib,
                 chosen["file"],
@@ -288,7 +283,7 @@ def quantize_auto(
                 save_prepass=prepass(cand),
             )
             t0 = time.perf_counter()
-            quantize_recipe(resolved.path, task_name, calib, cand, trial, stage)
+            quantize_recipe(resolved, task_name, calib, cand, trial, stage)
             seconds[extra] = round(time.perf_counter() - t0, 1)
             scores = _validate(cand)
             rows.append(
@@ -339,26 +334,27 @@ def quantize_auto(
 
 
 def quantize(
-    model_path: str | Path,
+    model: ResolvedModel,
     task_name: str | None,
-    calib_dataset: str | Path | Dataset,
+    calib: Dataset,
     output: str | Path,
     config: QuantConfig | None = None,
     executor: Executor | None = None,
 ) -> QuantResult:
     """Quantize a float OCR model: ``config``'s recipe, or (``method="auto"``, every task's default)
     the recipe :func:`quantize_auto` picks on held-out calibration-side images, its trials run on
-    ``executor`` (None: in this process). Writes ``output`` and ``<output stem>.quant.json``."""
+    ``executor`` (None: in this process). Writes ``output`` and ``<output stem>.quant.json``. The
+    model comes resolved and the calibration set opened, once, by the CLI or API: every trial below
+    uses these objects (the zoo entry's preset with them) rather than looking a path up again."""
     cfg = config or QuantConfig()
-    resolved = resolve_model(model_path)
-    check_output(output, resolved.path)  # before any trial: a refused command writes nothing
-    name = infer_task(resolved, task_name)
+    check_output(output, model.path)  # before any trial: a refused command writes nothing
+    name = infer_task(model, task_name)
     if resolve_method(cfg, name)[0] != "auto":
-        return quantize_recipe(model_path, name, calib_dataset, output, cfg)  # it checks the model itself
+        return quantize_recipe(model, name, calib, output, cfg)  # it checks the model itself
     # an INT8 or another task's model is refused here, before any trial (a trial's error would come
     # back wrapped in the executor's)
-    float_model_task(resolved, name, cfg)
-    return quantize_auto(model_path, name, calib_dataset, output, cfg, executor=executor)[0]
+    float_model_task(model, name, cfg)
+    return quantize_auto(model, name, calib, output, cfg, executor=executor)[0]
 
 
 def search_summary(search: dict[str, Any]) -> str:

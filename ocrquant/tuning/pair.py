@@ -15,7 +15,7 @@ from ocrquant.data import Dataset
 from ocrquant.errors import OcrQuantError
 from ocrquant.quantization.config import QuantConfig, pinned_config
 from ocrquant.tuning.method_search import quantize
-from ocrquant.zoo.resolve import resolve_model
+from ocrquant.zoo.resolve import ResolvedModel
 
 
 # ------------------------------------------------------------------------------------ the pipeline pair
@@ -30,7 +30,7 @@ class QuantizedPair:
 
 
 def quantize_pair(
-    model: str | Path,
+    model: ResolvedModel,
     task: str | None,
     calib: Dataset,
     work_dir: Path,
@@ -63,4 +63,4 @@ def quantize_pair(
         pinned_config(cfg, base.output), exclude=sorted({n.name for n in nodes if n.name != keeper})
     )
     ref = quantize(model, base.task, calib, work_dir / "reference.onnx", ref_cfg)
-    return QuantizedPair(base, Path(ref.output), Path(resolve_model(model).path), base.task)
+    return QuantizedPair(base, Path(ref.output), Path(model.path), base.task)

@@ -89,7 +89,7 @@ def sensitivity(
     with scratch_dir("sens") as tmp:
         work = Path(work_dir) if work_dir is not None else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        pair = quantize_pair(model, task_name, calib, work, cfg)
+        pair = quantize_pair(resolved, task_name, calib, work, cfg)
         task_obj = build_task(task_name, resolved, cfg.task_options)
         builder = VariantBuilder(
             onnx.load(str(pair.quantized.output)), onnx.load(str(pair.reference)), granularity
