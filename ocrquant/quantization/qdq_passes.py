@@ -445,24 +445,24 @@ register_qdq_pass(QDQPass("align_channels", rewrite_align_channels))
 # --------------------------------------------------------------------------- nhwc_upsample
 # onnxruntime runs a QDQ graph's convolutions as NHWC QLinearConvs and moves the layout-agnostic ops
 # between them to NHWC too, Resize included (its scales become [1, k, k, 1]). Its uint8 nearest Resize
-# has a fast path only for NCHW by 2; in NHWC it copies element by element: 2.43 ms for one 96-channel
-# 68x120 map by 2 (PP-OCRv3 det's largest, at 544x960), while Expand, which copies whole C-byte rows,
-# takes 0.30 ms for the same bytes. A nearest (floor, asymmetric) upsample by k is a repeat, so
-# DQ -> Resize -> Q with one grid on both sides (onnxruntime drops such pairs and resizes the integers)
-# becomes, on the integers themselves,
+# has a fast path only for NCHW by 2; in NHWC it copies element by element, while Expand copies whole
+# C-byte rows: a 96-channel 68x120 map by 2 (PP-OCRv3 det's largest, at 544x960) between two 1x1
+# QLinearConvs took 3.68 ms with the Resize, 1.42 ms with the Expand, convolutions included
+# (``python benchmarks/layout_ops.py``, 2-core AMX Xeon). A nearest (floor, asymmetric) upsample by k
+# is a repeat, so DQ -> Resize -> Q with one grid on both sides (onnxruntime drops such pairs and
+# resizes the integers) becomes, on the integers themselves,
 #   Transpose(NCHW -> NHWC) -> Unsqueeze(2, 4) -> Expand(1, 1, k, 1, k, 1) -> Reshape(N, kH, kW, C)
 #   -> Transpose(NHWC -> NCHW)
 # the same integers, element for element, and onnxruntime cancels the Transposes against the ones its
 # NHWC layout puts around the neighbouring QLinear ops. Not where the upsample feeds an Add (an FPN's
 # top-down path): onnxruntime's first optimisation level, which runs before its QDQ fusion, moves the
 # closing Transpose onto the Add's input (the Add's other input is still an NCHW Conv there) and its
-# NHWC layout pass later leaves it: 9 Transposes stayed in PP-OCRv3 det, as long as the Resizes they
-# replaced. So such an Add runs in NHWC as written, its other input's integers transposed in and its
-# output's out (each cancelled by the layout pass), and an upsample reading that output reads its
-# NHWC bytes directly. The runtime still sees a valid NCHW ONNX graph; other runtimes run the
-# Transposes as written, so only the ort-cpu target asks for the pass.
-# ``python benchmarks/layout_ops.py`` times the pattern alone; ``ocrquant profile --compare``
-# on PP-OCRv3/v6 det shows Resize's share of the INT8 model going.
+# NHWC layout pass later leaves it: 9 Transposes stayed in PP-OCRv3 det's optimised graph. So such an
+# Add runs in NHWC as written, its other input's integers transposed in and its output's out (each
+# cancelled by the layout pass), and an upsample reading that output reads its NHWC bytes directly.
+# The runtime still sees a valid NCHW ONNX graph; other runtimes run the Transposes as written, so
+# only the ort-cpu target asks for the pass (docs/quantization.md has what it gives and costs where;
+# ``ocrquant profile --compare`` on a det model shows Resize's time going).
 def _nearest_factor(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> int | None:
     """k when ``node`` is a 4-D nearest (floor, asymmetric) Resize by a constant ``[1, 1, k, k]``
     (integer k >= 2, no ``sizes``), else None."""
@@ -541,9 +541,9 @@ def _upsample_chain(
 
 
 def _nhwc_add(
-    up: str, readers: list[onnx.NodeProto], prod: dict[str, onnx.NodeProto], cons, inits
+    readers: list[onnx.NodeProto], prod: dict[str, onnx.NodeProto], cons, inits
 ) -> list[tuple[onnx.NodeProto, onnx.NodeProto, onnx.NodeProto, onnx.NodeProto]] | None:
-    """Each reader DQ of the upsample ``up`` with the Add it feeds, the Add's other input's DQ and the
+    """Each reader DQ of an upsample with the Add it feeds, the Add's other input's DQ and the
     one Q after it, when every reader is such (the Add then runs in NHWC); else None."""
     found = []
     for dq in readers:
@@ -571,7 +571,7 @@ def rewrite_nhwc_upsample(qmodel: onnx.ModelProto) -> dict[str, dict[str, Any]]:
     edit = _Edit()
     nhwc_of: dict[str, str] = {}  # an NCHW integer tensor -> the same bytes in NHWC, where written
     backs: set[str] = set()  # the Transposes that take those back to NCHW
-    retyped: set[str] = set()  # float tensors an Add moved to NHWC: their declared shapes go
+    retyped: set[str] = set()  # float tensors an Add moved to NHWC
     record: dict[str, dict[str, Any]] = {}
     for node in qmodel.graph.node:
         k = _nearest_factor(node, inits)
@@ -587,7 +587,7 @@ def rewrite_nhwc_upsample(qmodel: onnx.ModelProto) -> dict[str, dict[str, Any]]:
             continue
         name, up = node.name or node.output[0], qs[0].output[0]
         readers = [r for q in qs for r in cons.get(q.output[0], [])]
-        adds = _nhwc_add(up, readers, prod, cons, inits)
+        adds = _nhwc_add(readers, prod, cons, inits)
         out = f"{up}_nhwc" if adds else f"{name}_nhwc_up"
         chain = _upsample_chain(name, dq.input[0], nhwc_of.get(dq.input[0]), k, out, qmodel)
         if adds:
@@ -614,25 +614,28 @@ def rewrite_nhwc_upsample(qmodel: onnx.ModelProto) -> dict[str, dict[str, Any]]:
         record[node.output[0]] = {"node": name, "factor": k, "nhwc_add": bool(adds), "scale": grid[0]}
     if record:
         edit.apply(qmodel)
+        # The tensors now NHWC keep a rank-4 declaration without sizes. onnxruntime's layout pass
+        # reads the declarations: with these deleted, PP-OCRv3 det kept 12 Transposes more than with
+        # its Resizes; with no declaration in the whole model 6 more; with the rank alone none (a
+        # test counts them on a small neck).
         for vi in qmodel.graph.value_info:
             dims = vi.type.tensor_type.shape.dim
             if vi.name in retyped and len(dims) == 4:
-                for d in dims:  # rank 4, sizes unknown
+                for d in dims:
                     d.Clear()
         # what only the Resizes read: their DQs, then an Add's way back to NCHW that only such a DQ
         # read (the upsample reads the NHWC bytes now); onnxruntime would run them for nothing
-        for kinds in (("DequantizeLinear",), ("Transpose",)):
-            read = {i for n in qmodel.graph.node for i in n.input} | outputs
-            unread = [
-                n
-                for n in qmodel.graph.node
-                if n.op_type in kinds
-                and (kinds[0] != "Transpose" or n.name in backs)
-                and n.output[0] not in read
-            ]
-            if unread:  # (the list keeps the nodes' wrappers, and so their ids, alive)
-                remove_nodes(qmodel, {id(n) for n in unread})
+        _drop_unread(qmodel, lambda n: n.op_type == "DequantizeLinear")
+        _drop_unread(qmodel, lambda n: n.name in backs)
     return record
+
+
+def _drop_unread(model: onnx.ModelProto, which: Callable[[onnx.NodeProto], bool]) -> None:
+    """Delete the nodes ``which`` picks whose output no node and no graph output reads."""
+    read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    unread = [n for n in model.graph.node if which(n) and n.output[0] not in read]
+    if unread:  # (the list keeps the nodes' wrappers, and so their ids, alive)
+        remove_nodes(model, {id(n) for n in unread})
 
 
 register_qdq_pass(QDQPass("nhwc_upsample", rewrite_nhwc_upsample))
