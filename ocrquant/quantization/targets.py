@@ -307,9 +307,10 @@ ORT_CPU = register_target(
 # kernel; without it PP-OCRv3 rec reads nothing, as with no HS-CLE on ort-cpu; docs/quantization.md).
 # ConvTranspose stays float (int8 53.0 vs float 53.9 ms on v6 det at 736x1312, within run-to-run
 # noise). ``python benchmarks/openvino_target.py`` (docs/results.md), 2-core AMX Xeon, speed-up over
-# OpenVINO FP32 of this layout against the ort-cpu file: PP-OCRv6 small det 2.10x vs 1.77x, v6 small rec
-# 1.72x vs 1.54x (batch 1), PP-OCRv3 rec 1.28x vs 1.11x, det 1.72x vs 1.61x; every full-test-set metric
-# inside its paired interval of the ort-cpu file in onnxruntime, except PP-OCRv3 rec's, higher.
+# OpenVINO FP32 of this layout against the ort-cpu file (whose det upsamples are laid out for
+# onnxruntime's NHWC data): PP-OCRv6 small det 2.20x vs 1.35x, v6 small rec 1.81x vs 1.66x (batch 1),
+# PP-OCRv3 rec 1.42x vs 1.16x, det 1.71x vs 0.93x; every full-test-set metric inside its paired
+# interval of the ort-cpu file in onnxruntime, except PP-OCRv3 rec's, higher.
 OPENVINO_OPS = ("Conv", "MatMul", "Gemm", "Add", "Concat")
 register_target(
     dataclasses.replace(
