@@ -1256,12 +1256,9 @@ def _fused_convs(path: Path) -> Counter:
     return Counter({k: ops[k] for k in ("Conv", "QLinearConv")})
 
 
-def test_align_channels_pads_groups_exactly_and_keeps_every_conv_fused(tmp_path):
-    """ort-cpu's ``align_channels``: the depthwise Conv's 24-channel group grows to 32 with zero
-    channels, the SE bottleneck (6, no depthwise) and the group that reaches the graph output (12)
-    keep theirs; onnxruntime computes the same outputs (both
-    optimisation levels) and still fuses every Conv into QLinearConv (it checks bias scale = input
-    scale x filter scale, which the padded channels keep)."""
+def _ort_cpu_with_and_without(model, qdq_pass: str, xs: list, tmp_path: Path, name: str) -> tuple[dict, dict]:
+    """``model`` written as ort-cpu QDQ with ranges measured on ``xs``, once with ``qdq_pass`` only
+    (``name``) and once with no pass (``plain``): the files and the writer's sidecar bodies."""
     import dataclasses
 
     import onnxruntime as ort
@@ -1269,9 +1266,6 @@ def test_align_channels_pads_groups_exactly_and_keeps_every_conv_fused(tmp_path)
     from ocrquant.quantization.qdq import QuantPlan, apply_qdq_passes, write_qdq_model
     from ocrquant.quantization.targets import get_target
 
-    model = _channel_model()
-    rng = np.random.default_rng(9)
-    xs = [rng.normal(size=(1, 3, 12, 20)).astype(np.float32) for _ in range(3)]
     inner = [o for n in model.graph.node for o in n.output]
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -1286,13 +1280,28 @@ def test_align_channels_pads_groups_exactly_and_keeps_every_conv_fused(tmp_path)
         for n in ["x", *inner]
     }
     profile = get_target("ort-cpu")
-    assert "align_channels" in profile.qdq_passes
+    assert qdq_pass in profile.qdq_passes
     paths, bodies = {}, {}
-    for name, passes in (("aligned", ("align_channels",)), ("plain", ())):
+    for label, passes in ((name, (qdq_pass,)), ("plain", ())):
         plan = QuantPlan(profile=dataclasses.replace(profile, qdq_passes=passes), ranges=dict(ranges))
-        paths[name] = tmp_path / f"{name}.onnx"
-        bodies[name] = write_qdq_model(model, plan, paths[name])
-        apply_qdq_passes(paths[name], plan.profile, bodies[name])
+        paths[label] = tmp_path / f"{label}.onnx"
+        bodies[label] = write_qdq_model(model, plan, paths[label])
+        apply_qdq_passes(paths[label], plan.profile, bodies[label])
+    return paths, bodies
+
+
+def test_align_channels_pads_groups_exactly_and_keeps_every_conv_fused(tmp_path):
+    """ort-cpu's ``align_channels``: the depthwise Conv's 24-channel group grows to 32 with zero
+    channels, the SE bottleneck (6, no depthwise) and the group that reaches the graph output (12)
+    keep theirs; onnxruntime computes the same outputs (both
+    optimisation levels) and still fuses every Conv into QLinearConv (it checks bias scale = input
+    scale x filter scale, which the padded channels keep)."""
+    import onnxruntime as ort
+
+    model = _channel_model()
+    rng = np.random.default_rng(9)
+    xs = [rng.normal(size=(1, 3, 12, 20)).astype(np.float32) for _ in range(3)]
+    paths, bodies = _ort_cpu_with_and_without(model, "align_channels", xs, tmp_path, "aligned")
     record = bodies["aligned"]["graph_passes"]["align_channels"]
     widths = sorted((r["channels"], r["padded_to"]) for r in record["rewrites"].values())
     assert widths == [(24, 32)]  # the SE bottleneck (6) has no depthwise Conv: left as it is
@@ -1349,37 +1358,12 @@ def test_nhwc_upsample_keeps_the_integers_and_leaves_no_transpose_in_onnxruntime
     first one runs in NHWC, the upsample of its output reads those bytes); onnxruntime computes the
     same integers at every optimisation level, and its optimised graph keeps no more Transposes than
     the plain model's (its NHWC layout cancels all the pass wrote)."""
-    import dataclasses
-
     import onnxruntime as ort
-
-    from ocrquant.quantization.qdq import QuantPlan, apply_qdq_passes, write_qdq_model
-    from ocrquant.quantization.targets import get_target
 
     model = _fpn_model()
     rng = np.random.default_rng(12)
     xs = [rng.normal(size=(1, 3, 32, 48)).astype(np.float32) for _ in range(3)]
-    inner = [o for n in model.graph.node for o in n.output]
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    probe.graph.output.extend(
-        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in ["x", *inner]]
-    )
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    runs = [dict(zip(["x", *inner], sess.run(None, {"x": x}), strict=True)) for x in xs]
-    ranges = {
-        n: (min(min(float(r[n].min()) for r in runs), 0.0), max(float(r[n].max()) for r in runs))
-        for n in ["x", *inner]
-    }
-    profile = get_target("ort-cpu")
-    assert "nhwc_upsample" in profile.qdq_passes
-    paths, bodies = {}, {}
-    for name, passes in (("nhwc", ("nhwc_upsample",)), ("plain", ())):
-        plan = QuantPlan(profile=dataclasses.replace(profile, qdq_passes=passes), ranges=dict(ranges))
-        paths[name] = tmp_path / f"{name}.onnx"
-        bodies[name] = write_qdq_model(model, plan, paths[name])
-        apply_qdq_passes(paths[name], plan.profile, bodies[name])
+    paths, bodies = _ort_cpu_with_and_without(model, "nhwc_upsample", xs, tmp_path, "nhwc")
     record = bodies["nhwc"]["graph_passes"]["nhwc_upsample"]["rewrites"]
     assert {r["node"]: (r["factor"], r["nhwc_add"]) for r in record.values()} == {
         "up2": (2, True), "sum_up2": (2, False), "top_up4": (4, False),
