@@ -182,7 +182,7 @@ class _Recipe:
         return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _resolve_recipe(
+def _recipe_for(
     resolved: ResolvedModel, task_name: str | None, dataset: Dataset, cfg: QuantConfig
 ) -> _Recipe:
     task = float_model_task(resolved, task_name, cfg)
@@ -240,7 +240,7 @@ def prepare_float_stage(
 ) -> FloatStage:
     """The float stage of ``quantize_recipe(model, task_name, calib, ..., config)``, made once for
     trials that share it (:class:`FloatStage`)."""
-    recipe = _resolve_recipe(model, task_name, calib, config)
+    recipe = _recipe_for(model, task_name, calib, config)
     return _make_float_stage(recipe, recipe.float_stage_key())
 
 
@@ -262,7 +262,7 @@ def quantize_recipe(
     cfg = config or QuantConfig()
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    recipe = _resolve_recipe(model, task_name, calib, cfg)
+    recipe = _recipe_for(model, task_name, calib, cfg)
     resolved, task, profile, algorithms = recipe.resolved, recipe.task, recipe.profile, recipe.algorithms
     dataset, samples, batch_size = recipe.dataset, recipe.samples, recipe.batch_size
     task_name = task.name
