@@ -112,6 +112,15 @@ def given_or_default(t: dict) -> str:
     return "recipe given" if "--method" in command or "--algorithms" in command else "defaults"
 
 
+def section_artefact(heading: str, path: Path, command: str) -> tuple[list[str], dict | None]:
+    """A section's heading lines and its artefact's JSON; without the file, the heading and the
+    command that writes it, which is then the whole section."""
+    lines = [heading, ""]
+    if not path.is_file():
+        return [*lines, f"{MISSING}`{command}`.", ""], None
+    return lines, json.loads(path.read_text())
+
+
 def headline_rows(chain: str, folder: Path) -> list[str]:
     """The README's results table rows for one chain: per model the primary metric FP32 -> INT8 with
     its interval, the speed-up at batch 1 (and 8), the size, the host."""
@@ -202,11 +211,10 @@ def search_phases(folder: Path, tasks: dict) -> list[str]:
 def chain_section(chain: str, folder: Path) -> list[str]:
     """One chain's table (per task: recipe, FP32, INT8, delta, speed, size, quantize time) and e2e."""
     path = folder / "summary.json"
-    lines = [f"## {CHAIN_TITLES[chain]}", ""]
-    if not path.is_file():
-        command = f"python benchmarks/icdar2015.py --chain {chain} --out {folder}"
-        return [*lines, f"{MISSING}`{command}`.", ""]
-    s = json.loads(path.read_text())
+    command = f"python benchmarks/icdar2015.py --chain {chain} --out {folder}"
+    lines, s = section_artefact(f"## {CHAIN_TITLES[chain]}", path, command)
+    if s is None:
+        return lines
     lines += [
         f"Command: `{s['command']}`. Host: {s['host']}; `ocrquant bench`, FP32 and INT8 interleaved, "
         f"{s.get('threads', 2)} threads, onnxruntime spinning off.{load_text(s)} Calibrated on det_train / "
@@ -284,10 +292,11 @@ def seed_section(folder: Path) -> list[str]:
 
 def speed_section(path: Path) -> list[str]:
     """Latency per model, precision and backend as ratios to onnxruntime FP32 (benchmarks/speed.py)."""
-    lines = ["## Speed by backend (ratio to onnxruntime FP32)", ""]
-    if not path.is_file():
-        return [*lines, f"{MISSING}`python benchmarks/speed.py`.", ""]
-    s = json.loads(path.read_text())
+    lines, s = section_artefact(
+        "## Speed by backend (ratio to onnxruntime FP32)", path, "python benchmarks/speed.py"
+    )
+    if s is None:
+        return lines
     backends = sorted({r["backend"] for rows in s["chains"].values() for r in rows if "backend" in r})
     columns = [(p, b) for b in backends for p in ("fp32", "int8") if (p, b) != ("fp32", "onnxruntime")]
     lines += [
@@ -318,10 +327,13 @@ def speed_section(path: Path) -> list[str]:
 def first_command_section(folder: Path) -> list[str]:
     """How long the README's first command took in a fresh clone, and the table it printed."""
     path = folder / "first_command.json"
-    lines = ["## The README's first command, in a fresh clone", ""]
-    if not path.is_file():
-        return [*lines, f"{MISSING}`python benchmarks/first_command.py --out {folder}`.", ""]
-    s = json.loads(path.read_text())
+    lines, s = section_artefact(
+        "## The README's first command, in a fresh clone",
+        path,
+        f"python benchmarks/first_command.py --out {folder}",
+    )
+    if s is None:
+        return lines
     lines += [
         f"Command: `{s['command']}`. Host: {s['host']}. `{s['timed']}` took "
         f"**{s['seconds'] / 60:.1f} minutes** (venv and install included; the model cache "
@@ -349,10 +361,13 @@ def first_command_section(folder: Path) -> list[str]:
 
 def pipeline_section(path: Path) -> list[str]:
     """Whole-chain images/s and e2e hmean against rapidocr 3.10's FP32 pipeline (benchmarks/pipeline.py)."""
-    lines = ["## The whole chain against rapidocr 3.10 (images/s, e2e hmean)", ""]
-    if not path.is_file():
-        return [*lines, f"{MISSING}`python benchmarks/pipeline.py`.", ""]
-    s = json.loads(path.read_text())
+    lines, s = section_artefact(
+        "## The whole chain against rapidocr 3.10 (images/s, e2e hmean)",
+        path,
+        "python benchmarks/pipeline.py",
+    )
+    if s is None:
+        return lines
     lines += [
         f"Command: `{s['command']}`. Host: {s['host']}. {s['images']} det_test images, each decoded once and "
         f"handed to every pipeline in a rotating order, {s['threads']} onnxruntime/OpenVINO threads; e2e "
@@ -369,10 +384,13 @@ def pipeline_section(path: Path) -> list[str]:
 
 def openvino_accuracy_section(path: Path) -> list[str]:
     """The INT8 files scored in OpenVINO against onnxruntime on the full test sets."""
-    lines = ["## INT8 in OpenVINO against onnxruntime, full test sets", ""]
-    if not path.is_file():
-        return [*lines, f"{MISSING}`python benchmarks/openvino_accuracy.py`.", ""]
-    s = json.loads(path.read_text())
+    lines, s = section_artefact(
+        "## INT8 in OpenVINO against onnxruntime, full test sets",
+        path,
+        "python benchmarks/openvino_accuracy.py",
+    )
+    if s is None:
+        return lines
     lines += [
         f"Command: `{s['command']}`. Host: {s['host']}. The INT8 files of the chain sections, loaded by "
         "plain OpenVINO as written; a decision is the text read (rec), the label (cls), the number of "
@@ -396,10 +414,13 @@ def openvino_accuracy_section(path: Path) -> list[str]:
 
 def openvino_target_section(path: Path) -> list[str]:
     """``--target openvino`` files: OpenVINO speed against FP32 and the ort-cpu file, full-set accuracy."""
-    lines = ["## `--target openvino`: the layout OpenVINO fuses, against the ort-cpu file", ""]
-    if not path.is_file():
-        return [*lines, f"{MISSING}`python benchmarks/openvino_target.py`.", ""]
-    s = json.loads(path.read_text())
+    lines, s = section_artefact(
+        "## `--target openvino`: the layout OpenVINO fuses, against the ort-cpu file",
+        path,
+        "python benchmarks/openvino_target.py",
+    )
+    if s is None:
+        return lines
     lines += [
         f"Command: `{s['command']}`. Host: {s['host']}. Each task's models timed in one interleaved loop, "
         "2 threads, median per call, onnxruntime spinning off, OpenVINO static shapes and an f32 precision "
@@ -441,10 +462,13 @@ def openvino_target_section(path: Path) -> list[str]:
 
 def quantize_time_section(path: Path) -> list[str]:
     """``ocrquant quantize``'s own wall time per task and executor (benchmarks/quantize_time.py)."""
-    lines = ["## How long `ocrquant quantize` takes (defaults, empty calibration cache)", ""]
-    if not path.is_file():
-        return [*lines, f"{MISSING}`python benchmarks/quantize_time.py`.", ""]
-    s = json.loads(path.read_text())
+    lines, s = section_artefact(
+        "## How long `ocrquant quantize` takes (defaults, empty calibration cache)",
+        path,
+        "python benchmarks/quantize_time.py",
+    )
+    if s is None:
+        return lines
     commands = list(dict.fromkeys(r.get("benchmark_command", s.get("command", "")) for r in s["rows"]))
     lines += [
         f"Command: {' and '.join(f'`{c}`' for c in commands)}. Host: {s['host']}. Each row is one "
@@ -488,10 +512,11 @@ def kept_if_missing(lines: list[str], previous: dict[str, list[str]]) -> list[st
 
 def denormals_section(path: Path) -> list[str]:
     """Denormal float weights and what they cost onnxruntime FP32 (benchmarks/denormals.py)."""
-    lines = ["## Denormal weights in onnxruntime FP32", ""]
-    if not path.is_file():
-        return [*lines, f"{MISSING}`python benchmarks/denormals.py`.", ""]
-    s = json.loads(path.read_text())
+    lines, s = section_artefact(
+        "## Denormal weights in onnxruntime FP32", path, "python benchmarks/denormals.py"
+    )
+    if s is None:
+        return lines
     lines += [
         f"Command: `{s['command']}`. Host: {s['host']}. Three sessions of each float model timed "
         f"interleaved, {s['threads']} threads, {s['rounds']} rounds over {s['images']} real training "

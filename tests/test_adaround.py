@@ -12,7 +12,6 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ocrquant.data import open_dataset, sample_root
 from ocrquant.errors import OcrQuantError
 from ocrquant.quantization import QuantConfig
 from ocrquant.quantization.algorithms.adaround import choose_rounding, conv_patches
@@ -25,7 +24,7 @@ from ocrquant.quantization.saturation import (
 )
 from ocrquant.tuning import quantize
 from ocrquant.zoo.resolve import resolve_model
-from tests.conftest import quantize_cls_variants, sample_cls_inputs
+from tests.conftest import quantize_cls_variants, sample_calib, sample_cls_inputs
 
 
 @pytest.mark.parametrize(
@@ -201,7 +200,7 @@ def test_a_run_continued_from_a_saved_qdq_model_writes_the_same_model(cls_model,
         "method": "min_max", "cache_dir": tmp_path, "progress": False, "calib_size": 16,
         "algorithm_options": {"adaround": {"max_batches": 1, "fields_per_batch": 256}},
     }  # fmt: skip
-    data, cls = open_dataset(sample_root() / "rec", "cls"), resolve_model(cls_model)
+    data, cls = sample_calib(), resolve_model(cls_model)
     both = tmp_path / "both.onnx"
     quantize(
         cls,

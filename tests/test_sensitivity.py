@@ -34,7 +34,7 @@ from ocrquant.tuning.budget import (
 from ocrquant.tuning.method_search import calib_size_leaving_validation
 from ocrquant.tuning.pair import quantize_pair
 from ocrquant.zoo.resolve import resolve_model
-from tests.conftest import zoo_model_path
+from tests.conftest import sample_calib, zoo_model_path
 
 
 # ------------------------------------------------------------------ the search, synthetic metric
@@ -297,7 +297,7 @@ def test_quantize_with_budget_writes_the_model_and_a_report(cls_model, cls_setup
     result, report = quantize_with_budget(
         resolve_model(cls_model),
         "cls",
-        open_dataset(sample_root() / "rec", "cls"),
+        sample_calib(),
         None,
         out,
         cfg,
@@ -327,7 +327,7 @@ def test_budget_search_rejects_a_confidence_outside_its_range(cls_model, tmp_pat
             quantize_with_budget(
                 resolve_model(cls_model),
                 "cls",
-                open_dataset(sample_root() / "rec", "cls"),
+                sample_calib(),
                 None,
                 tmp_path / "x.onnx",
                 None,
@@ -362,7 +362,7 @@ def test_budget_search_edits_a_model_without_bias_correction_and_validates_it_fo
     )
     out = tmp_path / "cls.bc.onnx"
     result, report = quantize_with_budget(
-        resolve_model(cls_model), "cls", open_dataset(sample_root() / "rec", "cls"), None, out, cfg_bc,
+        resolve_model(cls_model), "cls", sample_calib(), None, out, cfg_bc,
         BudgetConfig(100.0, val_size=4, ranking=builder.layers[:2], threads=1, latency=False, progress=False),
     )  # fmt: skip
     assert "bias_correction" not in report.settings["search_algorithms"]

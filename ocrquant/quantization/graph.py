@@ -70,6 +70,19 @@ def nearest_floor_asymmetric(node: onnx.NodeProto) -> bool:
     )
 
 
+def nearest_upsample_factor(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> float | None:
+    """k when ``node`` is a nearest (floor, asymmetric) Resize by a constant ``[1, 1, k, k]`` with no
+    ``sizes`` input, else None: each output element copies input element ``i // k``."""
+    if node.op_type != "Resize" or len(node.input) < 3 or not nearest_floor_asymmetric(node):
+        return None
+    if len(node.input) > 3 and node.input[3] or node.input[2] not in inits:
+        return None
+    scales = numpy_helper.to_array(inits[node.input[2]])
+    if scales.shape != (4,) or scales[0] != 1 or scales[1] != 1 or scales[2] != scales[3]:
+        return None
+    return float(scales[2])
+
+
 def initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {i.name: i for i in model.graph.initializer}
 

@@ -22,7 +22,7 @@ from ocrquant.onnx_qdq import fold_constant_qdq
 from ocrquant.quantization.graph import (
     consumers,
     initializers,
-    nearest_floor_asymmetric,
+    nearest_upsample_factor,
     producers,
     remove_nodes,
 )
@@ -464,17 +464,9 @@ register_qdq_pass(QDQPass("align_channels", rewrite_align_channels))
 # only the ort-cpu target asks for the pass (docs/quantization.md has what it gives and costs where;
 # ``ocrquant profile --compare`` on a det model shows Resize's time going).
 def _nearest_factor(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> int | None:
-    """k when ``node`` is a 4-D nearest (floor, asymmetric) Resize by a constant ``[1, 1, k, k]``
-    (integer k >= 2, no ``sizes``), else None."""
-    if node.op_type != "Resize" or len(node.input) < 3 or not nearest_floor_asymmetric(node):
-        return None
-    if len(node.input) > 3 and node.input[3] or node.input[2] not in inits:
-        return None
-    scales = numpy_helper.to_array(inits[node.input[2]])
-    if scales.shape != (4,) or scales[0] != 1 or scales[1] != 1 or scales[2] != scales[3]:
-        return None
-    k = float(scales[2])
-    return int(k) if k >= 2 and k == int(k) else None
+    """k when ``node`` is a nearest upsample by an integer k >= 2 (:func:`nearest_upsample_factor`)."""
+    k = nearest_upsample_factor(node, inits)
+    return int(k) if k is not None and k >= 2 and k == int(k) else None
 
 
 def _grid(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple[Any, ...] | None:
@@ -541,7 +533,10 @@ def _upsample_chain(
 
 
 def _nhwc_add(
-    readers: list[onnx.NodeProto], prod: dict[str, onnx.NodeProto], cons, inits
+    readers: list[onnx.NodeProto],
+    prod: dict[str, onnx.NodeProto],
+    cons: dict[str, list[onnx.NodeProto]],
+    inits: dict[str, onnx.TensorProto],
 ) -> list[tuple[onnx.NodeProto, onnx.NodeProto, onnx.NodeProto, onnx.NodeProto]] | None:
     """Each reader DQ of an upsample with the Add it feeds, the Add's other input's DQ and the
     one Q after it, when every reader is such (the Add then runs in NHWC); else None."""
@@ -591,7 +586,7 @@ def rewrite_nhwc_upsample(qmodel: onnx.ModelProto) -> dict[str, dict[str, Any]]:
         out = f"{up}_nhwc" if adds else f"{name}_nhwc_up"
         chain = _upsample_chain(name, dq.input[0], nhwc_of.get(dq.input[0]), k, out, qmodel)
         if adds:
-            for reader, add, lat, q in adds:
+            for reader, add, lat, add_q in adds:
                 retyped.update([reader.output[0], lat.output[0], add.output[0]])  # now NHWC
                 reader.input[0] = out
                 t_lat = f"{lat.input[0]}_nhwc_{add.name or add.output[0]}"
@@ -599,10 +594,12 @@ def rewrite_nhwc_upsample(qmodel: onnx.ModelProto) -> dict[str, dict[str, Any]]:
                     helper.make_node("Transpose", [lat.input[0]], [t_lat], name=t_lat, perm=TO_NHWC)
                 ]
                 lat.input[0] = t_lat
-                nchw = q.output[0]
-                q.output[0] = nhwc_of[nchw] = f"{nchw}_nhwc"
-                back = helper.make_node("Transpose", [q.output[0]], [nchw], name=f"{nchw}_nchw", perm=TO_NCHW)
-                edit.after[id(q)] = [back]
+                nchw = add_q.output[0]
+                add_q.output[0] = nhwc_of[nchw] = f"{nchw}_nhwc"
+                back = helper.make_node(
+                    "Transpose", [add_q.output[0]], [nchw], name=f"{nchw}_nchw", perm=TO_NCHW
+                )
+                edit.after[id(add_q)] = [back]
                 backs.add(back.name)
         else:
             chain.append(helper.make_node("Transpose", [out], [up], name=f"{name}_nhwc_nchw", perm=TO_NCHW))

@@ -50,7 +50,7 @@ from onnx import helper, numpy_helper
 from ocrquant.quantization.graph import (
     consumers,
     initializers,
-    nearest_floor_asymmetric,
+    nearest_upsample_factor,
     other_input,
     producers,
     single_reader,
@@ -199,15 +199,8 @@ def split_nearest_resize(model: onnx.ModelProto) -> int:
     inits = initializers(model)
     anchors: list[tuple[onnx.NodeProto, list[onnx.NodeProto]]] = []
     for node in list(model.graph.node):
-        if node.op_type != "Resize" or len(node.input) != 3 or not nearest_floor_asymmetric(node):
-            continue
-        if node.input[2] not in inits:
-            continue
-        scales = numpy_helper.to_array(inits[node.input[2]])
-        if scales.shape != (4,) or scales[0] != 1 or scales[1] != 1 or scales[2] != scales[3]:
-            continue
-        k = float(scales[2])
-        if k not in (4.0, 8.0):
+        k = nearest_upsample_factor(node, inits)
+        if k not in (4.0, 8.0) or len(node.input) != 3:
             continue
         two = f"{node.name}_scales_x2"
         if two not in inits:
