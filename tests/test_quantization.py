@@ -693,8 +693,9 @@ def test_hs_cle_passes_through_an_affine_block_into_a_padded_depthwise_conv(tmp_
 
 
 def test_ort_cpu_layout_every_conv_runs_as_qlinearconv(quantized_cls, tmp_path):
-    """After ORT_ENABLE_ALL, the default ort-cpu cls model has no float Conv, no float HardSwish and no
-    NHWC Transpose shuffles left: what makes INT8 faster than FP32 on onnxruntime CPU."""
+    """After ORT_ENABLE_ALL, the default ort-cpu cls model has no float Conv, no float HardSwish, no
+    float SE gate (each HardSigmoid folded into its Conv as a Clip, which the requantization absorbs)
+    and no NHWC Transpose shuffles left: what makes INT8 faster than FP32 on onnxruntime CPU."""
     import collections
 
     import onnxruntime as ort
@@ -708,7 +709,9 @@ def test_ort_cpu_layout_every_conv_runs_as_qlinearconv(quantized_cls, tmp_path):
     n_conv = sum(1 for n in onnx.load(str(out)).graph.node if n.op_type == "Conv")
     assert ops["Conv"] == 0 and ops["QLinearConv"] == n_conv > 40
     assert ops["HardSwish"] == 0 and ops["Transpose"] <= 2
+    assert ops["HardSigmoid"] == ops["Clip"] == 0
     side = json.loads(out.with_name("cls.int8.quant.json").read_text())
+    assert side["prepare"]["fused"]["hardsigmoid_conv"] == 9
     assert side["settings"]["algorithms"] == ["hs_cle", "hs_floor", "weight_width"]
     assert side["algorithms"]["hs_cle"]["edges"] > 0
     # MaxPool stays float (onnxruntime's uint8 MaxPool is a scalar loop): DQ -> MaxPool -> Q survives

@@ -120,7 +120,7 @@ def test_spatial_reducemean_becomes_global_average_pool(axes, expected):
 def test_unknown_rewrite_names_the_known_ones():
     with pytest.raises(KeyError, match="gelu"):
         apply_rewrites(_resize_graph(2.0), ("no_such_rewrite",))
-    assert {"gelu", "resize_x2", "reducemean_gap"} <= set(PREPARE_REWRITES)
+    assert {"gelu", "resize_x2", "reducemean_gap", "hardsigmoid_conv"} <= set(PREPARE_REWRITES)
 
 
 def test_denormal_weights_become_zero_and_nothing_else_changes():
@@ -190,3 +190,47 @@ def test_convtranspose_bias_add_folds_into_the_kernel_with_the_same_output():
 
     full = _model(nodes, {"w": w, "b": rng.normal(size=(1, 4, 10, 10))}, [1, 3, 5, 5], [1, 4, 10, 10])
     assert fold_convtranspose_bias(full) == 0
+
+
+def _se_graph(shared_gate_input: bool = False):
+    """An SE block: global pool, Conv + Relu, Conv -> HardSigmoid(alpha 0.2) -> Mul with the input;
+    optionally the gate Conv's output is also read by an Add (then it cannot absorb the gate)."""
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["p"], name="pool"),
+        helper.make_node("Conv", ["p", "w1", "b1"], ["c1"], name="squeeze"),
+        helper.make_node("Relu", ["c1"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2", "b2"], ["c2"], name="excite"),
+        helper.make_node("HardSigmoid", ["c2"], ["g"], name="gate", alpha=0.2, beta=0.5),
+        helper.make_node("Mul", ["x", "g"], ["y"] if not shared_gate_input else ["m"], name="scale"),
+    ]
+    if shared_gate_input:
+        nodes.append(helper.make_node("Add", ["m", "c2"], ["y"], name="other"))
+    inits = {
+        "w1": rng.normal(0, 0.5, (4, 16, 1, 1)),
+        "b1": rng.normal(0, 0.1, 4),
+        "w2": rng.normal(0, 2.0, (16, 4, 1, 1)),
+        "b2": rng.normal(0, 0.5, 16),
+    }
+    return _model(nodes, inits, [2, 16, 6, 6], [2, 16, 6, 6])
+
+
+def test_hardsigmoid_folds_into_its_conv_as_a_clip_with_the_same_output():
+    """``hardsigmoid_conv``: HardSigmoid(Conv(x, W, b)) = Clip(Conv(x, alpha W, alpha b + beta), 0, 1);
+    the gate's pre-activation is spread wide enough that both ends of the Clip are reached."""
+    model = _se_graph()
+    model.graph.output.append(helper.make_tensor_value_info("g", TensorProto.FLOAT, [2, 16, 1, 1]))
+    x = np.random.default_rng(6).normal(scale=2, size=(2, 16, 6, 6)).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ref, gate = sess.run(None, {"x": x})
+    assert (gate == 0).any() and (gate == 1).any() and ((gate > 0) & (gate < 1)).any()
+    assert apply_rewrites(model, ("hardsigmoid_conv",)) == {"hardsigmoid_conv": 1}
+    assert _ops(model) == Counter(GlobalAveragePool=1, Conv=2, Relu=1, Clip=1, Mul=1)
+    onnx.checker.check_model(model)
+    np.testing.assert_allclose(_run(model, x), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_hardsigmoid_whose_conv_output_is_read_elsewhere_is_left_alone():
+    model = _se_graph(shared_gate_input=True)
+    assert apply_rewrites(model, ("hardsigmoid_conv",)) == {}
+    assert _ops(model)["HardSigmoid"] == 1

@@ -236,7 +236,7 @@ def register_target(profile: TargetProfile) -> TargetProfile:
 #   becomes x * sigmoid(1.702 x), integer QLinearSigmoid + QLinearMul (an approximation, measured there).
 ORT_CPU_FLOAT_PASSTHROUGH = ("MaxPool",)
 #: the exact prepare rewrites of ort-cpu, GELU fusion first (quantization/rewrites.py)
-ORT_CPU_REWRITES = ("gelu", "resize_x2", "reducemean_gap")
+ORT_CPU_REWRITES = ("gelu", "resize_x2", "reducemean_gap", "hardsigmoid_conv")
 ORT_CPU_LAYOUT_OPS = tuple(op for op in ORT_CPU_OPS if op != "ConvTranspose")
 #: relative scale raise for the Q after a float pass-through op: a code q (|q - zp| <= 255) comes back
 #: as round(q / (1 + 2**-12)) = q, so the requantization is exact, while the scales differ in float32
