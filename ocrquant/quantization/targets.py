@@ -230,8 +230,9 @@ def register_target(profile: TargetProfile) -> TargetProfile:
 #   - one MaxPool alone between Q/DQ, 1 thread, uint8 vs DQ -> float -> Q: 2x2/2 on 64x368x640
 #     86.0 vs 46.9 ms, 3x3/1 on 512x46x80 82.6 vs 10.0 ms.
 # * PP-OCRv6's GELU (exported as Div/Erf/Add/Mul/Mul) fused into com.microsoft.Gelu, its SE
-#   squeeze (ReduceMean over H, W) as GlobalAveragePool, nearest Resizes by 4/8 as chains of 2s:
-#   exact rewrites, each measured in quantization/rewrites.py (``benchmarks/layout_ops.py``).
+#   squeeze (ReduceMean over H, W) as GlobalAveragePool, nearest Resizes by 4/8 as chains of 2s, and
+#   every SE gate's HardSigmoid folded into its Conv as a Clip the requantization absorbs: exact
+#   rewrites, each measured in quantization/rewrites.py.
 #   Gelu has no integer kernel, so it runs in float between a DQ and a Q (boundary op); on det it
 #   becomes x * sigmoid(1.702 x), integer QLinearSigmoid + QLinearMul (an approximation, measured there).
 ORT_CPU_FLOAT_PASSTHROUGH = ("MaxPool",)
