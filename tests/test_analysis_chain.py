@@ -97,15 +97,21 @@ def test_analysis_commands_run_on_the_int8_model_ocrquant_writes(name, task, fol
     assert len(json.loads(from_dump.read_text())["layers"]) >= len(pairs)
 
     # simulate --compare: the integer simulator, with onnxruntime's arithmetic (ties to even, float32
-    # requantisation), reproduces onnxruntime's reference kernels. (Its default, an accelerator's
-    # half-away rounding and fixed-point multipliers, differs by a step at ties; on a deep model with
-    # small ranges those steps compound: PP-OCRv4 rec with the pair-safe weights of a host without
-    # VNNI reads cosine 0.911 that way and 0.998 this way.)
+    # requantisation), reproduces onnxruntime. (Its default, an accelerator's half-away rounding and
+    # fixed-point multipliers, differs by a step at ties; on a deep model with small ranges those steps
+    # compound: PP-OCRv4 rec with the pair-safe weights of a host without VNNI reads cosine 0.911 that
+    # way and 0.998 this way.) Which of onnxruntime's two executions it matches depends on the host:
+    # without VNNI the fused kernels saturate pairs of products and the simulator matches the file's
+    # unfused semantics (ort-reference); on a 2-core Zen 4 EPYC onnxruntime's own fused and unfused runs
+    # of this PP-OCRv4 rec file agree only at cosine 0.984, and the simulator matches the fused integer
+    # kernels (ort-optimized) at 0.9999.
     sim = tmp_path / "sim.json"
     _cli("simulate", "-m", str(int8), "-d", data, "--task", task, "--limit", "1", "--compare",
          "--rounding", "half_even", "--requant", "float32", "--json", str(sim), *shape_args)  # fmt: skip
-    outputs = [o for o in json.loads(sim.read_text())["outputs"] if o["runtime"] == "ort-reference"]
-    assert outputs and all(o["cosine"] > 0.99 for o in outputs), outputs
+    outputs = json.loads(sim.read_text())["outputs"]
+    for tensor in {o["name"] for o in outputs}:
+        ort_runs = {o["runtime"]: o["cosine"] for o in outputs if o["name"] == tensor}
+        assert max(ort_runs.get("ort-reference", 0.0), ort_runs.get("ort-optimized", 0.0)) > 0.99, outputs
 
     # sensitivity: every quantized layer ranked once, each with a measured output SNR
     sens = tmp_path / "sens.json"
