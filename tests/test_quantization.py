@@ -780,21 +780,23 @@ def test_vnni_detection_and_pair_safe_weights(tmp_path, quantized_cls):
 def _mean_shift(float_model: Path, int8_model: Path, inputs: list[np.ndarray]) -> float:
     """Mean |per-channel output mean, INT8 - float| over every Conv, matched by node name. Where the
     quantizer folded a ReLU into the Conv, the INT8 Conv emits the pre-ReLU value under the ReLU
-    output's name: that value is compared after the ReLU, with the float ReLU output."""
+    output's name: that value is compared after the ReLU, with the float ReLU output. An SE gate's
+    Conv (``hardsigmoid_conv``) emits its HardSigmoid's pre-clip value: compared clipped to [0, 1]."""
     from ocrquant.quantization.calibration.stats import iterate_outputs
 
     fm, qm = onnx.load(str(float_model)), onnx.load(str(int8_model))
     fprod = {o: n for n in fm.graph.node for o in n.output}
     names = sorted({n.output[0] for n in qm.graph.node if n.op_type == "Conv"} & set(fprod))
-    relu = {t for t in names if fprod[t].op_type == "Relu"}
-    assert all(fprod[t].op_type in ("Conv", "Relu") for t in names)
+    clip = {"Relu": (0.0, None), "HardSigmoid": (0.0, 1.0)}
+    after = {t: clip[fprod[t].op_type] for t in names if fprod[t].op_type in clip}
+    assert all(fprod[t].op_type in ("Conv", *clip) for t in names)
 
-    def means(model: onnx.ModelProto, after_relu: set[str]) -> dict[str, np.ndarray]:
+    def means(model: onnx.ModelProto, bounds: dict[str, tuple]) -> dict[str, np.ndarray]:
         outs = list(iterate_outputs(model, names, inputs, progress=False))
-        seen = {t: [np.maximum(o[t], 0) if t in after_relu else o[t] for o in outs] for t in names}
+        seen = {t: [np.clip(o[t], *bounds[t]) if t in bounds else o[t] for o in outs] for t in names}
         return {t: np.mean([v.mean(axis=(0, 2, 3)) for v in seen[t]], axis=0) for t in names}
 
-    f, q = means(fm, set()), means(qm, relu)  # INT8 channel groups may be padded (align_channels)
+    f, q = means(fm, {}), means(qm, after)  # INT8 channel groups may be padded (align_channels)
     return float(np.mean([np.abs(q[t][: len(f[t])] - f[t]).mean() for t in names]))
 
 
