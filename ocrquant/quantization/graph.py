@@ -118,6 +118,11 @@ def get_attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
+def hardsigmoid_params(node: onnx.NodeProto) -> tuple[float, float]:
+    """A HardSigmoid's ``alpha`` and ``beta``, with ONNX's defaults (0.2, 0.5) where unset."""
+    return float(get_attr(node, "alpha", 0.2)), float(get_attr(node, "beta", 0.5))
+
+
 def const_value(model: onnx.ModelProto, name: str, inits: dict | None = None) -> np.ndarray | None:
     """The value of an initializer (or None when ``name`` is computed at run time)."""
     inits = inits if inits is not None else initializers(model)

@@ -48,6 +48,7 @@ from ocrquant.quantization.graph import (
     const_value,
     consumers,
     default_opset,
+    hardsigmoid_params,
     initializers,
     is_quantized,
     load_model,
@@ -205,12 +206,7 @@ def fuse_hardswish_patterns(model: onnx.ModelProto) -> int:
         remove += [add, clip, mul]
         new_nodes.append((last, hs))
     for hsig in [n for n in g.node if n.op_type == "HardSigmoid"]:
-        alpha, beta = 0.2, 0.5
-        for a in hsig.attribute:
-            if a.name == "alpha":
-                alpha = a.f
-            elif a.name == "beta":
-                beta = a.f
+        alpha, beta = hardsigmoid_params(hsig)
         mul = only_consumer(hsig.output[0])
         if (
             abs(alpha - 1 / 6) > 1e-6

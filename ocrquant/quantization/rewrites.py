@@ -56,8 +56,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ocrquant.quantization.graph import (
-    attributes,
     consumers,
+    hardsigmoid_params,
     initializers,
     nearest_upsample_factor,
     other_input,
@@ -286,8 +286,7 @@ def fold_hardsigmoid_into_conv(model: onnx.ModelProto) -> int:
             continue
         if any(len(cons.get(t, [])) != 1 for t in (w_name, b_name) if t):
             continue
-        attrs = attributes(hsig)
-        alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
+        alpha, beta = hardsigmoid_params(hsig)
         w = numpy_helper.to_array(inits[w_name]).astype(np.float64)
         b = numpy_helper.to_array(inits[b_name]).astype(np.float64) if b_name else np.zeros(w.shape[0])
         inits[w_name].CopyFrom(numpy_helper.from_array((alpha * w).astype(np.float32), w_name))

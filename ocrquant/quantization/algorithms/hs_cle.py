@@ -46,7 +46,7 @@ from onnx import helper, numpy_helper
 
 from ocrquant.quantization.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
 from ocrquant.quantization.calibration.stats import iterate_outputs
-from ocrquant.quantization.graph import consumers, get_attr, initializers
+from ocrquant.quantization.graph import consumers, get_attr, hardsigmoid_params, initializers
 from ocrquant.quantization.prepare import affine_chain
 
 EXTRA_KEY = "hs_cle"  # ctx.extras[EXTRA_KEY]: {pre-activation tensor: (per-channel s, per-channel min)}
@@ -125,7 +125,7 @@ def _hardsigmoid_output(y: str, users: list[onnx.NodeProto]) -> list[onnx.NodePr
     if len(users) != 2 or len(sig) != 1 or len(muls) != 1:
         return None
     sig_node, mul = sig[0], muls[0]
-    alpha, beta = get_attr(sig_node, "alpha", 0.2), get_attr(sig_node, "beta", 0.5)
+    alpha, beta = hardsigmoid_params(sig_node)
     if abs(alpha - 1 / 6) > 1e-6 or abs(beta - 0.5) > 1e-6 or list(sig_node.input) != [y]:
         return None
     if sorted(mul.input) != sorted([y, sig_node.output[0]]):
