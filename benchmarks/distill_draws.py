@@ -11,9 +11,10 @@ figures of each model:
   and label-free, the direct test of whether what was learned carries over;
 - test (``--test``): the metric, its paired 95 % interval against FP32, fidelity.
 
-Recipe: ``auto``'s pick for the task's shipped model (det: percentile 99.99, 140 images; cls:
-percentile 99.999, 200 crops) plus bias correction, then the same plus ``distill`` run for each number
-of passes over the learning data in ``--passes`` (default: 1, distill's default); the held-out images
+Recipe: one fixed range method per task, so that only ``distill`` differs (det: percentile 99.99,
+140 images; cls: percentile 99.999, 200 crops) plus bias correction, then the same plus ``distill``
+run for each number of passes over the learning data in ``--passes`` (default: 1, distill's
+default); the held-out images
 are withheld from all (``QuantConfig.holdout``), as in ``auto``. The seconds column is the run's
 qdq-stage time (bias correction, plus distill where it runs). Models and evaluations are written under
 ``--out`` and reused when present, so an interrupted run resumes. One det draw with ``--passes 1 3``

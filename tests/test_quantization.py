@@ -36,7 +36,7 @@ from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.tuning import quantize
 from ocrquant.zoo.resolve import resolve_model
 from ocrquant.zoo.task import build_task
-from tests.conftest import quantize_cls_variants, sample_calib, sample_cls_inputs
+from tests.conftest import quantize_cls_variants, sample_calib, sample_cls_inputs, zoo_model_path
 
 
 def stats_of(x: np.ndarray, bins: int = 2048) -> TensorStats:
@@ -971,6 +971,43 @@ def test_auto_method_picks_the_best_candidate_and_validates_bias_correction(cls_
         if r is not best:
             iv = r["vs_chosen_ci95"]
             assert iv["low"] <= r["val_fidelity"] - best["val_fidelity"] + 1e-9 <= iv["high"] + 2e-9
+
+
+def test_auto_ranks_det_by_the_held_out_output_loss(tmp_path, monkeypatch):
+    """det (``DetMetric.rank_by_output_loss``): the range candidate with the lowest mean held-out output
+    loss is chosen, whatever its box figures; each other candidate carries the bootstrap interval of
+    its loss advantage over the pick; an accuracy algorithm (bias correction) is kept only where the
+    held-out output loss falls and the labels do not resolve a fall (``keep_learned``)."""
+    from ocrquant.tuning.method_search import LOSS_KEY, keep_learned, quantize_auto
+
+    monkeypatch.setitem(get_target("ort-cpu").task_validated_algorithms, "det", ("bias_correction",))
+    model = resolve_model(zoo_model_path("ppocrv3-det"))
+    cfg = QuantConfig(
+        method="auto",
+        calib_size=4,
+        cache_dir=tmp_path / "cache",
+        algorithm_options={"bias_correction": {"max_batches": 1}},
+        progress=False,
+    )
+    out = tmp_path / "det.auto.onnx"
+    _, rows = quantize_auto(model, "det", sample_calib("det"), out, cfg, val_size=4)
+    search = read_sidecar(out)["method_search"]
+    assert search["validation"]["criterion"] == LOSS_KEY
+    methods, trials = rows[:4], rows[4:]
+    assert all(r[LOSS_KEY] > 0 for r in rows)
+    best = min(methods, key=lambda r: r[LOSS_KEY])
+    assert (search["chosen"]["method"], search["chosen"]["options"]) == (best["method"], best["options"])
+    for r in methods:
+        if r is not best:  # interval of (pick's loss - this loss), mean over the held-out images
+            iv = r["vs_chosen_loss_ci95"]
+            assert iv["low"] <= best[LOSS_KEY] - r[LOSS_KEY] + 1e-8 <= iv["high"] + 2e-8
+    [trial] = trials
+    assert trial["algorithm"] == "bias_correction" and trial["judged_by"] == "held-out output loss"
+    baseline = best.get("all_algorithms", best)
+    assert trial["without_output_loss"] == pytest.approx(baseline[LOSS_KEY], abs=1e-8)
+    kept = keep_learned([trial[LOSS_KEY]], [trial["without_output_loss"]], trial["vs_without_ci95"])
+    assert trial["kept"] == kept
+    assert ("bias_correction" in search["chosen"]["algorithms"]) == kept
 
 
 def test_weightless_nodes_between_float_nodes_stay_float(tmp_path):

@@ -27,6 +27,12 @@ class Metric(ABC):
     #: ``ocrquant.evaluation.fidelity`` for why fidelity is the default.
     selection: ClassVar[str] = "fidelity"
 
+    #: ``--method auto`` ranks its range candidates and judges its accuracy algorithms by the mean
+    #: held-out output loss (the quantized model's output fitted to the float model's, every value
+    #: counted) instead of ``selection``'s figure: for a task whose held-out set holds too few
+    #: decisions for either figure to tell candidates apart. ``selection`` still ranks the budget search.
+    rank_by_output_loss: ClassVar[bool] = False
+
     def target_from_prediction(self, prediction: dict[str, Any]) -> Any:
         """A target that ``prediction`` matches perfectly: scoring one model against another model's
         predictions (fidelity to the float model) needs no labels and none of their noise."""

@@ -10,8 +10,9 @@ own predictions (``ocrquant.evaluation.fidelity``), not against the labels. Labe
 hundred crops moves by +-2 points between candidates that differ in a handful of crops, half of them
 crops the float model got wrong; fidelity counts every change quantization makes, needs no labels,
 and so can use every spare calibration-side image. The label metric is still recorded per candidate.
-Detection is the exception (``DetMetric.selection``): it ranks by the labels, for the reasons given
-there.
+Detection is the exception (``DetMetric.rank_by_output_loss``): its 60 held-out images hold too few
+boxes for either box figure, so its candidates are ranked by the held-out output loss (the float
+probability map fitted pixel by pixel), the reasons given there.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ocrquant.data.split import split_calibration
 from ocrquant.errors import OcrQuantError
 from ocrquant.evaluation import evaluate
 from ocrquant.evaluation.evaluate import EvalResult, fidelity_samples, preprocessed_inputs
-from ocrquant.evaluation.significance import paired_delta_interval
+from ocrquant.evaluation.significance import paired_delta_interval, paired_mean_interval
 from ocrquant.fileio import copy_quantized, read_sidecar, scratch_dir, sidecar_path, write_sidecar
 from ocrquant.quantization.algorithms.base import ALGORITHMS, create_algorithm
 from ocrquant.quantization.algorithms.distill import float_logits, output_losses
@@ -74,6 +75,13 @@ def calib_size_leaving_validation(calib_size: int, available: int, val_size: int
 
 #: what candidates are ranked by, per the task metric's ``selection``
 SELECTION_KEYS = {"fidelity": "val_fidelity", "metric": "val_metric"}
+#: the criterion of a task metric with ``rank_by_output_loss``: mean held-out output loss, lower is better
+LOSS_KEY = "val_output_loss"
+
+
+def _merit(scores: dict[str, float], key: str) -> float:
+    """``scores[key]`` oriented so that higher is better (the output loss is a loss)."""
+    return -scores[key] if key == LOSS_KEY else scores[key]
 
 
 def _tag(method: str, options: dict[str, Any]) -> str:
@@ -151,21 +159,28 @@ def quantize_auto(
 
     reference = _evaluate(resolved.path)
     primary = reference.settings["primary_metric"]
-    key = SELECTION_KEYS[task.new_metric().selection]
+    label_key = SELECTION_KEYS[task.new_metric().selection]
+    by_loss = task.new_metric().rank_by_output_loss
+    key = LOSS_KEY if by_loss else label_key
 
-    per_sample: dict[str, list[dict[str, Any]]] = {}  # model file -> per-image figures of the criterion
+    per_sample: dict[str, list[dict[str, Any]]] = {}  # model file -> per-image figures of the task figure
     labelled: dict[str, list[dict[str, Any]]] = {}  # model file -> per-image label-metric figures
+    losses: dict[str, Any] = {}  # model file -> per-image held-out output loss (rank_by_output_loss)
 
     def _validate(model_file: str | Path, res: EvalResult | None = None) -> dict[str, float]:
         res = res if res is not None else _evaluate(model_file)
         agreement = task.new_metric()
         agree_samples = fidelity_samples(agreement, res, reference)
-        per_sample[str(model_file)] = agree_samples if key == "val_fidelity" else res.samples
+        per_sample[str(model_file)] = agree_samples if label_key == "val_fidelity" else res.samples
         labelled[str(model_file)] = res.samples
-        return {
+        scores = {
             "val_fidelity": round(agreement.result()[primary], 6),
             "val_metric": round(res.primary, 6),
         }
+        if by_loss:
+            losses[str(model_file)] = held_out_loss(model_file)
+            scores[LOSS_KEY] = round(float(losses[str(model_file)].mean()), 8)
+        return scores
 
     held_out: dict[str, list[Any]] = {}  # held-out inputs and the float model's outputs, made once
 
@@ -178,9 +193,17 @@ def quantize_auto(
         return output_losses(onnx.load(str(model_file)), held_out["inputs"], held_out["targets"])
 
     def _margin(row: dict[str, Any], against: dict[str, Any]) -> dict[str, float] | None:
-        """Held-out bootstrap interval of ``row - against`` on the criterion (what the choice rests on)."""
+        """Held-out bootstrap interval of ``row - against`` on the task figure (fidelity or labels)."""
         iv = paired_delta_interval(task.new_metric(), per_sample[against["file"]], per_sample[row["file"]])
         return None if iv is None else {"low": round(iv["low"], 6), "high": round(iv["high"], 6)}
+
+    def _loss_margin(row: dict[str, Any], against: dict[str, Any]) -> dict[str, float] | None:
+        """Held-out bootstrap interval of the mean output loss ``against - row`` (above 0: ``row``
+        fits the float output better), oriented as :func:`_margin` so one warning reads both."""
+        iv = paired_mean_interval(
+            _loss_samples(losses[row["file"]]), _loss_samples(losses[against["file"]]), "loss"
+        )
+        return None if iv is None else {"low": round(iv["low"], 8), "high": round(iv["high"], 8)}
 
     # Candidates live in a scratch directory: an interrupted search leaves nothing beside the output.
     with scratch_dir("auto") as scratch:
@@ -225,13 +248,15 @@ def quantize_auto(
             scores = _validate(trial.spec.output, res)
             rows.append({"method": method, "options": options, **scores, "file": trial.spec.output})
             log.info("auto: %s %s -> validation %s", method, options, scores)
-            if best is None or scores[key] > best[0]:
-                best = (scores[key], i)
+            if best is None or _merit(scores, key) > best[0]:
+                best = (_merit(scores, key), i)
         assert best is not None
         chosen = rows[best[1]]
         for row in rows:
             if row is not chosen:
                 row["vs_chosen_ci95"] = _margin(row, chosen)
+                if by_loss:
+                    row["vs_chosen_loss_ci95"] = _loss_margin(row, chosen)
         _warn_unresolved(rows, chosen, key, len(split.validation))
         final_cfg = replace(
             config,
@@ -257,12 +282,12 @@ def quantize_auto(
         base_scores = chosen.get("all_algorithms", chosen)
         # The held-out figure the choice does not rank by (labels when ranking by fidelity, fidelity
         # when ranking by labels): it may not fall either.
-        other = "val_metric" if key == "val_fidelity" else "val_fidelity"
+        other = "val_metric" if label_key == "val_fidelity" else "val_fidelity"
         # Algorithms that help some models and hurt others: kept where the held-out criterion rises
         # and the other held-out figure does not fall. The criterion alone admitted noise: on rec,
         # distill raised fidelity by 3 crops in 2000 while label accuracy fell 0.55 pt, and the test
         # set lost 0.48 pt with it (the sidecar's ``trials``, ``ocrquant quantize -m ppocrv3-rec``).
-        # det's learning algorithms are judged by their held-out output loss instead (keep_learned, below).
+        # A task ranked by its output loss (det) judges them by that loss instead (keep_learned, below).
         profile = get_target(config.target)
         validated = profile.task_validated_algorithms.get(task_name, profile.validated_algorithms)
         extras = [a for a in validated if a not in names and config.algorithms is None]
@@ -291,13 +316,12 @@ def quantize_auto(
                  **scores, "file": str(cand)}
             )  # fmt: skip
             rows[-1]["vs_without_ci95"] = _margin(rows[-1], chosen)
-            log.info("auto: + %s -> validation %s (without: %s %.4f)", extra, scores, key, base_scores[key])
-            if ALGORITHMS[extra].learns_output and key == "val_metric":
+            log.info("auto: + %s -> validation %s (without: %s %.8g)", extra, scores, key, base_scores[key])
+            if by_loss:
                 # det: its 60 held-out images hold ~260 boxes, one box is 0.4 pt of hmean or fidelity,
                 # and over three calibration draws the two box figures kept distill once while the
-                # held-out output loss fell every time, as did test fidelity (findings)
-                with_loss, without_loss = held_out_loss(cand), held_out_loss(chosen["file"])
-                rows[-1]["val_output_loss"] = round(float(with_loss.mean()), 8)
+                # held-out output loss fell every time (``python benchmarks/distill_draws.py``)
+                with_loss, without_loss = losses[str(cand)], losses[chosen["file"]]
                 rows[-1]["without_output_loss"] = round(float(without_loss.mean()), 8)
                 rows[-1]["output_loss_lower_on"] = f"{int((with_loss < without_loss).sum())}/{len(with_loss)}"
                 rows[-1]["judged_by"] = "held-out output loss"
@@ -392,11 +416,12 @@ def qdq_start(model_file: str | Path, names: list[str]) -> QdqStart:
 
 
 def keep_learned(loss_with: Any, loss_without: Any, metric_ci: dict[str, float] | None) -> bool:
-    """Keep an algorithm that fits the float output (distill) when its mean held-out output loss (per
-    image, :func:`~ocrquant.quantization.algorithms.distill.output_losses`) is below the model's without
-    it, unless the held-out label metric resolves a fall (its paired 95 % interval of with - without
-    lies below zero). Why not the box figures alone: on det they read 60-image noise, while the dense,
-    label-free output loss agreed with test fidelity over three calibration draws
+    """Keep an algorithm (bias correction, distill) on a task ranked by its output loss when its mean
+    held-out output loss (per image, :func:`~ocrquant.quantization.algorithms.distill.output_losses`)
+    is below the model's without it, unless the held-out label metric resolves a fall (its paired 95 %
+    interval of with - without lies below zero). Why not the box figures alone: on det they read
+    60-image noise, while the dense, label-free output loss agreed with test fidelity over three
+    calibration draws
     (``python benchmarks/distill_draws.py --seeds 0 1 2``)."""
     falls = float(np.mean(loss_with)) < float(np.mean(loss_without))
     return falls and not (metric_ci is not None and metric_ci["high"] < 0)
@@ -438,11 +463,18 @@ def _warn_drop(drop_points: float, size: int, metric: str) -> None:
         )
 
 
+def _loss_samples(loss: Any) -> list[dict[str, Any]]:
+    """Per-image output losses as evaluation samples (``paired_mean_interval``'s input)."""
+    return [{"key": str(i), "figures": {"loss": float(v)}} for i, v in enumerate(loss)]
+
+
 def _warn_unresolved(rows: list[dict[str, Any]], chosen: dict[str, Any], key: str, size: int) -> None:
     """Say so when the held-out images cannot tell the chosen range method from another one: the
-    bootstrap interval of (other - chosen) reaches above zero. The choice then rests on noise, which the
-    user should know before reading a test-set delta as the method's merit (det's 60 images: ~1 pt)."""
-    close = [r for r in rows if r.get("vs_chosen_ci95") and r["vs_chosen_ci95"]["high"] > 0]
+    bootstrap interval of (other - chosen) on the criterion ``key``, oriented so that above zero is
+    better, reaches above zero. The choice then rests on noise, which the user should know before
+    reading a test-set delta as the method's merit (det's 60 images: ~1 pt of hmean)."""
+    field = "vs_chosen_loss_ci95" if key == LOSS_KEY else "vs_chosen_ci95"
+    close = [r for r in rows if r.get(field) and r[field]["high"] > 0]
     if close:
         names = ", ".join(f"{r['method']} {r['options'] or ''}".strip() for r in close)
         log.warning(
