@@ -32,6 +32,7 @@ took 14 minutes on the 2-core AMX Xeon (without ``--test``); a cls draw about 4 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,7 @@ from ocrquant.fileio import read_sidecar, write_json_atomic
 from ocrquant.quantization.algorithms.distill import float_logits, output_losses
 from ocrquant.quantization.config import QuantConfig
 from ocrquant.runtime import RuntimeOptions, create_runner
+from ocrquant.tasks import Task
 from ocrquant.tuning import quantize
 from ocrquant.zoo.resolve import resolve_model
 
@@ -56,6 +58,34 @@ BASE = ["bias_correction"]
 #: task -> (percentile auto picked for the shipped model, calibration inputs, held-out inputs)
 RECIPES = {"det": (99.99, 140, 60), "cls": (99.999, 200, 2000)}
 OPTS = RuntimeOptions(threads=2, spinning=False)
+
+
+@dataclass
+class HeldOutDraw:
+    """One calibration draw as ``auto`` makes it: the held-out image ids (withheld from calibration and
+    learning), the held-out images, their preprocessed inputs and the float model's output logits."""
+
+    holdout: list[str]
+    validation: Dataset
+    inputs: list[np.ndarray]
+    targets: list[np.ndarray]
+
+    def evaluate(self, task: Task, path: Path) -> EvalResult:
+        """``path`` (onnxruntime, 2 threads, spinning off) scored on the held-out images."""
+        runner = create_runner(path, "onnxruntime", OPTS)
+        return evaluate(task, runner, self.validation, model_name=path.stem, progress=False)
+
+
+def held_out_draw(
+    calib: Dataset, task: Task, float_model: onnx.ModelProto, calib_size: int, val_size: int, seed: int
+) -> HeldOutDraw:
+    """Draw ``seed``'s split of ``calib`` (``split_calibration``, as ``auto`` draws it) and prepare its
+    held-out images once for every model compared on them."""
+    split = split_calibration(calib, calib_size, seed, val_size)
+    val = Dataset(calib.root, calib.task, calib.format, split.validation)
+    inputs = preprocessed_inputs(task, val, len(val.samples))
+    holdout = sorted({image_id(s) for s in split.validation})
+    return HeldOutDraw(holdout, val, inputs, float_logits(float_model, inputs))
 
 
 def main() -> None:
@@ -93,18 +123,10 @@ def main() -> None:
 
     rows = []
     for seed in args.seeds:
-        split = split_calibration(calib, calib_size, seed, val_size)
-        holdout = sorted({image_id(s) for s in split.validation})
-        val = Dataset(calib.root, calib.task, calib.format, split.validation)
-        inputs = preprocessed_inputs(task, val, len(val.samples))
-        targets = float_logits(float_model, inputs)
-
-        def held_out(path: Path, val: Dataset = val) -> EvalResult:
-            runner = create_runner(path, "onnxruntime", OPTS)
-            return evaluate(task, runner, val, model_name=path.stem, progress=False)
-
+        draw = held_out_draw(calib, task, float_model, calib_size, val_size, seed)
+        holdout, inputs, targets = draw.holdout, draw.inputs, draw.targets
         fp32_val = cached_result(
-            args.out / f"seed{seed}.fp32.val.json", lambda: held_out(Path(resolved.path))
+            args.out / f"seed{seed}.fp32.val.json", lambda d=draw: d.evaluate(task, Path(resolved.path))
         )
         key = fp32_val.settings["primary_metric"]
         losses: dict[str, np.ndarray] = {}
@@ -121,7 +143,9 @@ def main() -> None:
                     holdout=holdout,
                 )
                 quantize(resolved, task.name, calib, model, cfg)
-            q_val = cached_result(args.out / f"seed{seed}.{variant}.val.json", lambda m=model: held_out(m))
+            q_val = cached_result(
+                args.out / f"seed{seed}.{variant}.val.json", lambda m=model, d=draw: d.evaluate(task, m)
+            )
             losses[variant] = output_losses(onnx.load(str(model)), inputs, targets)
             row = {
                 "seed": seed,

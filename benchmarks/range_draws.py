@@ -30,23 +30,19 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from distill_draws import held_out_draw
 
 from ocrquant.api import build_task, infer_task
-from ocrquant.data import Dataset, open_dataset
-from ocrquant.data.calibration import image_id
-from ocrquant.data.split import split_calibration
+from ocrquant.data import open_dataset
 from ocrquant.errors import run_script
-from ocrquant.evaluation import evaluate
-from ocrquant.evaluation.evaluate import EvalResult, cached_result, fidelity, preprocessed_inputs
+from ocrquant.evaluation.evaluate import EvalResult, cached_result, fidelity
 from ocrquant.fileio import write_json_atomic
-from ocrquant.quantization.algorithms.distill import float_logits, output_losses
+from ocrquant.quantization.algorithms.distill import output_losses
 from ocrquant.quantization.config import QuantConfig
-from ocrquant.runtime import RuntimeOptions, create_runner
 from ocrquant.tuning import quantize
 from ocrquant.tuning.method_search import CANDIDATES, VAL_SIZE, calib_size_leaving_validation
 from ocrquant.zoo.resolve import resolve_model
 
-OPTS = RuntimeOptions(threads=2, spinning=False)
 #: criterion -> (row field, True where higher is better)
 CRITERIA = {
     "labels": ("val_metric", True),
@@ -85,32 +81,23 @@ def main() -> None:
 
     rows = []
     for seed in args.seeds:
-        split = split_calibration(calib, calib_size, seed, val_size)
-        holdout = sorted({image_id(s) for s in split.validation})
-        val = Dataset(calib.root, calib.task, calib.format, split.validation)
-        inputs = preprocessed_inputs(task, val, len(val.samples))
-        targets = float_logits(float_model, inputs)
-
-        def held_out(path: Path, val: Dataset = val) -> EvalResult:
-            return evaluate(
-                task, create_runner(path, "onnxruntime", OPTS), val, model_name=path.stem, progress=False
-            )
-
-        fp32 = cached_result(args.out / f"seed{seed}.fp32.val.json", lambda: held_out(Path(resolved.path)))
+        draw = held_out_draw(calib, task, float_model, calib_size, val_size, seed)
+        fp32 = cached_result(
+            args.out / f"seed{seed}.fp32.val.json", lambda d=draw: d.evaluate(task, Path(resolved.path))
+        )
         key = fp32.settings["primary_metric"]
         for method, options in CANDIDATES:
             model = args.out / f"seed{seed}.{tag(method, options)}.onnx"
             if not model.exists():
                 cfg = QuantConfig(method=method, method_options=dict(options), calib_size=calib_size,
-                                  seed=seed, holdout=holdout, progress=False)  # fmt: skip
+                                  seed=seed, holdout=draw.holdout, progress=False)  # fmt: skip
                 quantize(resolved, task.name, calib, model, cfg)
-            q = cached_result(
-                args.out / f"seed{seed}.{tag(method, options)}.val.json", lambda m=model: held_out(m)
-            )
+            saved = args.out / f"seed{seed}.{tag(method, options)}.val.json"
+            q = cached_result(saved, lambda m=model, d=draw: d.evaluate(task, m))
             rows.append({
                 "seed": seed, "candidate": tag(method, options), "val_fp32": fp32.primary,
                 "val_metric": q.primary, "val_fidelity": fidelity(task, q, fp32)[key],
-                "val_loss": float(output_losses(onnx.load(str(model)), inputs, targets).mean()),
+                "val_loss": float(output_losses(onnx.load(str(model)), draw.inputs, draw.targets).mean()),
                 "boxes": boxes(q), "fp32_boxes": boxes(fp32),
             })  # fmt: skip
 
