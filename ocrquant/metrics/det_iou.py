@@ -195,11 +195,12 @@ class DetMetric(Metric):
         self.det_care = 0
         self.images = 0
 
-    # Detection ranks by the labels: half of the float model's boxes are false positives (precision
-    # ~0.53 on ICDAR2015), which fidelity would treat as targets, and a box that moves but keeps
-    # IoU > 0.5 with the true box counts as a change. On det, the held-out hmean tracked the test
-    # hmean across range/equalisation variants where fidelity did not (each variant's sidecar
-    # trials, `ocrquant quantize -m ppocrv3-det --method auto`, against `ocrquant eval` on det_test).
+    # Of the two box figures, det's budget search ranks by the labels: half of the float model's boxes are
+    # false positives (precision ~0.53 on ICDAR2015), which fidelity would treat as targets, and a box
+    # that moves but keeps IoU > 0.5 with the true box counts as a change. On det, the held-out hmean
+    # tracked the test hmean across range/equalisation variants where fidelity did not (each variant's
+    # sidecar trials, `ocrquant quantize -m ppocrv3-det --method auto`, against `ocrquant eval` on
+    # det_test).
     selection: ClassVar[str] = "metric"
     # ``auto`` ranks det by the output loss: 60 held-out det_train images hold ~260 boxes (one box is
     # 0.4 pt of hmean or fidelity). Over three calibration draws of PP-OCRv6 small det the label hmean
