@@ -40,7 +40,12 @@ from ocrquant.fileio import write_json_atomic
 from ocrquant.quantization.algorithms.distill import output_losses
 from ocrquant.quantization.config import QuantConfig
 from ocrquant.tuning import quantize
-from ocrquant.tuning.method_search import CANDIDATES, VAL_SIZE, calib_size_leaving_validation
+from ocrquant.tuning.method_search import (
+    CANDIDATES,
+    VAL_SIZE,
+    calib_size_leaving_validation,
+    candidate_tag,
+)
 from ocrquant.zoo.resolve import resolve_model
 
 #: criterion -> (row field, True where higher is better)
@@ -49,10 +54,6 @@ CRITERIA = {
     "fidelity": ("val_fidelity", True),
     "output loss": ("val_loss", False),
 }
-
-
-def tag(method: str, options: dict) -> str:
-    return method + "".join(f"-{v}" for v in options.values())
 
 
 def boxes(result: EvalResult) -> int | None:
@@ -87,15 +88,15 @@ def main() -> None:
         )
         key = fp32.settings["primary_metric"]
         for method, options in CANDIDATES:
-            model = args.out / f"seed{seed}.{tag(method, options)}.onnx"
+            model = args.out / f"seed{seed}.{candidate_tag(method, options)}.onnx"
             if not model.exists():
                 cfg = QuantConfig(method=method, method_options=dict(options), calib_size=calib_size,
                                   seed=seed, holdout=draw.holdout, progress=False)  # fmt: skip
                 quantize(resolved, task.name, calib, model, cfg)
-            saved = args.out / f"seed{seed}.{tag(method, options)}.val.json"
+            saved = args.out / f"seed{seed}.{candidate_tag(method, options)}.val.json"
             q = cached_result(saved, lambda m=model, d=draw: d.evaluate(task, m))
             rows.append({
-                "seed": seed, "candidate": tag(method, options), "val_fp32": fp32.primary,
+                "seed": seed, "candidate": candidate_tag(method, options), "val_fp32": fp32.primary,
                 "val_metric": q.primary, "val_fidelity": fidelity(task, q, fp32)[key],
                 "val_loss": float(output_losses(onnx.load(str(model)), draw.inputs, draw.targets).mean()),
                 "boxes": boxes(q), "fp32_boxes": boxes(fp32),

@@ -109,6 +109,7 @@ def test_analysis_commands_run_on_the_int8_model_ocrquant_writes(name, task, fol
     _cli("simulate", "-m", str(int8), "-d", data, "--task", task, "--limit", "1", "--compare",
          "--rounding", "half_even", "--requant", "float32", "--json", str(sim), *shape_args)  # fmt: skip
     outputs = json.loads(sim.read_text())["outputs"]
+    assert outputs
     for tensor in {o["name"] for o in outputs}:
         ort_runs = {o["runtime"]: o["cosine"] for o in outputs if o["name"] == tensor}
         assert max(ort_runs.get("ort-reference", 0.0), ort_runs.get("ort-optimized", 0.0)) > 0.99, outputs

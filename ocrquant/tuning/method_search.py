@@ -84,7 +84,8 @@ def _merit(scores: dict[str, float], key: str) -> float:
     return -scores[key] if key == LOSS_KEY else scores[key]
 
 
-def _tag(method: str, options: dict[str, Any]) -> str:
+def candidate_tag(method: str, options: dict[str, Any]) -> str:
+    """A range candidate's name (``percentile-99.99``): its scratch file, log lines and summary line."""
     return method + "".join(f"-{v}" for v in options.values())
 
 
@@ -159,8 +160,8 @@ def quantize_auto(
 
     reference = _evaluate(resolved.path)
     primary = reference.settings["primary_metric"]
-    label_key = SELECTION_KEYS[task.new_metric().selection]
-    by_loss = task.new_metric().rank_by_output_loss
+    metric = task.new_metric()
+    label_key, by_loss = SELECTION_KEYS[metric.selection], metric.rank_by_output_loss
     key = LOSS_KEY if by_loss else label_key
 
     per_sample: dict[str, list[dict[str, Any]]] = {}  # model file -> per-image figures of the task figure
@@ -212,7 +213,7 @@ def quantize_auto(
         threads = runner.threads()
         candidates = []
         for method, options in CANDIDATES:
-            cand = scratch / f"{output.stem}.{_tag(method, options)}.onnx"
+            cand = scratch / f"{output.stem}.{candidate_tag(method, options)}.onnx"
             cfg = replace(
                 config,
                 method=method,
@@ -224,7 +225,7 @@ def quantize_auto(
                 save_prepass=prepass(cand),
                 progress=config.progress and runner.name == "in-process",
             )
-            candidates.append((_tag(method, options), cand, cfg))
+            candidates.append((candidate_tag(method, options), cand, cfg))
         # the float stage (prepare, HS-CLE / act_cle) is the same for every recipe tried: made once
         t0 = time.perf_counter()
         stage = prepare_float_stage(
@@ -298,7 +299,8 @@ def quantize_auto(
                 rows.append({"method": chosen["method"], "options": chosen["options"], "algorithm": extra,
                              "skipped": f"needs {', '.join(missing)}"})  # fmt: skip
                 continue
-            cand = scratch / f"{output.stem}.{_tag(chosen['method'], chosen['options'])}-{extra}.onnx"
+            picked = candidate_tag(chosen["method"], chosen["options"])
+            cand = scratch / f"{output.stem}.{picked}-{extra}.onnx"
             # continue from the chosen model's file: its qdq-stage algorithms are not run again
             trial = replace(
                 final_cfg,
@@ -388,11 +390,11 @@ def search_summary(search: dict[str, Any]) -> str:
     giving another recipe)."""
     rows = search.get("candidates", [])
     chosen = search.get("chosen", {})
-    ranges = [_tag(r["method"], r.get("options") or {}) for r in rows if "algorithm" not in r]
+    ranges = [candidate_tag(r["method"], r.get("options") or {}) for r in rows if "algorithm" not in r]
     kept = [r["algorithm"] for r in rows if r.get("kept")]
     rejected = [r["algorithm"] for r in rows if "algorithm" in r and r.get("kept") is False]
     skipped = [f"{r['algorithm']} ({r['skipped']})" for r in rows if "skipped" in r]
-    picked = _tag(chosen.get("method", "?"), chosen.get("options") or {})
+    picked = candidate_tag(chosen.get("method", "?"), chosen.get("options") or {})
     parts = [f"auto: range {picked} of {', '.join(ranges)}"]
     parts.append(f"kept {', '.join(kept) or 'none'}")
     if rejected:
@@ -421,8 +423,7 @@ def keep_learned(loss_with: Any, loss_without: Any, metric_ci: dict[str, float] 
     is below the model's without it, unless the held-out label metric resolves a fall (its paired 95 %
     interval of with - without lies below zero). Why not the box figures alone: on det they read
     60-image noise, while the dense, label-free output loss agreed with test fidelity over three
-    calibration draws
-    (``python benchmarks/distill_draws.py --seeds 0 1 2``)."""
+    calibration draws (``python benchmarks/distill_draws.py --seeds 0 1 2``)."""
     falls = float(np.mean(loss_with)) < float(np.mean(loss_without))
     return falls and not (metric_ci is not None and metric_ci["high"] < 0)
 
