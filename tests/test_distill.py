@@ -190,6 +190,21 @@ def test_learned_activation_scales_keep_equal_scales_equal(cls_qdq):
     assert any(not np.array_equal(before[n], after[n]) for n in before if before[n].dtype == np.int32)
 
 
+def test_numpy_losses_equal_the_torch_losses_distill_learns_on():
+    """``output_losses`` scores in numpy (``auto`` ranks det by it without torch): each loss equals
+    its torch twin, the one ``distill`` learns on, on logits that reach both tails."""
+    from ocrquant.quantization.algorithms.distill import LOSSES, NUMPY_LOSSES, _mse_loss
+
+    rng = np.random.default_rng(0)
+    z, t = rng.normal(0, 6, (2, 5, 7)), rng.normal(0, 6, (2, 5, 7))
+    assert set(NUMPY_LOSSES) == set(LOSSES)
+    for kind, attrs in (("Sigmoid", {}), ("Softmax", {"axis": 1}), ("Softmax", {})):
+        want = float(LOSSES[kind](torch.from_numpy(z), torch.from_numpy(t), attrs))
+        assert NUMPY_LOSSES[kind](z, t, attrs) == pytest.approx(want, rel=1e-9), kind
+    want = float(_mse_loss(torch.from_numpy(z), torch.from_numpy(t), {}))
+    assert float(_mse_loss(z, t, {})) == pytest.approx(want, rel=1e-9)
+
+
 def test_output_head_looks_through_layout_ops():
     """The opset-11 Softmax export (Flatten -> Softmax -> Reshape) still gets the softmax loss."""
     nodes = [

@@ -75,6 +75,28 @@ def _mse_loss(z: Any, target: Any, attrs: dict[str, Any]) -> Any:
     return ((z - target) ** 2).mean()
 
 
+def _log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def _sigmoid_loss_np(z: np.ndarray, target: np.ndarray, attrs: dict[str, Any]) -> float:
+    p = 1.0 / (1.0 + np.exp(-target))
+    return float((np.maximum(z, 0) - z * p + np.log1p(np.exp(-np.abs(z)))).mean())
+
+
+def _softmax_loss_np(z: np.ndarray, target: np.ndarray, attrs: dict[str, Any]) -> float:
+    axis = attrs.get("axis", -1)
+    log_t = _log_softmax(target, axis)
+    return float(-(np.exp(log_t) * (_log_softmax(z, axis) - log_t)).sum(axis).mean())
+
+
+#: :data:`LOSSES` in numpy, for scoring without learning (:func:`output_losses`): ``auto`` ranks det
+#: by it, and that must run where torch is not installed (the README's first command installs none).
+#: ``tests/test_distill.py`` holds each equal to its torch twin.
+NUMPY_LOSSES: dict[str, Callable[..., float]] = {"Sigmoid": _sigmoid_loss_np, "Softmax": _softmax_loss_np}
+
+
 #: ops that only move values around; the head search looks through them (opset-11 Softmax export
 #: is Flatten -> Softmax -> Reshape)
 _LAYOUT_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity")
@@ -110,24 +132,17 @@ def output_losses(model: onnx.ModelProto, inputs: list[np.ndarray], targets: lis
     Why: on images ``distill`` did not learn from, this says whether what it learned carries over. It
     counts every output value and needs no labels; det's held-out box figures (60 images, one box
     ~0.4 pt) cannot resolve the change (``python benchmarks/distill_draws.py``).
+    Computed in numpy (:data:`NUMPY_LOSSES`), so it needs no torch.
     """
-    import torch
-
     kind, q_logit, attrs = output_head(model)
-    loss_fn = LOSSES.get(kind, _mse_loss)
+    loss_fn = NUMPY_LOSSES.get(kind, _mse_loss)
     shipped = observer_session(augment_model(model, [q_logit]), level=GraphOptimizationLevel.ORT_ENABLE_ALL)
     name = shipped.get_inputs()[0].name
-    with torch.no_grad():
-        return np.array(
-            [
-                float(
-                    loss_fn(
-                        torch.from_numpy(shipped.run([q_logit], {name: x})[0]), torch.from_numpy(t), attrs
-                    )
-                )
-                for x, t in zip(inputs, targets, strict=True)
-            ]
-        )
+    losses = []
+    for x, t in zip(inputs, targets, strict=True):
+        z = shipped.run([q_logit], {name: x})[0]
+        losses.append(float(loss_fn(z.astype(np.float64), t.astype(np.float64), attrs)))
+    return np.array(losses)
 
 
 def _steps(batches: Iterable[np.ndarray], per_step: int, max_values: int) -> Iterator[np.ndarray]:
