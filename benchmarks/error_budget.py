@@ -12,6 +12,12 @@ controls):
 - ``a16w8``: weights alone at 8 bits: what the weight grids cost;
 - ``a16w16``: neither: what the calibrated clipping alone costs.
 
+With ``--bands N`` it then asks *where* the activation error enters: the shipped model's quantized
+activation tensors, in graph order, are cut into N bands of about equal count, and each band alone is
+kept at 16 bits (``--int16`` on those tensors; everything else as shipped). A band that holds most
+of the error brings fidelity near ``a16w8``'s; bands that each recover a little say the error is spread
+through the network, where keeping a few tensors wide cannot buy it back.
+
 Why: an accuracy-recovery method acts on one side (AdaRound and weight distillation on weights,
 range search and equalisation on activations). This says which side holds the loss before one is tried.
 The 16-bit models run in onnxruntime's float kernels (com.microsoft Q/DQ); they are for measuring only.
@@ -19,6 +25,9 @@ The 16-bit models run in onnxruntime's float kernels (com.microsoft Q/DQ); they 
   python benchmarks/error_budget.py --task cls --model ppocrv3-cls \\
       --calib ../shared/data/icdar2015/rec_train --method percentile --option percentile=99.999 \\
       --out runs/error-budget-cls
+  python benchmarks/error_budget.py --task rec --model ppocrv6-small-rec \\
+      --calib ../shared/data/icdar2015/rec_train --method mse --algo hs_cle --algo bias_correction \\
+      --bands 5 --out runs/error-budget-v6rec
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 from typing import Any
+
+import onnx
 
 from ocrquant.api import build_task, infer_task
 from ocrquant.data import Dataset, open_dataset
@@ -72,6 +83,18 @@ def variant_target(base: targets.TargetProfile, name: str) -> str:
     return profile.name
 
 
+def activation_bands(qmodel: onnx.ModelProto, n: int) -> list[list[str]]:
+    """The float tensors ``qmodel`` quantizes (each QuantizeLinear's input that no initializer feeds),
+    in graph order, cut into ``n`` bands of about equal count."""
+    constants = {i.name for i in qmodel.graph.initializer}
+    names = list(dict.fromkeys(
+        node.input[0] for node in qmodel.graph.node
+        if node.op_type == "QuantizeLinear" and node.input[0] not in constants
+    ))  # fmt: skip
+    edges = [round(i * len(names) / n) for i in range(n + 1)]
+    return [names[lo:hi] for lo, hi in zip(edges, edges[1:], strict=False) if hi > lo]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", required=True, help="det, cls or rec")
@@ -86,6 +109,7 @@ def main() -> None:
     ap.add_argument("--calib-size", type=int, default=200)
     ap.add_argument("--val-size", type=int, default=2000, help="held-out samples of --calib")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bands", type=int, default=0, help="16-bit activations in one of N bands at a time")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
@@ -105,21 +129,29 @@ def main() -> None:
 
     fp32 = cached_result(args.out / "fp32.val.json", lambda: held_out(Path(resolved.path), "fp32"))
     rows = []
-    for name in VARIANTS:
+
+    def score(name: str, target: str, wide: list[str]) -> None:
         model = args.out / f"{name}.onnx"
         if not model.exists():
             cfg = QuantConfig(
                 method=args.method,
                 method_options=options,
-                target=variant_target(base, name),
+                target=target,
                 calib_size=args.calib_size,
                 seed=args.seed,
                 extra_algorithms=algos,
                 holdout=sorted({image_id(s) for s in split.validation}),
+                dtype_overrides={t: "int16" for t in wide},
             )
             quantize(resolved, task.name, calib, model, cfg)
-        res = cached_result(args.out / f"{name}.val.json", lambda m=model, n=name: held_out(m, n))
+        res = cached_result(args.out / f"{name}.val.json", lambda: held_out(model, name))
         rows.append((name, res.primary, fidelity(task, res, fp32)[fp32.settings["primary_metric"]]))
+
+    for name in VARIANTS:
+        score(name, variant_target(base, name), [])
+    bands = activation_bands(onnx.load(args.out / "a8w8.onnx"), args.bands) if args.bands > 0 else []
+    for i, band in enumerate(bands):
+        score(f"a16-band{i + 1}of{len(bands)}-{len(band)}t", base.name, band)
 
     metric = fp32.settings["primary_metric"]
     print(

@@ -1,17 +1,20 @@
-"""A hostile-but-ordinary corpus run through every command as a user runs it (a subprocess each).
+"""A hostile-but-ordinary corpus run through every command as a user runs it (a process each).
 
 Every case asserts the promise the README makes on bad input: no traceback, exit 2 with one line
 naming the problem (or exit 0 and a warning where the command can go on), nothing written at the
 output path when the command fails, and the inputs it was given unchanged (sha256 before/after).
 The inputs are small files the fixture generates, plus copies of the zoo's PP-OCRv3 models and the
-embedded sample; the cases run two at a time so the corpus stays a few minutes on two cores.
+embedded sample; the cases run two at a time, each forked from an interpreter that imported the CLI
+once (``tests/cli_forker.py``), so the corpus stays a few minutes on two cores.
 """
 
 # ruff: noqa: E501  (the corpus is a table: one command line per row reads better than wrapped lists)
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import queue
 import shutil
 import struct
 import subprocess
@@ -149,6 +152,46 @@ def _run_cli(argv: list[str], env: dict[str, str] | None = None, timeout: float 
         timeout=timeout,
         env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
+
+
+class _Forker:
+    """One ``tests/cli_forker.py`` server: runs a command line in a process forked from it."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("cli_forker.py"))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+
+    def run(self, argv: list[str], env: dict[str, str], streams: Path) -> subprocess.CompletedProcess:
+        """Like :func:`_run_cli`; raises ``TimeoutExpired`` when the command ran past its limit."""
+        out, err = streams.with_suffix(".out"), streams.with_suffix(".err")
+        request = {
+            "argv": argv,
+            "env": env,
+            "stdout": str(out),
+            "stderr": str(err),
+            "timeout": CASE_TIMEOUT_S,
+        }
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline()
+        assert reply, f"the forker server died (exit {self.proc.poll()})"
+        rc = json.loads(reply)["rc"]
+        if rc is None:
+            raise subprocess.TimeoutExpired(argv, CASE_TIMEOUT_S)
+        return subprocess.CompletedProcess(
+            argv, rc, out.read_text(errors="replace"), err.read_text(errors="replace")
+        )
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
 
 
 def _tree_hash(paths: list[Path]) -> dict[str, str]:
@@ -420,10 +463,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build_world(tmp_path_factory.mktemp("hostile"))
 
 
-def _check(case: Case, w: Path, out_root: Path) -> str | None:
+def _check(case: Case, w: Path, out_root: Path, forkers: queue.Queue[_Forker]) -> str | None:
     """Run one case; the reason it broke the promise, or None."""
     o = out_root / case.id
     o.mkdir(parents=True)
+    streams = out_root / "_streams"
+    streams.mkdir(exist_ok=True)
 
     def expand(s: str) -> str:
         return s.replace("{w}", str(w)).replace("{o}", str(o))
@@ -431,10 +476,13 @@ def _check(case: Case, w: Path, out_root: Path) -> str | None:
     argv = [expand(a) for a in case.argv]
     inputs = [Path(a) for a in argv if a.startswith(str(w)) and Path(a).exists()]
     before = _tree_hash(inputs)
+    forker = forkers.get()
     try:
-        proc = _run_cli(argv, {k: expand(v) for k, v in case.env.items()})
+        proc = forker.run(argv, {k: expand(v) for k, v in case.env.items()}, streams / case.id)
     except subprocess.TimeoutExpired:
         return f"hung (> {CASE_TIMEOUT_S} s)"
+    finally:
+        forkers.put(forker)
     err = proc.stderr
     problems = []
     if "Traceback" in err:
@@ -470,8 +518,16 @@ def test_hostile_corpus(world: Path, tmp_path: Path) -> None:
     before = _tree_hash([world])
     only = os.environ.get("OCRQUANT_HOSTILE_ONLY")
     cases = [c for c in CASES if not only or only in c.id]
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        results = list(pool.map(lambda case: (case.id, _check(case, world, tmp_path)), cases))
+    workers = max(2, os.cpu_count() or 2)
+    forkers: queue.Queue[_Forker] = queue.Queue()
+    for _ in range(workers):
+        forkers.put(_Forker())
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(lambda case: (case.id, _check(case, world, tmp_path, forkers)), cases))
+    finally:
+        while not forkers.empty():
+            forkers.get().close()
     failures = [f"{cid}: {why}" for cid, why in results if why]
     after = _tree_hash([world])
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
