@@ -157,7 +157,8 @@ def _run_cli(argv: list[str], env: dict[str, str] | None = None, timeout: float 
 class _Forker:
     """One ``tests/cli_forker.py`` server: runs a command line in a process forked from it."""
 
-    def __init__(self) -> None:
+    def __init__(self, streams: Path) -> None:
+        self.streams = streams  # each command's stdout/stderr files, named by its case
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("cli_forker.py"))],
             stdin=subprocess.PIPE,
@@ -166,9 +167,9 @@ class _Forker:
             env={**os.environ, "COLUMNS": "200"},
         )
 
-    def run(self, argv: list[str], env: dict[str, str], streams: Path) -> subprocess.CompletedProcess:
+    def run(self, argv: list[str], env: dict[str, str], name: str) -> subprocess.CompletedProcess:
         """Like :func:`_run_cli`; raises ``TimeoutExpired`` when the command ran past its limit."""
-        out, err = streams.with_suffix(".out"), streams.with_suffix(".err")
+        out, err = self.streams / f"{name}.out", self.streams / f"{name}.err"
         request = {
             "argv": argv,
             "env": env,
@@ -467,8 +468,6 @@ def _check(case: Case, w: Path, out_root: Path, forkers: queue.Queue[_Forker]) -
     """Run one case; the reason it broke the promise, or None."""
     o = out_root / case.id
     o.mkdir(parents=True)
-    streams = out_root / "_streams"
-    streams.mkdir(exist_ok=True)
 
     def expand(s: str) -> str:
         return s.replace("{w}", str(w)).replace("{o}", str(o))
@@ -478,7 +477,7 @@ def _check(case: Case, w: Path, out_root: Path, forkers: queue.Queue[_Forker]) -
     before = _tree_hash(inputs)
     forker = forkers.get()
     try:
-        proc = forker.run(argv, {k: expand(v) for k, v in case.env.items()}, streams / case.id)
+        proc = forker.run(argv, {k: expand(v) for k, v in case.env.items()}, case.id)
     except subprocess.TimeoutExpired:
         return f"hung (> {CASE_TIMEOUT_S} s)"
     finally:
@@ -519,9 +518,11 @@ def test_hostile_corpus(world: Path, tmp_path: Path) -> None:
     only = os.environ.get("OCRQUANT_HOSTILE_ONLY")
     cases = [c for c in CASES if not only or only in c.id]
     workers = max(2, os.cpu_count() or 2)
+    streams = tmp_path / "_streams"  # beside the cases' output folders, never inside one
+    streams.mkdir()
     forkers: queue.Queue[_Forker] = queue.Queue()
     for _ in range(workers):
-        forkers.put(_Forker())
+        forkers.put(_Forker(streams))
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(lambda case: (case.id, _check(case, world, tmp_path, forkers)), cases))
